@@ -1,0 +1,3 @@
+"""medsplit: a healthcare split-learning benchmark."""
+
+__version__ = "0.1.0"

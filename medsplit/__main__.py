@@ -1,0 +1,5 @@
+import sys
+
+from medsplit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Command line: ``python -m medsplit {train,evaluate,data} ...``.
+
+Every option is either a config key (``key=value`` overrides) or consumed here;
+nothing is parsed and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medsplit.config import ConfigError, config_from_dict, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medsplit", description="Healthcare split-learning benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one configuration and write its report")
+    p.add_argument("config", nargs="?", help="YAML config file (configs/...)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.cut=3 split.clients=2")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+
+    p = sub.add_parser("evaluate", help="score a trained run on a dataset (external validation)")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="dataset folder, .npz, or a source name (eyepacs, retinamnist, ...)")
+    p.add_argument("--out", required=True, help="where to write the metrics JSON")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("data", help="download datasets into $MEDSPLIT_DATA (needs network; Kaggle needs credentials)")
+    p.add_argument("what", nargs="*", default=["retinamnist", "kaggle-retinopathy", "kaggle-lungs"],
+                   choices=["retinamnist", "kaggle-retinopathy", "kaggle-lungs"])
+    p.add_argument("--root", default=None, help="data root (default: $MEDSPLIT_DATA or datasets/)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            from medsplit.evaluate import evaluate_run
+
+            evaluate_run(Path(args.run_dir), args.data, Path(args.out), device=args.device)
+            return 0
+        if args.command == "data":
+            return _data(args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _train(args) -> int:
+    from medsplit.train.loop import train
+
+    if args.resume:
+        import yaml
+
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a medsplit run directory?")
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides")
+        cfg = config_from_dict(yaml.safe_load(saved.read_text()))
+        train(cfg, resume=run_dir)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def _data(args) -> int:
+    import os
+
+    from medsplit.data import download
+
+    root = Path(args.root or os.environ.get("MEDSPLIT_DATA", "datasets"))
+    jobs = {
+        "retinamnist": download.download_retinamnist,
+        "kaggle-retinopathy": download.download_kaggle_retinopathy,
+    }
+    failures = 0
+    for what in args.what:
+        try:
+            if what == "kaggle-lungs":
+                from medsplit.data.lungs import download_kaggle_lungs
+
+                path = download_kaggle_lungs(root)
+            else:
+                path = jobs[what](root)
+            print(f"{what}: ready at {path}")
+        except Exception as e:  # one missing credential must not stop the other downloads
+            failures += 1
+            print(f"{what}: not downloaded: {e}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

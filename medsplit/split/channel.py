@@ -1,0 +1,113 @@
+"""The Channel: the only way tensors move between parties.
+
+Every tensor that crosses a cut goes through :meth:`Channel.send`, in one process
+too. That gives three guarantees the benchmark relies on:
+
+* the receiver gets a fresh leaf tensor, so an in-process run cannot cheat through
+  a shared autograd graph;
+* every byte is counted, per epoch, per link and per kind, as the exact size of the
+  wire-format message (:mod:`medsplit.split.wire`);
+* observers (attacks, detectors, tests) see exactly what the receiving party sees.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from medsplit.split import wire
+
+KINDS = ("activation", "gradient", "label", "weights")
+
+
+class NonFiniteError(FloatingPointError):
+    """A party sent NaN or Inf; raised with the sender, tensor, epoch and step named."""
+
+
+@dataclass
+class Transfer:
+    """One message as the receiver sees it (what observers are given)."""
+
+    sender: str
+    receiver: str
+    kind: str
+    link: str  # "client_encoder->server_encoder": which cut of the model it crosses
+    tensors: dict[str, torch.Tensor]
+    nbytes: int
+    epoch: int
+    step: int
+    phase: str  # "train" or "eval"
+
+
+@dataclass
+class Channel:
+    """Moves named tensors between parties and counts the bytes.
+
+    Args:
+        serialise: actually encode and decode every message (what a cross-process
+            transport does). Off by default: the in-process channel detaches instead
+            and counts ``wire.encoded_size`` bytes, which is provably the same number.
+        check_finite: stop the run with a :class:`NonFiniteError` naming the sender
+            when a message carries NaN or Inf.
+    """
+
+    serialise: bool = False
+    check_finite: bool = True
+    epoch: int = 0
+    step: int = 0
+    phase: str = "train"
+    observers: list[Callable[[Transfer], None]] = field(default_factory=list)
+    _bytes: dict = field(default_factory=lambda: defaultdict(int))
+
+    def tap(self, observer: Callable[[Transfer], None]) -> Callable[[], None]:
+        """Register ``observer``; returns a function that removes it."""
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def send(self, sender: str, receiver: str, kind: str, tensors: dict[str, torch.Tensor], link: str = "") -> dict[str, torch.Tensor]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown transfer kind {kind!r}; valid kinds are {KINDS}")
+        if self.check_finite:
+            for name, t in tensors.items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteError(
+                        f"{sender} sent a non-finite {kind} {name!r} to {receiver} "
+                        f"(epoch {self.epoch}, step {self.step}, phase {self.phase})"
+                    )
+        if self.serialise:
+            payload = wire.encode(tensors)
+            nbytes = len(payload)
+            device = next(iter(tensors.values())).device if tensors else "cpu"
+            received, _ = wire.decode(payload, device=device)
+        else:
+            nbytes = wire.encoded_size(tensors)
+            received = {name: t.detach() for name, t in tensors.items()}
+        if kind == "activation":
+            # The receiver differentiates with respect to what it received.
+            received = {n: (t.requires_grad_(True) if t.is_floating_point() else t) for n, t in received.items()}
+        link = link or f"{sender}->{receiver}"
+        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += nbytes
+        if self.observers:
+            event = Transfer(sender, receiver, kind, link, received, nbytes, self.epoch, self.step, self.phase)
+            for observer in list(self.observers):
+                observer(event)
+        return received
+
+    def byte_rows(self, phase: str | None = "train") -> list[dict]:
+        """Counted bytes as JSON-able rows, one per (epoch, sender, receiver, kind, link)."""
+        return [
+            {"phase": ph, "epoch": ep, "sender": s, "receiver": r, "kind": k, "link": l, "bytes": b}
+            for (ph, ep, s, r, k, l), b in sorted(self._bytes.items())
+            if phase is None or ph == phase
+        ]
+
+    def total_bytes(self, phase: str | None = "train") -> int:
+        return sum(row["bytes"] for row in self.byte_rows(phase))
+
+    def load_byte_rows(self, rows: list[dict]) -> None:
+        """Restore counters saved in a checkpoint (resume keeps the totals honest)."""
+        for row in rows:
+            self._bytes[(row["phase"], row["epoch"], row["sender"], row["receiver"], row["kind"], row["link"])] = row["bytes"]

@@ -1,0 +1,187 @@
+"""Run a chain of parts owned by different parties, with every crossing on a Channel.
+
+Each part is its own autograd graph: its inputs are fresh leaves (received through the
+channel when they come from another party, detached locally otherwise). Backward runs
+part by part in reverse; a part calls ``torch.autograd.backward(sent, grads)`` once,
+with the gradients of *every* consumer of what it produced. So a U-Net client encoder
+gets gradients through the server path and through its own skip connections (the
+original code dropped the latter), and no graph is traversed twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from medsplit.split.channel import Channel
+from medsplit.split.cut import Part
+from medsplit.split.party import Party
+
+# (part name, tensors it is about to send to another party) -> tensors actually sent.
+SendTransform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# (part inputs, part outputs) -> an extra scalar loss the part's owner adds locally.
+Regularizer = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class _Edge:
+    """One tensor delivered from a producer part to a consumer part."""
+
+    name: str
+    producer: int  # index in the chain; -1 for the batch (owned by the data owner)
+    consumer: int  # index in the chain; len(chain) for the loss
+    sent: torch.Tensor  # in the producer's graph
+    received: torch.Tensor  # a leaf in the consumer's graph
+    crossed: bool  # went through the channel
+
+
+class SplitModel:
+    """A split model as seen by a protocol: parts in order, each owned by a party.
+
+    Args:
+        chain: ``[(part, owner), ...]`` in execution order.
+        channel: carries every tensor that moves between two different parties.
+        data_owner: the party holding the inputs and the targets (a hospital).
+        loss_fn: ``loss_fn(output, target) -> scalar``, computed by the owner of the last
+            part (targets cross the channel, counted as ``label`` bytes, when that is the server).
+        target_key: name under which targets travel.
+    """
+
+    def __init__(self, chain: list[tuple[Part, Party]], channel: Channel, data_owner: Party,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target_key: str = "y"):
+        self.chain = chain
+        self.channel = channel
+        self.data_owner = data_owner
+        self.loss_fn = loss_fn
+        self.target_key = target_key
+        self.output_key = chain[-1][0].sends[-1]
+        self.send_transforms: dict[str, SendTransform] = {}
+        self.regularizers: dict[str, Regularizer] = {}
+
+    @property
+    def parties(self) -> list[Party]:
+        return list({id(p): p for _, p in self.chain}.values())
+
+    def train(self, mode: bool = True) -> "SplitModel":
+        for part, _ in self.chain:
+            part.train(mode)
+        return self
+
+    def eval(self) -> "SplitModel":
+        return self.train(False)
+
+    # ---- forward -----------------------------------------------------------------
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor | None):
+        """Forward through every part (and the loss when ``y`` is given)."""
+        holders: dict[str, tuple[int, torch.Tensor]] = {"x": (-1, x)}
+        if y is not None:
+            holders[self.target_key] = (-1, y)
+        edges: list[_Edge] = []
+        inputs_of, outputs_of = [], []
+        for k, (part, owner) in enumerate(self.chain):
+            inputs = self._deliver(part.reads, k, owner, holders, edges)
+            outputs = part(inputs)
+            inputs_of.append(inputs)
+            outputs_of.append(outputs)
+            for name, t in outputs.items():
+                holders[name] = (k, t)
+        loss = None
+        if y is not None:
+            loss_inputs = self._deliver((self.output_key, self.target_key), len(self.chain), self.chain[-1][1], holders, edges)
+            loss = self.loss_fn(loss_inputs[self.output_key], loss_inputs[self.target_key])
+        return holders[self.output_key][1], loss, edges, inputs_of, outputs_of
+
+    def _owner(self, index: int) -> Party:
+        return self.data_owner if index == -1 else self.chain[index][1]
+
+    def _part_name(self, index: int) -> str:
+        if index == -1:
+            return "data"
+        return "loss" if index == len(self.chain) else self.chain[index][0].name
+
+    def _deliver(self, names, consumer: int, receiver: Party, holders, edges: list[_Edge]) -> dict[str, torch.Tensor]:
+        """Hand the tensors ``names`` to part ``consumer``; cross-party ones go through the channel."""
+        by_producer: dict[int, list[str]] = {}
+        for name in names:
+            by_producer.setdefault(holders[name][0], []).append(name)
+        delivered = {}
+        for producer, group in by_producer.items():
+            sender = self._owner(producer)
+            sent = {n: holders[n][1] for n in group}
+            crossed = sender is not receiver
+            if crossed:
+                transform = self.send_transforms.get(self._part_name(producer))
+                if transform is not None:
+                    sent = transform(sent)
+                kind = "label" if group == [self.target_key] else "activation"
+                link = f"{self._part_name(producer)}->{self._part_name(consumer)}"
+                received = self.channel.send(sender.name, receiver.name, kind, sent, link=link)
+            else:
+                received = {n: (t.detach().requires_grad_(t.requires_grad) if t.is_floating_point() else t) for n, t in sent.items()}
+            for n in group:
+                edges.append(_Edge(n, producer, consumer, sent[n], received[n], crossed))
+                delivered[n] = received[n]
+        return delivered
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the output as its owner sees it (activations still cross the channel)."""
+        phase, self.channel.phase = self.channel.phase, "eval"
+        try:
+            return self._run(x, None)[0]
+        finally:
+            self.channel.phase = phase
+
+    __call__ = forward
+
+    # ---- training ----------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: bool = True) -> tuple[float, torch.Tensor]:
+        """One forward/backward (and, with ``step``, optimiser step) of every party.
+
+        Returns the loss value and the detached output (for running metrics).
+        """
+        for party in self.parties:
+            party.zero_grad()
+        output, loss = self.forward_backward(x, y)
+        if step:
+            for party in self.parties:
+                party.step()
+        self.channel.step += 1
+        return float(loss), output
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output, loss, edges, inputs_of, outputs_of = self._run(x, y)
+        # pending[k]: tensors of part k's graph and the gradient summed over their consumers.
+        pending: list[dict[int, list]] = [dict() for _ in range(len(self.chain) + 1)]
+        pending[len(self.chain)][id(loss)] = [loss, None]
+        for k in range(len(self.chain), -1, -1):
+            tensors = [t for t, _ in pending[k].values()]
+            grads = [g for _, g in pending[k].values()]
+            if k < len(self.chain):
+                reg = self.regularizers.get(self.chain[k][0].name)
+                if reg is not None:
+                    tensors.append(reg(inputs_of[k], outputs_of[k]))
+                    grads.append(None)
+            if tensors:
+                torch.autograd.backward(tensors, grads)
+            self._return_gradients(k, edges, pending)
+        return output.detach(), loss.detach()
+
+    def _return_gradients(self, consumer: int, edges: list[_Edge], pending) -> None:
+        """Send the gradients of part ``consumer``'s inputs back to the parts that produced them."""
+        by_producer: dict[int, list[_Edge]] = {}
+        for e in edges:
+            if e.consumer == consumer and e.producer >= 0 and e.received.grad is not None:
+                by_producer.setdefault(e.producer, []).append(e)
+        for producer, group in by_producer.items():
+            grads = {e.name: e.received.grad for e in group}
+            if group[0].crossed:
+                link = f"{self._part_name(consumer)}->{self._part_name(producer)}"
+                grads = self.channel.send(self._owner(consumer).name, self._owner(producer).name, "gradient", grads, link=link)
+            for e in group:
+                slot = pending[producer].setdefault(id(e.sent), [e.sent, None])
+                slot[1] = grads[e.name] if slot[1] is None else slot[1] + grads[e.name]

@@ -1,0 +1,1 @@
+"""Training: tasks (what is learned), protocols (who trains what), the loop, checkpoints."""

@@ -1,0 +1,240 @@
+"""The training loop, visible in one screen: epochs -> protocol.run_epoch -> validate ->
+checkpoint; then test the selected model once and write the run's outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medsplit.config import Config
+from medsplit.split import Channel
+from medsplit.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from medsplit.train.protocols import PROTOCOLS
+from medsplit.train.tasks import Task, make_task
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu or auto")
+    return device
+
+
+def make_optimizer_factory(cfg: Config):
+    t = cfg.train
+
+    def make(params):
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+    return make
+
+
+def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
+    """Each hospital's training rows (patient-grouped); the centralised baseline pools them."""
+    from medsplit.data.partition import partition
+
+    train = task.split("train")
+    parts = partition(
+        task.partition_labels(), cfg.split.clients, scheme=cfg.data.partition, alpha=cfg.data.alpha, seed=cfg.train.seed,
+        groups=getattr(train, "groups", None), patients=getattr(train, "patients", None),
+    )
+    return parts
+
+
+def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, client: int) -> list[torch.Tensor]:
+    """Shuffled batches that depend only on (seed, epoch, client): resumable and identical
+    across protocols, so split and centralised runs see the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + client)
+    order = torch.as_tensor(indices)[torch.randperm(len(indices), generator=g)]
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one sample
+        batches.pop()
+    return batches
+
+
+@torch.no_grad()
+def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> tuple[dict, list[float]]:
+    model.eval()
+    metrics = task.new_metrics()
+    losses = []
+    n = len(task.split(split))
+    for idx in torch.arange(n).split(batch_size):
+        batch = task.batch(split, idx, train=False, generator=None)
+        with autocast():
+            out = model(batch.x)
+        losses.append(float(task.loss(out, batch.y)) * len(idx))
+        task.update_metrics(metrics, out.float(), batch)
+    model.train()
+    return metrics.aggregate(), [sum(losses) / n]
+
+
+def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None = None, quiet: bool = False) -> Path:
+    """Train ``cfg`` (or continue the run in ``resume``); returns the run directory.
+
+    ``stop_after_epoch`` interrupts the run after that epoch's checkpoint (used by tests
+    to show that resuming reaches the same result).
+    """
+    t0 = time.time()
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    task = make_task(cfg, device)
+    if task.data.synthetic and not quiet:
+        print("\n" + "=" * 78 + "\n  SYNTHETIC DATA: no real images were found, so this run uses the built-in\n"
+              "  generator. Its numbers say nothing about patients. See datasets/README.md.\n" + "=" * 78 + "\n")
+    clients = client_indices(cfg, task)
+    torch.manual_seed(cfg.train.seed)  # one init, shared by split and unsplit protocols
+    table = task.build_table().to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        table = table.to(memory_format=torch.channels_last)
+    channel = Channel(serialise=cfg.split.serialise)
+    protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+
+    history: list[dict] = []
+    best = {"epoch": -1, "score": -float("inf"), "weights": None}
+    start_epoch = 0
+    if resume:
+        ck = load_checkpoint(run_dir)
+        protocol.load_state(ck["protocol"])
+        channel.load_byte_rows(ck["bytes"])
+        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        t0 -= ck["elapsed_s"]
+    writer = _tensorboard(run_dir, cfg)
+
+    pooled = [np.concatenate(clients)] if not protocol.split and protocol.n_party_clients() == 1 else clients
+    epochs = tqdm(range(start_epoch, cfg.train.epochs), desc=f"{cfg.run_name()}", unit="epoch", disable=quiet, initial=start_epoch, total=cfg.train.epochs)
+    for epoch in epochs:
+        t_epoch = time.time()
+        channel.epoch = epoch
+        batches = [epoch_batches(idx, cfg.train.batch_size, cfg.train.seed, epoch, k) for k, idx in enumerate(pooled)]
+        aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch)
+        losses = {k: [] for k in range(len(pooled))}
+        bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=quiet)
+
+        def step(model, k, idx):
+            batch = task.batch("train", idx, train=True, generator=aug_gen)
+            with autocast():
+                loss, _ = model.train_step(batch.x, batch.y)
+            losses[k].append(loss)
+            bar.update(1)
+            bar.set_postfix(client=k, loss=f"{loss:.4f}")
+
+        protocol.run_epoch(batches, step)
+        bar.close()
+        val, val_loss = evaluate_split(protocol.eval_model(), task, "val", cfg.train.eval_batch_size, autocast)
+        scores = task.summarise(val)
+        seconds = time.time() - t_epoch
+        for k, ls in losses.items():
+            name = f"client{k}" if len(pooled) > 1 else ("all" if not protocol.split else "client0")
+            history.append({"epoch": epoch + 1, "client": name, "train_loss": float(np.mean(ls)) if ls else None})
+        history.append({"epoch": epoch + 1, "client": "all", "val_loss": val_loss[0], **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
+        score = scores.get(task.select_metric, -val_loss[0])
+        if score is not None and score > best["score"]:
+            best = {"epoch": epoch + 1, "score": float(score), "weights": copy.deepcopy(protocol.eval_state_dict())}
+        _log_epoch(writer, history, epoch + 1)
+        epochs.set_postfix(val_loss=f"{val_loss[0]:.4f}", **{task.select_metric: f"{scores.get(task.select_metric, float('nan')):.4f}"})
+        save_checkpoint(run_dir, {"protocol": protocol.state(), "bytes": channel.byte_rows(None), "history": history,
+                                  "best": best, "epoch": epoch, "elapsed_s": time.time() - t0})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
+            return run_dir
+
+    # Test once, with the model selected on validation; nothing before touched the test split.
+    final = protocol.eval_model()
+    test_model_state = best["weights"] or protocol.eval_state_dict()
+    _load_eval_weights(final, test_model_state)
+    test, test_loss = evaluate_split(final, task, "test", cfg.train.eval_batch_size, autocast)
+    save_weights(run_dir, test_model_state)
+    wall = time.time() - t0
+    result = {
+        "task": cfg.task, "run": cfg.run_name(), "protocol": cfg.split.protocol,
+        "cut": cfg.split.cut if protocol.split else None, "clients": cfg.split.clients,
+        "device": _device_name(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
+        "test": test, "test_loss": test_loss[0], "history": history, "bytes": channel.byte_rows("train"),
+        "bytes_eval": channel.byte_rows("eval"), "data": _data_summary(task, clients, pooled),
+        "config": cfg.to_dict(),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    if writer is not None:
+        for k, v in task.summarise(test).items():
+            writer.add_scalar(f"test/{k}", v, cfg.train.epochs)
+        writer.close()
+    from medsplit.train.outputs import write_outputs
+
+    write_outputs(cfg, run_dir, result, task, final, quiet=quiet)
+    return run_dir
+
+
+def _load_eval_weights(model, state: dict) -> None:
+    for part, _ in model.chain:
+        own = part.state_dict()
+        part.load_state_dict({k: state[k] for k in own})
+
+
+def _data_summary(task: Task, clients, pooled) -> dict:
+    summary = task.data.summary()
+    labels = task.partition_labels()
+    n_classes = getattr(task.data, "num_classes", 1)
+    summary["clients"] = [
+        {"name": f"client{k}", "n": int(len(idx)), "class_counts": np.bincount(labels[idx], minlength=n_classes).tolist()}
+        for k, idx in enumerate(clients)
+    ]
+    return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _tensorboard(run_dir: Path, cfg: Config):
+    if not cfg.output.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _log_epoch(writer, history: list[dict], epoch: int) -> None:
+    if writer is None:
+        return
+    for row in history:
+        if row["epoch"] != epoch:
+            continue
+        for k, v in row.items():
+            if k not in ("epoch", "client") and isinstance(v, (int, float)):
+                writer.add_scalar(f"{k}/{row['client']}", v, epoch)
+    writer.flush()
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,61 @@
+"""What a finished run leaves for people: an HTML report and a metrics JSON in
+``reports/`` (TensorBoard scalars and the checkpoint stay in the run directory)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsplit import __version__
+from medsplit.config import Config
+
+
+def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: bool = False) -> Path:
+    from medsplit.report.run_report import write_run_report
+
+    reports = Path(cfg.output.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    name = cfg.run_name()
+    record = dict(result)
+    record.update({
+        "title": f"medsplit {cfg.task}: {cfg.split.protocol}" + (f", CUT={result['cut']}" if result["cut"] is not None else "") + f", {cfg.split.clients} client(s)",
+        "created": __import__("datetime").datetime.now().isoformat(timespec="seconds"),
+        "medsplit_version": __version__,
+        "config_yaml": cfg.to_yaml(),
+        "artifacts": {"metrics_json": f"{name}.json", "run_dir": str(run_dir), "tensorboard": str(run_dir / "tb")},
+    })
+    if cfg.task == "lungs":
+        record["examples"] = segmentation_examples(task, model, result["test"])
+    html = write_run_report(record, reports / f"{name}.html")
+    shutil.copyfile(run_dir / "metrics.json", reports / f"{name}.json")
+    if not quiet:
+        headline = task.summarise(result["test"])
+        print(f"test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+        print(f"report: {html}\nmetrics: {reports / f'{name}.json'}\nrun: {run_dir}")
+    return html
+
+
+@torch.no_grad()
+def segmentation_examples(task, model, test: dict, per_kind: int = 2) -> dict:
+    """Best, median and worst test images by Dice, with predicted and true masks."""
+    rows = sorted(test.get("per_image", []), key=lambda r: r["dice"])
+    if not rows:
+        return {}
+    picks = rows[-per_kind:][::-1] + rows[len(rows) // 2 - per_kind // 2 : len(rows) // 2 - per_kind // 2 + per_kind] + rows[:per_kind]
+    labels = ["best"] * per_kind + ["median"] * per_kind + ["worst"] * per_kind
+    part = task.split("test")
+    where = {i: n for n, i in enumerate(part.ids)}
+    idx = torch.tensor([where[r["id"]] for r in picks])
+    batch = task.batch("test", idx, train=False, generator=None)
+    model.eval()
+    pred = torch.sigmoid(model(batch.x).float()) > 0.5
+    return {
+        "images": batch.x[:, 0].float().cpu().numpy(),
+        "pred": pred[:, 0].cpu().numpy(),
+        "true": batch.y[:, 0].cpu().numpy() > 0.5,
+        "titles": [f"{lab}: {r['id']} Dice {r['dice']:.3f}" for lab, r in zip(labels, picks)],
+    }

@@ -1,0 +1,179 @@
+"""Who trains what: sequential relay, SplitFed, centralised and FedAvg baselines.
+
+All four run on the same data, partitions, seeds, batches and metrics; they differ
+only in which party owns which part and how client weights are shared.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+
+from medsplit.split import Channel, Party, SplitModel, cut
+
+StepFn = Callable[[SplitModel, int, torch.Tensor], None]  # (model, client index, batch indices)
+
+
+class Protocol:
+    """Builds the parties for one run and trains them one epoch at a time.
+
+    Args:
+        table: the whole model as a stage table (its initial weights are shared by everyone).
+        cut_at: user-facing cut; ignored by the unsplit baselines.
+        n_clients: number of hospitals.
+        make_optimizer: optimiser factory, one optimiser per party.
+        loss_fn: the task loss.
+        channel: counts everything that crosses between parties.
+    """
+
+    name = "protocol"
+    split = True
+
+    def __init__(self, table, cut_at: int | None, n_clients: int, make_optimizer, loss_fn, channel: Channel):
+        self.table = table
+        self.channel = channel
+        self.loss_fn = loss_fn
+        self.n_clients = n_clients
+        self.parts = cut(table, cut_at if self.split else None)
+        client_parts = {p.name: p for p in self.parts if p.role == "client"}
+        server_parts = {p.name: p for p in self.parts if p.role == "server"}
+        # Every client starts from the same initial weights (deep copies of one init).
+        self.clients = [
+            Party(f"client{k}", client_parts if k == 0 else copy.deepcopy(client_parts), make_optimizer)
+            for k in range(self.n_party_clients())
+        ]
+        self.server = Party("server", server_parts, make_optimizer) if server_parts else None
+        self.models = [self._chain_for(c) for c in self.clients]
+
+    def n_party_clients(self) -> int:
+        return self.n_clients
+
+    def _chain_for(self, client: Party) -> SplitModel:
+        chain = [(client.parts[p.name], client) if p.role == "client" else (self.server.parts[p.name], self.server) for p in self.parts]
+        return SplitModel(chain, self.channel, client, self.loss_fn)
+
+    @property
+    def parties(self) -> list[Party]:
+        return self.clients + ([self.server] if self.server is not None else [])
+
+    def eval_model(self) -> SplitModel:
+        """The model that validation and test use after an epoch."""
+        return self.models[0]
+
+    def run_epoch(self, batches_per_client: list[list[torch.Tensor]], step: StepFn) -> None:
+        raise NotImplementedError
+
+    # weight sharing helpers --------------------------------------------------------
+    def _send_weights(self, sender: Party, receiver: str) -> dict[str, torch.Tensor]:
+        return self.channel.send(sender.name, receiver, "weights", dict(sender.parts.state_dict()), link="weights")
+
+    def _fedavg(self, weights: list[float]) -> None:
+        """Average client parts (weighted by sample count) and give every client the average."""
+        uploads = [self._send_weights(c, "aggregator") for c in self.clients]
+        total = float(sum(weights))
+        avg = {}
+        for key, ref in uploads[0].items():
+            acc = sum(u[key].double() * (w / total) for u, w in zip(uploads, weights))
+            avg[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
+        for c in self.clients:
+            received = self.channel.send("aggregator", c.name, "weights", avg, link="weights")
+            c.parts.load_state_dict(received)
+
+    def state(self) -> dict:
+        return {p.name: p.state() for p in self.parties}
+
+    def load_state(self, state: dict) -> None:
+        for p in self.parties:
+            p.load_state(state[p.name])
+
+    def eval_state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole-model weights of the evaluation model (keys of the stage table)."""
+        out = {}
+        for part, _ in self.eval_model().chain:
+            out.update(part.state_dict())
+        return out
+
+
+class SequentialRelay(Protocol):
+    """The original study's protocol: clients take turns against one server, each
+    starting from the previous client's client-side weights (sent as ``weights`` bytes)."""
+
+    name = "sequential"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last = 0  # index of the client that trained most recently
+
+    def run_epoch(self, batches_per_client, step):
+        for k, batches in enumerate(batches_per_client):
+            if k != self.last:
+                received = self._send_weights(self.clients[self.last], self.clients[k].name)
+                self.clients[k].parts.load_state_dict(received)
+            for idx in batches:
+                step(self.models[k], k, idx)
+            self.last = k
+
+    def eval_model(self):
+        return self.models[self.last]
+
+    def state(self):
+        return {**super().state(), "last": self.last}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.last = int(state["last"])
+
+
+class SplitFed(Protocol):
+    """SplitFed: clients train in parallel against the server (their batches interleaved
+    round-robin, as they would arrive), and client parts are averaged every round."""
+
+    name = "splitfed"
+
+    def run_epoch(self, batches_per_client, step):
+        iters = [iter(b) for b in batches_per_client]
+        active = list(range(len(iters)))
+        while active:
+            for k in list(active):
+                idx = next(iters[k], None)
+                if idx is None:
+                    active.remove(k)
+                    continue
+                step(self.models[k], k, idx)
+        self._fedavg(_sample_counts(batches_per_client))
+
+
+class Centralised(Protocol):
+    """Baseline: one party trains the whole model on everyone's training data."""
+
+    name = "centralised"
+    split = False
+
+    def n_party_clients(self) -> int:
+        return 1
+
+    def run_epoch(self, batches_per_client, step):
+        for idx in batches_per_client[0]:
+            step(self.models[0], 0, idx)
+
+
+class FedAvg(Protocol):
+    """Baseline: every client trains the whole model locally; weights averaged each round."""
+
+    name = "fedavg"
+    split = False
+
+    def run_epoch(self, batches_per_client, step):
+        for k, batches in enumerate(batches_per_client):
+            for idx in batches:
+                step(self.models[k], k, idx)
+        self._fedavg(_sample_counts(batches_per_client))
+
+
+def _sample_counts(batches_per_client) -> list[int]:
+    return [sum(len(idx) for idx in batches) for batches in batches_per_client]
+
+
+PROTOCOLS = {p.name: p for p in (SequentialRelay, SplitFed, Centralised, FedAvg)}

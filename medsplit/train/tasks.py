@@ -1,0 +1,198 @@
+"""A Task says what is learned: data, model, loss, batches and metrics.
+
+Protocols and the training loop are written once against this interface, so the
+retinopathy classifier and the lung U-Net share every line of the split machinery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsplit.config import Config
+from medsplit.models import StageTable, build_model
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[str]
+
+
+class Task:
+    """Base class; subclasses fill in the data-specific parts."""
+
+    name = "task"
+    select_metric = "loss"
+    headline = ("loss",)
+
+    def __init__(self, cfg: Config, data: Any, device: torch.device):
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.generator_device = device
+
+    # data ---------------------------------------------------------------
+    def split(self, name: str):
+        return getattr(self.data, name)
+
+    def partition_labels(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, split: str, idx: torch.Tensor, train: bool, generator: torch.Generator | None) -> Batch:
+        raise NotImplementedError
+
+    # model --------------------------------------------------------------
+    def build_table(self) -> StageTable:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_metrics(self):
+        raise NotImplementedError
+
+    def update_metrics(self, metrics, output: torch.Tensor, batch: Batch) -> None:
+        metrics.update(output, batch.y)
+
+    def summarise(self, metrics: dict) -> dict[str, float]:
+        """Scalar metrics for curves and model selection."""
+        raise NotImplementedError
+
+
+class RetinopathyTask(Task):
+    """Diabetic-retinopathy grading from colour fundus photographs (split ResNet)."""
+
+    name = "retinopathy"
+    headline = ("auc", "accuracy", "kappa", "sensitivity", "specificity")
+
+    def __init__(self, cfg: Config, data, device: torch.device):
+        super().__init__(cfg, data, device)
+        from medsplit.data.augment import BatchAugment, channel_stats
+
+        self.select_metric = "auc" if cfg.train.select_on == "auto" else cfg.train.select_on
+        # Images stay uint8 on the device: decode once, move once, augment there.
+        for s in ("train", "val", "test"):
+            part = self.split(s)
+            part.images = part.images.to(device)
+            part.labels = part.labels.to(device)
+        self.mean, self.std = channel_stats(self.data.train.images)
+        self.augment = BatchAugment().to(device) if cfg.data.augment else None
+
+    def partition_labels(self) -> np.ndarray:
+        return self.data.train.labels.cpu().numpy()
+
+    def batch(self, split, idx, train, generator):
+        from medsplit.data.augment import to_float
+
+        part = self.split(split)
+        idx = idx.to(part.images.device)
+        x = to_float(part.images[idx], self.mean, self.std)
+        if train and self.augment is not None:
+            x = self.augment(x, generator=generator)
+        ids = [part.ids[i] for i in idx.tolist()]
+        return Batch(x, part.labels[idx], ids)
+
+    def build_table(self) -> StageTable:
+        return build_model(self.cfg.model.name, num_classes=self.data.num_classes, weights=self.cfg.model.weights)
+
+    def loss(self, output, target):
+        # The model emits logits; cross_entropy applies log-softmax once (no double softmax).
+        return F.cross_entropy(output.float(), target)
+
+    def new_metrics(self):
+        from medsplit.metrics import ClassificationMetrics
+
+        return ClassificationMetrics(self.data.num_classes, self.data.class_names)
+
+    def summarise(self, metrics: dict) -> dict[str, float]:
+        return {k: metrics[k] for k in self.headline if isinstance(metrics.get(k), (int, float))}
+
+
+class LungSegmentationTask(Task):
+    """Lung segmentation on chest X-rays (four-part U-shaped split U-Net)."""
+
+    name = "lungs"
+    headline = ("dice", "jaccard", "hd95")
+
+    def __init__(self, cfg: Config, data, device: torch.device):
+        super().__init__(cfg, data, device)
+        from medsplit.data.seg_augment import SegAugment
+
+        self.select_metric = "dice" if cfg.train.select_on == "auto" else cfg.train.select_on
+        for s in ("train", "val", "test"):
+            part = self.split(s)
+            part.images = part.images.to(device)
+            part.masks = part.masks.to(device)
+        self.augment = SegAugment(backend=cfg.data.aug_backend, seed=cfg.train.seed) if cfg.data.augment else None
+        from monai.losses import DiceLoss
+
+        self._dice = DiceLoss(sigmoid=True)
+
+    def partition_labels(self) -> np.ndarray:
+        # Partition over image groups (source/view) when asked; otherwise one pseudo-class.
+        return np.zeros(len(self.data.train), dtype=np.int64)
+
+    def batch(self, split, idx, train, generator):
+        part = self.split(split)
+        idx = idx.to(part.images.device)
+        x = part.images[idx].float() / 255.0
+        y = part.masks[idx].float()
+        if train and self.augment is not None:
+            x, y = self.augment(x, y)
+            x, y = x.to(self.device), y.to(self.device)
+        ids = [part.ids[i] for i in idx.tolist()]
+        return Batch(x, y, ids)
+
+    def build_table(self) -> StageTable:
+        return build_model(self.cfg.model.name, num_classes=1, in_channels=1, weights=self.cfg.model.weights,
+                           base_channels=self.cfg.model.base_channels)
+
+    def loss(self, output, target):
+        output = output.float()
+        return self._dice(output, target) + F.binary_cross_entropy_with_logits(output, target)
+
+    def new_metrics(self):
+        from medsplit.metrics import SegmentationMetrics
+
+        return SegmentationMetrics()
+
+    def update_metrics(self, metrics, output, batch):
+        metrics.update(output, batch.y, batch.ids)
+
+    def summarise(self, metrics: dict) -> dict[str, float]:
+        out = {}
+        for k in self.headline:
+            v = metrics.get(k)
+            if isinstance(v, dict) and isinstance(v.get("mean"), (int, float)):
+                out[k] = v["mean"]
+        return out
+
+
+def make_task(cfg: Config, device: torch.device) -> Task:
+    """Load the data for ``cfg.task`` and wrap it in its Task."""
+    root = cfg.data_root()
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    if cfg.task == "retinopathy":
+        from medsplit.data.retinopathy import load_retinopathy
+
+        data = load_retinopathy(
+            cfg.data.source, root, target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
+            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+            max_images=cfg.data.max_images, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
+        )
+        return RetinopathyTask(cfg, data, device)
+    from medsplit.data.lungs import load_lungs
+
+    data = load_lungs(
+        cfg.data.source, root, img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=cfg.data.test_fraction,
+        val_fraction=cfg.data.val_fraction, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
+        max_images=cfg.data.max_images,
+    )
+    return LungSegmentationTask(cfg, data, device)
