@@ -17,7 +17,18 @@ COMMON = $(call ov,CUT,split.cut) $(call ov,CLIENTS,split.clients) $(call ov,PRO
 RETINO = $(COMMON) $(call ov,TARGET,data.target) $(call ov,MODEL,model.name)
 UNET   = $(COMMON) $(if $(BACKBONE),model.name=unet-$(BACKBONE)) $(call ov,AUG,data.aug_backend)
 
-.PHONY: setup test retinopathy retinamnist eyepacs unet-seg data clean-reports
+# Sweeps (TASK=retinopathy|unet). Defaults are sized for a 2-core CPU; widen them on a GPU.
+TASK       ?= retinopathy
+SEEDS      ?= 0,1,2
+PROTOCOLS  ?= sequential,splitfed
+PARTITIONS ?= iid
+SWEEP_CUTS_retinopathy    = 1,3,5,7
+SWEEP_CUTS_unet           = 1,2,3
+SWEEP_CLIENTS_retinopathy = 1,2,3,4,6
+SWEEP_CLIENTS_unet        = 1,2,3,4
+SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS)
+
+.PHONY: setup test retinopathy retinamnist eyepacs unet-seg data clean-reports sweep-cut sweep-clients index
 
 setup: $(VENV)/.installed
 
@@ -41,6 +52,16 @@ eyepacs: setup
 
 unet-seg: setup
 	$(PY) -m medsplit train configs/unet-seg.yaml $(UNET) $(ARGS)
+
+# A CUT= given to sweep-cut (or PROTOCOL=, SEED=) is rejected with the flag to use instead.
+sweep-cut: setup
+	$(SWEEP) configs/sweep-cut-$(TASK).yaml --axis cut --values $(or $(VALUES),$(SWEEP_CUTS_$(TASK))) $(COMMON) $(ARGS)
+
+sweep-clients: setup
+	$(SWEEP) configs/sweep-clients-$(TASK).yaml --axis clients --values $(or $(VALUES),$(SWEEP_CLIENTS_$(TASK))) $(COMMON) $(ARGS)
+
+index: setup
+	$(PY) -m medsplit.report.index reports
 
 data: setup
 	$(PY) -m medsplit data

@@ -1,4 +1,4 @@
-"""Command line: ``python -m medsplit {train,evaluate,data} ...``.
+"""Command line: ``python -m medsplit {train,evaluate,sweep,data} ...``.
 
 Every option is either a config key (``key=value`` overrides) or consumed here;
 nothing is parsed and ignored.
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["retinamnist", "kaggle-retinopathy", "kaggle-lungs"])
     p.add_argument("--root", default=None, help="data root (default: $MEDSPLIT_DATA or datasets/)")
 
+    from medsplit.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "data":
             return _data(args)
+        if args.command == "sweep":
+            from medsplit.sweep import run_sweep_command
+
+            return run_sweep_command(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -61,6 +61,10 @@ class SplitConfig:
     clients: int = 2
     serialise: bool = False
     """Encode/decode every message on the in-process channel (what a real transport does)."""
+    compress_activations: str = "none"
+    """Lossy codec for activations crossing a cut: none | fp16 | bf16 | int8 | topk0.1 | topk0.01."""
+    compress_gradients: str = "none"
+    """Lossy codec for gradients returned across a cut (same choices)."""
 
 
 @dataclass
@@ -125,6 +129,10 @@ CHOICES = {
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
     "data.aug_backend": ("monai", "albumentations"),
     "split.protocol": ("sequential", "splitfed", "centralised", "fedavg"),
+    # Kept literal (not imported from medsplit.split.codecs) so loading a config needs no torch;
+    # tests/test_codecs.py checks both lists agree.
+    "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
+    "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "train.optimizer": ("adam", "adamw", "sgd"),
 }
 
@@ -182,7 +190,7 @@ def _build(cls, values: dict, prefix: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys under {prefix.rstrip('.') or 'the top level'} are {sorted(known)}")
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; valid keys under {prefix.rstrip('.') or 'the top level'} are {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -218,6 +226,11 @@ def _coerce(key: str, value: Any, hint) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

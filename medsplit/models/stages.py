@@ -10,23 +10,10 @@ same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
-
-
-class Call(nn.Module):
-    """Wrap a module whose forward takes several positional tensors (e.g. a decoder block
-    taking ``(x, skip)``) or a plain function, so it can be a stage."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor], module: nn.Module | None = None):
-        super().__init__()
-        self.fn = fn
-        self.inner = module  # registered so its parameters belong to the stage
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.fn(*tensors)
 
 
 @dataclass(frozen=True)

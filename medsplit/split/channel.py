@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from medsplit.split import wire
+
+if TYPE_CHECKING:  # only for the annotation: any object with encode/decode will do
+    from medsplit.split.codecs import Codec
 
 KINDS = ("activation", "gradient", "label", "weights")
 
@@ -52,6 +55,9 @@ class Channel:
             and counts ``wire.encoded_size`` bytes, which is provably the same number.
         check_finite: stop the run with a :class:`NonFiniteError` naming the sender
             when a message carries NaN or Inf.
+        codecs: optional lossy codec per transfer kind (``{"activation": Int8Codec()}``,
+            see :mod:`medsplit.split.codecs`); the compressed payload is what is counted
+            (and serialised), the receiver and observers get the decoded tensors.
     """
 
     serialise: bool = False
@@ -60,7 +66,14 @@ class Channel:
     step: int = 0
     phase: str = "train"
     observers: list[Callable[[Transfer], None]] = field(default_factory=list)
+    codecs: dict[str, "Codec"] = field(default_factory=dict)
     _bytes: dict = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self) -> None:
+        # A misspelt kind ("activations") would otherwise compress nothing, silently.
+        unknown = sorted(set(self.codecs) - set(KINDS))
+        if unknown:
+            raise ValueError(f"codecs given for unknown transfer kind(s) {unknown}; valid kinds are {KINDS}")
 
     def tap(self, observer: Callable[[Transfer], None]) -> Callable[[], None]:
         """Register ``observer``; returns a function that removes it."""
@@ -77,14 +90,20 @@ class Channel:
                         f"{sender} sent a non-finite {kind} {name!r} to {receiver} "
                         f"(epoch {self.epoch}, step {self.step}, phase {self.phase})"
                     )
+        # --- codec (optional, per kind): count and ship the compressed payload ----------
+        codec = self.codecs.get(kind)
+        outgoing = codec.encode(tensors) if codec is not None else tensors
+        # --- end codec -------------------------------------------------------------------
         if self.serialise:
-            payload = wire.encode(tensors)
+            payload = wire.encode(outgoing)
             nbytes = len(payload)
             device = next(iter(tensors.values())).device if tensors else "cpu"
             received, _ = wire.decode(payload, device=device)
         else:
-            nbytes = wire.encoded_size(tensors)
-            received = {name: t.detach() for name, t in tensors.items()}
+            nbytes = wire.encoded_size(outgoing)
+            received = {name: t.detach() for name, t in outgoing.items()}
+        if codec is not None:  # the receiver sees the lossy reconstruction, never the original
+            received = codec.decode(received)
         if kind == "activation":
             # The receiver differentiates with respect to what it received.
             received = {n: (t.requires_grad_(True) if t.is_floating_point() else t) for n, t in received.items()}

