@@ -173,6 +173,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         "device": _device_name(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
         "test": test, "test_loss": test_loss[0], "history": history, "bytes": channel.byte_rows("train"),
         "bytes_eval": channel.byte_rows("eval"), "data": _data_summary(task, clients, pooled),
+        "normalisation": task.normalisation(),
         "config": cfg.to_dict(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))

@@ -65,6 +65,10 @@ class Task:
         """Scalar metrics for curves and model selection."""
         raise NotImplementedError
 
+    def normalisation(self) -> dict | None:
+        """Input standardisation learned from the training split (saved with the run)."""
+        return None
+
 
 class RetinopathyTask(Task):
     """Diabetic-retinopathy grading from colour fundus photographs (split ResNet)."""
@@ -87,6 +91,9 @@ class RetinopathyTask(Task):
 
     def partition_labels(self) -> np.ndarray:
         return self.data.train.labels.cpu().numpy()
+
+    def normalisation(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
 
     def batch(self, split, idx, train, generator):
         from medsplit.data.augment import to_float
