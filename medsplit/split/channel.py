@@ -90,10 +90,13 @@ class Channel:
                         f"{sender} sent a non-finite {kind} {name!r} to {receiver} "
                         f"(epoch {self.epoch}, step {self.step}, phase {self.phase})"
                     )
-        # --- codec (optional, per kind): count and ship the compressed payload ----------
+        # An optional lossy codec per kind: the compressed payload is what is counted and shipped.
         codec = self.codecs.get(kind)
-        outgoing = codec.encode(tensors) if codec is not None else tensors
-        # --- end codec -------------------------------------------------------------------
+        if codec is not None:
+            with torch.no_grad():  # the sender keeps its graph on the original tensors
+                outgoing = codec.encode(tensors)
+        else:
+            outgoing = tensors
         if self.serialise:
             payload = wire.encode(outgoing)
             nbytes = len(payload)

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import json
+import datetime
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from medsplit import __version__
@@ -23,7 +22,7 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     record = dict(result)
     record.update({
         "title": f"medsplit {cfg.task}: {cfg.split.protocol}" + (f", CUT={result['cut']}" if result["cut"] is not None else "") + f", {cfg.split.clients} client(s)",
-        "created": __import__("datetime").datetime.now().isoformat(timespec="seconds"),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "medsplit_version": __version__,
         "config_yaml": cfg.to_yaml(),
         "artifacts": {"metrics_json": f"{name}.json", "run_dir": str(run_dir), "tensorboard": str(run_dir / "tb")},
@@ -34,7 +33,7 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     shutil.copyfile(run_dir / "metrics.json", reports / f"{name}.json")
     if not quiet:
         headline = task.summarise(result["test"])
-        print(f"test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+        print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
         print(f"report: {html}\nmetrics: {reports / f'{name}.json'}\nrun: {run_dir}")
     return html
 
