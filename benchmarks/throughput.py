@@ -1,7 +1,7 @@
 """Training throughput of a split model against the whole model, on one device, in one run.
 
-Measures images/s for
-  * model-only: the whole ResNet-34 training step on a pre-made float batch (the ceiling);
+Measures images/s for (ResNet-34 classification, or a U-Net with ``--model unet-smp``)
+  * model-only: the whole model's training step on a pre-made float batch (the ceiling);
   * whole, end to end: uint8 images cached on the device -> index -> float -> augment -> step;
   * split at each cut, end to end: the same, through parties and the channel.
 
@@ -10,6 +10,7 @@ Prints a table and writes JSON to benchmarks/results/.
 
     python benchmarks/throughput.py                      # auto device, 224 px, batch 64
     python benchmarks/throughput.py --size 64 --batch 32 --steps 10   # a CPU-sized run
+    python benchmarks/throughput.py --model unet-smp --size 256 --batch 16 --cuts 1,2,3
 """
 
 from __future__ import annotations
@@ -47,18 +48,27 @@ def _timed(step, steps: int, warmup: int, batch: int, device) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
-def _split_model(table, cut_at, make_opt):
+def _split_model(table, cut_at, make_opt, loss_fn):
     parts = cut(table, cut_at)
     client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make_opt)
     server = Party("server", {p.name: p for p in parts if p.role == "server"}, make_opt)
     chain = [(p, client if p.role == "client" else server) for p in parts]
     channel = Channel(check_finite=False)
-    return SplitModel(chain, channel, client, F.cross_entropy), channel
+    return SplitModel(chain, channel, client, loss_fn), channel
+
+
+def _classification_loss(out, y):
+    return F.cross_entropy(out.float(), y)
+
+
+def _segmentation_loss(out, y):
+    return F.binary_cross_entropy_with_logits(out.float(), y)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="resnet34", help="resnet34 | resnet18 | unet-smp | unet-classic")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
@@ -73,10 +83,16 @@ def main(argv=None) -> dict:
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     fmt = torch.channels_last if cuda else torch.contiguous_format
 
+    segmentation = args.model.startswith("unet")
+    channels = 1 if segmentation else 3
+    loss_fn = _segmentation_loss if segmentation else _classification_loss
     g = torch.Generator().manual_seed(0)
-    cache = torch.randint(0, 256, (args.cache_images, 3, args.size, args.size), dtype=torch.uint8, generator=g).to(device)
-    labels = torch.randint(0, 2, (args.cache_images,), generator=g).to(device)
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    cache = torch.randint(0, 256, (args.cache_images, channels, args.size, args.size), dtype=torch.uint8, generator=g).to(device)
+    if segmentation:
+        labels = (torch.rand(args.cache_images, 1, args.size, args.size, generator=g) > 0.5).float().to(device)
+    else:
+        labels = torch.randint(0, 2, (args.cache_images,), generator=g).to(device)
+    mean, std = (0.5,) * channels, (0.25,) * channels
     augment = BatchAugment().to(device)
     aug_gen = torch.Generator(device=device).manual_seed(0)
     idx_gen = torch.Generator(device=device).manual_seed(1)
@@ -84,12 +100,20 @@ def main(argv=None) -> dict:
 
     def next_batch():
         idx = torch.randint(0, args.cache_images, (args.batch,), device=device, generator=idx_gen)
-        x = augment(to_float(cache[idx], mean, std), generator=aug_gen).contiguous(memory_format=fmt)
+        x = to_float(cache[idx], mean, std)
+        if segmentation:  # image and mask must move together: flip both on the device
+            flip = torch.rand(args.batch, device=device, generator=aug_gen) < 0.5
+            y = labels[idx]
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
+            return x.contiguous(memory_format=fmt), y
+        x = augment(x, generator=aug_gen).contiguous(memory_format=fmt)
         return x, labels[idx]
 
     rows = []
     torch.manual_seed(0)
-    whole = build_model("resnet34", num_classes=2).to(device).to(memory_format=fmt)
+    whole = (build_model(args.model, num_classes=1, in_channels=1) if segmentation else build_model(args.model, num_classes=2))
+    whole = whole.to(device).to(memory_format=fmt)
     opt = make_opt(whole.parameters())
     x0, y0 = next_batch()
 
@@ -98,7 +122,7 @@ def main(argv=None) -> dict:
             x, y = next_batch()
         opt.zero_grad(set_to_none=True)
         with amp():
-            loss = F.cross_entropy(whole(x).float(), y)
+            loss = loss_fn(whole(x), y)
         loss.backward()
         opt.step()
 
@@ -107,7 +131,7 @@ def main(argv=None) -> dict:
     whole_e2e = _timed(whole_step, args.steps, args.warmup, args.batch, device)
     rows.append({"setting": "whole, end to end", "img_per_s": whole_e2e})
     for c in [int(c) for c in args.cuts.split(",")]:
-        model, channel = _split_model(whole, c, make_opt)
+        model, channel = _split_model(whole, c, make_opt, loss_fn)
 
         def split_step():
             x, y = next_batch()
@@ -121,19 +145,19 @@ def main(argv=None) -> dict:
         r["vs_whole_e2e"] = r["img_per_s"] / whole_e2e
         r["vs_model_only"] = r["img_per_s"] / model_only
     result = {
-        "benchmark": "throughput", "device": torch.cuda.get_device_name(device) if cuda else f"cpu {platform.machine()} x{torch.get_num_threads()}",
+        "benchmark": "throughput", "model": args.model, "device": torch.cuda.get_device_name(device) if cuda else f"cpu {platform.machine()} x{torch.get_num_threads()}",
         "size": args.size, "batch": args.batch, "steps": args.steps, "amp_bf16": cuda, "channels_last": cuda,
         "torch": torch.__version__, "rows": rows,
         "targets": {"split_vs_whole_e2e": 0.95, "e2e_vs_model_only": 0.80},
     }
-    print(f"\nResNet-34 training throughput on {result['device']} ({args.size} px, batch {args.batch}, {args.steps} steps)")
+    print(f"\n{args.model} training throughput on {result['device']} ({args.size} px, batch {args.batch}, {args.steps} steps)")
     print(f"{'setting':<28}{'img/s':>10}{'vs whole e2e':>14}{'vs model-only':>15}{'MB/sample':>11}")
     for r in rows:
         mb = f"{r['bytes_per_sample'] / 1e6:.3f}" if "bytes_per_sample" in r else ""
         print(f"{r['setting']:<28}{r['img_per_s']:>10.1f}{r['vs_whole_e2e']:>14.3f}{r['vs_model_only']:>15.3f}{mb:>11}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if cuda else "cpu"
-    out = RESULTS / f"throughput-{tag}-{args.size}px.json"
+    out = RESULTS / f"throughput-{args.model}-{tag}-{args.size}px.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"saved {out}")
     return result

@@ -118,3 +118,11 @@ def test_evaluate_segmentation_run(tmp_path, shared_data):
     assert len(result["metrics"]["per_image"]) == 159
     html = (tmp_path / "reports" / f"{cfg.run_name()}.html").read_text()
     assert "client_encoder" in html  # bytes are reported per cut of the U-shape
+
+
+def test_more_clients_than_the_data_allows_stops_before_training(tmp_path):
+    from medsplit.data.images import DataError
+
+    with pytest.raises(DataError, match=r"40 clients need at least 320 samples"):
+        train(_cfg(tmp_path, "split.clients=40"), quiet=True)
+    assert not list((tmp_path / "runs").glob("*/checkpoint.pt"))

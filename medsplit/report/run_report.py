@@ -171,7 +171,7 @@ def _data_section(report: Report, data: dict) -> None:
         rows = []
         for name, split in splits.items():
             split = split or {}
-            row: dict[str, Any] = {"split": name, "images": split.get("n"), "patients": split.get("patients")}
+            row: dict[str, Any] = {"split": name, "images": split.get("n"), "patients": split.get("patients", split.get("n_patients"))}
             row.update(_class_columns(split.get("class_counts"), class_names))
             rows.append(row)
         report.table(rows, caption="Split sizes (patient-level splits: no patient appears in two splits)")
@@ -180,9 +180,11 @@ def _data_section(report: Report, data: dict) -> None:
         rows = []
         for client in clients:
             row = {"client": client.get("name"), "images": client.get("n")}
-            row.update(_class_columns(client.get("class_counts"), class_names))
+            if class_names:
+                row.update(_class_columns(client.get("class_counts"), class_names))
+            row.update({f"from {g}": n for g, n in (client.get("groups") or {}).items()})
             rows.append(row)
-        report.table(rows, caption="Training images held by each client")
+        report.table(rows, caption="Training images held by each client (by class, and by image source or view)")
 
 
 def _history_metrics(history: list[dict]) -> list[str]:

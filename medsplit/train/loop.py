@@ -7,6 +7,7 @@ import contextlib
 import copy
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +198,13 @@ def _data_summary(task: Task, clients, pooled) -> dict:
     summary = task.data.summary()
     labels = task.partition_labels()
     n_classes = getattr(task.data, "num_classes", 1)
-    summary["clients"] = [
-        {"name": f"client{k}", "n": int(len(idx)), "class_counts": np.bincount(labels[idx], minlength=n_classes).tolist()}
-        for k, idx in enumerate(clients)
-    ]
+    groups = getattr(task.split("train"), "groups", None)
+    summary["clients"] = []
+    for k, idx in enumerate(clients):
+        row = {"name": f"client{k}", "n": int(len(idx)), "class_counts": np.bincount(labels[idx], minlength=n_classes).tolist()}
+        if groups is not None:  # image source / view: what a non-IID lung partition splits on
+            row["groups"] = dict(sorted(Counter(groups[i] for i in idx).items()))
+        summary["clients"].append(row)
     return summary
 
 

@@ -1,0 +1,85 @@
+"""Black-box model inversion by a decoder (honest-but-curious server colluding with one hospital).
+
+Threat model: the server follows the protocol. One hospital colludes: it gives the server
+pairs ``(x, activation)`` from the *trained* client model, where the activation is exactly
+what crossed the channel for ``x`` (so under a noise defence the pairs are noisy, like
+everything the server sees). The server trains a decoder from activations to images on
+these pairs, then inverts the activations the other hospitals send. The decoder's input
+shape is read from the observed activations, so it works at any cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medsplit.attacks.nets import decoder
+from medsplit.attacks.quality import reconstruction_quality
+
+
+@dataclass
+class InversionConfig:
+    """Args:
+        steps: decoder training steps.
+        batch_size: pairs per step.
+        lr: Adam learning rate.
+        width: hidden channels of the decoder.
+        log_every: evaluate on the victims' observed activations every this many steps.
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    width: int = 32
+    log_every: int = 250
+
+
+@dataclass
+class InversionResult:
+    history: list[dict]
+    reconstructions: torch.Tensor
+    final: dict
+    baseline: dict  # the mean auxiliary image as "reconstruction" of every victim image
+    config: dict
+
+
+def run_inversion(aux_images: torch.Tensor, aux_activations: torch.Tensor, victim_images: torch.Tensor,
+                  victim_activations: torch.Tensor, cfg: InversionConfig, generator: torch.Generator | None = None) -> InversionResult:
+    """Train a decoder on the colluder's pairs and invert the victims' observed activations.
+
+    Args:
+        aux_images, aux_activations: the colluding hospital's images ([0, 1]) and what crossed for them.
+        victim_images: the other hospitals' images (only to score the attack; the attacker never sees them).
+        victim_activations: what crossed the channel for ``victim_images``.
+        cfg: hyper-parameters.
+        generator: batch sampling RNG.
+    """
+    if aux_images.shape[0] != aux_activations.shape[0]:
+        raise ValueError("one activation per auxiliary image is needed")
+    dec = decoder(tuple(aux_activations.shape[1:]), aux_images.shape[1], aux_images.shape[-1], cfg.width)
+    opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
+    history = []
+
+    def log(step: int) -> None:
+        dec.eval()
+        with torch.no_grad():
+            q = reconstruction_quality(dec(victim_activations), victim_images)
+        dec.train()
+        history.append({"iteration": step, **q})
+
+    log(0)
+    for step in range(1, cfg.steps + 1):
+        i = torch.randint(0, aux_images.shape[0], (cfg.batch_size,), generator=generator)
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(dec(aux_activations[i]), aux_images[i])
+        loss.backward()
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log(step)
+    dec.eval()
+    with torch.no_grad():
+        recon = dec(victim_activations)
+    mean = aux_images.mean(0, keepdim=True).expand_as(victim_images)
+    return InversionResult(history, recon, history[-1], reconstruction_quality(mean, victim_images), asdict(cfg))

@@ -1,0 +1,64 @@
+"""What an attacker sees: messages recorded from a Channel with ``channel.tap``."""
+
+from __future__ import annotations
+
+import torch
+
+from medsplit.split.channel import Channel, Transfer
+from medsplit.split.engine import SplitModel
+
+
+class Recorder:
+    """Keeps the transfers of one kind (optionally one receiver) that cross a channel.
+
+    Args:
+        channel: the channel to tap.
+        kind: ``"activation"``, ``"gradient"`` or ``"label"``.
+        receiver: keep only messages to this party (``None``: all).
+        link_prefix: keep only links starting with this (e.g. ``"client_encoder->"``).
+    """
+
+    def __init__(self, channel: Channel, kind: str, receiver: str | None = None, link_prefix: str = ""):
+        self.kind, self.receiver, self.link_prefix = kind, receiver, link_prefix
+        self.transfers: list[Transfer] = []
+        self._untap = channel.tap(self._observe)
+
+    def _observe(self, t: Transfer) -> None:
+        if t.kind == self.kind and (self.receiver is None or t.receiver == self.receiver) and t.link.startswith(self.link_prefix):
+            self.transfers.append(t)
+
+    def close(self) -> None:
+        self._untap()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def crossing_key(model: SplitModel) -> str:
+    """Name of the tensor the first (client) part sends to the server."""
+    first, owner = model.chain[0]
+    server_reads = {r for p, o in model.chain if o is not owner for r in p.reads}
+    keys = [k for k in first.sends if k in server_reads]
+    if not keys:
+        raise ValueError(f"part {first.name!r} sends nothing to another party")
+    return keys[0]
+
+
+@torch.no_grad()
+def observed_activations(model: SplitModel, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Run inference on ``x`` and return the activations *as the server received them*
+    (after every send transform: noise, mixing), in input order."""
+    key = crossing_key(model)
+    first = model.chain[0][0].name
+    out = []
+    with Recorder(model.channel, "activation", link_prefix=f"{first}->") as rec:
+        model.eval()
+        for i in range(0, x.shape[0], batch_size):
+            model.forward(x[i:i + batch_size])
+        for t in rec.transfers:
+            if key in t.tensors:
+                out.append(t.tensors[key].detach())
+    return torch.cat(out)
