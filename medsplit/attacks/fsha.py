@@ -62,12 +62,15 @@ class FSHAServer(nn.Module):
         in_channels, image_size: of the images.
         act_shape: ``(C, h, w)`` of the client's activation at the cut.
         cfg: hyper-parameters.
+        nonnegative: the client's activations are >= 0 (its part ends in a ReLU); the
+            attacker reads this off the activations it receives.
     """
 
-    def __init__(self, in_channels: int, image_size: int, act_shape: tuple[int, int, int], cfg: FSHAConfig):
+    def __init__(self, in_channels: int, image_size: int, act_shape: tuple[int, int, int], cfg: FSHAConfig,
+                 nonnegative: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width)
+        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width, nonnegative)
         self.decoder = decoder(act_shape, in_channels, image_size, cfg.width)
         self.critic = discriminator(act_shape, 2 * cfg.width)
         self.opt_ae = torch.optim.Adam([{"params": self.pilot.parameters(), "lr": cfg.lr_pilot},
@@ -135,6 +138,9 @@ class FSHAClientSession:
         self.send_transform, self.regularizer = send_transform, regularizer
         self.client, self.server_name = client_name, server_name
         self.link = f"{getattr(client_part, 'name', 'client')}->server"
+        # BatchNorm running statistics lag far behind a client being hijacked; with batch
+        # statistics the server sees what the client sends during training.
+        self.eval_batch_stats = True
 
     def round(self, x: torch.Tensor, y: torch.Tensor | None, x_aux: torch.Tensor, step: bool = True) -> torch.Tensor:
         """One protocol round; returns the gradient the client received. ``step=False`` for a
@@ -166,7 +172,7 @@ class FSHAClientSession:
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """The server's reconstruction ``f~^-1(z)`` of what the client sends for ``x`` at inference."""
-        self.part.eval()
+        self.part.train(self.eval_batch_stats)
         phase, self.channel.phase = self.channel.phase, "eval"
         try:
             out = []

@@ -30,19 +30,24 @@ class _Resize(nn.Module):
         return x if tuple(x.shape[-2:]) == self.size else F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
 
-def pilot_encoder(in_channels: int, image_size: int, act_shape: tuple[int, int, int], width: int = 32) -> nn.Module:
+def pilot_encoder(in_channels: int, image_size: int, act_shape: tuple[int, int, int], width: int = 32,
+                  nonnegative: bool = False) -> nn.Module:
     """f~: image ``(in_channels, S, S)`` -> ``act_shape`` = ``(C, h, w)``, same downsampling as the client.
 
     Args:
         in_channels, image_size: of the images.
         act_shape: ``(C, h, w)`` of the client's activation.
         width: channels of the hidden layers.
+        nonnegative: end with a ReLU, as the client does when its part ends in one; otherwise
+            the pilot's feature space holds values the client can never send.
     """
     c, h, w = act_shape
     layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2)]
     for _ in range(_halvings(image_size, h)):
         layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
     layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, c, 3, padding=1), _Resize((h, w))]
+    if nonnegative:
+        layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medsplit.data.cache import read_cached, write_cached
+
 __all__ = ["DataError", "ImageSet", "decode_images"]
 
 # Bump when the decode pipeline changes, so stale caches are never reused.
@@ -149,12 +151,12 @@ def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path |
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"decoded-{_cache_key(files, size, channels)}.safetensors"
-        cached = _read_cache(cache_file, (len(files), channels, size, size))
+        cached = read_cached(cache_file, "images", (len(files), channels, size, size))
         if cached is not None:
             return cached
     images = _decode_all(files, size, channels)
     if cache_file is not None:
-        _write_cache(cache_file, images)
+        write_cached(cache_file, "images", images, {"pipeline": _PIPELINE_VERSION})
     return images
 
 
@@ -267,25 +269,3 @@ def _cache_key(files: list[Path], size: int, channels: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    if not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    try:
-        images = load_file(str(path))["images"]
-    except Exception:  # a half-written or foreign file: decode again and overwrite it
-        return None
-    if tuple(images.shape) != shape or images.dtype != torch.uint8:
-        return None
-    return images
-
-
-def _write_cache(path: Path, images: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent reader never sees a half-written cache.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"images": images.contiguous()}, str(tmp), metadata={"pipeline": _PIPELINE_VERSION})
-    os.replace(tmp, path)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsplit.data.cache import read_cached, write_cached
 from medsplit.data.images import DataError, decode_images
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
@@ -436,7 +437,7 @@ def _load_masks(records: list[_Record], size: int, cache_dir: Path | None) -> to
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"masks-{_mask_cache_key(records, size)}.safetensors"
-        cached = _read_cache(cache_file, (len(records), 1, size, size))
+        cached = read_cached(cache_file, "masks", (len(records), 1, size, size))
         if cached is not None:
             return cached
     out = torch.empty((len(records), 1, size, size), dtype=torch.uint8)
@@ -445,7 +446,7 @@ def _load_masks(records: list[_Record], size: int, cache_dir: Path | None) -> to
         for i, mask in enumerate(pool.map(lambda r: _load_mask(r, size), records)):
             out[i] = mask
     if cache_file is not None:
-        _write_cache(cache_file, out)
+        write_cached(cache_file, "masks", out)
     return out
 
 
@@ -486,27 +487,6 @@ def _mask_cache_key(records: list[_Record], size: int) -> str:
             stat = f.stat()
             digest.update(f"\n{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
-
-
-def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    if not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    try:
-        masks = load_file(str(path))["masks"]
-    except Exception:  # half-written or foreign: rebuild it
-        return None
-    return masks if tuple(masks.shape) == shape and masks.dtype == torch.uint8 else None
-
-
-def _write_cache(path: Path, masks: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # rename: readers never see half a file
-    save_file({"masks": masks.contiguous()}, str(tmp))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,13 @@ class Task:
     def split(self, name: str):
         return getattr(self.data, name)
 
+    def _move_to_device(self, *fields: str) -> None:
+        # Images stay uint8 on the device: decode once, move once, augment there.
+        for name in ("train", "val", "test"):
+            part = self.split(name)
+            for f in fields:
+                setattr(part, f, getattr(part, f).to(self.device))
+
     def partition_labels(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -81,11 +88,7 @@ class RetinopathyTask(Task):
         from medsplit.data.augment import BatchAugment, channel_stats
 
         self.select_metric = "auc" if cfg.train.select_on == "auto" else cfg.train.select_on
-        # Images stay uint8 on the device: decode once, move once, augment there.
-        for s in ("train", "val", "test"):
-            part = self.split(s)
-            part.images = part.images.to(device)
-            part.labels = part.labels.to(device)
+        self._move_to_device("images", "labels")
         self.mean, self.std = channel_stats(self.data.train.images)
         self.augment = BatchAugment().to(device) if cfg.data.augment else None
 
@@ -133,10 +136,7 @@ class LungSegmentationTask(Task):
         from medsplit.data.seg_augment import SegAugment
 
         self.select_metric = "dice" if cfg.train.select_on == "auto" else cfg.train.select_on
-        for s in ("train", "val", "test"):
-            part = self.split(s)
-            part.images = part.images.to(device)
-            part.masks = part.masks.to(device)
+        self._move_to_device("images", "masks")
         self.augment = SegAugment(backend=cfg.data.aug_backend, seed=cfg.train.seed) if cfg.data.augment else None
         from monai.losses import DiceLoss
 
