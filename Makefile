@@ -28,7 +28,7 @@ SWEEP_CLIENTS_retinopathy = 1,2,3,4,6
 SWEEP_CLIENTS_unet        = 1,2,3,4
 SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS)
 
-.PHONY: setup test retinopathy retinamnist eyepacs unet-seg data clean-reports sweep-cut sweep-clients index
+.PHONY: attacks setup test retinopathy retinamnist eyepacs unet-seg data clean-reports sweep-cut sweep-clients index
 
 setup: $(VENV)/.installed
 
@@ -68,3 +68,6 @@ data: setup
 
 clean-reports:
 	rm -f reports/*.html reports/*.json
+
+attacks: setup
+	$(PY) -m medsplit attack $(if $(PROFILE),--profile $(PROFILE)) $(if $(TASK),--task $(TASK)) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from medsplit.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    from medsplit.privacy_eval import add_attack_parser
+
+    add_attack_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             from medsplit.sweep import run_sweep_command
 
             return run_sweep_command(args)
+        if args.command == "attack":
+            from medsplit.privacy_eval import run_attack_command
+
+            return run_attack_command(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -63,22 +63,13 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
 
 
 def _retinopathy(cfg, data: str, saved: dict):
-    from medsplit.data import retinopathy as R
-    from medsplit.data.images import decode_images
+    from medsplit.data.retinopathy import TARGETS, load_for_evaluation
     from medsplit.metrics import ClassificationMetrics
 
-    spec = R.TARGETS[cfg.data.target]
-    kind, path = R.resolve_source(data, cfg.data_root())
-    if kind == "folder":
-        table = R._read_folder(path)
-        images = decode_images(table.files, cfg.data.img_size, 3, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
-        targets, ids, source = spec.labels(table.grades), table.ids, f"{path} ({table.csv.name})"
-    elif kind == "npz":
-        test = R._load_npz(path, spec, cfg.data.img_size, cfg.train.seed, None).test
-        images, targets, ids, source = test.images, test.labels, test.ids, f"{path} (official test split)"
-    else:
-        raise ValueError("external validation needs real data: pass a folder or .npz with --data, not the synthetic source")
-    return images, targets, ids, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
+    spec = TARGETS[cfg.data.target]
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache)
+    return images.images, images.labels, images.ids, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
 
 
 def _lungs(cfg, data: str):

@@ -511,3 +511,22 @@ def _eye_ids(patients: list[str]) -> list[str]:
         ids.append(f"{p}_{'left' if seen[p] == 0 else 'right'}")
         seen[p] += 1
     return ids
+
+
+def load_for_evaluation(data: str, data_root: Path, target: str, img_size: int, cache_dir: Path | None = None) -> tuple[ImageSet, str]:
+    """Every image of a folder source (or a RetinaMNIST ``.npz``'s official test split), unsplit,
+    for scoring a trained model on external data.
+
+    Raises:
+        DataError: the synthetic source (external validation needs real images) or a bad source.
+    """
+    spec = TARGETS[target]  # the run's config already validated the target
+    kind, path = resolve_source(data, data_root)
+    if kind == "folder":
+        table = _read_folder(path)
+        images = decode_images(table.files, img_size, 3, cache_dir)
+        full = ImageSet(images, spec.labels(table.grades), table.ids, table.patients, table.grades, table.groups)
+        return full, f"{path} ({table.csv.name})"
+    if kind == "npz":
+        return _load_npz(path, spec, img_size, 0, None).test, f"{path} (official test split)"
+    raise DataError("external validation needs real images: pass a folder or .npz, not the synthetic source")

@@ -40,6 +40,6 @@ def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     dcov_xy = (a * b).mean()
     dvar_x, dvar_y = (a * a).mean(), (b * b).mean()
     denom = torch.sqrt(dvar_x * dvar_y)
-    if float(denom) <= 0:  # a constant batch: dCor is defined as 0
+    if float(denom.detach()) <= 0:  # a constant batch: dCor is defined as 0
         return dcov_xy * 0
     return torch.sqrt(torch.clamp(dcov_xy, min=0) / denom + 1e-12)

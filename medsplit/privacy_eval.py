@@ -1,0 +1,426 @@
+"""The attack x defence harness behind ``python -m medsplit attack`` (and ``make attacks``).
+
+For every defence and strength: train the target split model with the defence, then train a
+*fresh* attacker against the defended client that sees exactly what crossed the channel
+(noisy or mixed activations included); never judge a defence by a proxy it trained against.
+FSHA is an attack *during* training, so it runs from scratch against a client that applies
+its defence. Everything is measured on held-out images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from medsplit.attacks import ATTACKS, check_attack_names
+from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
+from medsplit.attacks.inversion import InversionConfig, run_inversion
+from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
+from medsplit.attacks.nets import decoder as make_decoder
+from medsplit.attacks.tap import Recorder, crossing_key, observed_activations
+from medsplit.defences import (DEFENCES, DefenceNotApplicable, HijackDetector, LaplaceMechanism, Mixing, NoPeek,
+                               ProxyAdversary, check_defence_names, distance_correlation)
+from medsplit.models import build_model
+from medsplit.split import Channel, Party, SplitModel, cut
+
+TASKS = ("lungs", "retinopathy")
+
+
+@dataclass
+class Profile:
+    """Scale of one evaluation. Args: see the field comments."""
+
+    name: str
+    img_size: int
+    target_steps: int  # training steps of the target split model
+    batch_size: int
+    fsha: FSHAConfig
+    inversion: InversionConfig
+    validator_steps: int
+    strengths: dict[str, list[float]]  # defence -> strengths evaluated against model inversion
+    fsha_defences: dict[str, list[float]]  # defence -> strengths evaluated against FSHA
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_images: int = 600  # retinopathy subset
+    base_channels: int = 8  # U-Net width
+    cut_lungs: int = 2
+    cut_retinopathy: int = 4
+    label_steps: int = 100
+    laplace_c: float = 1.0
+    probe_every: int = 10
+
+
+PROFILES = {
+    "tiny": Profile("tiny", 16, 6, 8, FSHAConfig(iterations=12, batch_size=8, lr_client=1e-4, lr_pilot=1e-3, lr_decoder=1e-3,
+                                                 width=8, log_every=6),
+                    InversionConfig(steps=20, batch_size=8, width=8, log_every=10), 5,
+                    {"none": [0], "nopeek": [1.0], "laplace": [0.5], "mixing": [2], "proxy": [0.5], "dpsgd": [1.0]},
+                    {"none": [0], "nopeek": [1.0]}, max_images=120, label_steps=6, probe_every=3),
+    "reduced": Profile("reduced", 64, 300, 16, FSHAConfig(iterations=1500, batch_size=16, lr_client=1e-4, lr_pilot=1e-3,
+                                                          lr_decoder=1e-3, width=16, log_every=150),
+                       InversionConfig(steps=400, batch_size=16, width=16, log_every=100), 150,
+                       {"none": [0], "nopeek": [0.5, 2.0], "laplace": [0.5, 2.0], "mixing": [2, 4], "proxy": [0.5, 2.0],
+                        "dpsgd": [0.5, 2.0]},
+                       {"none": [0], "nopeek": [0.5, 2.0]}, label_steps=150),
+    "full": Profile("full", 64, 3000, 64, FSHAConfig(), InversionConfig(), 2000,
+                    {"none": [0], "nopeek": [0.1, 0.5, 1, 2, 5], "laplace": [0.1, 0.5, 1, 2, 5], "mixing": [2, 3, 4, 8],
+                     "proxy": [0.1, 0.5, 1, 2], "dpsgd": [0.3, 0.7, 1.0, 2.0]},
+                    {"none": [0], "nopeek": [0.5, 2.0, 5.0], "laplace": [0.5, 2.0]}, seeds=[0, 1, 2], max_images=3000,
+                    base_channels=32, label_steps=2000),
+}
+
+
+# ------------------------------------------------------------------ data and target
+
+
+@dataclass
+class TaskData:
+    x_train: torch.Tensor  # all hospitals' training images, float [0, 1]
+    y_train: torch.Tensor
+    x_aux: torch.Tensor  # the colluding hospital's / attacker's disjoint share
+    y_aux: torch.Tensor
+    x_test: torch.Tensor  # held-out victim images
+    y_test: torch.Tensor
+    num_classes: int
+    source: str
+
+
+def load_task(task: str, profile: Profile, data_root: Path, seed: int) -> TaskData:
+    """Images in [0, 1]; the training split is divided by patient order into a private half and an auxiliary half."""
+    if task == "lungs":
+        from medsplit.data.lungs import load_lungs
+
+        d = load_lungs("covid-cxr-v7", data_root, img_size=profile.img_size, seed=seed)
+        tr, te, nc, src = d.train, d.test, 1, d.source
+        ytr, yte = tr.masks, te.masks
+    elif task == "retinopathy":
+        from medsplit.data.retinopathy import load_retinopathy
+
+        d = load_retinopathy("eyepacs", data_root, target="referable", img_size=profile.img_size, seed=seed,
+                             max_images=profile.max_images)
+        tr, te, nc, src = d.train, d.test, d.num_classes, d.source
+        ytr, yte = tr.labels, te.labels
+    else:
+        raise ValueError(f"unknown task {task!r}; valid tasks are {list(TASKS)}")
+    patients = getattr(tr, "patients", None) or list(tr.ids)
+    order = sorted(set(patients))
+    rng = np.random.default_rng(seed)
+    aux_patients = set(rng.permutation(order)[: len(order) // 2].tolist())
+    aux = torch.tensor([p in aux_patients for p in patients])
+    x = tr.images.float() / 255
+    return TaskData(x[~aux], ytr[~aux], x[aux], ytr[aux], te.images.float() / 255, yte, nc, src)
+
+
+def _loss_for(task: str):
+    if task == "lungs":
+        return lambda out, y: F.binary_cross_entropy_with_logits(out, y.float())
+    return F.cross_entropy  # accepts the soft (mixed) targets too
+
+
+def build_target(task: str, profile: Profile, in_channels: int, num_classes: int, lr: float = 1e-3) -> SplitModel:
+    if task == "lungs":
+        table = build_model("unet-classic", num_classes=1, in_channels=in_channels, base_channels=profile.base_channels)
+        c = profile.cut_lungs
+    else:
+        table = build_model("resnet18", num_classes=num_classes, in_channels=in_channels)
+        c = profile.cut_retinopathy
+    parts = cut(table, c)
+    make = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
+    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
+    chain = [(p, client if p.role == "client" else server) for p in parts]
+    return SplitModel(chain, Channel(), client, _loss_for(task))
+
+
+def _activation_shape(model: SplitModel, x: torch.Tensor) -> tuple[int, int, int]:
+    with torch.no_grad():
+        return tuple(model.chain[0][0]({"x": x[:2]})[crossing_key(model)].shape[1:])
+
+
+def apply_defence(model: SplitModel, task: str, name: str, strength: float, data: TaskData, profile: Profile,
+                  generator: torch.Generator) -> tuple[dict, object]:
+    """Install defence ``name`` at ``strength`` on ``model``; returns (its privacy facts, the hook object)."""
+    check_defence_names([name])
+    first = model.chain[0][0].name
+    key = crossing_key(model)
+    if name == "none":
+        return {}, None
+    if name == "nopeek":
+        hook = NoPeek(strength, sent_keys=(key,))
+        model.regularizers[first] = hook
+        return {"alpha": strength}, hook
+    if name == "laplace":
+        hook = LaplaceMechanism(profile.laplace_c, strength, generator)
+        model.send_transforms[first] = hook
+        return hook.describe(), hook
+    if name == "mixing":
+        if task == "lungs" or len(model.chain) > 2:
+            raise DefenceNotApplicable("mixing cannot apply to a U-shaped split: the server's output returns to the "
+                                       "client decoder, which needs un-mixed features, and the masks never cross")
+        hook = Mixing(int(strength), data.num_classes, generator)
+        model.send_transforms[first] = hook.activations
+        model.send_transforms["data"] = hook.labels
+        return {"k": int(strength)}, hook
+    if name == "proxy":
+        shape = _activation_shape(model, data.x_train)
+        hook = ProxyAdversary(make_decoder(shape, data.x_train.shape[1], profile.img_size, 16), strength, sent_key=key)
+        model.regularizers[first] = hook
+        return {"lambda": strength}, hook
+    if name == "dpsgd":
+        from medsplit.defences.dpsgd import DPSGDClient
+
+        n = data.x_train.shape[0] + data.x_aux.shape[0]
+        hook = DPSGDClient(model, first, strength, 1.0, profile.batch_size / n, 1e-5, 1e-3, profile.batch_size)
+        return {"sigma": strength, "max_grad_norm": 1.0, "delta": 1e-5}, hook
+    raise AssertionError(name)
+
+
+def _gradient_to_client(model: SplitModel, x, y) -> torch.Tensor:
+    """forward/backward without a step; the gradient the client's first part received."""
+    first = model.chain[0][0].name
+    with Recorder(model.channel, "gradient", receiver=model.data_owner.name) as rec:
+        for party in model.parties:
+            party.zero_grad()
+        model.forward_backward(x, y)
+    grads = [t for t in rec.transfers if t.link.endswith(f"->{first}")]
+    return next(iter(grads[-1].tensors.values())).detach()
+
+
+def train_target(model: SplitModel, data: TaskData, profile: Profile, generator: torch.Generator,
+                 detector: HijackDetector | None = None) -> float:
+    """Train on all hospitals' training images (the colluder is one of them); returns seconds."""
+    x = torch.cat([data.x_train, data.x_aux])
+    y = torch.cat([data.y_train, data.y_aux])
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, profile.target_steps + 1):
+        i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator)
+        if detector is not None and detector.should_probe(step):
+            fake = _gradient_to_client(model, x[i], detector.fake_targets(y[i], data.num_classes))
+            regular = _gradient_to_client(model, x[i], y[i])
+            detector.update(step, regular, fake)
+        model.train_step(x[i], y[i])
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def utility(model: SplitModel, task: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Dice (lungs) or AUC (retinopathy) on held-out images."""
+    model.eval()
+    out = torch.cat([model.forward(x[i:i + 32]) for i in range(0, x.shape[0], 32)])
+    model.train()
+    if task == "lungs":
+        return dice(out, y)
+    p = out.softmax(1)[:, 1].numpy()
+    return float(roc_auc_score(y.numpy(), p)) if len(set(y.tolist())) == 2 else float("nan")
+
+
+def dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
+    pred = (logits > 0).float()
+    m = masks.float()
+    inter = (pred * m).sum((1, 2, 3))
+    return float(((2 * inter + 1e-6) / (pred.sum((1, 2, 3)) + m.sum((1, 2, 3)) + 1e-6)).mean())
+
+
+def train_validator(task: str, data: TaskData, profile: Profile, generator: torch.Generator) -> torch.nn.Module:
+    """A separate model (never the target) trained on the auxiliary images, to judge reconstructions."""
+    if task == "lungs":
+        net = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=profile.base_channels)
+    else:
+        net = build_model("resnet18", num_classes=data.num_classes, in_channels=3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss = _loss_for(task)
+    net.train()
+    for _ in range(profile.validator_steps):
+        i = torch.randint(0, data.x_aux.shape[0], (profile.batch_size,), generator=generator)
+        opt.zero_grad(set_to_none=True)
+        loss(net(data.x_aux[i]), data.y_aux[i]).backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def validator_score(net: torch.nn.Module, task: str, images: torch.Tensor, y: torch.Tensor) -> float:
+    out = net(images)
+    return dice(out, y) if task == "lungs" else float((out.argmax(1) == y).float().mean())
+
+
+# ------------------------------------------------------------------ experiments
+
+
+def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build_target(task, profile, data.x_train.shape[1], data.num_classes)
+    detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
+    facts, hook = apply_defence(model, task, name, strength, data, profile, g)
+    seconds = train_target(model, data, profile, g, detector)
+    if name == "dpsgd":
+        facts["epsilon"] = hook.epsilon()
+    util = utility(model, task, data.x_test, data.y_test)
+    # a fresh attacker: the colluder's pairs and the victims' activations as they crossed
+    aux_act = observed_activations(model, data.x_aux)
+    vic_act = observed_activations(model, data.x_test)
+    res = run_inversion(data.x_aux, aux_act, data.x_test, vic_act, profile.inversion, g)
+    n = min(64, data.x_test.shape[0])
+    row = {"attack": "inversion", "defence": name, "strength": strength, "seed": seed, "utility": util,
+           **{k: v for k, v in res.final.items() if k != "iteration"},
+           "baseline_mse": res.baseline["mse"], "baseline_ssim": res.baseline["ssim"],
+           "dcor": float(distance_correlation(data.x_test[:n], vic_act[:n])),
+           "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
+           "validator_on_original": validator_score(validator, task, data.x_test, data.y_test),
+           "train_seconds": seconds, **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
+    extra = {"history": res.history, "recon": res.reconstructions[:6], "detector": detector.summary() if detector else None}
+    return row, extra
+
+
+def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build_target(task, profile, data.x_train.shape[1], data.num_classes)
+    if name not in ("none", "nopeek", "laplace", "mixing", "proxy"):
+        raise DefenceNotApplicable(f"{name} is not wired into the FSHA client session; FSHA runs with none, nopeek, "
+                                   "laplace, mixing or proxy")
+    facts, hook = apply_defence(model, task, name, strength, data, profile, g)
+    first = model.chain[0][0]
+    key = crossing_key(model)
+    shape = _activation_shape(model, data.x_train)
+    with torch.no_grad():
+        nonneg = bool((first({"x": data.x_aux[:4]})[key] >= 0).all())
+    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, profile.fsha, nonnegative=nonneg)
+    transform = model.send_transforms.get(first.name)
+    if name == "mixing":
+        transform = hook.activations
+    session = FSHAClientSession(first, key, Channel(), server, profile.fsha.lr_client, transform,
+                                model.regularizers.get(first.name))
+    detector = HijackDetector(probe_every=profile.probe_every) if detect else None
+    res = run_fsha(session, data.x_train, data.x_aux, data.x_test, profile.fsha, y_priv=data.y_train, detector=detector,
+                   num_classes=data.num_classes, generator=g)
+    row = {"attack": "fsha", "defence": name, "strength": strength, "seed": seed,
+           **{k: v for k, v in res.final.items() if k not in ("iteration",)},
+           "iterations": profile.fsha.iterations,
+           "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
+           **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
+    return row, {"history": res.history, "recon": res.reconstructions[:6], "detector": res.detector}
+
+
+def label_leakage_row(task, seed, data, profile) -> dict:
+    if task != "retinopathy":
+        raise DefenceNotApplicable("label leakage needs per-example binary labels held by the client; the lung task's "
+                                   "labels are pixel masks that never leave the hospital")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    table = build_model("resnet18", num_classes=data.num_classes, in_channels=3)
+    parts = label_private_parts(table, profile.cut_retinopathy)
+    make = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
+    model = SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+    grads, labels = [], []
+    x, y = torch.cat([data.x_train, data.x_aux]), torch.cat([data.y_train, data.y_aux])
+    with Recorder(model.channel, "gradient", receiver="server") as rec:
+        for _ in range(profile.label_steps):
+            i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=g)
+            model.train_step(x[i], y[i])
+            grads.append(next(iter(rec.transfers[-1].tensors.values())))
+            labels.append(y[i])
+    counts = torch.bincount(y, minlength=2)
+    positive = int(counts.argmin())
+    return {"attack": "label-leakage", "defence": "none", "seed": seed, "positive_class": positive,
+            **leakage_scores(grads, labels, positive)}
+
+
+def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], defences: list[str] | None,
+             log=print) -> dict:
+    """Run every requested attack against every defence and strength of ``profile``."""
+    check_attack_names(attacks)
+    defences = list(profile.strengths) if defences is None else defences
+    check_defence_names(defences)
+    rows, extras, skipped = [], {}, []
+    start = time.perf_counter()
+    for seed in profile.seeds:
+        data = load_task(task, profile, data_root, seed)
+        validator = train_validator(task, data, profile, torch.Generator().manual_seed(1000 + seed))
+        if "inversion" in attacks:
+            for name in defences:
+                for s in profile.strengths.get(name, [0]):
+                    try:
+                        row, extra = inversion_row(task, name, s, seed, data, profile, validator)
+                    except DefenceNotApplicable as e:
+                        skipped.append({"attack": "inversion", "defence": name, "reason": str(e)})
+                        break
+                    rows.append(row)
+                    extras[f"inversion/{name}/{s}/{seed}"] = extra
+                    log(f"inversion {name}={s} seed {seed}: ssim {row['ssim']:.3f} utility {row['utility']:.3f}")
+        if "fsha" in attacks:
+            for name in [d for d in defences if d in profile.fsha_defences]:
+                for s in profile.fsha_defences[name]:
+                    try:
+                        row, extra = fsha_row(task, name, s, seed, data, profile, validator, detect=name == "none")
+                    except DefenceNotApplicable as e:
+                        skipped.append({"attack": "fsha", "defence": name, "reason": str(e)})
+                        break
+                    rows.append(row)
+                    extras[f"fsha/{name}/{s}/{seed}"] = extra
+                    log(f"fsha {name}={s} seed {seed}: ssim {row['ssim']:.3f} mse {row['mse']:.4f}")
+        if "label-leakage" in attacks:
+            try:
+                rows.append(label_leakage_row(task, seed, data, profile))
+            except DefenceNotApplicable as e:
+                skipped.append({"attack": "label-leakage", "defence": "none", "reason": str(e)})
+    return {"task": task, "profile": profile.name, "rows": rows, "extras": extras, "skipped": skipped,
+            "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6],
+            "profile_config": _jsonable(asdict(profile))}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ------------------------------------------------------------------ command line
+
+
+def add_attack_parser(subparsers) -> None:
+    p = subparsers.add_parser("attack", help="attack x defence evaluation; writes an HTML report and JSON in reports/")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="tiny (tests), reduced (CPU default), full (GPU default)")
+    p.add_argument("--task", choices=list(TASKS), default="lungs")
+    p.add_argument("--device", default="auto", help="only cpu runs are implemented; cuda is refused with a message")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated from {','.join(ATTACKS)}")
+    p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
+    p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default ../shared/data or datasets/)")
+    p.add_argument("--out", default="reports", help="report folder")
+
+
+def run_attack_command(args) -> int:
+    from medsplit.report.attack_report import write_attack_report
+
+    gpu = torch.cuda.is_available()
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {args.device!r}; valid devices are ['auto', 'cpu', 'cuda']")
+    if args.device == "cuda":
+        raise ValueError("the attack harness runs on the CPU only so far; use --device cpu (or auto)")
+    profile = PROFILES[args.profile or ("full" if gpu else "reduced")]
+    attacks = [a for a in args.attacks.split(",") if a]
+    defences = [d for d in args.defences.split(",") if d] if args.defences else None
+    check_attack_names(attacks)
+    if defences is not None:
+        check_defence_names(defences)
+        if args.task == "lungs" and "mixing" in defences:
+            raise DefenceNotApplicable("mixing cannot apply to the lung task's U-shaped split: the server's output "
+                                       "returns to the client decoder, which needs un-mixed features")
+    root = Path(args.data_root) if args.data_root else _default_root()
+    results = evaluate(args.task, profile, root, attacks, defences)
+    html = write_attack_report(results, Path(args.out))
+    print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
+    return 0
+
+
+def _default_root() -> Path:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return shared if shared.exists() else Path("datasets")

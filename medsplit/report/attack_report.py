@@ -1,0 +1,99 @@
+"""The attack x defence report: threat models, reconstruction grids, attack curves,
+the privacy-utility frontier and a table of every number, plus a JSON beside it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
+from medsplit.report.html import Report
+
+THREAT_MODELS = {
+    "fsha": "Malicious server (Feature-Space Hijacking, Pasquini et al. 2021). It replaces its part of the protocol: "
+            "it returns to the client the gradient of a WGAN-GP adversarial loss instead of the task gradient, and "
+            "reconstructs with the inverse of a pilot encoder trained on auxiliary images. Auxiliary data: the "
+            "patient-disjoint half of the training split of the same source (never the victims' images). It sees "
+            "exactly what crosses the channel (noisy or mixed activations under those defences).",
+    "inversion": "Honest-but-curious server colluding with one hospital. The target is trained honestly with the "
+                 "defence; the colluding hospital hands the server (image, activation) pairs, the activation being "
+                 "what crossed the channel for it. A fresh decoder is trained on those pairs and inverts the held-out "
+                 "victims' activations as observed on the channel.",
+    "label-leakage": "Honest-but-curious server in label-private (U-shaped) training of the fundus classifier: the "
+                     "hospital keeps the head and the labels; the server scores the gradient rows it receives by norm "
+                     "and by cosine to one example of known label (Li et al. 2022).",
+}
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_attack_report(results: dict, out_dir: Path) -> Path:
+    """Write ``attack-<task>-<profile>.html`` and ``.json`` into ``out_dir``; returns the HTML path."""
+    task, profile = results["task"], results["profile"]
+    stem = f"attack-{task}-{profile}"
+    rows = [{k: _clean(v) for k, v in r.items()} for r in results["rows"]]
+    rep = Report(f"Attacks and defences: {task}", subtitle=f"profile {profile}, data {results['data_source']}")
+    if profile != "full":
+        rep.banner(f"Profile {profile!r}: reduced scale (image size, iterations, steps); numbers are indicative, "
+                   "not the paper-scale result.", "warning")
+    rep.section("Threat models")
+    for name, text in THREAT_MODELS.items():
+        rep.text(f"{name}: {text}")
+    rep.text("Defences are judged by a fresh attacker trained against the defended client, never by the proxy a "
+             "defence trained against. Laplace noise: per-sample L1 clip to C/2, Laplace(b) per coordinate, "
+             "epsilon = C/b per release (pure DP, replace-one-image relation), composing over releases. DP-SGD: "
+             "opacus RDP accountant, delta 1e-5, covering the client parameters only, not the activations sent.")
+    originals = results["originals"].numpy()
+    for attack in ("inversion", "fsha"):
+        recon = {k.split("/", 1)[1]: v["recon"].numpy() for k, v in results["extras"].items() if k.startswith(attack + "/")}
+        if not recon:
+            continue
+        rep.section(f"{attack}: reconstructions", "First row: held-out originals; then one row per defence/strength/seed.")
+        n = min(originals.shape[0], next(iter(recon.values())).shape[0])
+        rep.figure(reconstruction_grid(originals[:n], {k: v[:n] for k, v in recon.items()}))
+        curves = {k.split("/", 1)[1]: v["history"] for k, v in results["extras"].items() if k.startswith(attack + "/")}
+        xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
+        for metric in ("ssim", "mse"):
+            series = {name: [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs] for name, hs in curves.items()}
+            rep.figure(line_plot(xs, series, "iteration", metric, title=f"{attack}: {metric} on held-out images"))
+    inv = [r for r in rows if r["attack"] == "inversion"]
+    if inv:
+        rep.section("Privacy-utility frontier", "Utility (Dice or AUC on held-out images) against the fresh inversion "
+                    "attacker's SSIM, one colour per defence, strengths annotated.")
+        rep.figure(scatter_frontier(inv, "ssim", "utility", "defence", "lower", "higher", annotate_key="strength"))
+    detectors = {k: v["detector"] for k, v in results["extras"].items() if v.get("detector")}
+    if detectors:
+        rep.section("Hijack detection", "Fake rounds with randomised targets; alarm when the returned gradient ignores them.")
+        rep.table([{"run": k, **v} for k, v in detectors.items()])
+    rep.section("Every number")
+    rep.table(rows)
+    if results["skipped"]:
+        rep.table(results["skipped"], caption="not run, and why")
+    rep.kv(results["profile_config"], caption="profile")
+    html = rep.write(Path(out_dir) / f"{stem}.html")
+    headline = {}
+    for r in rows:
+        if r["attack"] in ("inversion", "fsha") and r["defence"] == "none" and "ssim" in r:
+            headline[f"{r['attack']} SSIM (no defence)"] = r["ssim"]
+        if r["attack"] == "label-leakage":
+            headline["label leakage norm AUC"] = r.get("norm_auc")
+    record = {"kind": "attack", "task": task, "profile": profile, "headline": headline, "rows": rows,
+              "skipped": results["skipped"], "detectors": detectors, "seconds": results["seconds"],
+              "histories": {k: v["history"] for k, v in results["extras"].items()}, "profile_config": results["profile_config"]}
+    html.with_suffix(".json").write_text(json.dumps(record, indent=1, default=_json_default))
+    return html
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float):
+        return None
+    return str(obj)
