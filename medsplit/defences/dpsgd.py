@@ -25,6 +25,19 @@ from torch import nn
 from medsplit.split.engine import SplitModel
 
 
+def _residual_forward(block: nn.Module):
+    """torchvision's BasicBlock adds the shortcut in place (``out += identity``), which opacus'
+    backward hooks forbid; the same computation out of place."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        identity = x if block.downsample is None else block.downsample(x)
+        out = block.relu(block.bn1(block.conv1(x)))
+        out = block.bn2(block.conv2(out))
+        return block.relu(out + identity)
+
+    return forward
+
+
 def _fix_stage_modules(part: nn.Module) -> None:
     """Replace BatchNorm by GroupNorm in every stage of ``part`` (stages hold the modules)."""
     for stage in part.stages:
@@ -32,6 +45,8 @@ def _fix_stage_modules(part: nn.Module) -> None:
         for m in stage.module.modules():  # opacus' hooks forbid in-place ops on hooked outputs
             if isinstance(m, nn.ReLU):
                 m.inplace = False
+            if type(m).__name__ == "BasicBlock":
+                m.forward = _residual_forward(m)
     part.modules_by_stage = nn.ModuleDict({s.name: s.module for s in part.stages})
 
 

