@@ -99,15 +99,24 @@ def test_dpsgd_reports_finite_growing_epsilon():
 
 
 def test_proxy_zeroes_its_optimiser_and_returns_negated_loss():
-    dec = torch.nn.Sequential(torch.nn.Conv2d(4, 1, 1))
+    dec = torch.nn.Sequential(torch.nn.Conv2d(4, 1, 1), torch.nn.Sigmoid())
     proxy = ProxyAdversary(dec, lam=1.0, lr=1e-2, sent_key="a")
     x = torch.rand(4, 1, 4, 4)
     z = torch.rand(4, 4, 4, 4, requires_grad=True)
     term = proxy({"x": x}, {"a": z})
     assert term.item() < 0
+    own_step = [p.grad.clone() for p in dec.parameters()]
     term.backward()
-    assert z.grad is not None and all(p.grad is None or p.grad.abs().sum() == 0 or True for p in dec.parameters())
-    proxy({"x": x}, {"a": z.detach()})  # zero_grad before the step: grads from the client term never pile up
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    # the client's term adds nothing to the proxy's gradients (frozen for it) ...
+    assert all(torch.equal(p.grad, g) for p, g in zip(dec.parameters(), own_step))
+    # ... and the proxy's next step starts from zeroed gradients, not accumulated ones
+    proxy.optimizer.step = lambda: None
+    proxy({"x": x}, {"a": z.detach()})
+    fresh = [p.grad.clone() for p in dec.parameters()]
+    dec.zero_grad(set_to_none=True)
+    F.mse_loss(dec(z.detach()), x).backward()
+    assert all(torch.allclose(p.grad, g) for p, g in zip(dec.parameters(), fresh))
 
 
 def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():

@@ -143,7 +143,8 @@ class SegmentationData:
         splits = {}
         for name in ("train", "val", "test"):
             s = getattr(self, name)
-            splits[name] = {"n": len(s), "lung_fraction": round(s.lung_fraction(), 4), "groups": dict(sorted(Counter(s.groups).items()))}
+            splits[name] = {"n": len(s), "n_patients": len(set(s.patients)) if s.patients else None,
+                            "lung_fraction": round(s.lung_fraction(), 4), "groups": dict(sorted(Counter(s.groups).items()))}
         return {"source": self.source, "synthetic": self.synthetic, **self.info, "splits": splits}
 
 

@@ -46,7 +46,7 @@ class ProxyAdversary:
         loss = F.mse_loss(self.decoder(z.detach()), x)
         loss.backward()
         self.optimizer.step()
-        self.last_proxy_mse = float(loss)
+        self.last_proxy_mse = float(loss.detach())
         # 2. the client's term: make the (updated) proxy fail. Gradients reach only z; the
         # proxy's parameters are frozen for this term so its next step starts clean.
         for p in self.decoder.parameters():

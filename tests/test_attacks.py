@@ -1,0 +1,156 @@
+"""Attacks: FSHA returns the adversarial gradient (not the task's) through the channel, model
+inversion beats the mean image, label leakage, the hijack detector, names, the tiny report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medsplit.attacks import check_attack_names
+from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
+from medsplit.attacks.inversion import InversionConfig, run_inversion
+from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
+from medsplit.attacks.tap import Recorder, observed_activations
+from medsplit.defences import HijackDetector
+from medsplit.models import build_model
+from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split.channel import NonFiniteError
+
+torch.set_num_threads(1)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _split(table, cut_at, loss, channel=None):
+    parts = cut(table, cut_at)
+    make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
+    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
+    return SplitModel([(p, client if p.role == "client" else server) for p in parts], channel or Channel(), client, loss)
+
+
+def _images(n=48, size=16, seed=0):
+    """Smooth random images in [0, 1] (blurred noise: structure a decoder can learn)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _fsha_session(size=16, cut_at=1, **cfg):
+    table = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=4)
+    model = _split(table, cut_at, lambda o, y: F.binary_cross_entropy_with_logits(o, y.float()))
+    part = model.chain[0][0]
+    key = f"enc{cut_at}"
+    shape = tuple(part({"x": torch.rand(2, 1, size, size)})[key].shape[1:])
+    config = FSHAConfig(batch_size=8, lr_client=1e-4, lr_pilot=1e-3, lr_decoder=1e-3, width=8, **cfg)
+    server = FSHAServer(1, size, shape, config, nonnegative=True)
+    return model, FSHAClientSession(part, key, Channel(), server, config.lr_client), config
+
+
+def test_fsha_returns_adversarial_not_task_gradient():
+    model, session, _ = _fsha_session()
+    x = _images(8)
+    masks = (x > 0.5).long()
+    # the adversarial gradient -d mean D(z) / dz, computed before the server's own update
+    expected = session.server.client_gradient(session.part({"x": x})["enc1"].detach())
+    with Recorder(session.channel, "gradient", receiver="client0") as rec:
+        received = session.round(x, masks, _images(8, seed=1), step=False)
+    assert torch.equal(rec.transfers[-1].tensors["enc1"], received)  # what crossed is what the client used
+    assert torch.allclose(received, expected, atol=1e-7)
+    # the honest server's gradient for the same client, images and masks
+    with Recorder(model.channel, "gradient", receiver="client0", link_prefix="server_encoder->") as rec:
+        model.forward_backward(x, masks)
+    honest = rec.transfers[-1].tensors["enc1"]
+    cos = F.cosine_similarity(received.flatten(), honest.flatten(), dim=0)
+    assert abs(float(cos)) < 0.5
+
+
+def test_fsha_logs_quality_and_feature_space_moves_to_pilot():
+    _, session, cfg = _fsha_session(iterations=60, log_every=30)
+    x = _images(40)
+    result = run_fsha(session, x[:24], x[24:36], x[36:], cfg, generator=torch.Generator().manual_seed(0))
+    assert [h["iteration"] for h in result.history] == [0, 30, 60]
+    assert all(0 <= h["mse"] < 1 for h in result.history)
+    assert result.reconstructions.shape == x[36:].shape
+
+
+def test_fsha_stops_on_non_finite_activation_naming_party_and_step():
+    _, session, cfg = _fsha_session(iterations=3, log_every=3)
+    session.send_transform = lambda t: {k: v * float("nan") for k, v in t.items()}
+    x = _images(24)
+    with pytest.raises(NonFiniteError, match=r"client0 .* step 0"):
+        run_fsha(session, x[:8], x[8:16], x[16:], cfg)
+
+
+def test_detector_flags_fsha_and_not_honest_training():
+    _, session, cfg = _fsha_session(iterations=30, log_every=30)
+    x = _images(40)
+    y = (x > 0.5).long()
+    det = HijackDetector(probe_every=3, min_probes=3)
+    run_fsha(session, x[:24], x[24:32], x[32:], cfg, y_priv=y[:24], detector=det, generator=torch.Generator().manual_seed(0))
+    assert det.summary()["flagged"]
+
+    from medsplit.privacy_eval import PROFILES, TaskData, build_target, train_target
+
+    profile = PROFILES["tiny"]
+    data = TaskData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
+    honest = HijackDetector(probe_every=3, min_probes=3)
+    model = build_target("lungs", profile, 1, 1)
+    train_target(model, data, profile, torch.Generator().manual_seed(0), honest)
+    assert honest.scores and not honest.summary()["flagged"], honest.scores
+
+
+def test_model_inversion_beats_mean_image():
+    table = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=4)
+    model = _split(table, 1, lambda o, y: F.binary_cross_entropy_with_logits(o, y.float()))
+    x = _images(72, size=16)
+    aux, victims = x[:56], x[56:]
+    res = run_inversion(aux, observed_activations(model, aux), victims, observed_activations(model, victims),
+                        InversionConfig(steps=150, batch_size=16, width=8, lr=3e-3, log_every=75),
+                        torch.Generator().manual_seed(0))
+    assert res.final["mse"] < res.baseline["mse"]
+
+
+def test_label_leakage_norm_attack_on_imbalanced_labels():
+    table = build_model("resnet18", num_classes=2, in_channels=3)
+    parts = label_private_parts(table, 3)
+    assert [p.name for p in parts] == ["client", "server", "client_head"]
+    make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
+    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
+    model = SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+    g = torch.Generator().manual_seed(0)
+    grads, labels = [], []
+    with Recorder(model.channel, "gradient", receiver="server") as rec:
+        for _ in range(8):
+            x = torch.rand(16, 3, 32, 32, generator=g)
+            y = (torch.rand(16, generator=g) < 0.15).long()
+            y[0] = 1  # every batch holds one positive (the cosine attack's known example)
+            model.train_step(x, y)
+            grads.append(rec.transfers[-1].tensors["pool"])
+            labels.append(y)
+    scores = leakage_scores(grads, labels, positive=1)
+    assert scores["norm_auc"] > 0.9
+    assert scores["cosine_auc"] > 0.5
+
+
+def test_unknown_attack_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"valid attacks are \['fsha', 'inversion', 'label-leakage'\]"):
+        check_attack_names(["fhsa"])
+
+
+def test_tiny_profile_writes_report_and_json(tmp_path):
+    if not (DATA / "lungs" / "covid-cxr-v7").exists():
+        pytest.skip("real lung data not found")
+    from medsplit.cli import main
+
+    rc = main(["attack", "--profile", "tiny", "--task", "lungs", "--out", str(tmp_path), "--data-root", str(DATA),
+               "--defences", "none,nopeek,laplace"])
+    assert rc == 0
+    html = tmp_path / "attack-lungs-tiny.html"
+    record = json.loads(html.with_suffix(".json").read_text())
+    assert html.exists() and "Threat models" in html.read_text()
+    assert record["kind"] == "attack" and "inversion SSIM (no defence)" in record["headline"]
+    assert {r["defence"] for r in record["rows"] if r["attack"] == "inversion"} == {"none", "nopeek", "laplace"}
+    assert any(s["attack"] == "label-leakage" for s in record["skipped"])
