@@ -12,6 +12,8 @@ from pathlib import Path
 
 from medsplit.config import ConfigError, config_from_dict, load_config
 
+DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medsplit", description="Healthcare split-learning benchmark.")
@@ -29,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("data", help="download datasets into $MEDSPLIT_DATA (needs network; Kaggle needs credentials)")
-    p.add_argument("what", nargs="*", default=["retinamnist", "kaggle-retinopathy", "kaggle-lungs"],
-                   choices=["retinamnist", "kaggle-retinopathy", "kaggle-lungs"])
+    # Checked by hand: Python 3.11's argparse rejects an empty list against ``choices``.
+    p.add_argument("what", nargs="*", help=f"what to download: any of {', '.join(DOWNLOADS)} (default: all)")
     p.add_argument("--root", default=None, help="data root (default: $MEDSPLIT_DATA or datasets/)")
 
     from medsplit.sweep import add_sweep_parser
@@ -94,8 +96,11 @@ def _data(args) -> int:
         "retinamnist": download.download_retinamnist,
         "kaggle-retinopathy": download.download_kaggle_retinopathy,
     }
+    unknown = [w for w in args.what if w not in DOWNLOADS]
+    if unknown:
+        raise ValueError(f"cannot download {unknown}; valid choices are {list(DOWNLOADS)}")
     failures = 0
-    for what in args.what:
+    for what in args.what or DOWNLOADS:
         try:
             if what == "kaggle-lungs":
                 from medsplit.data.lungs import download_kaggle_lungs
