@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +233,7 @@ def dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
 
 def train_validator(task: str, data: TaskData, profile: Profile, generator: torch.Generator) -> torch.nn.Module:
     """A separate model (never the target) trained on the auxiliary images, to judge reconstructions."""
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # same validator for every run of a seed
     if task == "lungs":
         net = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=profile.base_channels)
     else:

@@ -93,12 +93,14 @@ def test_detector_flags_fsha_and_not_honest_training():
 
     from medsplit.privacy_eval import PROFILES, TaskData, build_target, train_target
 
-    profile = PROFILES["tiny"]
+    from dataclasses import replace
+
+    profile = replace(PROFILES["tiny"], target_steps=12)  # 4 probes: enough for the alarm to be possible
     data = TaskData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
     honest = HijackDetector(probe_every=3, min_probes=3)
     model = build_target("lungs", profile, 1, 1)
     train_target(model, data, profile, torch.Generator().manual_seed(0), honest)
-    assert honest.scores and not honest.summary()["flagged"], honest.scores
+    assert len(honest.scores) >= honest.min_probes and not honest.summary()["flagged"], honest.scores
 
 
 def test_model_inversion_beats_mean_image():
