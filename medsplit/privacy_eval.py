@@ -10,6 +10,7 @@ its defence. Everything is measured on held-out images.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -400,7 +401,7 @@ def add_attack_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="only cpu runs are implemented; cuda is refused with a message")
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated from {','.join(ATTACKS)}")
     p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
-    p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default ../shared/data or datasets/)")
+    p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
     p.add_argument("--out", default="reports", help="report folder")
 
 
@@ -429,5 +430,5 @@ def run_attack_command(args) -> int:
 
 
 def _default_root() -> Path:
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return shared if shared.exists() else Path("datasets")
+    # The same data root as training: $MEDSPLIT_DATA, else datasets/.
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
