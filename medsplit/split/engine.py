@@ -117,7 +117,7 @@ class SplitModel:
                 if transform is not None:
                     sent = transform(sent)
                 kind = "label" if group == [self.target_key] else "activation"
-                link = f"{self._part_name(producer)}->{self._part_name(consumer)}"
+                link = "labels" if kind == "label" else f"{self._part_name(producer)}->{self._part_name(consumer)}"
                 received = self.channel.send(sender.name, receiver.name, kind, sent, link=link)
             else:
                 received = {n: (t.detach().requires_grad_(t.requires_grad) if t.is_floating_point() else t) for n, t in sent.items()}
