@@ -70,7 +70,7 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, c
 
 
 @torch.no_grad()
-def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> tuple[dict, list[float]]:
+def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> tuple[dict, float]:
     model.eval()
     metrics = task.new_metrics()
     losses = []
@@ -82,7 +82,7 @@ def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> 
         losses.append(float(task.loss(out, batch.y)) * len(idx))
         task.update_metrics(metrics, out.float(), batch)
     model.train()
-    return metrics.aggregate(), [sum(losses) / n]
+    return metrics.aggregate(), sum(losses) / n
 
 
 def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None = None, quiet: bool = False) -> Path:
@@ -150,12 +150,12 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         for k, ls in losses.items():
             name = f"client{k}" if len(pooled) > 1 else ("all" if not protocol.split else "client0")
             history.append({"epoch": epoch + 1, "client": name, "train_loss": float(np.mean(ls)) if ls else None})
-        history.append({"epoch": epoch + 1, "client": "all", "val_loss": val_loss[0], **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
-        score = scores.get(task.select_metric, -val_loss[0])
+        history.append({"epoch": epoch + 1, "client": "all", "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
+        score = scores.get(task.select_metric, -val_loss)
         if score is not None and score > best["score"]:
             best = {"epoch": epoch + 1, "score": float(score), "weights": copy.deepcopy(protocol.eval_state_dict())}
         _log_epoch(writer, history, epoch + 1)
-        epochs.set_postfix(val_loss=f"{val_loss[0]:.4f}", **{task.select_metric: f"{scores.get(task.select_metric, float('nan')):.4f}"})
+        epochs.set_postfix(val_loss=f"{val_loss:.4f}", **{task.select_metric: f"{scores.get(task.select_metric, float('nan')):.4f}"})
         save_checkpoint(run_dir, {"protocol": protocol.state(), "bytes": channel.byte_rows(None), "history": history,
                                   "best": best, "epoch": epoch, "elapsed_s": time.time() - t0})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
@@ -172,7 +172,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         "task": cfg.task, "run": cfg.run_name(), "protocol": cfg.split.protocol,
         "cut": cfg.split.cut if protocol.split else None, "clients": cfg.split.clients,
         "device": _device_name(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
-        "test": test, "test_loss": test_loss[0], "history": history, "bytes": channel.byte_rows("train"),
+        "test": test, "test_loss": test_loss, "history": history, "bytes": channel.byte_rows("train"),
         "bytes_eval": channel.byte_rows("eval"), "data": _data_summary(task, clients, pooled),
         "normalisation": task.normalisation(),
         "config": cfg.to_dict(),
