@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import Channel, SplitModel, cut, two_party
 from medsplit.split.codecs import CODECS, Codec, codecs_for, make_codec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,10 +57,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _split_model(table, cut_at: int, channel: Channel, make_optimizer=None) -> SplitModel:
-    parts = cut(table, cut_at)
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make_optimizer)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make_optimizer)
-    return SplitModel([(p, client if p.role == "client" else server) for p in parts], channel, client, F.cross_entropy)
+    return two_party(cut(table, cut_at), F.cross_entropy, channel, make_optimizer)
 
 
 def measure_steps(table, cuts: list[int], size: int, batch: int, steps: int, warmup: int) -> dict[int, dict]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from medsplit.data.augment import BatchAugment, to_float
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import Channel, cut, two_party
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,12 +49,8 @@ def _timed(step, steps: int, warmup: int, batch: int, device) -> float:
 
 
 def _split_model(table, cut_at, make_opt, loss_fn):
-    parts = cut(table, cut_at)
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make_opt)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make_opt)
-    chain = [(p, client if p.role == "client" else server) for p in parts]
     channel = Channel(check_finite=False)
-    return SplitModel(chain, channel, client, loss_fn), channel
+    return two_party(cut(table, cut_at), loss_fn, channel, make_opt), channel
 
 
 def _classification_loss(out, y):

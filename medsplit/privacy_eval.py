@@ -29,7 +29,7 @@ from medsplit.attacks.tap import Recorder, crossing_key, observed_activations
 from medsplit.defences import (DEFENCES, DefenceNotApplicable, HijackDetector, LaplaceMechanism, Mixing, NoPeek,
                                ProxyAdversary, check_defence_names, distance_correlation)
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import Channel, SplitModel, cut, two_party
 
 TASKS = ("lungs", "retinopathy")
 
@@ -134,12 +134,8 @@ def build_target(task: str, profile: Profile, in_channels: int, num_classes: int
     else:
         table = build_model("resnet18", num_classes=num_classes, in_channels=in_channels)
         c = profile.cut_retinopathy
-    parts = cut(table, c)
     make = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    chain = [(p, client if p.role == "client" else server) for p in parts]
-    return SplitModel(chain, Channel(), client, _loss_for(task))
+    return two_party(cut(table, c), _loss_for(task), make_optimizer=make)
 
 
 def _activation_shape(model: SplitModel, x: torch.Tensor) -> tuple[int, int, int]:
@@ -324,9 +320,7 @@ def label_leakage_row(task, seed, data, profile) -> dict:
     table = build_model("resnet18", num_classes=data.num_classes, in_channels=3)
     parts = label_private_parts(table, profile.cut_retinopathy)
     make = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    model = SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+    model = two_party(parts, F.cross_entropy, make_optimizer=make)
     grads, labels = [], []
     x, y = torch.cat([data.x_train, data.x_aux]), torch.cat([data.y_train, data.y_aux])
     with Recorder(model.channel, "gradient", receiver="server") as rec:

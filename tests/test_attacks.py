@@ -15,7 +15,7 @@ from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
 from medsplit.attacks.tap import Recorder, observed_activations
 from medsplit.defences import HijackDetector
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import Channel, cut, two_party
 from medsplit.split.channel import NonFiniteError
 
 torch.set_num_threads(1)
@@ -23,11 +23,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _split(table, cut_at, loss, channel=None):
-    parts = cut(table, cut_at)
     make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    return SplitModel([(p, client if p.role == "client" else server) for p in parts], channel or Channel(), client, loss)
+    return two_party(cut(table, cut_at), loss, channel, make)
 
 
 def _images(n=48, size=16, seed=0):
@@ -119,9 +116,7 @@ def test_label_leakage_norm_attack_on_imbalanced_labels():
     parts = label_private_parts(table, 3)
     assert [p.name for p in parts] == ["client", "server", "client_head"]
     make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    model = SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+    model = two_party(parts, F.cross_entropy, make_optimizer=make)
     g = torch.Generator().manual_seed(0)
     grads, labels = [], []
     with Recorder(model.channel, "gradient", receiver="server") as rec:

@@ -7,7 +7,7 @@ from torch import nn
 
 from medsplit.config import CHOICES
 from medsplit.models.stages import PartSpec, Stage, StageTable
-from medsplit.split import Channel, Party, SplitModel, cut, wire
+from medsplit.split import Channel, SplitModel, cut, wire, two_party
 from medsplit.split.codecs import CODECS, HalfCodec, Int8Codec, NoCodec, TopKCodec, codecs_for, make_codec
 
 
@@ -25,10 +25,7 @@ def _tiny_table() -> StageTable:
 
 def _split(table: StageTable, channel: Channel, lr: float = 0.05) -> SplitModel:
     make = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
-    parts = cut(table, 2)
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    return SplitModel([(p, client if p.role == "client" else server) for p in parts], channel, client, F.cross_entropy)
+    return two_party(cut(table, 2), F.cross_entropy, channel, make)
 
 
 def test_int8_error_is_at_most_half_a_step_per_channel():

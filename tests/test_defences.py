@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from medsplit.defences import DefenceNotApplicable, LaplaceMechanism, Mixing, NoPeek, ProxyAdversary, check_defence_names
 from medsplit.defences.dcor import distance_correlation
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import cut, two_party
 
 torch.set_num_threads(1)
 
@@ -77,11 +77,8 @@ def test_mixing_keeps_shape_and_mixes_labels_consistently():
 
 def _resnet_split(cut_at=3):
     table = build_model("resnet18", num_classes=2)
-    parts = cut(table, cut_at)
     make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make)
-    return SplitModel([(p, client if p.role == "client" else server) for p in parts], Channel(), client, F.cross_entropy)
+    return two_party(cut(table, cut_at), F.cross_entropy, make_optimizer=make)
 
 
 def test_dpsgd_reports_finite_growing_epsilon():

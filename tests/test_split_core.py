@@ -8,17 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.models import build_model
-from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.split import Channel, cut, two_party
 from medsplit.split import wire
 from medsplit.split.channel import NonFiniteError
 
 
 def _two_party(table, cut_at, channel=None, make_opt=None):
-    parts = cut(table, cut_at)
-    client = Party("client0", {p.name: p for p in parts if p.role == "client"}, make_opt)
-    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make_opt)
-    chain = [(p, client if p.role == "client" else server) for p in parts]
-    return SplitModel(chain, channel or Channel(), client, F.cross_entropy), client, server
+    model = two_party(cut(table, cut_at), F.cross_entropy, channel, make_opt)
+    client, server = model.parties
+    return model, client, server
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from medsplit.config import load_config
 from medsplit.train.loop import train

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from medsplit.models.stages import StageTable
 from medsplit.models.unet_classic import unet_classic_table
 from medsplit.models.unet_smp import stage_table_from_smp, unet_smp_table
-from medsplit.split import Channel, Party, SplitModel, Transfer, cut
+from medsplit.split import Channel, SplitModel, Transfer, cut, two_party
 
 SIZE = 64
 BATCH = 2
@@ -59,11 +59,8 @@ def _split_model(table: StageTable, n: int) -> tuple[SplitModel, Channel]:
     assert [(p.name, p.role) for p in parts] == [
         ("client_encoder", "client"), ("server_encoder", "server"), ("server_decoder", "server"), ("client_decoder", "client")
     ]
-    client = Party("client", {parts[0].name: parts[0], parts[3].name: parts[3]})
-    server = Party("server", {parts[1].name: parts[1], parts[2].name: parts[2]})
     channel = Channel()
-    chain = [(parts[0], client), (parts[1], server), (parts[2], server), (parts[3], client)]
-    return SplitModel(chain, channel, data_owner=client, loss_fn=F.binary_cross_entropy_with_logits), channel
+    return two_party(parts, F.binary_cross_entropy_with_logits, channel, client_name="client"), channel
 
 
 def _split_run(table: StageTable, n: int, x: torch.Tensor, y: torch.Tensor):

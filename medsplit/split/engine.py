@@ -60,6 +60,14 @@ class SplitModel:
         self.send_transforms: dict[str, SendTransform] = {}
         self.regularizers: dict[str, Regularizer] = {}
 
+    @classmethod
+    def from_roles(cls, parts: list[Part], parties: dict[str, Party], channel: Channel,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> "SplitModel":
+        """Chain ``parts`` in order, each run by the party of its role (``"client"``/``"server"``),
+        using that party's own copy of the part (hospitals hold copies of the client parts)."""
+        chain = [(parties[p.role].parts[p.name], parties[p.role]) for p in parts]
+        return cls(chain, channel, parties["client"], loss_fn)
+
     @property
     def parties(self) -> list[Party]:
         return list({id(p): p for _, p in self.chain}.values())
@@ -185,3 +193,19 @@ class SplitModel:
             for e in group:
                 slot = pending[producer].setdefault(id(e.sent), [e.sent, None])
                 slot[1] = grads[e.name] if slot[1] is None else slot[1] + grads[e.name]
+
+
+def two_party(parts: list[Part], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              channel: Channel | None = None, make_optimizer=None, client_name: str = "client0") -> SplitModel:
+    """One hospital and one server around the parts of a cut (roles from the model's plan).
+
+    Args:
+        parts: from :func:`medsplit.split.cut.cut` (or any parts with ``client``/``server`` roles).
+        loss_fn: the task loss, computed by the owner of the last part.
+        channel: a fresh :class:`Channel` when omitted.
+        make_optimizer: optimiser factory for each party (``None``: no optimiser).
+        client_name: the hospital's party name, as it appears in byte counts and transfers.
+    """
+    client = Party(client_name, {p.name: p for p in parts if p.role == "client"}, make_optimizer)
+    server = Party("server", {p.name: p for p in parts if p.role == "server"}, make_optimizer)
+    return SplitModel.from_roles(parts, {"client": client, "server": server}, channel or Channel(), loss_fn)

@@ -51,8 +51,7 @@ class Protocol:
         return self.n_clients
 
     def _chain_for(self, client: Party) -> SplitModel:
-        chain = [(client.parts[p.name], client) if p.role == "client" else (self.server.parts[p.name], self.server) for p in self.parts]
-        return SplitModel(chain, self.channel, client, self.loss_fn)
+        return SplitModel.from_roles(self.parts, {"client": client, "server": self.server}, self.channel, self.loss_fn)
 
     @property
     def parties(self) -> list[Party]:
