@@ -20,6 +20,7 @@ from medsplit.config import config_from_dict
 from medsplit.data.augment import to_float
 from medsplit.train.checkpoint import load_weights
 from medsplit.train.loop import resolve_device
+from medsplit.train.tasks import task_model
 
 
 def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64) -> dict:
@@ -31,16 +32,12 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device)
     if cfg.task == "retinopathy":
-        images, targets, ids, source, metrics = _retinopathy(cfg, data, saved)
+        images, targets, ids, source, metrics = _retinopathy(cfg, data)
+        num_classes = metrics.num_classes
     else:
         images, targets, ids, source, metrics = _lungs(cfg, data)
-
-    from medsplit.models import build_model
-
-    if cfg.task == "retinopathy":
-        table = build_model(cfg.model.name, num_classes=saved.get("data", {}).get("num_classes", metrics.num_classes))
-    else:
-        table = build_model(cfg.model.name, num_classes=1, in_channels=1, base_channels=cfg.model.base_channels)
+        num_classes = 1
+    table = task_model(cfg, num_classes)
     table.load_state_dict(load_weights(run_dir))
     table.to(dev).eval()
     norm = saved.get("normalisation")
@@ -62,7 +59,7 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     return result
 
 
-def _retinopathy(cfg, data: str, saved: dict):
+def _retinopathy(cfg, data: str):
     from medsplit.data.retinopathy import TARGETS, load_for_evaluation
     from medsplit.metrics import ClassificationMetrics
 

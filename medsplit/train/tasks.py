@@ -110,7 +110,7 @@ class RetinopathyTask(Task):
         return Batch(x, part.labels[idx], ids)
 
     def build_table(self) -> StageTable:
-        return build_model(self.cfg.model.name, num_classes=self.data.num_classes, weights=self.cfg.model.weights)
+        return task_model(self.cfg, self.data.num_classes)
 
     def loss(self, output, target):
         # The model emits logits; cross_entropy applies log-softmax once (no double softmax).
@@ -158,8 +158,7 @@ class LungSegmentationTask(Task):
         return Batch(x, y, ids)
 
     def build_table(self) -> StageTable:
-        return build_model(self.cfg.model.name, num_classes=1, in_channels=1, weights=self.cfg.model.weights,
-                           base_channels=self.cfg.model.base_channels)
+        return task_model(self.cfg, 1)
 
     def loss(self, output, target):
         output = output.float()
@@ -180,6 +179,14 @@ class LungSegmentationTask(Task):
             if isinstance(v, dict) and isinstance(v.get("mean"), (int, float)):
                 out[k] = v["mean"]
         return out
+
+
+def task_model(cfg: Config, num_classes: int) -> StageTable:
+    """The stage table ``cfg`` trains; :mod:`medsplit.evaluate` rebuilds the same one."""
+    if cfg.task == "retinopathy":
+        return build_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights)
+    return build_model(cfg.model.name, num_classes=num_classes, in_channels=1, weights=cfg.model.weights,
+                       base_channels=cfg.model.base_channels)
 
 
 def make_task(cfg: Config, device: torch.device) -> Task:
