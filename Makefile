@@ -69,5 +69,9 @@ data: setup
 clean-reports:
 	rm -f reports/*.html reports/*.json
 
+# TASK has a default for the sweeps; attacks forward it only when the user set it (the
+# attack CLI's default task is lungs), and accept the sweeps' name `unet` for lungs.
+ATTACK_TASK = $(if $(filter command line environment,$(origin TASK)),$(patsubst unet,lungs,$(TASK)))
+
 attacks: setup
-	$(PY) -m medsplit attack $(if $(PROFILE),--profile $(PROFILE)) $(if $(TASK),--task $(TASK)) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
+	$(PY) -m medsplit attack $(if $(PROFILE),--profile $(PROFILE)) $(if $(ATTACK_TASK),--task $(ATTACK_TASK)) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)

@@ -5,6 +5,10 @@ For every defence and strength: train the target split model with the defence, t
 (noisy or mixed activations included); never judge a defence by a proxy it trained against.
 FSHA is an attack *during* training, so it runs from scratch against a client that applies
 its defence. Everything is measured on held-out images.
+
+Device: one ``torch.device`` runs everything (data, target, validator, attacker, defences).
+Batch indices always come from CPU generators and are then moved, so a seed gives the same
+batches on every device; models are initialised on the CPU and moved, so the same weights too.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from medsplit.models import build_model
 from medsplit.split import Channel, SplitModel, cut, two_party
 
 TASKS = ("lungs", "retinopathy")
+DEVICES = ("auto", "cpu", "cuda")
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -94,6 +100,15 @@ class TaskData:
     num_classes: int
     source: str
 
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device) -> TaskData:
+        """The same data with every tensor on ``device`` (moved once, before any training)."""
+        return TaskData(self.x_train.to(device), self.y_train.to(device), self.x_aux.to(device), self.y_aux.to(device),
+                        self.x_test.to(device), self.y_test.to(device), self.num_classes, self.source)
+
 
 def load_task(task: str, profile: Profile, data_root: Path, seed: int) -> TaskData:
     """Images in [0, 1]; the training split is divided by patient order into a private half and an auxiliary half."""
@@ -127,7 +142,9 @@ def _loss_for(task: str):
     return F.cross_entropy  # accepts the soft (mixed) targets too
 
 
-def build_target(task: str, profile: Profile, in_channels: int, num_classes: int, lr: float = 1e-3) -> SplitModel:
+def build_target(task: str, profile: Profile, in_channels: int, num_classes: int, lr: float = 1e-3,
+                 device: torch.device = CPU) -> SplitModel:
+    """The target split model on ``device`` (initialised on the CPU, so every device starts from the same weights)."""
     if task == "lungs":
         table = build_model("unet-classic", num_classes=1, in_channels=in_channels, base_channels=profile.base_channels)
         c = profile.cut_lungs
@@ -135,7 +152,14 @@ def build_target(task: str, profile: Profile, in_channels: int, num_classes: int
         table = build_model("resnet18", num_classes=num_classes, in_channels=in_channels)
         c = profile.cut_retinopathy
     make = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
-    return two_party(cut(table, c), _loss_for(task), make_optimizer=make)
+    return two_party(_parts_on(cut(table, c), device), _loss_for(task), make_optimizer=make)
+
+
+def _parts_on(parts: list, device: torch.device) -> list:
+    """Move parts before their parties build optimisers over their parameters."""
+    for part in parts:
+        part.to(device)
+    return parts
 
 
 def _activation_shape(model: SplitModel, x: torch.Tensor) -> tuple[int, int, int]:
@@ -169,7 +193,8 @@ def apply_defence(model: SplitModel, task: str, name: str, strength: float, data
         return {"k": int(strength)}, hook
     if name == "proxy":
         shape = _activation_shape(model, data.x_train)
-        hook = ProxyAdversary(make_decoder(shape, data.x_train.shape[1], profile.img_size, 16), strength, sent_key=key)
+        proxy = make_decoder(shape, data.x_train.shape[1], profile.img_size, 16).to(data.device)
+        hook = ProxyAdversary(proxy, strength, sent_key=key)
         model.regularizers[first] = hook
         return {"lambda": strength}, hook
     if name == "dpsgd":
@@ -200,7 +225,7 @@ def train_target(model: SplitModel, data: TaskData, profile: Profile, generator:
     start = time.perf_counter()
     model.train()
     for step in range(1, profile.target_steps + 1):
-        i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator)
+        i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator).to(x.device)
         if detector is not None and detector.should_probe(step):
             fake = _gradient_to_client(model, x[i], detector.fake_targets(y[i], data.num_classes))
             regular = _gradient_to_client(model, x[i], y[i])
@@ -217,8 +242,8 @@ def utility(model: SplitModel, task: str, x: torch.Tensor, y: torch.Tensor) -> f
     model.train()
     if task == "lungs":
         return dice(out, y)
-    p = out.softmax(1)[:, 1].numpy()
-    return float(roc_auc_score(y.numpy(), p)) if len(set(y.tolist())) == 2 else float("nan")
+    p = out.softmax(1)[:, 1].cpu().numpy()
+    return float(roc_auc_score(y.cpu().numpy(), p)) if len(set(y.tolist())) == 2 else float("nan")
 
 
 def dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
@@ -235,11 +260,12 @@ def train_validator(task: str, data: TaskData, profile: Profile, generator: torc
         net = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=profile.base_channels)
     else:
         net = build_model("resnet18", num_classes=data.num_classes, in_channels=3)
+    net.to(data.device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss = _loss_for(task)
     net.train()
     for _ in range(profile.validator_steps):
-        i = torch.randint(0, data.x_aux.shape[0], (profile.batch_size,), generator=generator)
+        i = torch.randint(0, data.x_aux.shape[0], (profile.batch_size,), generator=generator).to(data.device)
         opt.zero_grad(set_to_none=True)
         loss(net(data.x_aux[i]), data.y_aux[i]).backward()
         opt.step()
@@ -258,7 +284,7 @@ def validator_score(net: torch.nn.Module, task: str, images: torch.Tensor, y: to
 def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_target(task, profile, data.x_train.shape[1], data.num_classes)
+    model = build_target(task, profile, data.x_train.shape[1], data.num_classes, device=data.device)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
     facts, hook = apply_defence(model, task, name, strength, data, profile, g)
     seconds = train_target(model, data, profile, g, detector)
@@ -277,14 +303,14 @@ def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple
            "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
            "validator_on_original": validator_score(validator, task, data.x_test, data.y_test),
            "train_seconds": seconds, **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
-    extra = {"history": res.history, "recon": res.reconstructions[:6], "detector": detector.summary() if detector else None}
+    extra = {"history": res.history, "recon": res.reconstructions[:6].cpu(), "detector": detector.summary() if detector else None}
     return row, extra
 
 
 def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_target(task, profile, data.x_train.shape[1], data.num_classes)
+    model = build_target(task, profile, data.x_train.shape[1], data.num_classes, device=data.device)
     if name not in ("none", "nopeek", "laplace", "mixing", "proxy"):
         raise DefenceNotApplicable(f"{name} is not wired into the FSHA client session; FSHA runs with none, nopeek, "
                                    "laplace, mixing or proxy")
@@ -294,7 +320,8 @@ def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool)
     shape = _activation_shape(model, data.x_train)
     with torch.no_grad():
         nonneg = bool((first({"x": data.x_aux[:4]})[key] >= 0).all())
-    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, profile.fsha, nonnegative=nonneg)
+    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, profile.fsha, nonnegative=nonneg,
+                        device=data.device)
     transform = model.send_transforms.get(first.name)
     if name == "mixing":
         transform = hook.activations
@@ -308,7 +335,7 @@ def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool)
            "iterations": profile.fsha.iterations,
            "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
            **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
-    return row, {"history": res.history, "recon": res.reconstructions[:6], "detector": res.detector}
+    return row, {"history": res.history, "recon": res.reconstructions[:6].cpu(), "detector": res.detector}
 
 
 def label_leakage_row(task, seed, data, profile) -> dict:
@@ -318,14 +345,14 @@ def label_leakage_row(task, seed, data, profile) -> dict:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     table = build_model("resnet18", num_classes=data.num_classes, in_channels=3)
-    parts = label_private_parts(table, profile.cut_retinopathy)
+    parts = _parts_on(label_private_parts(table, profile.cut_retinopathy), data.device)
     make = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
     model = two_party(parts, F.cross_entropy, make_optimizer=make)
     grads, labels = [], []
     x, y = torch.cat([data.x_train, data.x_aux]), torch.cat([data.y_train, data.y_aux])
     with Recorder(model.channel, "gradient", receiver="server") as rec:
         for _ in range(profile.label_steps):
-            i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=g)
+            i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=g).to(x.device)
             model.train_step(x[i], y[i])
             grads.append(next(iter(rec.transfers[-1].tensors.values())))
             labels.append(y[i])
@@ -336,15 +363,18 @@ def label_leakage_row(task, seed, data, profile) -> dict:
 
 
 def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], defences: list[str] | None,
-             log=print) -> dict:
-    """Run every requested attack against every defence and strength of ``profile``."""
+             log=print, device: torch.device = CPU) -> dict:
+    """Run every requested attack against every defence and strength of ``profile`` on ``device``.
+
+    Returned tensors (reconstructions, originals) are on the CPU whatever ``device`` is.
+    """
     check_attack_names(attacks)
     defences = list(profile.strengths) if defences is None else defences
     check_defence_names(defences)
     rows, extras, skipped = [], {}, []
     start = time.perf_counter()
     for seed in profile.seeds:
-        data = load_task(task, profile, data_root, seed)
+        data = load_task(task, profile, data_root, seed).to(device)
         validator = train_validator(task, data, profile, torch.Generator().manual_seed(1000 + seed))
         if "inversion" in attacks:
             for name in defences:
@@ -377,8 +407,8 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
             except DefenceNotApplicable as e:
                 skipped.append({"attack": "label-leakage", "defence": "none", "reason": str(e)})
     return {"task": task, "profile": profile.name, "rows": rows, "extras": extras, "skipped": skipped,
-            "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6],
-            "profile_config": _jsonable(asdict(profile))}
+            "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6].cpu(),
+            "profile_config": _jsonable(asdict(profile)), "device": _device_name(device)}
 
 
 def _jsonable(obj):
@@ -392,7 +422,8 @@ def add_attack_parser(subparsers) -> None:
     p = subparsers.add_parser("attack", help="attack x defence evaluation; writes an HTML report and JSON in reports/")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="tiny (tests), reduced (CPU default), full (GPU default)")
     p.add_argument("--task", choices=list(TASKS), default="lungs")
-    p.add_argument("--device", default="auto", help="only cpu runs are implemented; cuda is refused with a message")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto (cuda when a GPU is present, else cpu), cpu, or cuda (an error without a GPU)")
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated from {','.join(ATTACKS)}")
     p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
     p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
@@ -402,12 +433,8 @@ def add_attack_parser(subparsers) -> None:
 def run_attack_command(args) -> int:
     from medsplit.report.attack_report import write_attack_report
 
-    gpu = torch.cuda.is_available()
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {args.device!r}; valid devices are ['auto', 'cpu', 'cuda']")
-    if args.device == "cuda":
-        raise ValueError("the attack harness runs on the CPU only so far; use --device cpu (or auto)")
-    profile = PROFILES[args.profile or ("full" if gpu else "reduced")]
+    device = resolve_device(args.device)
+    profile = PROFILES[args.profile or default_profile(device)]
     attacks = [a for a in args.attacks.split(",") if a]
     defences = [d for d in args.defences.split(",") if d] if args.defences else None
     check_attack_names(attacks)
@@ -417,10 +444,30 @@ def run_attack_command(args) -> int:
             raise DefenceNotApplicable("mixing cannot apply to the lung task's U-shaped split: the server's output "
                                        "returns to the client decoder, which needs un-mixed features")
     root = Path(args.data_root) if args.data_root else _default_root()
-    results = evaluate(args.task, profile, root, attacks, defences)
+    results = evaluate(args.task, profile, root, attacks, defences, device=device)
     html = write_attack_report(results, Path(args.out))
     print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
     return 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device`` to a device: ``auto`` is cuda when a GPU is present; ``cuda`` without one is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown --device {name!r}; valid devices are {list(DEVICES)}")
+    gpu = torch.cuda.is_available()
+    if name == "cuda" and not gpu:
+        raise RuntimeError("--device cuda was requested but no CUDA GPU is available "
+                           "(torch.cuda.is_available() is False); use --device cpu or --device auto")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and gpu) else "cpu")
+
+
+def default_profile(device: torch.device) -> str:
+    """Paper scale on a GPU, the reduced scale on a CPU."""
+    return "full" if device.type == "cuda" else "reduced"
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _default_root() -> Path:

@@ -27,28 +27,37 @@ import argparse
 import json
 import math
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from medsplit.config import CHOICES, Config, load_config, parse_override
+from medsplit.original_study import (
+    ORIGINAL_STUDY,
+    ORIGINAL_STUDY_CAVEATS,
+    ORIGINAL_STUDY_REPO,
+)
 
-__all__ = ["run_sweep", "plan_points", "SweepPoint", "add_sweep_parser", "run_sweep_command", "AXES",
-           "SPLIT_PROTOCOLS", "BASELINES", "ORIGINAL_STUDY"]
+__all__ = [
+    "AXES",
+    "BASELINES",
+    "ORIGINAL_STUDY",
+    "SPLIT_PROTOCOLS",
+    "SweepPoint",
+    "add_sweep_parser",
+    "plan_points",
+    "run_sweep",
+    "run_sweep_command",
+]
 
 AXES = ("cut", "clients")
 BASELINES = ("centralised", "fedavg")
 SPLIT_PROTOCOLS = tuple(p for p in CHOICES["split.protocol"] if p not in BASELINES)
 PARTITIONS = CHOICES["data.partition"]
-
-#: The original study's published numbers, keyed by ``(task, axis)``; each row is
-#: ``{"value": axis value, "metric": float, "protocol": str, "source": "paper, table/figure"}``
-#: (add ``"bytes_per_epoch"`` where the study gives it). LEFT EMPTY ON PURPOSE: the lead
-#: fills it from the study itself; until then the report shows a marked placeholder.
-ORIGINAL_STUDY: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
 # Config keys each point sets; an override of one of them would be silently replaced.
 _SET_BY_SWEEP = {"split.protocol": "--protocols", "train.seed": "--seeds", "data.partition": "--partitions",
@@ -345,21 +354,30 @@ def _original_study_section(report, task: str, axis: str, metric_name: str, grou
     report.section("The original study's numbers")
     rows = ORIGINAL_STUDY.get((task, axis), [])
     if not rows:
-        report.banner("PLACEHOLDER - not yet filled in. The original study's published numbers for this sweep go "
-                      "in medsplit.sweep.ORIGINAL_STUDY; nothing in this table is a result.", level="danger")
-        report.table([{axis: v, "protocol": "TO FILL", f"{metric_name} (original)": "TO FILL",
-                       f"{metric_name} (medsplit)": "TO FILL", "source": "TO FILL"}
-                      for v in sorted({g["value"] for g in groups if g["value"] is not None})],
-                     caption="To be filled by the lead from the original study (placeholder).")
+        report.banner(f"The original study ({ORIGINAL_STUDY_REPO}) published no number for a {task} sweep over "
+                      f"the {axis}; there is nothing to set beside this one.", level="info")
         return
+    if task in ORIGINAL_STUDY_CAVEATS:
+        report.text(ORIGINAL_STUDY_CAVEATS[task])
+    # The study's metric is named per row so the table never passes it off as ours.
+    theirs = sorted({r.get("metric_name", metric_name) for r in rows})
+    if theirs != [metric_name]:
+        report.banner(f"Different metrics: the original study reports {', '.join(theirs)}; this sweep reports "
+                      f"test {metric_name}. They stand side by side for reference only and are not comparable.")
     ours = {(g["protocol"], g["value"]): g for g in groups if g["partition"] in ("iid", None)}
+    with_bytes = any(r.get("bytes_per_epoch") is not None for r in rows)
     table = []
     for r in rows:
         g = ours.get((r.get("protocol"), r.get("value")))
-        table.append({axis: r.get("value"), "protocol": r.get("protocol"), f"{metric_name} (original)": r.get("metric"),
-                      f"{metric_name} (medsplit, iid, mean)": g["metric"] if g else None,
-                      "bytes/epoch (original)": r.get("bytes_per_epoch"), "source": r.get("source")})
-    report.table(table, caption="The original study's published numbers beside this sweep's (iid partition).")
+        row = {axis: r.get("value"), "protocol": r.get("protocol"),
+               "original metric": r.get("metric_name", metric_name), "original value": r.get("metric"),
+               "original epochs": r.get("epochs"), f"{metric_name} (medsplit, iid, mean)": g["metric"] if g else None}
+        if with_bytes:
+            row["bytes/epoch (original)"] = r.get("bytes_per_epoch")
+        row.update({"printed (original)": r.get("printed"), "note": r.get("note"), "source": r.get("source")})
+        table.append(row)
+    report.table(table, caption=f"The original study's printed numbers ({ORIGINAL_STUDY_REPO}) beside this "
+                                "sweep's (iid partition); each row is one printout.")
 
 
 def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int], protocols: list[str],
@@ -400,7 +418,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
         f"centralised {metric_name} (mean)": headline["centralised (mean)"],
     }.items() if v is not None})
     report.section("What was run")
-    join = lambda items: ", ".join(map(str, items)) or "none"  # noqa: E731
+    join = lambda items: ", ".join(map(str, items)) or "none"
     report.kv({"task": task, "axis": axis, "values": join(xs), "seeds": join(seeds), "protocols": join(protocols),
                "partitions": join(partitions), "baselines": "centralised, fedavg" if baselines else "none",
                "base config": str(base_config), "overrides": " ".join(overrides) or "none",
@@ -411,7 +429,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     report.section(f"{metric_name} against {xlabel}")
     report.figure(_axis_figure(groups, xs, "metric", "metric_std", xlabel, f"test {metric_name}",
                                f"Test {metric_name}: mean \u00b1 std over {len(seeds)} seed(s)"),
-                  caption=f"Lines: split protocols (and FedAvg in a clients sweep), error bars = sample std over seeds. "
+                  caption="Lines: split protocols (and FedAvg in a clients sweep), error bars = sample std over seeds. "
                           "Dashed lines and bands: baselines that do not depend on the axis (mean \u00b1 std).")
     report.section("Bytes per training epoch")
     report.figure(_axis_figure(groups, xs, "mb_per_epoch", None, xlabel, "MB per epoch, all links (10^6 bytes)",

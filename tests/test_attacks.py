@@ -151,3 +151,59 @@ def test_tiny_profile_writes_report_and_json(tmp_path):
     assert record["kind"] == "attack" and "inversion SSIM (no defence)" in record["headline"]
     assert {r["defence"] for r in record["rows"] if r["attack"] == "inversion"} == {"none", "nopeek", "laplace"}
     assert any(s["attack"] == "label-leakage" for s in record["skipped"])
+    assert record["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+
+
+def _numbers(rows: list[dict]) -> list[dict]:
+    """Rows without wall-clock times (the only entries that may differ between identical runs)."""
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+def test_evaluate_on_explicit_cpu_equals_default(shared_data):
+    from medsplit.privacy_eval import PROFILES, evaluate
+
+    args = ("lungs", PROFILES["tiny"], shared_data, ["inversion", "fsha"], ["none", "laplace"])
+    default = evaluate(*args, log=lambda *a: None)
+    cpu = evaluate(*args, log=lambda *a: None, device=torch.device("cpu"))
+    assert _numbers(cpu["rows"]) == _numbers(default["rows"]) and len(cpu["rows"]) == 3
+    for key, extra in cpu["extras"].items():
+        assert torch.equal(extra["recon"], default["extras"][key]["recon"]), key
+    assert cpu["device"] == default["device"] == "cpu"
+
+
+def test_device_flag_resolution_and_cuda_without_gpu_names_the_flag(monkeypatch, capsys):
+    from medsplit.cli import main
+    from medsplit.privacy_eval import default_profile, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda" and default_profile(resolve_device("auto")) == "full"
+    assert resolve_device("cpu").type == "cpu" and default_profile(resolve_device("cpu")) == "reduced"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(RuntimeError, match="--device cuda .* no CUDA GPU"):
+        resolve_device("cuda")
+    assert main(["attack", "--device", "cuda", "--profile", "tiny", "--data-root", "/nonexistent"]) == 2
+    assert "--device cuda" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: runs the tiny profile on cuda")
+def test_tiny_profile_on_cuda_is_finite_and_returns_cpu_tensors(shared_data):
+    import math
+
+    from medsplit.privacy_eval import PROFILES, evaluate
+
+    cuda = torch.device("cuda")
+    # lungs: every defence but mixing, and FSHA; retinopathy: mixing and label leakage
+    runs = [evaluate("lungs", PROFILES["tiny"], shared_data, ["inversion", "fsha"], None, log=lambda *a: None, device=cuda),
+            evaluate("retinopathy", PROFILES["tiny"], shared_data, ["inversion", "label-leakage"], ["none", "mixing"],
+                     log=lambda *a: None, device=cuda)]
+    for res in runs:
+        assert res["rows"] and res["device"] == torch.cuda.get_device_name(cuda)
+        for row in res["rows"]:
+            numbers = {k: v for k, v in row.items() if isinstance(v, float)}
+            assert all(math.isfinite(v) for v in numbers.values()), row
+        assert res["originals"].device.type == "cpu"
+        assert all(e["recon"].device.type == "cpu" for e in res["extras"].values())
+    defences = {(r["attack"], r["defence"]) for res in runs for r in res["rows"]}
+    assert {("inversion", d) for d in ("none", "nopeek", "laplace", "proxy", "dpsgd", "mixing")} <= defences
+    assert {("fsha", "none"), ("fsha", "nopeek"), ("label-leakage", "none")} <= defences

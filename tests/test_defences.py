@@ -62,6 +62,28 @@ def test_laplace_epsilon_and_clip():
     assert residual.abs().mean().item() == pytest.approx(0.5, rel=0.15)  # E|Laplace(b)| = b
 
 
+def test_laplace_noise_on_cpu_is_the_generators_own_stream():
+    # CPU runs must draw exactly the numbers they drew before the harness ran on GPUs
+    t = {"a": torch.randn(4, 3, 2, 2)}
+    mech = LaplaceMechanism(1.0, 0.5, torch.Generator().manual_seed(3))
+    u = torch.rand(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(3)).clamp_min(1e-12)
+    expected = mech.clip(t)["a"] + 0.5 * (torch.log(u[0]) - torch.log(u[1]))
+    assert torch.equal(mech(t)["a"], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: noise drawn on the device")
+def test_laplace_and_mixing_on_cuda_follow_a_cpu_generator():
+    t = {"a": torch.randn(16, 4, 3, 3, device="cuda")}
+    noisy = [LaplaceMechanism(2.0, 0.5, torch.Generator().manual_seed(0))(t)["a"] for _ in range(2)]
+    assert noisy[0].device.type == "cuda" and torch.equal(noisy[0], noisy[1])  # reproducible from the seed
+    residual = noisy[0] - LaplaceMechanism(2.0, 0.5).clip(t)["a"]
+    assert residual.abs().mean().item() == pytest.approx(0.5, rel=0.15)
+    mix = Mixing(3, num_classes=4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 0, 1], device="cuda")
+    mixed = mix.activations({"a": F.one_hot(y, 4).float().view(6, 4, 1, 1)})["a"]
+    assert torch.allclose(mixed.view(6, 4), mix.labels({"y": y})["y"], atol=1e-6)
+
+
 def test_mixing_keeps_shape_and_mixes_labels_consistently():
     mix = Mixing(3, num_classes=4, generator=torch.Generator().manual_seed(0))
     # activation = one-hot label, so a mixed activation must equal the mixed label

@@ -95,7 +95,9 @@ def test_sweep_runs_every_point_once_then_skips_finished_ones(base, tmp_path):
     by_cut = {g["value"]: g for g in summary["groups"] if g["protocol"] == "sequential"}
     assert by_cut[1]["metric"] == pytest.approx(0.62) and by_cut[3]["bytes_per_epoch"] == 5000
     page = html.read_text()
-    assert "The original study" in page and "PLACEHOLDER" in page and "Synthetic data" in page
+    # The study's retinopathy cut sweep is filled in: its printout and source, under its own metric's name.
+    assert "The original study" in page and "Cut_Graph_ResNet_S.ipynb" in page and "[69.4, 69.45]" in page
+    assert "Different metrics" in page and "Synthetic data" in page
     assert page.count("data:image/png;base64,") == 3  # metric, bytes and wall-time figures
     # Each point trained under the sweep's folder with its own name.
     assert (tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0" / "metrics.json").exists()

@@ -64,15 +64,17 @@ class FSHAServer(nn.Module):
         cfg: hyper-parameters.
         nonnegative: the client's activations are >= 0 (its part ends in a ReLU); the
             attacker reads this off the activations it receives.
+        device: where the server's networks live (the client's activations arrive there).
     """
 
     def __init__(self, in_channels: int, image_size: int, act_shape: tuple[int, int, int], cfg: FSHAConfig,
-                 nonnegative: bool = False):
+                 nonnegative: bool = False, device: torch.device | str = "cpu"):
         super().__init__()
         self.cfg = cfg
-        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width, nonnegative)
-        self.decoder = decoder(act_shape, in_channels, image_size, cfg.width)
-        self.critic = discriminator(act_shape, 2 * cfg.width)
+        # built on the CPU (the same initial weights on every device), moved before the optimisers exist
+        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width, nonnegative).to(device)
+        self.decoder = decoder(act_shape, in_channels, image_size, cfg.width).to(device)
+        self.critic = discriminator(act_shape, 2 * cfg.width).to(device)
         self.opt_ae = torch.optim.Adam([{"params": self.pilot.parameters(), "lr": cfg.lr_pilot},
                                         {"params": self.decoder.parameters(), "lr": cfg.lr_decoder}])
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_discriminator)
@@ -202,7 +204,7 @@ def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tens
         cfg: hyper-parameters (iterations, batch size, learning rates, ...).
         detector: optional client-side hijack detector (fake rounds with randomised targets).
         num_classes: for the detector's random labels.
-        generator: batch sampling RNG.
+        generator: batch sampling RNG (a CPU generator; the indices are moved to the images' device).
         clock: time source for the history (``time.perf_counter`` by default).
     """
     import time
@@ -217,8 +219,8 @@ def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tens
 
     log(0)
     for it in range(1, cfg.iterations + 1):
-        i = torch.randint(0, x_priv.shape[0], (cfg.batch_size,), generator=generator)
-        j = torch.randint(0, x_aux.shape[0], (cfg.batch_size,), generator=generator)
+        i = torch.randint(0, x_priv.shape[0], (cfg.batch_size,), generator=generator).to(x_priv.device)
+        j = torch.randint(0, x_aux.shape[0], (cfg.batch_size,), generator=generator).to(x_aux.device)
         xb, yb = x_priv[i], (y_priv[i] if y_priv is not None else None)
         if detector is not None and yb is not None and detector.should_probe(it):
             fake = session.round(xb, detector.fake_targets(yb, num_classes), x_aux[j], step=False)

@@ -54,11 +54,14 @@ def run_inversion(aux_images: torch.Tensor, aux_activations: torch.Tensor, victi
         victim_images: the other hospitals' images (only to score the attack; the attacker never sees them).
         victim_activations: what crossed the channel for ``victim_images``.
         cfg: hyper-parameters.
-        generator: batch sampling RNG.
+        generator: batch sampling RNG (a CPU generator; the indices are moved to the data's device).
+
+    The decoder trains on the device of ``aux_activations``; the reconstructions stay there.
     """
     if aux_images.shape[0] != aux_activations.shape[0]:
         raise ValueError("one activation per auxiliary image is needed")
     dec = decoder(tuple(aux_activations.shape[1:]), aux_images.shape[1], aux_images.shape[-1], cfg.width)
+    dec.to(aux_activations.device)
     opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
     history = []
 
@@ -71,7 +74,7 @@ def run_inversion(aux_images: torch.Tensor, aux_activations: torch.Tensor, victi
 
     log(0)
     for step in range(1, cfg.steps + 1):
-        i = torch.randint(0, aux_images.shape[0], (cfg.batch_size,), generator=generator)
+        i = torch.randint(0, aux_images.shape[0], (cfg.batch_size,), generator=generator).to(aux_images.device)
         opt.zero_grad(set_to_none=True)
         loss = F.mse_loss(dec(aux_activations[i]), aux_images[i])
         loss.backward()

@@ -52,21 +52,21 @@ def leakage_scores(gradients: list[torch.Tensor], labels: list[torch.Tensor], po
     """AUC of the norm and cosine scores against the labels.
 
     Args:
-        gradients: per step, the ``(N, ...)`` gradient rows the server received.
+        gradients: per step, the ``(N, ...)`` gradient rows the server received (any device).
         labels: per step, the true binary labels of those rows (only to score the attack).
         positive: the class counted as positive (the minority class in Li et al.).
     """
     norms, cosines, y_norm, y_cos = [], [], [], []
     for g, y in zip(gradients, labels):
         flat = g.reshape(g.shape[0], -1).double()
-        yb = (y == positive).numpy().astype(int)
-        norms.append(flat.norm(dim=1).numpy())
+        yb = (y == positive).cpu().numpy().astype(int)
+        norms.append(flat.norm(dim=1).cpu().numpy())
         y_norm.append(yb)
         known = np.flatnonzero(yb)
         if len(known) == 0:
             continue  # the cosine attack needs one example of known (positive) label in the batch
         ref = flat[known[0]]
-        cos = torch.nn.functional.cosine_similarity(flat, ref.unsqueeze(0), dim=1).numpy()
+        cos = torch.nn.functional.cosine_similarity(flat, ref.unsqueeze(0), dim=1).cpu().numpy()
         keep = np.arange(len(yb)) != known[0]
         cosines.append(cos[keep])
         y_cos.append(yb[keep])

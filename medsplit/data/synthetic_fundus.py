@@ -66,9 +66,9 @@ class _Spots:
 # 0, as graders miss some).
 _LESIONS = {
     "microaneurysms": _Spots((0.3, 3.0, 6.0, 10.0, 12.0), (0.006, 0.011), 0.6, _DARK_RED),
-    "haemorrhages": _Spots((0.1, 0.4, 1.5, 5.0, 6.0), (0.015, 0.035), 0.55, _DARK_RED),
-    "exudates": _Spots((0.0, 0.2, 1.5, 4.0, 5.0), (0.007, 0.018), 0.6, _YELLOW, clustered=True),
-    "cotton_wool": _Spots((0.0, 0.0, 0.2, 1.0, 1.0), (0.02, 0.035), 0.4, _PALE),
+    "haemorrhages": _Spots((0.1, 0.5, 4.0, 8.0, 10.0), (0.02, 0.045), 0.7, _DARK_RED),
+    "exudates": _Spots((0.0, 0.3, 4.0, 7.0, 8.0), (0.012, 0.025), 0.75, _YELLOW, clustered=True),
+    "cotton_wool": _Spots((0.0, 0.0, 0.5, 2.0, 2.0), (0.02, 0.035), 0.5, _PALE),
 }
 # The same for every grade: look-alikes so that "any spot" is not a shortcut to the label.
 _LOOKALIKES = {

@@ -24,7 +24,7 @@ class HijackDetector:
         threshold: alarm when the median score is below this.
         window: number of most recent probes the median is taken over.
         min_probes: no alarm before this many probes.
-        generator: RNG for the fake targets.
+        generator: RNG for the fake targets (CPU; the targets are moved to the labels' device).
     """
 
     def __init__(self, probe_every: int = 10, threshold: float = 0.1, window: int = 5, min_probes: int = 3,

@@ -75,7 +75,9 @@ class DPSGDClient:
             self.other_parts_note = "the client's other parts (decoder) are trained without DP"
         else:
             self.other_parts_note = ""
+        device = next(part.parameters()).device
         _fix_stage_modules(part)
+        part.to(device)  # the GroupNorms that replace BatchNorm are created on the CPU
         errors = ModuleValidator.validate(part, strict=False)
         if errors:
             raise ValueError(f"client part {part_name!r} cannot be made private: {errors}")

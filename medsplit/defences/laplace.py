@@ -21,7 +21,10 @@ class LaplaceMechanism:
     Args:
         sensitivity: ``C``, the L1 sensitivity bound (the clip radius is ``C / 2``).
         scale: ``b``, the Laplace scale; larger is more private.
-        generator: optional RNG for reproducible noise.
+        generator: optional RNG for reproducible noise. Noise for tensors on the generator's
+            device is drawn from it directly; for tensors elsewhere (a CPU generator, CUDA
+            activations) from a generator on their device seeded once from it, so the noise is
+            drawn where it is added and CPU runs keep the generator's exact stream.
     """
 
     def __init__(self, sensitivity: float, scale: float, generator: torch.Generator | None = None):
@@ -30,6 +33,7 @@ class LaplaceMechanism:
         self.sensitivity = float(sensitivity)
         self.scale = float(scale)
         self.generator = generator
+        self._device_generators: dict[torch.device, torch.Generator] = {}
 
     @property
     def epsilon(self) -> float:
@@ -47,12 +51,21 @@ class LaplaceMechanism:
         factor = torch.clamp(self.clip_radius / (norm + 1e-12), max=1.0)
         return {k: t * factor.view(-1, *([1] * (t.ndim - 1))) for k, t in tensors.items()}
 
+    def _generator_for(self, device: torch.device) -> torch.Generator | None:
+        if self.generator is None or self.generator.device == device:
+            return self.generator
+        if device not in self._device_generators:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
+            self._device_generators[device] = torch.Generator(device).manual_seed(seed)
+        return self._device_generators[device]
+
     def __call__(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         clipped = self.clip(tensors)
         out = {}
         for k, t in clipped.items():
             # Laplace(0, b) = b * (E1 - E2) with E1, E2 ~ Exp(1): works with a torch.Generator.
-            u = torch.rand(2, *t.shape, generator=self.generator, device=t.device, dtype=t.dtype).clamp_min(1e-12)
+            g = self._generator_for(t.device)
+            u = torch.rand(2, *t.shape, generator=g, device=t.device, dtype=t.dtype).clamp_min(1e-12)
             noise = self.scale * (torch.log(u[0]) - torch.log(u[1]))
             out[k] = t + noise
         return out

@@ -22,7 +22,8 @@ class Mixing:
     Args:
         k: samples per mixture (1 = off).
         num_classes: to one-hot integer labels.
-        generator: optional RNG.
+        generator: optional RNG, on the CPU: the permutation and weights are a few numbers
+            per batch, drawn there and moved to the activations' device.
     """
 
     def __init__(self, k: int, num_classes: int, generator: torch.Generator | None = None):
@@ -34,7 +35,7 @@ class Mixing:
         self._perm: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
 
-    def _draw(self, n: int, device) -> None:
+    def _draw(self, n: int, device: torch.device) -> None:
         # perm[:, 0] is the sample itself; the others are distinct random rotations of the batch.
         shifts = torch.randperm(max(n - 1, 1), generator=self.generator)[: self.k - 1] + 1
         base = torch.arange(n)

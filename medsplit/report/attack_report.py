@@ -39,7 +39,8 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
     task, profile = results["task"], results["profile"]
     stem = f"attack-{task}-{profile}"
     rows = [{k: _clean(v) for k, v in r.items()} for r in results["rows"]]
-    rep = Report(f"Attacks and defences: {task}", subtitle=f"profile {profile}, data {results['data_source']}")
+    rep = Report(f"Attacks and defences: {task}",
+                 subtitle=f"profile {profile}, data {results['data_source']}, device {results['device']}")
     if profile != "full":
         rep.banner(f"Profile {profile!r}: reduced scale (image size, iterations, steps); numbers are indicative, "
                    "not the paper-scale result.", "warning")
@@ -84,7 +85,7 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
             headline[f"{r['attack']} SSIM (no defence)"] = r["ssim"]
         if r["attack"] == "label-leakage":
             headline["label leakage norm AUC"] = r.get("norm_auc")
-    record = {"kind": "attack", "task": task, "profile": profile, "headline": headline, "rows": rows,
+    record = {"kind": "attack", "task": task, "profile": profile, "device": results["device"], "headline": headline, "rows": rows,
               "skipped": results["skipped"], "detectors": detectors, "seconds": results["seconds"],
               "histories": {k: v["history"] for k, v in results["extras"].items()}, "profile_config": results["profile_config"]}
     html.with_suffix(".json").write_text(json.dumps(record, indent=1, default=_json_default))
