@@ -124,7 +124,9 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         t0 -= ck["elapsed_s"]
     writer = _tensorboard(run_dir, cfg)
 
-    pooled = [np.concatenate(clients)] if not protocol.split and protocol.n_party_clients() == 1 else clients
+    # Centralised training pools every client's rows in row order, so its batches do not depend
+    # on how many clients the config names and equal those of a one-client split run.
+    pooled = [np.sort(np.concatenate(clients))] if not protocol.split and protocol.n_party_clients() == 1 else clients
     epochs = tqdm(range(start_epoch, cfg.train.epochs), desc=f"{cfg.run_name()}", unit="epoch", disable=quiet, initial=start_epoch, total=cfg.train.epochs)
     for epoch in epochs:
         t_epoch = time.time()
