@@ -5,7 +5,8 @@ protocols, plus the unsplit baselines (centralised, FedAvg). Each point is an or
 :func:`medsplit.train.loop.train` run with its own name under the sweep's folder, so a
 sweep is resumable point by point:
 
-* a point whose ``metrics.json`` exists is finished and is read back, not rerun;
+* a point whose ``metrics.json`` exists is finished and is read back, not rerun (its
+  checkpoint is deleted once it finishes; the selected weights stay in ``model.safetensors``);
 * a point with a checkpoint but no metrics was interrupted and is resumed;
 * a point that raises is recorded as failed (with its error) and the sweep goes on; the
   next invocation retries it.
@@ -200,8 +201,15 @@ def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     if (run_dir / "metrics.json").exists():
         return "skipped", run_dir
     if (run_dir / CHECKPOINT).exists():
-        return "resumed", Path(train_fn(cfg, resume=run_dir, quiet=quiet))
-    return "ran", Path(train_fn(cfg, quiet=quiet))
+        status, run_dir = "resumed", Path(train_fn(cfg, resume=run_dir, quiet=quiet))
+    else:
+        status, run_dir = "ran", Path(train_fn(cfg, quiet=quiet))
+    # A finished point is never resumed (its metrics.json marks it done) and keeps its weights in
+    # model.safetensors, so its checkpoint (weights plus optimiser state, ~330 MB for ResNet-34)
+    # is dead weight: a 100-run sweep that kept them filled a 60 GB disk.
+    if (run_dir / "metrics.json").exists():
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return status, run_dir
 
 
 def _summarise_run(record: dict) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class FakeTrain:
                        "link": "client->server", "bytes": 1000 * (8 - cut) if split else 0}],
             "data": {"source": "synthetic", "synthetic": True}, "config": cfg.to_dict(),
         }
+        (run_dir / "checkpoint.pt").write_bytes(b"weights and optimiser state")
         (run_dir / "metrics.json").write_text(json.dumps(record))
         return run_dir
 
@@ -133,6 +134,8 @@ def test_interrupted_point_is_resumed_from_its_checkpoint(base, tmp_path):
     _, summary = _sweep(base, tmp_path, train, values=[1], baselines=False)
     assert train.calls == [("retinopathy-sequential-cut1-iid-seed0", True)]
     assert summary["points"][0]["status"] == "resumed"
+    # Finished, so its checkpoint is gone (disk); its metrics remain.
+    assert not (run_dir / "checkpoint.pt").exists() and (run_dir / "metrics.json").exists()
 
 
 def test_finished_run_of_another_config_is_not_reused(base, tmp_path):
