@@ -34,6 +34,7 @@ from medsplit.defences import (DEFENCES, DefenceNotApplicable, HijackDetector, L
                                ProxyAdversary, check_defence_names, distance_correlation)
 from medsplit.models import build_model
 from medsplit.split import Channel, SplitModel, cut, two_party
+from medsplit.train import loop as train_loop
 
 TASKS = ("lungs", "retinopathy")
 DEVICES = ("auto", "cpu", "cuda")
@@ -451,14 +452,10 @@ def run_attack_command(args) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``--device`` to a device: ``auto`` is cuda when a GPU is present; ``cuda`` without one is an error."""
+    """``--device`` to a device, as training resolves ``train.device``; the harness knows only DEVICES."""
     if name not in DEVICES:
         raise ValueError(f"unknown --device {name!r}; valid devices are {list(DEVICES)}")
-    gpu = torch.cuda.is_available()
-    if name == "cuda" and not gpu:
-        raise RuntimeError("--device cuda was requested but no CUDA GPU is available "
-                           "(torch.cuda.is_available() is False); use --device cpu or --device auto")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and gpu) else "cpu")
+    return train_loop.resolve_device(name, setting="--device {}")
 
 
 def default_profile(device: torch.device) -> str:

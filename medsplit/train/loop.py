@@ -22,12 +22,20 @@ from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.tasks import Task, make_task
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "train.device={}") -> torch.device:
+    """A device name to a device: ``auto`` is cuda when a GPU is present; cuda without one is an error.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        setting: how the user wrote the choice, as a format string (``"--device {}"`` for a flag),
+            so the error names the key or flag to change.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu or auto")
+        raise RuntimeError(f"{setting.format(name)} was requested but no CUDA GPU is available "
+                           f"(torch.cuda.is_available() is False); use {setting.format('cpu')} or {setting.format('auto')}")
     return device
 
 
