@@ -9,7 +9,10 @@ sweep is resumable point by point:
   checkpoint is deleted once it finishes; the selected weights stay in ``model.safetensors``);
 * a point with a checkpoint but no metrics was interrupted and is resumed;
 * a point that raises is recorded as failed (with its error) and the sweep goes on; the
-  next invocation retries it.
+  next invocation retries it;
+* ``--report-only`` trains nothing: it writes the report from the points finished so far and
+  lists the others as "not run" (to look at a long sweep while it runs, or to report one
+  that ran out of time honestly).
 
 At the end one HTML report (``<reports_dir>/sweep-<axis>-<task>.html``) and a JSON summary
 beside it are written: the test metric (AUC for retinopathy, Dice for lungs) as mean and
@@ -234,7 +237,7 @@ def _summarise_run(record: dict) -> dict[str, Any]:
 
 def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int], protocols: list[str],
               partitions: list[str], baselines: bool, out_dir: Path, overrides: list[str], *,
-              train_fn: TrainFn | None = None, quiet: bool = True) -> Path:
+              train_fn: TrainFn | None = None, quiet: bool = True, report_only: bool = False) -> Path:
     """Run (or finish) a sweep and write its report; returns the HTML report's path.
 
     Args:
@@ -250,6 +253,7 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         train_fn: the training function, ``train(cfg, resume=None, quiet=...) -> run_dir``;
             defaults to :func:`medsplit.train.loop.train` (tests pass a fake).
         quiet: hide each run's progress bars and prints.
+        report_only: train nothing; points without a finished run are reported as "not run".
     """
     values, seeds = list(dict.fromkeys(values)), list(dict.fromkeys(seeds))
     protocols, partitions = list(dict.fromkeys(protocols)), list(dict.fromkeys(partitions))
@@ -268,6 +272,11 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         row: dict[str, Any] = {**asdict(point), "baseline": point.baseline, "run_dir": str(Path(cfg.output.runs_dir) / cfg.run_name())}
         row.pop("overrides")
         print(f"[{i}/{len(points)}] {point.name}: ", end="", flush=True)
+        if report_only and not (Path(row["run_dir"]) / "metrics.json").exists():
+            row.update(status="not run", error=None)
+            print("not run")
+            results.append(row)
+            continue
         try:
             status, run_dir = _run_point(cfg, train_fn, quiet)
             record = json.loads((run_dir / "metrics.json").read_text())
@@ -305,7 +314,7 @@ def _groups(results: list[dict]) -> list[dict[str, Any]]:
         keyed.setdefault((r["protocol"], r["partition"], r["value"]), []).append(r)
     rows = []
     for (protocol, partition, value), members in keyed.items():
-        ok = [m for m in members if m["status"] != "failed"]
+        ok = [m for m in members if m["status"] not in ("failed", "not run")]
         metric, metric_std, n = _mean_std([m.get("metric") for m in ok])
         metric2, metric2_std, _ = _mean_std([m.get("metric2") for m in ok])
         bpe, _, _ = _mean_std([m.get("bytes_per_epoch") for m in ok])
@@ -400,6 +409,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     xs = sorted(values)
     groups = _groups(results)
     failed = [r for r in results if r["status"] == "failed"]
+    not_run = [r for r in results if r["status"] == "not run"]
     split_groups = [g for g in groups if not g["baseline"] and g["metric"] is not None]
     best = max(split_groups, key=lambda g: g["metric"], default=None)
     central = next((g for g in groups if g["protocol"] == "centralised"), None)
@@ -407,6 +417,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     # Fixed keys (the metric named separately) so the index shows one set of columns for all sweeps.
     headline = {
         "task": task, "axis": axis, "metric": metric_name, "points": len(results), "failed": len(failed),
+        "not run": len(not_run),
         "best split (mean)": best["metric"] if best else None,
         "best split at": f"{_series_label(best)}, {axis} {best['value']}" if best else None,
         "centralised (mean)": central["metric"] if central else None,
@@ -417,11 +428,16 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     if failed:
         report.banner(f"{len(failed)} of {len(results)} runs failed; they are left out of every mean below and "
                       "listed under 'Failed runs'. Rerunning the same sweep retries only them.", level="danger")
+    if not_run:
+        report.banner(f"{len(not_run)} of {len(results)} planned runs have not been run (this report was written "
+                      "with --report-only); means use the finished seeds only, and the table below says how many "
+                      "each has.", level="warning")
     if any(r.get("synthetic") for r in results):
         report.banner("Synthetic data: these images were generated, not acquired. The numbers test the software; "
                       "they say nothing about real patients.")
     report.cards({k: v for k, v in {
         "runs": str(len(results)), "failed": str(len(failed)),
+        **({"not run": str(len(not_run))} if not_run else {}),
         f"best split {metric_name} (mean)": headline["best split (mean)"], "best split at": headline["best split at"],
         f"centralised {metric_name} (mean)": headline["centralised (mean)"],
     }.items() if v is not None})
@@ -465,7 +481,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
                    "MB/epoch": None if r.get("bytes_per_epoch") is None else r["bytes_per_epoch"] / 1e6,
                    "wall time (s)": r.get("wall_time_s"), "run dir": r["run_dir"]} for r in results],
                  caption="status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
-                         "earlier, read back), failed.", float_fmt="{:.4g}")
+                         "earlier, read back), failed, not run (--report-only).", float_fmt="{:.4g}")
     if failed:
         report.section("Failed runs")
         report.table([{"run": r["name"], "error": r["error"]} for r in failed])
@@ -555,6 +571,8 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="skip the centralised and FedAvg baselines")
     p.add_argument("--out", default=None, help="folder for the runs (default <output.runs_dir>/sweeps/<axis>-<task>)")
     p.add_argument("--verbose", action="store_true", help="show every run's progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the finished points and list the others as not run")
     return p
 
 
@@ -563,7 +581,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     base = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(base.output.runs_dir) / "sweeps" / f"{args.axis}-{base.task}"
     html = run_sweep(Path(args.config), args.axis, args.values, args.seeds, args.protocols, args.partitions,
-                     args.baselines, out, list(args.overrides), quiet=not args.verbose)
+                     args.baselines, out, list(args.overrides), quiet=not args.verbose, report_only=args.report_only)
     summary = json.loads(html.with_suffix(".json").read_text())
     failed = summary["headline"]["failed"]
     print(f"report: {html}\nsummary: {html.with_suffix('.json')}\nruns: {out}")

@@ -17,6 +17,7 @@ from medsplit.defences import HijackDetector
 from medsplit.models import build_model
 from medsplit.split import Channel, cut, two_party
 from medsplit.split.channel import NonFiniteError
+from medsplit.train.loop import device_label
 
 torch.set_num_threads(1)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,9 +89,9 @@ def test_detector_flags_fsha_and_not_honest_training():
     run_fsha(session, x[:24], x[24:32], x[32:], cfg, y_priv=y[:24], detector=det, generator=torch.Generator().manual_seed(0))
     assert det.summary()["flagged"]
 
-    from medsplit.privacy_eval import PROFILES, TaskData, build_target, train_target
-
     from dataclasses import replace
+
+    from medsplit.privacy_eval import PROFILES, TaskData, build_target, train_target
 
     profile = replace(PROFILES["tiny"], target_steps=12)  # 4 probes: enough for the alarm to be possible
     data = TaskData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
@@ -143,15 +144,17 @@ def test_tiny_profile_writes_report_and_json(tmp_path):
     from medsplit.cli import main
 
     rc = main(["attack", "--profile", "tiny", "--task", "lungs", "--out", str(tmp_path), "--data-root", str(DATA),
-               "--defences", "none,nopeek,laplace"])
+               "--defences", "none,nopeek,laplace,proxy"])
     assert rc == 0
     html = tmp_path / "attack-lungs-tiny.html"
     record = json.loads(html.with_suffix(".json").read_text())
     assert html.exists() and "Threat models" in html.read_text()
     assert record["kind"] == "attack" and "inversion SSIM (no defence)" in record["headline"]
-    assert {r["defence"] for r in record["rows"] if r["attack"] == "inversion"} == {"none", "nopeek", "laplace"}
+    inversion = {r["defence"]: r for r in record["rows"] if r["attack"] == "inversion"}
+    assert set(inversion) == {"none", "nopeek", "laplace", "proxy"}
+    assert inversion["proxy"]["privacy.proxy_mse"] > 0  # the proxy's own score, beside the fresh attacker's
     assert any(s["attack"] == "label-leakage" for s in record["skipped"])
-    assert record["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    assert record["device"] == device_label(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _numbers(rows: list[dict]) -> list[dict]:
@@ -168,7 +171,7 @@ def test_evaluate_on_explicit_cpu_equals_default(shared_data):
     assert _numbers(cpu["rows"]) == _numbers(default["rows"]) and len(cpu["rows"]) == 3
     for key, extra in cpu["extras"].items():
         assert torch.equal(extra["recon"], default["extras"][key]["recon"]), key
-    assert cpu["device"] == default["device"] == "cpu"
+    assert cpu["device"] == default["device"] == device_label(torch.device("cpu"))
 
 
 def test_device_flag_resolution_and_cuda_without_gpu_names_the_flag(monkeypatch, capsys):
@@ -198,7 +201,7 @@ def test_tiny_profile_on_cuda_is_finite_and_returns_cpu_tensors(shared_data):
             evaluate("retinopathy", PROFILES["tiny"], shared_data, ["inversion", "label-leakage"], ["none", "mixing"],
                      log=lambda *a: None, device=cuda)]
     for res in runs:
-        assert res["rows"] and res["device"] == torch.cuda.get_device_name(cuda)
+        assert res["rows"] and res["device"] == device_label(cuda)
         for row in res["rows"]:
             numbers = {k: v for k, v in row.items() if isinstance(v, float)}
             assert all(math.isfinite(v) for v in numbers.values()), row
@@ -207,3 +210,34 @@ def test_tiny_profile_on_cuda_is_finite_and_returns_cpu_tensors(shared_data):
     defences = {(r["attack"], r["defence"]) for res in runs for r in res["rows"]}
     assert {("inversion", d) for d in ("none", "nopeek", "laplace", "proxy", "dpsgd", "mixing")} <= defences
     assert {("fsha", "none"), ("fsha", "nopeek"), ("label-leakage", "none")} <= defences
+
+
+def test_profile_overrides_change_one_field_rename_the_report_and_name_bad_keys(capsys):
+    from medsplit.cli import main
+    from medsplit.config import ConfigError
+    from medsplit.privacy_eval import PROFILES, customise
+
+    tiny = PROFILES["tiny"]
+    custom = customise(tiny, ["fsha.iterations=30", "img_size=24", "strengths.nopeek=[0.5, 3]"])
+    assert (custom.fsha.iterations, custom.img_size, custom.strengths["nopeek"]) == (30, 24, [0.5, 3])
+    assert custom.name == "tiny-custom" and custom.fsha.gp_weight == tiny.fsha.gp_weight
+    assert tiny.fsha.iterations == 12 and tiny.name == "tiny"  # the stock profile is untouched
+    assert customise(tiny, ["name=long-fsha", "fsha.iterations=40"]).name == "long-fsha"
+    with pytest.raises(ConfigError, match="fsha.iters"):
+        customise(tiny, ["fsha.iters=30"])
+    with pytest.raises(ConfigError, match="'fsha.iterations' must be int"):
+        customise(tiny, ["fsha.iterations=many"])
+    with pytest.raises(ConfigError, match="img_size: must be >= 16"):
+        customise(tiny, ["img_size=8"])
+    assert main(["attack", "--profile", "tiny", "--set", "cut_lung=2", "--data-root", "/nonexistent"]) == 2
+    assert "cut_lungs" in capsys.readouterr().err  # the error lists the fields
+
+
+def test_fundus_validator_score_is_balanced_so_a_constant_answer_scores_one_half():
+    from medsplit.privacy_eval import validator_score
+
+    always_healthy = lambda images: torch.tensor([[5.0, -5.0]]).repeat(images.shape[0], 1)  # noqa: E731
+    y = torch.tensor([0] * 8 + [1] * 2)  # 80 % non-referable: plain accuracy would be 0.8
+    assert validator_score(always_healthy, "retinopathy", torch.zeros(10, 3, 8, 8), y) == pytest.approx(0.5)
+    perfect = lambda images: F.one_hot(y, 2).float()  # noqa: E731
+    assert validator_score(perfect, "retinopathy", torch.zeros(10, 3, 8, 8), y) == pytest.approx(1.0)

@@ -5,8 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medsplit.defences import DefenceNotApplicable, LaplaceMechanism, Mixing, NoPeek, ProxyAdversary, check_defence_names
-from medsplit.defences.dcor import distance_correlation
+from medsplit.defences import (
+    DefenceNotApplicable,
+    LaplaceMechanism,
+    Mixing,
+    NoPeek,
+    ProxyAdversary,
+    check_defence_names,
+)
+from medsplit.defences.dcor import bias_corrected_dcor2, distance_correlation
 from medsplit.models import build_model
 from medsplit.split import cut, two_party
 
@@ -40,6 +47,41 @@ def test_dcor_matches_reference_and_properties():
     # squared distances would give the RV coefficient: for y = x^2 (dependent, uncorrelated) dCor sees it
     u = torch.linspace(-1, 1, 200).unsqueeze(1)
     assert distance_correlation(u, u**2).item() > 0.4
+
+
+def _reference_dcor2_u(x, y):
+    """Szekely and Rizzo (2014), section 2: U-centred distance matrices, sums over i != j."""
+    x = x.reshape(len(x), -1).double()
+    y = y.reshape(len(y), -1).double()
+    n = len(x)
+
+    def u_centred(z):
+        d = [[float(torch.linalg.norm(z[i] - z[j])) for j in range(n)] for i in range(n)]
+        u = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    u[i][j] = (d[i][j] - sum(d[i]) / (n - 2) - sum(r[j] for r in d) / (n - 2)
+                               + sum(map(sum, d)) / ((n - 1) * (n - 2)))
+        return torch.tensor(u, dtype=torch.float64)
+
+    a, b = u_centred(x), u_centred(y)
+    cov = lambda p, q: float((p * q).sum()) / (n * (n - 3))  # noqa: E731
+    return cov(a, b) / (cov(a, a) * cov(b, b)) ** 0.5
+
+
+def test_bias_corrected_dcor2_matches_reference_and_is_near_zero_for_independent_high_dim_data():
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 4, 4)
+    y = torch.tanh(x.reshape(12, -1)[:, :5]) + 0.3 * torch.randn(12, 5)
+    assert bias_corrected_dcor2(x, y) == pytest.approx(_reference_dcor2_u(x, y), abs=1e-9)
+    assert bias_corrected_dcor2(x, 3 * x + 1) == pytest.approx(1.0, abs=1e-9)
+    # the case that misled the attack report: images against independent noise of a cut's size
+    images, noise = torch.rand(64, 1, 64, 64), torch.randn(64, 16, 32, 32)
+    assert distance_correlation(images, noise).item() > 0.95  # the V-statistic says "leaks"
+    assert abs(bias_corrected_dcor2(images, noise)) < 0.05  # the corrected one says independent
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        bias_corrected_dcor2(x[:3], y[:3])
 
 
 def test_nopeek_is_a_differentiable_regularizer():

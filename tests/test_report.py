@@ -199,3 +199,24 @@ def test_figures_return_figures():
     assert figures._pareto([(0.9, 0.8), (0.5, 0.75), (0.3, 0.6), (0.6, 0.5)], "lower", "higher") == [
         (0.3, 0.6), (0.5, 0.75), (0.9, 0.8)
     ]
+
+
+def test_attack_summary_averages_seeds_and_states_the_targets_numbers():
+    from medsplit.report.attack_findings import defence_table, findings
+
+    inv = lambda d, s, seed, ssim, util, **kw: {"attack": "inversion", "defence": d, "strength": s, "seed": seed,  # noqa: E731
+                                                "ssim": ssim, "mse": 0.01, "utility": util, "baseline_ssim": 0.45, **kw}
+    rows = [inv("none", 0, 0, 0.80, 0.90), inv("none", 0, 1, 0.90, 0.92),
+            inv("proxy", 2.0, 0, 0.70, 0.88, **{"privacy.proxy_mse": 0.2}),
+            {"attack": "fsha", "defence": "none", "strength": 0, "seed": 0, "ssim": 0.55, "mse": 0.02, "iterations": 400},
+            {"attack": "fsha", "defence": "nopeek", "strength": 1.0, "seed": 0, "ssim": 0.5, "mse": 0.03, "iterations": 400}]
+    table = {r["defence"]: r for r in defence_table(rows)}
+    assert table["none"]["seeds"] == 2 and table["none"]["attacker SSIM"] == pytest.approx(0.85)
+    assert table["proxy"]["SSIM change"] == pytest.approx(-0.15) and table["proxy"]["utility change"] == pytest.approx(-0.03)
+    history = {"fsha/none/0/0": [{"iteration": 0, "ssim": 0.2}, {"iteration": 500, "ssim": 0.6}, {"iteration": 900, "ssim": 0.55}]}
+    text = " ".join(findings(rows, {"fsha/none/0/0": {"flagged": True, "flagged_at_step": 60, "probes": 40, "probe_every": 10}},
+                             histories=history))
+    assert "SSIM 0.600 at iteration 500" in text
+    assert "SSIM 0.850" in text and "0.450 for the mean auxiliary image" in text
+    assert "MSE 0.0300 vs 0.0200 without (1.50x)" in text and "0.0267 vs 0.0193" in text
+    assert "alarm at step 60" in text and "proxy ended at MSE 0.2000" in text

@@ -125,6 +125,20 @@ def test_failing_point_is_reported_and_the_others_finish(base, tmp_path):
     assert summary["headline"]["failed"] == 0
 
 
+def test_report_only_trains_nothing_and_marks_unfinished_points(base, tmp_path):
+    _sweep(base, tmp_path, FakeTrain())  # seed 0 finished
+    none = FakeTrain()
+    html, summary = _sweep(base, tmp_path, none, seeds=[0, 1], report_only=True)
+    assert none.calls == []
+    status = {p["name"]: p["status"] for p in summary["points"]}
+    assert status["retinopathy-sequential-cut1-iid-seed0"] == "skipped"
+    assert status["retinopathy-sequential-cut1-iid-seed1"] == "not run"
+    assert summary["headline"]["not run"] == 4 and summary["headline"]["failed"] == 0
+    by_cut = {g["value"]: g for g in summary["groups"] if g["protocol"] == "sequential"}
+    assert by_cut[1]["finished"] == 1 and by_cut[1]["metric"] == pytest.approx(0.62)  # seed 0 only
+    assert "have not been run" in html.read_text()
+
+
 def test_interrupted_point_is_resumed_from_its_checkpoint(base, tmp_path):
     _, first = _sweep(base, tmp_path, FakeTrain(), values=[1], baselines=False)
     run_dir = Path(first["points"][0]["run_dir"])

@@ -55,14 +55,21 @@ def test_multi_client_protocols_run_and_report(tmp_path, protocol):
     assert "Synthetic" in html or "synthetic" in html
 
 
-def test_resume_reaches_same_result(tmp_path):
-    full = _metrics(train(_cfg(tmp_path, "train.epochs=3", "output.name=full"), quiet=True))
-    run_dir = train(_cfg(tmp_path, "train.epochs=3", "output.name=interrupted"), stop_after_epoch=1, quiet=True)
+def test_resume_reaches_same_result_under_a_cosine_schedule(tmp_path):
+    cosine = ("train.epochs=3", "train.schedule=cosine")
+    full = _metrics(train(_cfg(tmp_path, *cosine, "output.name=full"), quiet=True))
+    run_dir = train(_cfg(tmp_path, *cosine, "output.name=interrupted"), stop_after_epoch=1, quiet=True)
     assert not (run_dir / "metrics.json").exists()
-    resumed = _metrics(train(_cfg(tmp_path, "train.epochs=3", "output.name=interrupted"), resume=run_dir, quiet=True))
+    resumed = _metrics(train(_cfg(tmp_path, *cosine, "output.name=interrupted"), resume=run_dir, quiet=True))
     assert resumed["test"]["auc"] == pytest.approx(full["test"]["auc"], abs=1e-6)
     assert [r.get("val_loss") for r in resumed["history"]] == pytest.approx([r.get("val_loss") for r in full["history"]], abs=1e-6)
     assert sum(r["bytes"] for r in resumed["bytes"]) == sum(r["bytes"] for r in full["bytes"])
+    lrs = [r["lr"] for r in full["history"] if "lr" in r]
+    assert lrs == pytest.approx([1e-3, 0.75e-3, 0.25e-3]) and [r["lr"] for r in resumed["history"] if "lr" in r] == lrs
+    # the schedule reaches the optimisers: the first epoch (same lr) matches a constant run, the second does not
+    constant = _metrics(train(_cfg(tmp_path, "train.epochs=2", "output.name=constant"), quiet=True))
+    val = lambda m: [r["val_loss"] for r in m["history"] if "val_loss" in r]  # noqa: E731
+    assert val(constant)[0] == pytest.approx(val(full)[0], abs=1e-6) and val(constant)[1] != pytest.approx(val(full)[1], abs=1e-6)
 
 
 def test_cut_out_of_range_stops_before_training(tmp_path):

@@ -1,6 +1,6 @@
 """Defences against attacks on split learning; each is a hook of the split engine or a client-side wrapper."""
 
-from medsplit.defences.dcor import distance_correlation
+from medsplit.defences.dcor import bias_corrected_dcor2, distance_correlation
 from medsplit.defences.detector import HijackDetector
 from medsplit.defences.laplace import LaplaceMechanism
 from medsplit.defences.mixing import Mixing
@@ -29,4 +29,5 @@ def check_defence_names(names: list[str]) -> None:
 
 
 __all__ = ["DEFENCES", "DefenceNotApplicable", "HijackDetector", "LaplaceMechanism", "Mixing", "NoPeek",
-           "ProxyAdversary", "check_defence_names", "distance_correlation"]
+           "ProxyAdversary", "bias_corrected_dcor2", "check_defence_names",
+           "distance_correlation"]

@@ -15,6 +15,8 @@ computed from the raw images and are not privatised by DP-SGD.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
@@ -75,6 +77,10 @@ class DPSGDClient:
             self.other_parts_note = "the client's other parts (decoder) are trained without DP"
         else:
             self.other_parts_note = ""
+        # opacus' hooks warn on every step because the images do not require gradients; the
+        # per-sample gradients it needs are those of the parameters, so the warning is noise.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                                "respect to module outputs", category=UserWarning)
         device = next(part.parameters()).device
         _fix_stage_modules(part)
         part.to(device)  # the GroupNorms that replace BatchNorm are created on the CPU

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,15 @@ def make_optimizer_factory(cfg: Config):
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, fused=True)
 
     return make
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learning rate of ``epoch`` (counted from 0) under ``train.schedule``."""
+    if cfg.train.schedule == "cosine":
+        # half a cosine from lr to 0: the late epochs take small steps, so where training ends
+        # depends less on the last few batches (what makes short from-scratch runs noisy)
+        return cfg.train.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
+    return cfg.train.lr
 
 
 def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
@@ -139,6 +149,10 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     for epoch in epochs:
         t_epoch = time.time()
         channel.epoch = epoch
+        lr = learning_rate(cfg, epoch)
+        for party in protocol.parties:
+            for group in party.optimizer.param_groups if party.optimizer else []:
+                group["lr"] = lr
         batches = [epoch_batches(idx, cfg.train.batch_size, cfg.train.seed, epoch, k) for k, idx in enumerate(pooled)]
         aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch)
         losses = {k: [] for k in range(len(pooled))}
@@ -160,7 +174,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         for k, ls in losses.items():
             name = f"client{k}" if len(pooled) > 1 else ("all" if not protocol.split else "client0")
             history.append({"epoch": epoch + 1, "client": name, "train_loss": float(np.mean(ls)) if ls else None})
-        history.append({"epoch": epoch + 1, "client": "all", "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
+        history.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
         score = scores.get(task.select_metric, -val_loss)
         if score is not None and score > best["score"]:
             best = {"epoch": epoch + 1, "score": float(score), "weights": copy.deepcopy(protocol.eval_state_dict())}
@@ -181,7 +195,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     result = {
         "task": cfg.task, "run": cfg.run_name(), "protocol": cfg.split.protocol,
         "cut": cfg.split.cut if protocol.split else None, "clients": cfg.split.clients,
-        "device": _device_name(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
+        "device": device_label(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
         "test": test, "test_loss": test_loss, "history": history, "bytes": channel.byte_rows("train"),
         "bytes_eval": channel.byte_rows("eval"), "data": _data_summary(task, clients, pooled),
         "normalisation": task.normalisation(),
@@ -218,7 +232,8 @@ def _data_summary(task: Task, clients, pooled) -> dict:
     return summary
 
 
-def _device_name(device: torch.device) -> str:
+def device_label(device: torch.device) -> str:
+    """What a report says ran the work: the GPU model, or the CPU and its thread count."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     import platform

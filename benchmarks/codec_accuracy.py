@@ -1,0 +1,151 @@
+"""What compressing the cut costs in accuracy: one training run per (codec, seed), paired by seed.
+
+Every codec is applied to both directions (activations up, gradients down). Runs with the
+same seed share data, split, initial weights and batches, so the per-seed difference to
+the uncompressed run isolates the codec (plus the chaos of training: any perturbation moves
+a from-scratch run, which is why several seeds are needed). Bytes are the Channel's counts
+of what was serialised, activations plus gradients, per training epoch.
+
+    python benchmarks/codec_accuracy.py                                    # retinopathy default config
+    python benchmarks/codec_accuracy.py --seeds 0,1,2 --jobs 2 train.schedule=cosine train.epochs=25
+    MEDSPLIT_DATA=../shared/data python benchmarks/codec_accuracy.py --config configs/sweep-cut-unet.yaml split.cut=1
+
+Runs go to ``--runs-dir`` (one ordinary medsplit run each, with its own report) and are
+resumable: a finished run is read back, an interrupted one continues from its checkpoint.
+``--jobs`` runs trainings side by side, each on ``cpu_count // jobs`` threads (two runs of
+one thread each use a 2-core CPU better than one run of two threads). Prints a table and
+writes ``benchmarks/results/codec_accuracy-<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from medsplit.config import load_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def run_name(task: str, codec: str, seed: int) -> str:
+    return f"codec-{task}-{codec}-seed{seed}"
+
+
+def _train(config: str, overrides: list[str], run_dir: Path, threads: int) -> tuple[Path, str | None]:
+    """One training run in a subprocess (its own threads); returns the run and an error, if any."""
+    if (run_dir / "metrics.json").exists():
+        return run_dir, None
+    if (run_dir / "checkpoint.pt").exists():
+        cmd = [sys.executable, "-m", "medsplit", "train", "--resume", str(run_dir)]
+    else:
+        cmd = [sys.executable, "-m", "medsplit", "train", config, *overrides, f"train.threads={threads}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        return run_dir, f"exit status {rc}; see {run_dir / 'train.log'}"
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # weights stay in model.safetensors
+    return run_dir, None
+
+
+def cut_bytes_per_epoch(metrics: dict) -> float:
+    """Activation plus gradient bytes of the training phase, per epoch."""
+    rows = [r for r in metrics["bytes"] if r["kind"] in ("activation", "gradient")]
+    epochs = {r["epoch"] for r in metrics["bytes"]}
+    return sum(r["bytes"] for r in rows) / max(len(epochs), 1)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/retinopathy.yaml")
+    p.add_argument("--codecs", default="none,int8", help="codecs applied to both directions; the first is the reference")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training (default: cpu_count // jobs)")
+    p.add_argument("--runs-dir", default="runs/codec-accuracy")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = p.parse_args()
+
+    codecs, seeds = _list(args.codecs), [int(s) for s in _list(args.seeds)]
+    base = load_config(args.config, args.overrides)  # fails here, naming the key, before any run starts
+    task = base.task
+    metric = "auc" if task == "retinopathy" else "dice"
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    plan = []
+    for codec in codecs:
+        for seed in seeds:
+            name = run_name(task, codec, seed)
+            overrides = [*args.overrides, f"split.compress_activations={codec}", f"split.compress_gradients={codec}",
+                         f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}"]
+            load_config(args.config, overrides)
+            plan.append((codec, seed, Path(args.runs_dir) / name, overrides))
+
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        futures = {(c, s): pool.submit(_train, args.config, o, d, threads) for c, s, d, o in plan}
+        for (codec, seed), fut in futures.items():
+            run_dir, error = fut.result()
+            print(f"{codec:>8} seed {seed}: {'FAILED ' + error if error else 'done'} ({run_dir})", flush=True)
+
+    runs = []
+    for codec, seed, run_dir, _ in plan:
+        path = run_dir / "metrics.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        runs.append({"codec": codec, "seed": seed, "run": str(run_dir), metric: m["test"][metric],
+                     "bytes_per_epoch": cut_bytes_per_epoch(m), "wall_time_s": m["wall_time_s"],
+                     "selected_epoch": m["selected_epoch"], "device": m["device"]})
+    ref_codec = codecs[0]
+    ref = {r["seed"]: r for r in runs if r["codec"] == ref_codec}
+    summary = []
+    print(f"\n{task}: test {metric} per seed, and the paired difference to {ref_codec} (points)")
+    print(f"{'codec':>8} | {'per seed':<26} | {'mean +- std':<17} | {'diff per seed (points)':<24} | "
+          f"{'diff mean +- std':<16} | {'MB/epoch':>8} | {'fewer bytes':>11}")
+    for codec in codecs:
+        rs = sorted((r for r in runs if r["codec"] == codec), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        values = [r[metric] for r in rs]
+        diffs = [100 * (r[metric] - ref[r["seed"]][metric]) for r in rs if r["seed"] in ref]
+        mean, std = _mean_std(values)
+        dmean, dstd = _mean_std(diffs) if diffs else (float("nan"), float("nan"))
+        mb = statistics.fmean(r["bytes_per_epoch"] for r in rs) / 1e6
+        ratio = (statistics.fmean(r["bytes_per_epoch"] for r in ref.values()) / 1e6 / mb) if ref else float("nan")
+        summary.append({"codec": codec, "seeds": [r["seed"] for r in rs], "values": values, "mean": mean, "std": std,
+                        "diff_points_per_seed": diffs, "diff_points_mean": dmean, "diff_points_std": dstd,
+                        "mb_per_epoch": mb, "bytes_ratio_vs_reference": ratio})
+        per_seed = " ".join(f"{v:.4f}" for v in values)
+        diff_seed = " ".join(f"{d:+6.2f}" for d in diffs)
+        print(f"{codec:>8} | {per_seed:<26} | {mean:.4f} +- {std:.4f} | {diff_seed:<24} | {dmean:+6.2f} +- {dstd:5.2f} | "
+              f"{mb:8.2f} | {ratio:10.2f}x")
+    out = {"task": task, "metric": metric, "config": args.config, "overrides": args.overrides, "reference": ref_codec,
+           "runs": runs, "summary": summary, "jobs": args.jobs, "threads_per_job": threads,
+           "machine": platform.machine(), "wall_time_s": time.time() - start}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"codec_accuracy-{task}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {path}")
+    return 0 if len(runs) == len(plan) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

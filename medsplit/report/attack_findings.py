@@ -1,0 +1,94 @@
+"""The attack report's summary: what each defence bought and cost against the undefended run,
+and the few statements the issue's targets are about, all computed from the measured rows.
+
+Rows of the same (attack, defence, strength) are averaged over seeds; nothing here is
+typed in except the paper's published MNIST figures, which are labelled as such.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+# Pasquini et al. 2021 ("Unleashing the Tiger"), NoPeek against FSHA on MNIST.
+PAPER_FSHA_NOPEEK_MSE = {"without NoPeek": 0.0193, "with NoPeek": 0.0267}
+
+
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def _by_setting(rows: list[dict], attack: str) -> dict[tuple[str, float], dict]:
+    """(defence, strength) -> the mean over seeds of every numeric column, plus the seed count."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        if r.get("attack") == attack:
+            groups.setdefault((r["defence"], r.get("strength", 0)), []).append(r)
+    out = {}
+    for key, members in groups.items():
+        keys = {k for m in members for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out[key] = {k: _mean(m.get(k) for m in members) for k in keys} | {"seeds": len(members)}
+    return out
+
+
+def defence_table(rows: list[dict]) -> list[dict]:
+    """One row per inversion (defence, strength): the attacker's SSIM and MSE, leakage and
+    utility, each beside its change from the undefended run."""
+    inv = _by_setting(rows, "inversion")
+    ref = next((v for (d, _), v in inv.items() if d == "none"), None)
+    table = []
+    for (defence, strength), v in inv.items():
+        row = {"defence": defence, "strength": strength, "seeds": v["seeds"], "attacker SSIM": v.get("ssim"),
+               "attacker MSE": v.get("mse"), "dcor2_unbiased": v.get("dcor2_unbiased"), "utility": v.get("utility")}
+        if ref is not None and defence != "none":
+            for col, key in (("SSIM change", "ssim"), ("utility change", "utility")):
+                a, b = v.get(key), ref.get(key)
+                row[col] = None if a is None or b is None else a - b
+        table.append(row)
+    return table
+
+
+def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
+             histories: dict[str, list[dict]] | None = None) -> list[str]:
+    """Plain sentences with the measured numbers the issue's targets ask about.
+
+    ``histories`` (run key -> logged iterations) adds where an undefended FSHA peaked, since at
+    the reduced scale's learning rates its quality can fall again after the peak.
+    """
+    out = []
+    inv = _by_setting(rows, "inversion")
+    base = inv.get(("none", 0))
+    if base:
+        out.append(f"Model inversion without a defence: SSIM {base['ssim']:.3f} on held-out images, against "
+                   f"{base['baseline_ssim']:.3f} for the mean auxiliary image; target utility {base['utility']:.3f}.")
+        if task == "retinopathy" and base.get("utility") is not None and base["utility"] < 0.6:
+            out.append(f"The undefended target reached only AUC {base['utility']:.3f} (0.5 is chance) at this scale, "
+                       "so the utility column cannot show what a defence costs; read the privacy columns only.")
+    fsha = _by_setting(rows, "fsha")
+    f0 = next((v for (d, _), v in fsha.items() if d == "none"), None)
+    if f0:
+        out.append(f"FSHA without a defence: SSIM {f0['ssim']:.3f}, MSE {f0['mse']:.4f} after {f0['iterations']:.0f} "
+                   f"iterations (target: SSIM >= 0.5 at 64 px).")
+        for run, hist in sorted((histories or {}).items()):
+            if run.startswith("fsha/none/") and hist:
+                peak = max(hist, key=lambda h: h["ssim"])
+                out.append(f"Its best logged point ({run}): SSIM {peak['ssim']:.3f} at iteration {peak['iteration']}; "
+                           "the attacker cannot pick that point without the private images.")
+        paper = PAPER_FSHA_NOPEEK_MSE
+        for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "nopeek"):
+            out.append(f"FSHA against NoPeek (alpha {s:g}): MSE {v['mse']:.4f} vs {f0['mse']:.4f} without "
+                       f"({v['mse'] / f0['mse']:.2f}x), SSIM {v['ssim']:.3f} vs {f0['ssim']:.3f}. The paper, on MNIST: "
+                       f"{paper['with NoPeek']} vs {paper['without NoPeek']} "
+                       f"({paper['with NoPeek'] / paper['without NoPeek']:.2f}x).")
+    for run, det in sorted(detectors.items()):
+        kind = "FSHA" if run.startswith("fsha/") else "honest training"
+        verdict = (f"alarm at step {det['flagged_at_step']}" if det.get("flagged") else "no alarm")
+        out.append(f"Hijack detector on {kind} ({run}): {verdict} after {det['probes']} probes, one every "
+                   f"{det['probe_every']} steps.")
+    for (d, s), v in sorted((k, v) for k, v in inv.items() if k[0] == "proxy"):
+        if v.get("privacy.proxy_mse") is not None:
+            undefended = f" (undefended: {base['mse']:.4f})" if base else ""
+            out.append(f"Proxy-adversary training (lambda {s:g}): the client's own proxy ended at MSE "
+                       f"{v['privacy.proxy_mse']:.4f}; a fresh attacker reached MSE {v['mse']:.4f}{undefended}.")
+    return out
