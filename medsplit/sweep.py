@@ -363,7 +363,10 @@ def _axis_figure(groups: list[dict], xs: list[int], key: str, std_key: str | Non
     if logy and any(v is not None and v > 0 for vs in series.values() for v in vs):
         ax.set_yscale("log")
     if series or flat:
-        ax.legend(fontsize=8)
+        # outside the axes: with error bars "best" placement still covered points
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + 2.0, h)
     return fig
 
 

@@ -110,6 +110,13 @@ def test_model_inversion_beats_mean_image():
                         InversionConfig(steps=150, batch_size=16, width=8, lr=3e-3, log_every=75),
                         torch.Generator().manual_seed(0))
     assert res.final["mse"] < res.baseline["mse"]
+    # The attacker standardises what it sees: shrinking the activations (as the Laplace clip
+    # does) must not hide them; before, 1e-5 x the activations left the decoder untrained.
+    small = run_inversion(aux, 1e-5 * observed_activations(model, aux), victims,
+                          1e-5 * observed_activations(model, victims),
+                          InversionConfig(steps=150, batch_size=16, width=8, lr=3e-3, log_every=75),
+                          torch.Generator().manual_seed(0))
+    assert small.final["mse"] < res.baseline["mse"] and small.final["mse"] == pytest.approx(res.final["mse"], rel=0.15)
 
 
 def test_label_leakage_norm_attack_on_imbalanced_labels():

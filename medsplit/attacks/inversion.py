@@ -36,6 +36,15 @@ class InversionConfig:
     log_every: int = 250
 
 
+def _standardise(aux: torch.Tensor, victim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets of activations, standardised per channel with the auxiliary set's mean and std."""
+    dims = [d for d in range(aux.ndim) if d != 1]
+    mean = aux.mean(dims, keepdim=True)
+    std = aux.std(dims, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a dead channel stays 0
+    return (aux - mean) / std, (victim - mean) / std
+
+
 @dataclass
 class InversionResult:
     history: list[dict]
@@ -60,6 +69,10 @@ def run_inversion(aux_images: torch.Tensor, aux_activations: torch.Tensor, victi
     """
     if aux_images.shape[0] != aux_activations.shape[0]:
         raise ValueError("one activation per auxiliary image is needed")
+    # The attacker standardises what it observes, per channel, with statistics of its own
+    # (auxiliary) activations. Without this a defence that merely rescales (the Laplace clip
+    # shrinks activations to ~1e-5) starves a fixed-learning-rate decoder and looks private.
+    aux_activations, victim_activations = _standardise(aux_activations, victim_activations)
     dec = decoder(tuple(aux_activations.shape[1:]), aux_images.shape[1], aux_images.shape[-1], cfg.width)
     dec.to(aux_activations.device)
     opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
