@@ -11,7 +11,9 @@ of what was serialised, activations plus gradients, per training epoch.
     MEDSPLIT_DATA=../shared/data python benchmarks/codec_accuracy.py --config configs/sweep-cut-unet.yaml split.cut=1
 
 Runs go to ``--runs-dir`` (one ordinary medsplit run each, with its own report) and are
-resumable: a finished run is read back, an interrupted one continues from its checkpoint.
+resumable: a finished run is read back, an interrupted one continues from its checkpoint, and
+a run folder holding another config stops the benchmark before anything trains (the sweeps'
+check).
 ``--jobs`` runs trainings side by side, each on ``cpu_count // jobs`` threads (two runs of
 one thread each use a 2-core CPU better than one run of two threads). Prints a table and
 writes ``benchmarks/results/codec_accuracy-<task>.json``.
@@ -31,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medsplit.config import load_config
+from medsplit.sweep import check_run_matches, summarise_run
+from medsplit.train.checkpoint import CHECKPOINT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,25 +52,24 @@ def _train(config: str, overrides: list[str], run_dir: Path, threads: int) -> tu
     """One training run in a subprocess (its own threads); returns the run and an error, if any."""
     if (run_dir / "metrics.json").exists():
         return run_dir, None
-    if (run_dir / "checkpoint.pt").exists():
+    if (run_dir / CHECKPOINT).exists():
         cmd = [sys.executable, "-m", "medsplit", "train", "--resume", str(run_dir)]
     else:
-        cmd = [sys.executable, "-m", "medsplit", "train", config, *overrides, f"train.threads={threads}"]
+        cmd = [sys.executable, "-m", "medsplit", "train", config, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a") as log:
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         return run_dir, f"exit status {rc}; see {run_dir / 'train.log'}"
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # weights stay in model.safetensors
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # weights stay in model.safetensors
     return run_dir, None
 
 
 def cut_bytes_per_epoch(metrics: dict) -> float:
     """Activation plus gradient bytes of the training phase, per epoch."""
-    rows = [r for r in metrics["bytes"] if r["kind"] in ("activation", "gradient")]
-    epochs = {r["epoch"] for r in metrics["bytes"]}
-    return sum(r["bytes"] for r in rows) / max(len(epochs), 1)
+    by_kind = summarise_run(metrics)["bytes_per_epoch_by_kind"]
+    return by_kind.get("activation", 0.0) + by_kind.get("gradient", 0.0)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -94,9 +97,15 @@ def main() -> int:
         for seed in seeds:
             name = run_name(task, codec, seed)
             overrides = [*args.overrides, f"split.compress_activations={codec}", f"split.compress_gradients={codec}",
-                         f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}"]
-            load_config(args.config, overrides)
-            plan.append((codec, seed, Path(args.runs_dir) / name, overrides))
+                         f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}",
+                         f"train.threads={threads}"]
+            run_dir = Path(args.runs_dir) / name
+            try:
+                check_run_matches(run_dir, load_config(args.config, overrides), remedy="pass another --runs-dir")
+            except RuntimeError as e:
+                print(f"codec_accuracy: {e}", file=sys.stderr)
+                return 2
+            plan.append((codec, seed, run_dir, overrides))
 
     start = time.time()
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:

@@ -340,7 +340,7 @@ def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple
     return row, extra
 
 
-def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool) -> tuple[dict, dict]:
+def fsha_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = build_target(task, profile, data.x_train.shape[1], data.num_classes, device=data.device)
@@ -360,7 +360,8 @@ def fsha_row(task, name, strength, seed, data, profile, validator, detect: bool)
         transform = hook.activations
     session = FSHAClientSession(first, key, Channel(), server, profile.fsha.lr_client, transform,
                                 model.regularizers.get(first.name))
-    detector = HijackDetector(probe_every=profile.probe_every) if detect else None
+    # the client watches for a hijack in the undefended run (as inversion_row does in honest training)
+    detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
     res = run_fsha(session, data.x_train, data.x_aux, data.x_test, profile.fsha, y_priv=data.y_train, detector=detector,
                    num_classes=data.num_classes, generator=g)
     row = {"attack": "fsha", "defence": name, "strength": strength, "seed": seed,
@@ -418,6 +419,9 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
         for name in [d for d in defences if d not in profile.fsha_defences]:
             skipped.append({"attack": "fsha", "defence": name, "reason": f"profile {profile.name!r} runs FSHA against "
                             f"{sorted(profile.fsha_defences)} only (each FSHA run is a full attack from scratch)"})
+    # (attack, its (defence, strength) runs, the row function, what its log line shows of a row)
+    experiments = [("inversion", inversion_runs, inversion_row, "ssim {ssim:.3f} utility {utility:.3f}"),
+                   ("fsha", fsha_runs, fsha_row, "ssim {ssim:.3f} mse {mse:.4f}")]
     # a defence that cannot apply (to this task or cut) is tried once, not at every strength and seed
     refused: dict[str, set[str]] = {"inversion": set(), "fsha": set()}
     start = time.perf_counter()
@@ -425,32 +429,20 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
         data = load_task(task, profile, data_root, seed).to(device)
         validator = train_validator(task, data, profile, torch.Generator().manual_seed(1000 + seed))
         bar.update(1)
-        for name, s in inversion_runs:
-            bar.set_postfix_str(f"inversion {name}={s} seed {seed}")
-            if name not in refused["inversion"]:
-                try:
-                    row, extra = inversion_row(task, name, s, seed, data, profile, validator)
-                except DefenceNotApplicable as e:
-                    skipped.append({"attack": "inversion", "defence": name, "reason": str(e)})
-                    refused["inversion"].add(name)
-                else:
-                    rows.append(row)
-                    extras[f"inversion/{name}/{s}/{seed}"] = extra
-                    say(f"inversion {name}={s} seed {seed}: ssim {row['ssim']:.3f} utility {row['utility']:.3f}")
-            bar.update(1)
-        for name, s in fsha_runs:
-            bar.set_postfix_str(f"fsha {name}={s} seed {seed}")
-            if name not in refused["fsha"]:
-                try:
-                    row, extra = fsha_row(task, name, s, seed, data, profile, validator, detect=name == "none")
-                except DefenceNotApplicable as e:
-                    skipped.append({"attack": "fsha", "defence": name, "reason": str(e)})
-                    refused["fsha"].add(name)
-                else:
-                    rows.append(row)
-                    extras[f"fsha/{name}/{s}/{seed}"] = extra
-                    say(f"fsha {name}={s} seed {seed}: ssim {row['ssim']:.3f} mse {row['mse']:.4f}")
-            bar.update(1)
+        for attack, runs, run_row, shown in experiments:
+            for name, s in runs:
+                bar.set_postfix_str(f"{attack} {name}={s} seed {seed}")
+                if name not in refused[attack]:
+                    try:
+                        row, extra = run_row(task, name, s, seed, data, profile, validator)
+                    except DefenceNotApplicable as e:
+                        skipped.append({"attack": attack, "defence": name, "reason": str(e)})
+                        refused[attack].add(name)
+                    else:
+                        rows.append(row)
+                        extras[f"{attack}/{name}/{s}/{seed}"] = extra
+                        say(f"{attack} {name}={s} seed {seed}: " + shown.format(**row))
+                bar.update(1)
         if "label-leakage" in attacks:
             bar.set_postfix_str(f"label leakage seed {seed}")
             try:

@@ -53,9 +53,11 @@ __all__ = [
     "SPLIT_PROTOCOLS",
     "SweepPoint",
     "add_sweep_parser",
+    "check_run_matches",
     "plan_points",
     "run_sweep",
     "run_sweep_command",
+    "summarise_run",
 ]
 
 AXES = ("cut", "clients")
@@ -189,18 +191,23 @@ def _config_diff(saved: dict, planned: dict, defaults: dict, prefix: str = "") -
     return keys
 
 
+def check_run_matches(run_dir: Path, cfg: Config, remedy: str = "give the sweep another --out") -> None:
+    """Raise if ``run_dir`` holds a run (finished or not) of a config other than ``cfg``:
+    reusing it would put wrong numbers in a report."""
+    saved = Path(run_dir) / "config.yaml"
+    if saved.exists():
+        differ = _config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(), Config().to_dict())
+        if differ:
+            raise RuntimeError(f"{run_dir} holds a run of a different config (differs in {differ[:5]}); "
+                               f"remove it or {remedy}")
+
+
 def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     """Train, resume or skip one point; returns (what happened, run directory)."""
     from medsplit.train.checkpoint import CHECKPOINT
 
     run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        # Reusing a run trained from another config would put wrong numbers in the report.
-        differ = _config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(), Config().to_dict())
-        if differ:
-            raise RuntimeError(f"{run_dir} holds a run of a different config (differs in {differ[:5]}); "
-                               "remove it or give the sweep another --out")
+    check_run_matches(run_dir, cfg)
     if (run_dir / "metrics.json").exists():
         return "skipped", run_dir
     if (run_dir / CHECKPOINT).exists():
@@ -215,8 +222,9 @@ def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     return status, run_dir
 
 
-def _summarise_run(record: dict) -> dict[str, Any]:
-    """What a sweep keeps of a run's metrics.json: headline metrics, bytes, time."""
+def summarise_run(record: dict) -> dict[str, Any]:
+    """What a sweep (or a benchmark) keeps of a run's metrics.json: headline metrics, training
+    bytes per epoch (in all and by kind), time."""
     from medsplit.report.index import run_headline
 
     headline = run_headline(record)
@@ -280,7 +288,7 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         try:
             status, run_dir = _run_point(cfg, train_fn, quiet)
             record = json.loads((run_dir / "metrics.json").read_text())
-            row.update(status=status, error=None, **_summarise_run(record))
+            row.update(status=status, error=None, **summarise_run(record))
             shown = row["metric"]
             print(f"{status}, {row['metric_name']}={shown:.4f}" if shown is not None else f"{status}, {row['metric_name']} undefined")
         except Exception as e:  # one broken point must not cost the rest of the sweep

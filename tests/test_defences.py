@@ -20,15 +20,17 @@ from medsplit.split import cut, two_party
 torch.set_num_threads(1)
 
 
+def _distance_lists(z):
+    """Euclidean distances between the flattened samples of ``z``, pair by pair, as nested lists."""
+    z = z.reshape(len(z), -1).double()
+    return [[float(torch.linalg.norm(z[i] - z[j])) for j in range(len(z))] for i in range(len(z))]
+
+
 def _reference_dcor(x, y):
     """Straight from Szekely et al. (2007): Euclidean distances, double centring, V-statistics."""
-    x = x.reshape(len(x), -1).double()
-    y = y.reshape(len(y), -1).double()
-    n = len(x)
 
     def centred(z):
-        d = [[float(torch.linalg.norm(z[i] - z[j])) for j in range(n)] for i in range(n)]
-        d = torch.tensor(d, dtype=torch.float64)
+        d = torch.tensor(_distance_lists(z), dtype=torch.float64)
         return d - d.mean(0) - d.mean(1, keepdim=True) + d.mean()
 
     a, b = centred(x), centred(y)
@@ -51,12 +53,10 @@ def test_dcor_matches_reference_and_properties():
 
 def _reference_dcor2_u(x, y):
     """Szekely and Rizzo (2014), section 2: U-centred distance matrices, sums over i != j."""
-    x = x.reshape(len(x), -1).double()
-    y = y.reshape(len(y), -1).double()
     n = len(x)
 
     def u_centred(z):
-        d = [[float(torch.linalg.norm(z[i] - z[j])) for j in range(n)] for i in range(n)]
+        d = _distance_lists(z)
         u = [[0.0] * n for _ in range(n)]
         for i in range(n):
             for j in range(n):
