@@ -16,7 +16,7 @@ a run folder holding another config stops the benchmark before anything trains (
 check).
 ``--jobs`` runs trainings side by side, each on ``cpu_count // jobs`` threads (two runs of
 one thread each use a 2-core CPU better than one run of two threads). Prints a table and
-writes ``benchmarks/results/codec_accuracy-<task>.json``.
+writes ``benchmarks/results/codec_accuracy-<task>[-<tag>].json``.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def run_name(task: str, codec: str, seed: int) -> str:
-    return f"codec-{task}-{codec}-seed{seed}"
+def run_name(task: str, codec: str, seed: int, tag: str = "") -> str:
+    return f"codec-{task}{'-' + tag if tag else ''}-{codec}-seed{seed}"
 
 
 def _train(config: str, overrides: list[str], run_dir: Path, threads: int) -> tuple[Path, str | None]:
@@ -84,6 +84,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
     p.add_argument("--threads", type=int, default=0, help="torch threads per training (default: cpu_count // jobs)")
     p.add_argument("--runs-dir", default="runs/codec-accuracy")
+    p.add_argument("--tag", default="", help="names a study, so that another config's runs, reports and results "
+                   "JSON do not overwrite the stock ones (codec-<task>-<tag>-...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args()
 
@@ -95,7 +97,7 @@ def main() -> int:
     plan = []
     for codec in codecs:
         for seed in seeds:
-            name = run_name(task, codec, seed)
+            name = run_name(task, codec, seed, args.tag)
             overrides = [*args.overrides, f"split.compress_activations={codec}", f"split.compress_gradients={codec}",
                          f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}",
                          f"train.threads={threads}"]
@@ -146,11 +148,11 @@ def main() -> int:
         diff_seed = " ".join(f"{d:+6.2f}" for d in diffs)
         print(f"{codec:>8} | {per_seed:<26} | {mean:.4f} +- {std:.4f} | {diff_seed:<24} | {dmean:+6.2f} +- {dstd:5.2f} | "
               f"{mb:8.2f} | {ratio:10.2f}x")
-    out = {"task": task, "metric": metric, "config": args.config, "overrides": args.overrides, "reference": ref_codec,
+    out = {"task": task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides, "reference": ref_codec,
            "runs": runs, "summary": summary, "jobs": args.jobs, "threads_per_job": threads,
            "machine": platform.machine(), "wall_time_s": time.time() - start}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"codec_accuracy-{task}.json"
+    path = RESULTS / f"codec_accuracy-{task}{'-' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {path}")
     return 0 if len(runs) == len(plan) else 1
