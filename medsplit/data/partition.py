@@ -51,7 +51,8 @@ def partition(
             ``"label_skew"`` (each client owns a subset of classes and holds most of their
             samples: :data:`LABEL_SKEW_MAJORITY`), ``"group"`` (clients are the ``groups``,
             e.g. image source or site; with fewer clients than groups, whole groups are
-            packed together, largest first).
+            packed together, largest first; with more, a large group is shared by several
+            clients, each still holding one group only).
         alpha: Dirichlet concentration for ``"dirichlet"``: small is skewed, large is
             near-iid. Must be > 0.
         seed: seed for every random choice; the same arguments give the same partition.
@@ -91,7 +92,7 @@ def partition(
     elif scheme == "label_skew":
         owner = _label_skew(units, n_clients, rng)
     else:
-        owner = _by_group(units, n_clients, groups, len(y))
+        owner = _by_group(units, n_clients, groups, len(y), rng)
     parts = units.expand(owner, n_clients)
     _check_sizes(parts, scheme, min_per_client)
     return parts
@@ -206,6 +207,14 @@ class _Units:
         present = np.flatnonzero(self.counts[u])
         return int(present[np.argmin(total[present])])
 
+    def restricted(self, keep: np.ndarray) -> _Units:
+        """The units ``keep`` alone, renumbered 0..len(keep)-1, for dealing within a subset."""
+        sub = object.__new__(_Units)
+        sub.n = len(keep)
+        sub.members = [self.members[u] for u in keep]
+        sub.counts, sub.sizes, sub.label = self.counts[keep], self.sizes[keep], self.label[keep]
+        return sub
+
     def expand(self, owner: np.ndarray, n_parts: int) -> list[np.ndarray]:
         per_sample = owner[self.unit_of]
         return [np.flatnonzero(per_sample == k).astype(np.int64) for k in range(n_parts)]
@@ -282,7 +291,7 @@ def _label_skew(units: _Units, n_clients: int, rng: np.random.Generator) -> np.n
     return owner
 
 
-def _by_group(units: _Units, n_clients: int, groups: list[str] | None, n: int) -> np.ndarray:
+def _by_group(units: _Units, n_clients: int, groups: list[str] | None, n: int, rng: np.random.Generator) -> np.ndarray:
     if groups is None:
         raise DataError("partition scheme 'group' needs groups (one name per sample, e.g. image source or site)")
     if len(groups) != n:
@@ -293,14 +302,11 @@ def _by_group(units: _Units, n_clients: int, groups: list[str] | None, n: int) -
         names, counts = np.unique([groups[i] for i in units.members[u]], return_counts=True)
         unit_group.append(str(names[np.argmax(counts)]))
     names = sorted(set(unit_group))
-    if n_clients > len(names):
-        raise DataError(
-            f"partition scheme 'group' has {len(names)} groups ({', '.join(names)}) for {n_clients} clients: "
-            f"use at most {len(names)} clients"
-        )
     sizes = {g: 0 for g in names}
     for u, g in enumerate(unit_group):
         sizes[g] += int(units.sizes[u])
+    if n_clients > len(names):
+        return _split_groups(units, n_clients, unit_group, names, sizes, rng)
     # One group per client, or greedy packing (largest group to the smallest client).
     client_of: dict[str, int] = {}
     load = np.zeros(n_clients)
@@ -309,6 +315,29 @@ def _by_group(units: _Units, n_clients: int, groups: list[str] | None, n: int) -
         client_of[g] = k
         load[k] += sizes[g]
     return np.array([client_of[g] for g in unit_group], dtype=np.int64)
+
+
+def _split_groups(
+    units: _Units, n_clients: int, unit_group: list[str], names: list[str], sizes: dict[str, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """More clients than groups: every client still holds a single group (a hospital has one
+    scanner or view), and a large group is shared by several clients. Each group gets one
+    client, then each spare client goes to the group with the most samples per client; a
+    group's units are dealt among its clients stratified, as in ``iid``."""
+    share = {g: 1 for g in names}
+    for _ in range(n_clients - len(names)):
+        g = max(names, key=lambda g: (sizes[g] / share[g], g))
+        share[g] += 1
+    owner = np.empty(units.n, dtype=np.int64)
+    first = 0
+    group_of = np.array(unit_group)
+    for g in names:
+        members = np.flatnonzero(group_of == g)
+        sub = units.restricted(members)
+        owner[members] = first + _iid(sub, share[g], rng)
+        first += share[g]
+    return owner
 
 
 def _check_sizes(parts: list[np.ndarray], scheme: str, min_per_client: int) -> None:
