@@ -202,6 +202,16 @@ def check_run_matches(run_dir: Path, cfg: Config, remedy: str = "give the sweep 
                                f"remove it or {remedy}")
 
 
+def same_run_key(point: SweepPoint, axis: str) -> tuple | None:
+    """Points with equal keys are the same computation. With one client, every partition scheme
+    gives that client the whole training set (and batches depend only on seed, epoch and
+    client), so a clients sweep's one-client points differ only by name across partitions:
+    the sweep trains the first and reuses it for the others."""
+    if axis == "clients" and point.value == 1 and point.partition is not None:
+        return (point.protocol, point.seed)
+    return None
+
+
 def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     """Train, resume or skip one point; returns (what happened, run directory)."""
     from medsplit.train.checkpoint import CHECKPOINT
@@ -276,13 +286,26 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         from medsplit.train.loop import train as train_fn
 
     results = []
+    first_of: dict[tuple, dict[str, Any]] = {}  # same_run_key -> the row that holds that run
     for i, (point, cfg) in enumerate(zip(points, configs), 1):
         row: dict[str, Any] = {**asdict(point), "baseline": point.baseline, "run_dir": str(Path(cfg.output.runs_dir) / cfg.run_name())}
         row.pop("overrides")
         print(f"[{i}/{len(points)}] {point.name}: ", end="", flush=True)
+        key = same_run_key(point, axis)
+        twin = first_of.get(key) if key is not None else None
+        if twin is not None and not (Path(row["run_dir"]) / "metrics.json").exists():
+            shared = {k: v for k, v in twin.items() if k not in row or k in ("run_dir", "error")}
+            unfinished = twin["status"] in ("failed", "not run")
+            row.update(shared, status=twin["status"] if unfinished else f"same as {twin['name']}",
+                       same_as=twin["name"], error=twin.get("error"))
+            print(row["status"])
+            results.append(row)
+            continue
         if report_only and not (Path(row["run_dir"]) / "metrics.json").exists():
             row.update(status="not run", error=None)
             print("not run")
+            if key is not None:
+                first_of.setdefault(key, row)
             results.append(row)
             continue
         try:
@@ -295,6 +318,8 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
             row.update(status="failed", error=f"{type(e).__name__}: {e}",
                        traceback="".join(traceback.format_exception(e)[-6:]))
             print(f"FAILED: {row['error']}")
+        if key is not None:
+            first_of.setdefault(key, row)
         results.append(row)
 
     return _write_outputs(base, axis, values, seeds, protocols, partitions, baselines, Path(base_config), overrides,
@@ -492,7 +517,9 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
                    "MB/epoch": None if r.get("bytes_per_epoch") is None else r["bytes_per_epoch"] / 1e6,
                    "wall time (s)": r.get("wall_time_s"), "run dir": r["run_dir"]} for r in results],
                  caption="status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
-                         "earlier, read back), failed, not run (--report-only).", float_fmt="{:.4g}")
+                         "earlier, read back), same as <run> (one client holds the whole training set under "
+                         "every partition, so the point is that run), failed, not run (--report-only).",
+                 float_fmt="{:.4g}")
     if failed:
         report.section("Failed runs")
         report.table([{"run": r["name"], "error": r["error"]} for r in failed])

@@ -139,6 +139,23 @@ def test_report_only_trains_nothing_and_marks_unfinished_points(base, tmp_path):
     assert "have not been run" in html.read_text()
 
 
+def test_one_client_points_are_trained_once_for_all_partitions(base, tmp_path):
+    train = FakeTrain()
+    _, summary = _sweep(base, tmp_path, train, axis="clients", values=[1, 2], partitions=["iid", "dirichlet"])
+    trained = [n for n, _ in train.calls]
+    # One client holds the whole training set under any partition: trained once, under iid.
+    assert "retinopathy-sequential-clients1-iid-seed0" in trained and "retinopathy-fedavg-clients1-iid-seed0" in trained
+    assert not any("clients1-dirichlet" in n for n in trained)
+    assert "retinopathy-sequential-clients2-dirichlet-seed0" in trained  # more clients: a different run
+    status = {p["name"]: p for p in summary["points"]}
+    twin = status["retinopathy-sequential-clients1-dirichlet-seed0"]
+    assert twin["status"] == "same as retinopathy-sequential-clients1-iid-seed0"
+    assert twin["metric"] == status["retinopathy-sequential-clients1-iid-seed0"]["metric"]
+    group = next(g for g in summary["groups"] if g["protocol"] == "sequential" and g["partition"] == "dirichlet"
+                 and g["value"] == 1)
+    assert group["finished"] == 1 and group["metric"] == pytest.approx(twin["metric"])
+
+
 def test_interrupted_point_is_resumed_from_its_checkpoint(base, tmp_path):
     _, first = _sweep(base, tmp_path, FakeTrain(), values=[1], baselines=False)
     run_dir = Path(first["points"][0]["run_dir"])
