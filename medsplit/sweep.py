@@ -294,7 +294,7 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         key = same_run_key(point, axis)
         twin = first_of.get(key) if key is not None else None
         if twin is not None and not (Path(row["run_dir"]) / "metrics.json").exists():
-            shared = {k: v for k, v in twin.items() if k not in row or k in ("run_dir", "error")}
+            shared = {k: v for k, v in twin.items() if k not in row or k == "run_dir"}
             unfinished = twin["status"] in ("failed", "not run")
             row.update(shared, status=twin["status"] if unfinished else f"same as {twin['name']}",
                        same_as=twin["name"], error=twin.get("error"))
