@@ -44,8 +44,8 @@ def _list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def run_name(task: str, codec: str, seed: int, tag: str = "") -> str:
-    return f"codec-{task}{'-' + tag if tag else ''}-{codec}-seed{seed}"
+def run_name(study: str, codec: str, seed: int) -> str:
+    return f"codec-{study}-{codec}-seed{seed}"
 
 
 def _train(config: str, overrides: list[str], run_dir: Path, threads: int) -> tuple[Path, str | None]:
@@ -92,12 +92,13 @@ def main() -> int:
     codecs, seeds = _list(args.codecs), [int(s) for s in _list(args.seeds)]
     base = load_config(args.config, args.overrides)  # fails here, naming the key, before any run starts
     task = base.task
+    study = f"{task}-{args.tag}" if args.tag else task  # names the runs and the results file
     metric = "auc" if task == "retinopathy" else "dice"
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     plan = []
     for codec in codecs:
         for seed in seeds:
-            name = run_name(task, codec, seed, args.tag)
+            name = run_name(study, codec, seed)
             overrides = [*args.overrides, f"split.compress_activations={codec}", f"split.compress_gradients={codec}",
                          f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}",
                          f"train.threads={threads}"]
@@ -152,7 +153,7 @@ def main() -> int:
            "runs": runs, "summary": summary, "jobs": args.jobs, "threads_per_job": threads,
            "machine": platform.machine(), "wall_time_s": time.time() - start}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"codec_accuracy-{task}{'-' + args.tag if args.tag else ''}.json"
+    path = RESULTS / f"codec_accuracy-{study}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {path}")
     return 0 if len(runs) == len(plan) else 1

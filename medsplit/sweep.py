@@ -291,35 +291,31 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
         row: dict[str, Any] = {**asdict(point), "baseline": point.baseline, "run_dir": str(Path(cfg.output.runs_dir) / cfg.run_name())}
         row.pop("overrides")
         print(f"[{i}/{len(points)}] {point.name}: ", end="", flush=True)
+        finished = (Path(row["run_dir"]) / "metrics.json").exists()
         key = same_run_key(point, axis)
         twin = first_of.get(key) if key is not None else None
-        if twin is not None and not (Path(row["run_dir"]) / "metrics.json").exists():
+        if twin is not None and not finished:
             shared = {k: v for k, v in twin.items() if k not in row or k == "run_dir"}
             unfinished = twin["status"] in ("failed", "not run")
             row.update(shared, status=twin["status"] if unfinished else f"same as {twin['name']}",
                        same_as=twin["name"], error=twin.get("error"))
             print(row["status"])
-            results.append(row)
-            continue
-        if report_only and not (Path(row["run_dir"]) / "metrics.json").exists():
+        elif report_only and not finished:
             row.update(status="not run", error=None)
             print("not run")
-            if key is not None:
-                first_of.setdefault(key, row)
-            results.append(row)
-            continue
-        try:
-            status, run_dir = _run_point(cfg, train_fn, quiet)
-            record = json.loads((run_dir / "metrics.json").read_text())
-            row.update(status=status, error=None, **summarise_run(record))
-            shown = row["metric"]
-            print(f"{status}, {row['metric_name']}={shown:.4f}" if shown is not None else f"{status}, {row['metric_name']} undefined")
-        except Exception as e:  # one broken point must not cost the rest of the sweep
-            row.update(status="failed", error=f"{type(e).__name__}: {e}",
-                       traceback="".join(traceback.format_exception(e)[-6:]))
-            print(f"FAILED: {row['error']}")
+        else:
+            try:
+                status, run_dir = _run_point(cfg, train_fn, quiet)
+                record = json.loads((run_dir / "metrics.json").read_text())
+                row.update(status=status, error=None, **summarise_run(record))
+                shown = row["metric"]
+                print(f"{status}, {row['metric_name']}={shown:.4f}" if shown is not None else f"{status}, {row['metric_name']} undefined")
+            except Exception as e:  # one broken point must not cost the rest of the sweep
+                row.update(status="failed", error=f"{type(e).__name__}: {e}",
+                           traceback="".join(traceback.format_exception(e)[-6:]))
+                print(f"FAILED: {row['error']}")
         if key is not None:
-            first_of.setdefault(key, row)
+            first_of.setdefault(key, row)  # a twin's key is already taken: this keeps the first
         results.append(row)
 
     return _write_outputs(base, axis, values, seeds, protocols, partitions, baselines, Path(base_config), overrides,
