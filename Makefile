@@ -26,7 +26,8 @@ SWEEP_CUTS_retinopathy    = 1,2,3,4,5,6,7
 SWEEP_CUTS_unet           = 1,2,3
 SWEEP_CLIENTS_retinopathy = 1,2,3,4,6
 SWEEP_CLIENTS_unet        = 1,2,3,4,6
-SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS)
+JOBS       ?= 1
+SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS) --jobs $(JOBS)
 
 .PHONY: attacks setup test retinopathy retinamnist eyepacs unet-seg data clean-reports sweep-cut sweep-clients index
 

@@ -14,9 +14,9 @@ Runs go to ``--runs-dir`` (one ordinary medsplit run each, with its own report) 
 resumable: a finished run is read back, an interrupted one continues from its checkpoint, and
 a run folder holding another config stops the benchmark before anything trains (the sweeps'
 check).
-``--jobs`` runs trainings side by side, each on ``cpu_count // jobs`` threads (two runs of
-one thread each use a 2-core CPU better than one run of two threads). Prints a table and
-writes ``benchmarks/results/codec_accuracy-<task>[-<tag>].json``.
+``--jobs`` runs trainings side by side, each in its own process on ``cpu_count // jobs``
+threads (two runs of one thread each use a 2-core CPU better than one run of two threads).
+Prints a table and writes ``benchmarks/results/codec_accuracy-<task>[-<tag>].json``.
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep import check_run_matches, summarise_run
-from medsplit.train.checkpoint import CHECKPOINT
+from medsplit.sweep import check_run_matches, summarise_run, train_points
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,24 +43,6 @@ def _list(text: str) -> list[str]:
 
 def run_name(study: str, codec: str, seed: int) -> str:
     return f"codec-{study}-{codec}-seed{seed}"
-
-
-def _train(config: str, overrides: list[str], run_dir: Path, threads: int) -> tuple[Path, str | None]:
-    """One training run in a subprocess (its own threads); returns the run and an error, if any."""
-    if (run_dir / "metrics.json").exists():
-        return run_dir, None
-    if (run_dir / CHECKPOINT).exists():
-        cmd = [sys.executable, "-m", "medsplit", "train", "--resume", str(run_dir)]
-    else:
-        cmd = [sys.executable, "-m", "medsplit", "train", config, *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    if rc != 0:
-        return run_dir, f"exit status {rc}; see {run_dir / 'train.log'}"
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # weights stay in model.safetensors
-    return run_dir, None
 
 
 def cut_bytes_per_epoch(metrics: dict) -> float:
@@ -103,19 +82,19 @@ def main() -> int:
                          f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}",
                          f"train.threads={threads}"]
             run_dir = Path(args.runs_dir) / name
+            cfg = load_config(args.config, overrides)
             try:
-                check_run_matches(run_dir, load_config(args.config, overrides), remedy="pass another --runs-dir")
+                check_run_matches(run_dir, cfg, remedy="pass another --runs-dir")
             except RuntimeError as e:
                 print(f"codec_accuracy: {e}", file=sys.stderr)
                 return 2
-            plan.append((codec, seed, run_dir, overrides))
+            plan.append((codec, seed, run_dir, cfg))
 
     start = time.time()
-    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        futures = {(c, s): pool.submit(_train, args.config, o, d, threads) for c, s, d, o in plan}
-        for (codec, seed), fut in futures.items():
-            run_dir, error = fut.result()
-            print(f"{codec:>8} seed {seed}: {'FAILED ' + error if error else 'done'} ({run_dir})", flush=True)
+    # The sweeps' runner: resumes an interrupted run, reads a finished one back, runs --jobs at once.
+    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=threads):
+        codec, seed, run_dir, _ = plan[k]
+        print(f"{codec:>8} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
 
     runs = []
     for codec, seed, run_dir, _ in plan:

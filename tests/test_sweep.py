@@ -264,3 +264,19 @@ def test_run_saved_before_a_config_key_existed_still_counts_as_finished(base, tm
     _, summary = _sweep(base, tmp_path, train, values=[1], baselines=False,
                         overrides=["split.compress_activations=int8"])
     assert "split.compress_activations" in summary["points"][0]["error"]
+
+
+def test_parallel_jobs_give_the_serial_results_and_report_a_worker_failure(base, tmp_path):
+    """--jobs 2 trains real points in two spawned workers: the numbers equal a serial sweep's
+    (same seeds, one thread each), and a point that raises inside a worker is reported failed."""
+    kw = dict(values=[3, 4], baselines=False, overrides=["train.threads=1"])
+    _, serial = _sweep(base, tmp_path, None, out_dir=tmp_path / "serial", **kw)
+    kw["values"] = [3, 4, 99]  # resnet18 has no cut 99: the worker raises
+    _, parallel = _sweep(base, tmp_path, None, out_dir=tmp_path / "parallel", jobs=2, **kw)
+    by_name = {p["name"]: p for p in parallel["points"]}
+    for p in serial["points"]:
+        q = by_name[p["name"]]
+        assert q["status"] == "ran" and q["metric"] == p["metric"] and q["bytes_per_epoch"] == p["bytes_per_epoch"]
+    bad = by_name["retinopathy-sequential-cut99-iid-seed0"]
+    assert bad["status"] == "failed" and "99" in bad["error"]
+    assert [p["name"] for p in parallel["points"]][:2] == [p["name"] for p in serial["points"]]  # plan order kept
