@@ -1,0 +1,29 @@
+"""The codec benchmark's statistics: the interval a "costs at most 1 point" claim rests on."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "codec_accuracy.py"
+_spec = importlib.util.spec_from_file_location("codec_accuracy", _PATH)
+codec_accuracy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(codec_accuracy)
+
+
+def test_paired_interval_is_the_student_t_interval_of_the_mean():
+    # mean 2, sample std 1, n 3: half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    lo, hi = codec_accuracy.paired_ci95([1.0, 2.0, 3.0])
+    assert (lo, hi) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+    assert codec_accuracy.paired_ci95([0.5]) is None
+
+
+def test_verdict_rests_on_the_interval_not_the_mean():
+    ok = codec_accuracy.verdict("int8", 3.99, (-0.4, 0.3))
+    assert "meets >= 3.9x" in ok and "ruled out" in ok and "not ruled out" not in ok
+    # A mean of -0.5 is inside the target, but an interval reaching -3 does not show it.
+    wide = codec_accuracy.verdict("int8", 3.99, (-3.0, 2.0))
+    assert "not ruled out" in wide
+    assert "loses more than" in codec_accuracy.verdict("int8", 3.99, (-5.0, -2.0))
+    assert "misses" in codec_accuracy.verdict("fp16", 2.0, (-0.1, 0.1))
+    assert "no interval" in codec_accuracy.verdict("int8", 3.99, None)
