@@ -313,7 +313,28 @@ def summarise_run(record: dict) -> dict[str, Any]:
         "wall_time_s": record.get("wall_time_s"), "selected_epoch": record.get("selected_epoch"),
         "device": record.get("device"), "synthetic": bool((record.get("data") or {}).get("synthetic")),
         "cut": record.get("cut"), "clients": record.get("clients"),
+        "client_mix": client_mix(record),
     }
+
+
+def client_mix(record: dict) -> str | None:
+    """What each hospital held, in a few characters per client, so a non-IID point shows how
+    skewed it was: images and the share of the positive class (binary targets), or images per
+    group (site / view) when clients hold groups. ``None`` for a run that does not say."""
+    clients = (record.get("data") or {}).get("clients") or []
+    if len(clients) < 2:
+        return None
+    scheme = ((record.get("config") or {}).get("data") or {}).get("partition")
+    cells = []
+    for c in clients:
+        counts = c.get("class_counts") or []
+        if scheme == "group" and c.get("groups"):
+            cells.append("+".join(f"{g} {n}" for g, n in c["groups"].items()))
+        elif len(counts) == 2 and sum(counts):
+            cells.append(f"{c['n']} ({counts[1] / sum(counts):.0%} pos)")
+        else:
+            cells.append(str(c["n"]))
+    return " | ".join(cells)
 
 
 def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int], protocols: list[str],
@@ -586,11 +607,14 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     report.table([{"run": r["name"], "protocol": r["protocol"], "partition": r["partition"], axis: r["value"],
                    "seed": r["seed"], "status": r["status"], metric_name: r.get("metric"),
                    metric2_name: r.get("metric2"), "selected epoch": r.get("selected_epoch"),
+                   "clients hold": r.get("client_mix"),
                    "MB/epoch": None if r.get("bytes_per_epoch") is None else r["bytes_per_epoch"] / 1e6,
                    "wall time (s)": r.get("wall_time_s"), "run dir": r["run_dir"]} for r in results],
                  caption="status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
                          "earlier, read back), same as <run> (one client holds the whole training set under "
-                         "every partition, so the point is that run), failed, not run (--report-only).",
+                         "every partition, so the point is that run), failed, not run (--report-only). "
+                         "clients hold: images per hospital and their share of the positive class (or, split "
+                         "by group, images per site or view): how non-IID the point was.",
                  float_fmt="{:.4g}")
     if failed:
         report.section("Failed runs")

@@ -280,3 +280,15 @@ def test_parallel_jobs_give_the_serial_results_and_report_a_worker_failure(base,
     bad = by_name["retinopathy-sequential-cut99-iid-seed0"]
     assert bad["status"] == "failed" and "99" in bad["error"]
     assert [p["name"] for p in parallel["points"]][:2] == [p["name"] for p in serial["points"]]  # plan order kept
+
+
+def test_client_mix_shows_how_skewed_each_hospital_was():
+    from medsplit.sweep import client_mix
+
+    clients = [{"name": "client0", "n": 100, "class_counts": [90, 10], "groups": {"PA": 60, "AP": 40}},
+               {"name": "client1", "n": 50, "class_counts": [20, 30], "groups": {"AP": 50}}]
+    record = {"data": {"clients": clients}, "config": {"data": {"partition": "dirichlet"}}}
+    assert client_mix(record) == "100 (10% pos) | 50 (60% pos)"
+    record["config"]["data"]["partition"] = "group"
+    assert client_mix(record) == "PA 60+AP 40 | AP 50"
+    assert client_mix({"data": {"clients": clients[:1]}}) is None  # one hospital: nothing to compare
