@@ -15,7 +15,7 @@ resumable: a finished run is read back, an interrupted one continues from its ch
 a run folder holding another config stops the benchmark before anything trains (the sweeps'
 check).
 ``--jobs`` runs trainings side by side, each in its own process on ``cpu_count // jobs``
-threads (two runs of one thread each use a 2-core CPU better than one run of two threads).
+threads (the sweeps' runner, :func:`medsplit.sweep.train_points`).
 Prints a table and writes ``benchmarks/results/codec_accuracy-<task>[-<tag>].json``.
 """
 

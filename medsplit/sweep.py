@@ -256,8 +256,7 @@ def _try_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> Outcome:
 
 
 def _limit_threads(threads: int) -> None:
-    """Worker start-up: each run gets its share of the cores (two 1-thread runs use a 2-core CPU
-    better than one 2-thread run)."""
+    """Worker start-up: each run gets its share of the cores, so N runs do not fight over them."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
