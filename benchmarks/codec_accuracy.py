@@ -51,6 +51,14 @@ def cut_bytes_per_epoch(metrics: dict) -> float:
     return by_kind.get("activation", 0.0) + by_kind.get("gradient", 0.0)
 
 
+def run_row(codec: str, seed: int, run_dir: Path, metrics: dict, metric: str) -> dict:
+    """What the study keeps of one run's metrics.json. The score is the run's headline metric
+    (test AUC, or the mean test Dice: ``metrics["test"]["dice"]`` is a per-image summary)."""
+    return {"codec": codec, "seed": seed, "run": str(run_dir), metric: summarise_run(metrics)["metric"],
+            "bytes_per_epoch": cut_bytes_per_epoch(metrics), "wall_time_s": metrics["wall_time_s"],
+            "selected_epoch": metrics["selected_epoch"], "device": metrics["device"]}
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -130,10 +138,7 @@ def main() -> int:
         path = run_dir / "metrics.json"
         if not path.exists():
             continue
-        m = json.loads(path.read_text())
-        runs.append({"codec": codec, "seed": seed, "run": str(run_dir), metric: m["test"][metric],
-                     "bytes_per_epoch": cut_bytes_per_epoch(m), "wall_time_s": m["wall_time_s"],
-                     "selected_epoch": m["selected_epoch"], "device": m["device"]})
+        runs.append(run_row(codec, seed, run_dir, json.loads(path.read_text()), metric))
     ref_codec = codecs[0]
     ref = {r["seed"]: r for r in runs if r["codec"] == ref_codec}
     summary = []

@@ -27,3 +27,14 @@ def test_verdict_rests_on_the_interval_not_the_mean():
     assert "loses more than" in codec_accuracy.verdict("int8", 3.99, (-5.0, -2.0))
     assert "misses" in codec_accuracy.verdict("fp16", 2.0, (-0.1, 0.1))
     assert "no interval" in codec_accuracy.verdict("int8", 3.99, None)
+
+
+def test_a_lungs_run_is_scored_by_its_mean_dice():
+    """Lungs runs store Dice as a per-image summary; the study used to subtract two of those dicts."""
+    record = {"task": "lungs", "test": {"dice": {"mean": 0.91, "std": 0.02}, "jaccard": {"mean": 0.84}},
+              "wall_time_s": 60.0, "selected_epoch": 4, "device": "cpu", "config": {"train": {"epochs": 2}},
+              "bytes": [{"phase": "train", "kind": "activation", "bytes": 300}, {"phase": "train", "kind": "gradient", "bytes": 100},
+                        {"phase": "train", "kind": "weights", "bytes": 999}]}
+    row = codec_accuracy.run_row("int8", 0, Path("runs/x"), record, "dice")
+    assert row["dice"] == 0.91
+    assert row["bytes_per_epoch"] == 200  # activations + gradients over 2 epochs; weight hand-offs are not the cut's
