@@ -271,7 +271,7 @@ def train_points(configs: list[Config], train_fn: TrainFn | None = None, quiet: 
     With ``jobs == 1`` the runs go in order in this process. Otherwise they run in ``jobs`` worker
     processes and are yielded as they finish. Workers are spawned (not forked: a forked torch
     with live threads can deadlock) and take ``threads`` threads each (default
-    ``cpu_count // jobs``). Their progress bars are hidden, since several would overwrite each
+    ``cpu_count // jobs``). Their training progress bars are hidden, since several would overwrite each
     other; each run still writes its checkpoint every epoch, so an interrupted batch resumes.
     """
     if train_fn is None:
