@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -31,10 +30,9 @@ import time
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep import check_run_matches, summarise_run, train_points
+from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _list(text: str) -> list[str]:
@@ -110,7 +108,7 @@ def main() -> int:
     task = base.task
     study = f"{task}-{args.tag}" if args.tag else task  # names the runs and the results file
     metric = "auc" if task == "retinopathy" else "dice"
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    threads = args.threads or threads_per_job(args.jobs)
     plan = []
     for codec in codecs:
         for seed in seeds:

@@ -240,7 +240,8 @@ Outcome = tuple[str, Path | None, tuple[str, str] | None]  # (status, run dir, (
 
 
 def threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // jobs)
+    """Each of ``jobs`` side-by-side runs gets an equal share of the cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
 def _failed(e: BaseException) -> Outcome:
@@ -268,7 +269,7 @@ def train_points(configs: list[Config], train_fn: TrainFn | None = None, quiet: 
     """Train, resume or read back every config (one run each); yield ``(index, outcome)``, where
     an outcome is ``(status, run_dir, None)`` or ``("failed", None, (error, traceback))``.
 
-    With ``jobs == 1`` the runs go in order in this process. Otherwise they run in ``jobs`` worker
+    With ``jobs <= 1`` the runs go in order in this process. Otherwise they run in ``jobs`` worker
     processes and are yielded as they finish. Workers are spawned (not forked: a forked torch
     with live threads can deadlock) and take ``threads`` threads each (default
     ``cpu_count // jobs``). Their training progress bars are hidden, since several would overwrite each
@@ -276,7 +277,7 @@ def train_points(configs: list[Config], train_fn: TrainFn | None = None, quiet: 
     """
     if train_fn is None:
         from medsplit.train.loop import train as train_fn
-    if jobs == 1 or len(configs) <= 1:
+    if jobs <= 1 or len(configs) <= 1:
         for k, cfg in enumerate(configs):
             yield k, _try_point(cfg, train_fn, quiet)
         return
@@ -389,7 +390,6 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
             first_of.setdefault(key, i)
         results.append(row)
 
-    jobs = max(1, jobs)
     print(f"sweep: {len(points)} points; {len(to_train)} to train or read back"
           + (f", {len(twin_of)} the same run as another point" if twin_of else "")
           + (f", {len(points) - len(to_train) - len(twin_of)} not run (--report-only)" if report_only else "")
