@@ -65,6 +65,12 @@ class SplitConfig:
     """Lossy codec for activations crossing a cut: none | fp16 | bf16 | int8 | topk0.1 | topk0.01."""
     compress_gradients: str = "none"
     """Lossy codec for gradients returned across a cut (same choices)."""
+    optimizer_handover: str = "carry"
+    """What happens to a hospital's optimiser state (Adam moments) when it takes in client weights:
+    carry (the state travels with the weights: the relay hands it to the next hospital, the averaging
+    protocols average it like the weights; counted as weights bytes) | reset (fresh state on every
+    handover) | local (each hospital keeps its own moments, as before 2026-12; they then belong to
+    weights it no longer holds)."""
 
 
 @dataclass
@@ -136,6 +142,7 @@ CHOICES = {
     # tests/test_codecs.py checks both lists agree.
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
+    "split.optimizer_handover": ("carry", "reset", "local"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
 }

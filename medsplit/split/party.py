@@ -42,6 +42,38 @@ class Party(nn.Module):
         if self.optimizer is not None:
             self.optimizer.step()
 
+    def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        """The optimiser's per-parameter state as named tensors (``"3.exp_avg"``): what a
+        handover ships. Hyper-parameters (learning rate, betas) are not state: every party has
+        the same ones and the schedule sets the rate each epoch."""
+        if self.optimizer is None:
+            return {}
+        out = {}
+        for idx, slots in self.optimizer.state_dict()["state"].items():
+            for key, value in slots.items():
+                if torch.is_tensor(value):
+                    out[f"{idx}.{key}"] = value
+        return out
+
+    def load_optimizer_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Replace the optimiser's state by ``tensors`` (from :meth:`optimizer_tensors` of a party
+        whose parts have the same parameters in the same order). Copies, so the sender's state
+        and this one never share storage."""
+        if self.optimizer is None:
+            return
+        saved = self.optimizer.state_dict()
+        state: dict[int, dict] = {}
+        for name, value in tensors.items():
+            idx, key = name.split(".", 1)
+            state.setdefault(int(idx), {})[key] = value.detach().clone()
+        saved["state"] = state
+        self.optimizer.load_state_dict(saved)
+
+    def clear_optimizer_state(self) -> None:
+        """Forget the optimiser's moments, keep its hyper-parameters (the epoch's learning rate)."""
+        if self.optimizer is not None:
+            self.optimizer.state.clear()
+
     def state(self) -> dict:
         return {"model": self.parts.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else None}
 

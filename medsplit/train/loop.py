@@ -127,7 +127,8 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     if device.type == "cuda" and cfg.train.channels_last:
         table = table.to(memory_format=torch.channels_last)
     channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
-    protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel)
+    protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
+                                                 optimizer_handover=cfg.split.optimizer_handover)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 

@@ -13,6 +13,7 @@ import torch
 
 from medsplit.split import Channel, Party, SplitModel, cut
 
+HANDOVERS = ("carry", "reset", "local")
 StepFn = Callable[[SplitModel, int, torch.Tensor], None]  # (model, client index, batch indices)
 
 
@@ -26,12 +27,20 @@ class Protocol:
         make_optimizer: optimiser factory, one optimiser per party.
         loss_fn: the task loss.
         channel: counts everything that crosses between parties.
+        optimizer_handover: what a hospital's optimiser state does when the hospital takes in
+            client weights (``split.optimizer_handover``): ``carry`` it travels with the weights
+            (the relay hands it on, the averaging protocols average it), ``reset`` it starts
+            afresh, ``local`` each hospital keeps its own.
     """
 
     name = "protocol"
     split = True
 
-    def __init__(self, table, cut_at: int | None, n_clients: int, make_optimizer, loss_fn, channel: Channel):
+    def __init__(self, table, cut_at: int | None, n_clients: int, make_optimizer, loss_fn, channel: Channel,
+                 optimizer_handover: str = "carry"):
+        if optimizer_handover not in HANDOVERS:
+            raise ValueError(f"optimizer_handover={optimizer_handover!r}; valid choices are {HANDOVERS}")
+        self.optimizer_handover = optimizer_handover
         self.table = table
         self.channel = channel
         self.loss_fn = loss_fn
@@ -68,17 +77,36 @@ class Protocol:
     def _send_weights(self, sender: Party, receiver: str) -> dict[str, torch.Tensor]:
         return self.channel.send(sender.name, receiver, "weights", dict(sender.parts.state_dict()), link="weights")
 
+    def _hand_over(self, sender: Party, receiver: Party) -> None:
+        """``receiver`` continues from ``sender``'s client weights (and, with ``carry``, its
+        optimiser state), both sent over the channel."""
+        receiver.parts.load_state_dict(self._send_weights(sender, receiver.name))
+        if self.optimizer_handover == "carry":
+            state = self.channel.send(sender.name, receiver.name, "weights", sender.optimizer_tensors(), link="optimizer state")
+            receiver.load_optimizer_tensors(state)
+        elif self.optimizer_handover == "reset":
+            receiver.clear_optimizer_state()
+
     def _fedavg(self, weights: list[float]) -> None:
-        """Average client parts (weighted by sample count) and give every client the average."""
+        """Average client parts (weighted by sample count) and give every client the average;
+        with ``carry`` the optimiser states are averaged the same way."""
         uploads = [self._send_weights(c, "aggregator") for c in self.clients]
-        total = float(sum(weights))
-        avg = {}
-        for key, ref in uploads[0].items():
-            acc = sum(u[key].double() * (w / total) for u, w in zip(uploads, weights))
-            avg[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
+        avg = _weighted_average(uploads, weights)
         for c in self.clients:
             received = self.channel.send("aggregator", c.name, "weights", avg, link="weights")
             c.parts.load_state_dict(received)
+        if self.optimizer_handover == "reset":
+            for c in self.clients:
+                c.clear_optimizer_state()
+        elif self.optimizer_handover == "carry":
+            states = [self.channel.send(c.name, "aggregator", "weights", c.optimizer_tensors(), link="optimizer state")
+                      for c in self.clients]
+            # A hospital that has not stepped yet has no state to contribute.
+            kept = [(s, w) for s, w in zip(states, weights) if s]
+            if kept:
+                avg_state = _weighted_average([s for s, _ in kept], [w for _, w in kept])
+                for c in self.clients:
+                    c.load_optimizer_tensors(self.channel.send("aggregator", c.name, "weights", avg_state, link="optimizer state"))
 
     def state(self) -> dict:
         return {p.name: p.state() for p in self.parties}
@@ -108,8 +136,7 @@ class SequentialRelay(Protocol):
     def run_epoch(self, batches_per_client, step):
         for k, batches in enumerate(batches_per_client):
             if k != self.last:
-                received = self._send_weights(self.clients[self.last], self.clients[k].name)
-                self.clients[k].parts.load_state_dict(received)
+                self._hand_over(self.clients[self.last], self.clients[k])
             for idx in batches:
                 step(self.models[k], k, idx)
             self.last = k
@@ -169,6 +196,16 @@ class FedAvg(Protocol):
             for idx in batches:
                 step(self.models[k], k, idx)
         self._fedavg(_sample_counts(batches_per_client))
+
+
+def _weighted_average(tensors: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Per-key weighted mean (in float64; integer buffers such as BatchNorm's counter rounded back)."""
+    total = float(sum(weights))
+    avg = {}
+    for key, ref in tensors[0].items():
+        acc = sum(t[key].double() * (w / total) for t, w in zip(tensors, weights))
+        avg[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
+    return avg
 
 
 def _sample_counts(batches_per_client) -> list[int]:
