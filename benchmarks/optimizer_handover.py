@@ -1,0 +1,104 @@
+"""What a hospital's optimiser state should do at a handover: one run per (mode, seed), paired by seed.
+
+``split.optimizer_handover``: ``carry`` (the state travels with the weights, the default),
+``reset`` (fresh Adam moments at every handover) and ``local`` (each hospital keeps its own
+moments, the behaviour before 2026-12). Runs with the same seed share data, split, initial weights
+and batches, so the per-seed difference to ``carry`` isolates the mode.
+
+    python benchmarks/optimizer_handover.py --seeds 0,1,2 --jobs 2 --threads 1 split.clients=4
+
+Prints a table and writes ``benchmarks/results/optimizer_handover-<task>[-<tag>].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from codec_accuracy import _list, _mean_std, paired_ci95  # same directory: the codec study's statistics
+
+from medsplit.config import load_config
+from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = "carry,reset,local"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/sweep-clients-retinopathy.yaml")
+    p.add_argument("--modes", default=MODES, help="handover modes; the first is the reference")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training (default: cpu_count // jobs)")
+    p.add_argument("--runs-dir", default="runs/optimizer-handover")
+    p.add_argument("--tag", default="", help="names a study so its runs and results file are kept apart")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = p.parse_args()
+
+    modes, seeds = _list(args.modes), [int(s) for s in _list(args.seeds)]
+    base = load_config(args.config, args.overrides)
+    study = f"{base.task}-{args.tag}" if args.tag else base.task
+    threads = args.threads or threads_per_job(args.jobs)
+    plan = []
+    for mode in modes:
+        for seed in seeds:
+            name = f"handover-{study}-{mode}-seed{seed}"
+            cfg = load_config(args.config, [*args.overrides, f"split.optimizer_handover={mode}", f"train.seed={seed}",
+                                            f"output.name={name}", f"output.runs_dir={args.runs_dir}", f"train.threads={threads}"])
+            try:
+                check_run_matches(Path(args.runs_dir) / name, cfg, remedy="pass another --runs-dir")
+            except RuntimeError as e:
+                print(f"optimizer_handover: {e}", file=sys.stderr)
+                return 2
+            plan.append((mode, seed, Path(args.runs_dir) / name, cfg))
+
+    start = time.time()
+    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=threads):
+        mode, seed, run_dir, _ = plan[k]
+        print(f"{mode:>6} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
+
+    runs = []
+    for mode, seed, run_dir, _ in plan:
+        path = run_dir / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            by_kind = summarise_run(m)["bytes_per_epoch_by_kind"]
+            runs.append({"mode": mode, "seed": seed, "run": str(run_dir), "metric": summarise_run(m)["metric"],
+                         "weights_mb_per_epoch": by_kind.get("weights", 0.0) / 1e6, "selected_epoch": m["selected_epoch"],
+                         "wall_time_s": m["wall_time_s"]})
+    ref = {r["seed"]: r["metric"] for r in runs if r["mode"] == modes[0]}
+    summary, lines = [], []
+    for mode in modes:
+        rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        values = [r["metric"] for r in rs]
+        diffs = [100 * (r["metric"] - ref[r["seed"]]) for r in rs if r["seed"] in ref]
+        mean, std = _mean_std(values)
+        ci = paired_ci95(diffs) if mode != modes[0] else None
+        mb = statistics.fmean(r["weights_mb_per_epoch"] for r in rs)
+        summary.append({"mode": mode, "seeds": [r["seed"] for r in rs], "values": values, "mean": mean, "std": std,
+                        "diff_points_per_seed": diffs, "diff_points_ci95": list(ci) if ci else None, "weights_mb_per_epoch": mb})
+        lines.append(f"{mode:>6} | {' '.join(f'{v:.4f}' for v in values)} | {mean:.4f} +- {std:.4f} | "
+                     f"{' '.join(f'{d:+6.2f}' for d in diffs)} | {f'[{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '':>16} | {mb:7.3f}")
+    metric = "auc" if base.task == "retinopathy" else "dice"
+    print(f"\n{study}: test {metric} per seed; paired difference to {modes[0]} (points, 95% t-interval); weights MB/epoch")
+    print("\n".join(lines))
+    out = {"task": base.task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides,
+           "reference": modes[0], "runs": runs, "summary": summary, "threads_per_job": threads,
+           "machine": platform.machine(), "wall_time_s": time.time() - start}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"optimizer_handover-{study}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {path}")
+    return 0 if len(runs) == len(plan) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
