@@ -152,7 +152,7 @@ class LungSegmentationTask(Task):
         x = part.images[idx].float() / 255.0
         y = part.masks[idx].float()
         if train and self.augment is not None:
-            x, y = self.augment(x, y)
+            x, y = self.augment(x, y, generator=generator)
             x, y = x.to(self.device), y.to(self.device)
         ids = [part.ids[i] for i in idx.tolist()]
         return Batch(x, y, ids)
