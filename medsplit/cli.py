@@ -96,7 +96,10 @@ def _train(args) -> int:
         return 0
     if args.allow_change:
         raise ConfigError("--allow-change only applies with --resume RUN_DIR")
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # argparse took the first override for the file
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
     train(cfg, overwrite=args.overwrite)
     return 0
 

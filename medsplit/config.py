@@ -322,17 +322,23 @@ def validate(cfg: Config) -> None:
     _check_run_name(cfg)
 
 
+# The fewest training images a hospital may hold (medsplit.data.partition's ``min_per_client``
+# default, kept literal so loading a config needs no torch; tests/test_run_folder.py checks both agree).
+MIN_IMAGES_PER_CLIENT = 8
+
+
 def _check_client_count(cfg: Config) -> None:
-    """More hospitals than images can never be partitioned; say so before loading anything."""
+    """A client count the images cannot cover even before the val/test split is impossible;
+    say so before loading anything (the partition checks the exact count after loading)."""
     limits = []
     if cfg.data.max_images is not None:
         limits.append(("data.max_images", cfg.data.max_images))
     if cfg.data.source == "synthetic":
         limits.append(("data.synthetic_size", cfg.data.synthetic_size))
     for key, n in limits:
-        if cfg.split.clients > n:
-            raise ConfigError(f"config key 'split.clients' = {cfg.split.clients} is impossible: {key} = {n} images "
-                              "cannot give every hospital a training image; use fewer clients or more images")
+        if cfg.split.clients * MIN_IMAGES_PER_CLIENT > n:
+            raise ConfigError(f"config key 'split.clients' = {cfg.split.clients} is impossible: {key} = {n} images cannot give "
+                              f"every hospital {MIN_IMAGES_PER_CLIENT} training images; use fewer clients or more images")
 
 
 def _check_run_name(cfg: Config) -> None:

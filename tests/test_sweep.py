@@ -42,7 +42,7 @@ class FakeTrain:
         self.calls: list[tuple[str, bool]] = []
         self.fail_on = fail_on
 
-    def __call__(self, cfg, resume=None, quiet=False) -> Path:
+    def __call__(self, cfg, resume=None, quiet=False, overwrite=False) -> Path:
         self.calls.append((cfg.run_name(), resume is not None))
         run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
         run_dir.mkdir(parents=True, exist_ok=True)
