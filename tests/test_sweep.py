@@ -109,6 +109,39 @@ def test_sweep_runs_every_point_once_then_skips_finished_ones(base, tmp_path):
     assert [p["status"] for p in summary["points"]] == ["skipped"] * 4
 
 
+def test_unreadable_metrics_is_named_and_its_point_retrained(base, tmp_path, capsys):
+    """A kill mid-write once left metrics.json empty: the sweep took the point for finished and
+    later died with 'Expecting value: line 1 column 1', naming no file."""
+    _sweep(base, tmp_path, FakeTrain())
+    broken = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0" / "metrics.json"
+    broken.write_text("")
+    capsys.readouterr()
+    again = FakeTrain()
+    _, summary = _sweep(base, tmp_path, again)
+    assert again.calls == [("retinopathy-sequential-cut3-iid-seed0", False)]
+    assert f"{broken} is unreadable" in capsys.readouterr().err
+    assert sorted(p["status"] for p in summary["points"]) == ["ran", "skipped", "skipped", "skipped"]
+    assert json.loads(broken.read_text())["cut"] == 3
+
+
+def test_a_point_killed_before_its_first_checkpoint_starts_afresh(base, tmp_path):
+    """The real loop refuses an occupied folder; the sweep passes overwrite for its own leftovers."""
+    train = FakeTrain()
+    _sweep(base, tmp_path, train, values=[3], baselines=False)
+    run = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0"
+    (run / "metrics.json").unlink()
+    (run / "checkpoint.pt").unlink(missing_ok=True)
+    seen = []
+
+    def strict(cfg, resume=None, quiet=False, overwrite=False):
+        seen.append(overwrite)
+        assert overwrite, "a leftover folder must be overwritten explicitly"
+        return train(cfg, resume=resume, quiet=quiet)
+
+    _, summary = _sweep(base, tmp_path, strict, values=[3], baselines=False)
+    assert seen == [True] and [p["status"] for p in summary["points"]] == ["ran"]
+
+
 def test_failing_point_is_reported_and_the_others_finish(base, tmp_path):
     train = FakeTrain(fail_on=lambda cfg: cfg.split.protocol == "sequential" and cfg.split.cut == 3)
     html, summary = _sweep(base, tmp_path, train)
