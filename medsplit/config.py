@@ -42,6 +42,9 @@ class DataConfig:
     aug_backend: str = "monai"
     """Segmentation augmentation: monai | albumentations."""
     cache_dir: str = ".cache/medsplit"
+    duplicates: str = "error"
+    """Images of identical content (by hash) in a folder source: error (stop, naming both files) |
+    drop (keep the first copy; the dropped ones are listed in the run's data summary)."""
 
 
 @dataclass
@@ -143,6 +146,7 @@ CHOICES = {
     "data.target": ("any", "referable", "grade"),
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
     "data.aug_backend": ("monai", "albumentations"),
+    "data.duplicates": ("error", "drop"),
     "split.protocol": ("sequential", "splitfed", "centralised", "fedavg"),
     # Kept literal (not imported from medsplit.split.codecs) so loading a config needs no torch;
     # tests/test_codecs.py checks both lists agree.

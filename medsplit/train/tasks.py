@@ -200,6 +200,7 @@ def make_task(cfg: Config, device: torch.device) -> Task:
             cfg.data.source, root, target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
             max_images=cfg.data.max_images, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
+            duplicates=cfg.data.duplicates,
         )
         return RetinopathyTask(cfg, data, device)
     from medsplit.data.lungs import load_lungs
@@ -207,6 +208,6 @@ def make_task(cfg: Config, device: torch.device) -> Task:
     data = load_lungs(
         cfg.data.source, root, img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=cfg.data.test_fraction,
         val_fraction=cfg.data.val_fraction, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
-        max_images=cfg.data.max_images,
+        max_images=cfg.data.max_images, duplicates=cfg.data.duplicates,
     )
     return LungSegmentationTask(cfg, data, device)
