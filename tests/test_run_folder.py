@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 import medsplit.train.loop as loop
-from medsplit.atomic import write_atomic
 from medsplit.cli import main
-from medsplit.config import MIN_IMAGES_PER_CLIENT, ConfigError, load_config
+from medsplit.config import ConfigError, load_config
 from medsplit.train.checkpoint import CHECKPOINT
-from medsplit.train.run_folder import RunFolderError
+
+RunFolderError = ConfigError  # medsplit.train.run_folder.RunFolderError subclasses it (imports kept old-code safe)
 
 TINY = [
     "task=retinopathy", "data.source=synthetic", "data.synthetic_size=64", "data.img_size=32", "model.name=resnet18",
@@ -91,6 +91,7 @@ def test_numeric_ranges_names_and_pairs_are_checked_up_front(overrides, message)
 
 
 def test_min_images_per_client_agrees_with_the_partition_default():
+    from medsplit.config import MIN_IMAGES_PER_CLIENT
     from medsplit.data.partition import partition
 
     assert inspect.signature(partition).parameters["min_per_client"].default == MIN_IMAGES_PER_CLIENT
@@ -186,6 +187,8 @@ def test_kept_checkpoint_lets_a_finished_run_continue_exactly(tmp_path):
 # --- items 3 and 4: atomic outputs, test bytes after a kill during the test step --------------------
 
 def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    from medsplit.atomic import write_atomic
+
     path = tmp_path / "metrics.json"
     path.write_text('{"old": 1}')
 
@@ -220,7 +223,7 @@ def test_no_output_is_written_in_place(tmp_path, monkeypatch):
 
 
 def test_kill_during_the_test_step_then_resume_counts_test_bytes_under_the_last_epoch(tmp_path, monkeypatch):
-    full = json.loads((loop.train(_cfg(tmp_path, "output.name=full", "output.keep_checkpoint=true"), quiet=True) / "metrics.json").read_text())
+    full = json.loads((loop.train(_cfg(tmp_path, "output.name=full"), quiet=True) / "metrics.json").read_text())
     real = loop.evaluate_split
 
     def killed_in_test(model, task, split, *a):
