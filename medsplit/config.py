@@ -276,9 +276,10 @@ TASK_MODELS = {
     "retinopathy": ("resnet18", "resnet34", "resnet50"),
     "lungs": ("unet-smp", "unet-classic"),
 }
-# A U-Net halves the image once per encoder block and concatenates skips of matching size, so the
-# image side must be a multiple of 2 ** blocks (classic: 4 blocks; smp's ResNet encoder: 5).
-IMAGE_MULTIPLE = {"unet-classic": 16, "unet-smp": 32}
+# The classic U-Net halves the image in each of its 4 encoder blocks and concatenates skips of
+# matching size, so its image side must be a multiple of 2 ** 4. (smp's decoder resizes each
+# upsampled map to its skip, so unet-smp takes any size: 16..128 px checked, including 20 and 100.)
+IMAGE_MULTIPLE = {"unet-classic": 16}
 
 
 def validate(cfg: Config) -> None:
