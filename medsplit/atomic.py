@@ -8,6 +8,16 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file 0600; outputs get the permissions a plain open() would give them.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, flushed to disk and
     then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
@@ -21,6 +31,7 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
     raw = data.encode(encoding) if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

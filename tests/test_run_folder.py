@@ -240,3 +240,11 @@ def test_kill_during_the_test_step_then_resume_counts_test_bytes_under_the_last_
     assert {r["epoch"] for r in full["bytes_eval"] if r["phase"] == "eval"} == {0, 1}
     assert resumed["bytes_eval"] == full["bytes_eval"]
     assert resumed["bytes"] == full["bytes"]
+
+
+def test_atomic_writes_keep_the_permissions_of_a_plain_write(tmp_path):
+    from medsplit.atomic import write_atomic
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_atomic(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
