@@ -60,6 +60,7 @@ HOSTILE = [
     ("NaN constant", _message(b'{"tensors": [], "meta": {"x": NaN}}'), r"holds NaN"),
     ("deep nesting", _message(b'{"tensors": [], "meta": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"), r"nests deeper than 32"),
     ("moderate nesting", _message(b'{"tensors": [], "meta": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}"), r"nests deeper than 32"),
+    ("bool tensor holding 2", _message({"tensors": [_entry(dtype="bool", shape=(2,), nbytes=2)]}, b"\x01\x02"), r"tensor 'a' is bool but holds bytes other than 0 and 1"),
     ("bool as nbytes", _message({"tensors": [_entry(nbytes=True)]}, bytes(8)), r"\.nbytes must be a non-negative integer, got True"),
 ]
 

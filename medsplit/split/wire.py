@@ -109,6 +109,9 @@ def decode(payload: bytes, device: torch.device | str = "cpu", *, max_bytes: int
     for name, dtype, shape, offset, nbytes in entries:
         np_dtype = np.int16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
         arr = np.frombuffer(payload, dtype=np_dtype, count=nbytes // np.dtype(np_dtype).itemsize, offset=base + offset)
+        if dtype == torch.bool and arr.size and arr.view(np.uint8).max() > 1:
+            # torch would keep the raw byte: a "bool" of 2 that is neither True nor False
+            raise WireFormatError(f"tensor {name!r} is bool but holds bytes other than 0 and 1")
         t = torch.from_numpy(arr.copy())
         if dtype == torch.bfloat16:
             t = t.view(torch.bfloat16)
