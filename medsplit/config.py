@@ -109,7 +109,8 @@ class OutputConfig:
     reports_dir: str = "reports"
     tensorboard: bool = True
     keep_checkpoint: bool = False
-    """Keep ``checkpoint.pt`` (all parties' weights and optimiser state, 300+ MB for ResNet-34)
+    """Keep ``checkpoint.pt`` (all parties' weights and optimiser state: 341 MB for a two-hospital
+    ResNet-34 relay, measured, against 85 MB for ``model.safetensors``)
     once the run has finished. Off: a finished run keeps its weights in ``model.safetensors`` and
     cannot be continued; on: ``--resume RUN_DIR train.epochs=N --allow-change train.epochs``
     continues it exactly. An unfinished run always keeps its checkpoint."""
@@ -305,8 +306,8 @@ def validate(cfg: Config) -> None:
         ("data.alpha", math.isfinite(d.alpha) and d.alpha > 0, "must be a finite number > 0"),
         ("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)"),
         ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),
-        ("data.max_images", d.max_images is None or d.max_images >= 1, "must be >= 1 or null (all images)"),
-        ("data.synthetic_size", d.synthetic_size >= 1, "must be >= 1"),
+        ("data.max_images", d.max_images is None or d.max_images >= 3, "must be >= 3 (one image per split) or null (all images)"),
+        ("data.synthetic_size", d.synthetic_size >= 10, "must be >= 10"),
         ("model.base_channels", cfg.model.base_channels >= 1, "must be >= 1"),
     ]
     for key, ok, why in checks:

@@ -73,7 +73,7 @@ def _built(tmp_path, override):
     (["train.lr=nan"], r"'train.lr' = nan must be a finite number > 0"),
     (["train.weight_decay=-1"], r"'train.weight_decay' = -1.0 must be a finite number >= 0"),
     (["train.threads=-2"], r"'train.threads' = -2 must be >= 0"),
-    (["data.max_images=0"], r"'data.max_images' = 0 must be >= 1 or null"),
+    (["data.max_images=0"], r"'data.max_images' = 0 must be >= 3 \(one image per split\) or null"),
     (["data.val_fraction=0.5", "data.test_fraction=0.5"], r"leave no training images"),
     (["model.base_channels=0"], r"'model.base_channels' = 0 must be >= 1"),
     (["output.name=../../escape_run"], r"'output.name' = '../../escape_run' must be a plain folder name inside output.runs_dir"),
