@@ -202,7 +202,13 @@ def check_run_matches(run_dir: Path, cfg: Config, remedy: str = "give the sweep 
     reusing it would put wrong numbers in a report."""
     saved = Path(run_dir) / "config.yaml"
     if saved.exists():
-        differ = _config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(), Config().to_dict())
+        try:
+            values = yaml.safe_load(saved.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RuntimeError(f"{saved} is not a readable config ({str(e).splitlines()[0]}); remove {run_dir} or {remedy}") from e
+        if not isinstance(values, dict):
+            raise RuntimeError(f"{saved} does not hold a config mapping; remove {run_dir} or {remedy}")
+        differ = _config_diff(values, cfg.to_dict(), Config().to_dict())
         if differ:
             raise RuntimeError(f"{run_dir} holds a run of a different config (differs in {differ[:5]}); "
                                f"remove it or {remedy}")

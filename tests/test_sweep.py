@@ -124,6 +124,16 @@ def test_unreadable_metrics_is_named_and_its_point_retrained(base, tmp_path, cap
     assert json.loads(broken.read_text())["cut"] == 3
 
 
+def test_malformed_config_in_a_point_folder_is_named(base, tmp_path):
+    train = FakeTrain()
+    _sweep(base, tmp_path, train, values=[3], baselines=False)
+    saved = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0" / "config.yaml"
+    saved.write_text("task: [retinopathy\n")
+    _, summary = _sweep(base, tmp_path, FakeTrain(), values=[3], baselines=False)
+    assert summary["points"][0]["status"] == "failed"
+    assert summary["points"][0]["error"].startswith(f"RuntimeError: {saved} is not a readable config")
+
+
 def test_a_point_killed_before_its_first_checkpoint_starts_afresh(base, tmp_path):
     """The real loop refuses an occupied folder; the sweep passes overwrite for its own leftovers."""
     train = FakeTrain()
