@@ -104,7 +104,7 @@ def decode(payload: bytes, device: torch.device | str = "cpu", *, max_bytes: int
         raise WireFormatError(f"message truncated inside its header (header length {hlen}, {len(payload) - _LEN.size} bytes follow the prefix)")
     header = _parse_header(payload[_LEN.size : _LEN.size + hlen])
     base = _LEN.size + hlen
-    entries = _check_entries(header["tensors"], data_bytes=len(payload) - base)
+    entries = _check_entries(header["tensors"], data_bytes=len(payload) - base, max_dim=max_bytes)
     out = {}
     for name, dtype, shape, offset, nbytes in entries:
         np_dtype = np.int16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
@@ -170,7 +170,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_entries(entries: list, data_bytes: int) -> list[tuple[str, torch.dtype, tuple[int, ...], int, int]]:
+def _check_entries(entries: list, data_bytes: int, max_dim: int) -> list[tuple[str, torch.dtype, tuple[int, ...], int, int]]:
     """Every tensor entry well typed, uniquely named, sized as its shape and dtype say, and laid
     out back to back from offset 0 so that together they fill the data section exactly."""
     checked, names, expected_offset = [], set(), 0
@@ -195,6 +195,10 @@ def _check_entries(entries: list, data_bytes: int) -> list[tuple[str, torch.dtyp
             raise WireFormatError(f"header field {where}.shape must be a list of integers, got {shape!r}")
         if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
             raise WireFormatError(f"header field {where}.shape {shape} must have at most {MAX_DIMS} non-negative dimensions")
+        if any(d > max_dim for d in shape):
+            # only an empty tensor could have one (another dimension 0), and torch cannot even
+            # hold a dimension past 2**63
+            raise WireFormatError(f"header field {where}.shape {shape} has a dimension above the message limit {max_dim}")
         for key in ("offset", "nbytes"):
             if not _is_int(e[key]) or e[key] < 0:
                 raise WireFormatError(f"header field {where}.{key} must be a non-negative integer, got {e[key]!r}")
