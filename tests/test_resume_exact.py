@@ -45,3 +45,24 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, task, pro
     a = json.loads((full / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())
     assert _comparable(b) == _comparable(a)
+
+
+@pytest.mark.parametrize("backend", ["monai", "albumentations"])
+def test_seg_augment_given_a_generator_depends_only_on_it(backend):
+    """What makes a resumed lung run replay its augmentations: a batch's transform is a function of
+    the generator handed in, not of how many batches the augmenter saw before."""
+    import torch
+
+    from medsplit.data.seg_augment import SegAugment
+
+    x = torch.rand(3, 1, 16, 16)
+    y = (torch.rand(3, 1, 16, 16) > 0.5).float()
+    fresh = SegAugment(backend=backend, seed=0)
+    used = SegAugment(backend=backend, seed=0)
+    for _ in range(3):  # an uninterrupted run's earlier batches
+        used(x, y, generator=torch.Generator().manual_seed(99))
+    a = fresh(x, y, generator=torch.Generator().manual_seed(7))
+    b = used(x, y, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = fresh(x, y, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(a[0], c[0])
