@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsplit.config import ConfigError, config_from_dict, load_config
+from medsplit.config import ConfigError, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 
@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", nargs="?", help="YAML config file (configs/...)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.cut=3 split.clients=2")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already holds a run (its files are removed)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: let KEY differ from the run's saved config (given as a key=value override), "
+                        "e.g. --resume RUN_DIR train.epochs=20 --allow-change train.epochs; repeatable")
 
     p = sub.add_parser("evaluate", help="score a trained run on a dataset (external validation)")
     p.add_argument("run_dir")
@@ -68,21 +72,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from medsplit.train.loop import train
+    from medsplit.train.run_folder import check_allowed_changes
 
     if args.resume:
-        import yaml
-
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
         if not saved.exists():
             raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a medsplit run directory?")
-        if args.config or args.overrides:
-            raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides")
-        cfg = config_from_dict(yaml.safe_load(saved.read_text()))
-        train(cfg, resume=run_dir)
+        # argparse puts the first key=value into the config slot; with --resume every item is an override.
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        if any("=" not in item for item in overrides):
+            raise ConfigError("--resume continues a run with its saved config; do not pass a config file "
+                              "(key=value overrides go with --allow-change KEY)")
+        if overrides and not args.allow_change:
+            raise ConfigError("--resume with overrides needs --allow-change for each key changed (e.g. "
+                              "--allow-change train.epochs); anything else would mix two configs in one run")
+        allow = check_allowed_changes(args.allow_change)
+        try:
+            cfg = load_config(saved, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{saved}: {e}") from e
+        train(cfg, resume=run_dir, allow_change=allow)
         return 0
-    cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    if args.allow_change:
+        raise ConfigError("--allow-change only applies with --resume RUN_DIR")
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # argparse took the first override for the file
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
+    train(cfg, overwrite=args.overwrite)
     return 0
 
 

@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from medsplit.atomic import write_atomic
 from medsplit.config import CHOICES, Config, load_config, parse_override
 from medsplit.original_study import (
     ORIGINAL_STUDY,
@@ -200,7 +202,13 @@ def check_run_matches(run_dir: Path, cfg: Config, remedy: str = "give the sweep 
     reusing it would put wrong numbers in a report."""
     saved = Path(run_dir) / "config.yaml"
     if saved.exists():
-        differ = _config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(), Config().to_dict())
+        try:
+            values = yaml.safe_load(saved.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RuntimeError(f"{saved} is not a readable config ({str(e).splitlines()[0]}); remove {run_dir} or {remedy}") from e
+        if not isinstance(values, dict):
+            raise RuntimeError(f"{saved} does not hold a config mapping; remove {run_dir} or {remedy}")
+        differ = _config_diff(values, cfg.to_dict(), Config().to_dict())
         if differ:
             raise RuntimeError(f"{run_dir} holds a run of a different config (differs in {differ[:5]}); "
                                f"remove it or {remedy}")
@@ -216,16 +224,46 @@ def same_run_key(point: SweepPoint, axis: str) -> tuple | None:
     return None
 
 
+def read_metrics(run_dir: Path) -> dict | None:
+    """A run's metrics.json, or ``None`` when it has none. A file that exists but does not parse
+    (a kill mid-write before writes were atomic, a disk that filled up) raises, naming the file."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e})") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is unreadable (holds {type(record).__name__}, not a JSON object)")
+    return record
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return read_metrics(run_dir) is not None
+    except ValueError:
+        return False
+
+
 def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     """Train, resume or skip one point; returns (what happened, run directory)."""
     from medsplit.train.checkpoint import CHECKPOINT
 
     run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
     check_run_matches(run_dir, cfg)
-    if (run_dir / "metrics.json").exists():
-        return "skipped", run_dir
+    try:
+        if read_metrics(run_dir) is not None:
+            return "skipped", run_dir
+    except ValueError as e:  # a finished-looking point whose result cannot be read: train it again
+        print(f"sweep: {e}; retraining {cfg.run_name()}", file=sys.stderr, flush=True)
+        (run_dir / "metrics.json").unlink()
     if (run_dir / CHECKPOINT).exists():
         status, run_dir = "resumed", Path(train_fn(cfg, resume=run_dir, quiet=quiet))
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        # what a run killed before its first checkpoint (or an unreadable result) left: the config
+        # matched above, so the point starts afresh in its own folder
+        status, run_dir = "ran", Path(train_fn(cfg, quiet=quiet, overwrite=True))
     else:
         status, run_dir = "ran", Path(train_fn(cfg, quiet=quiet))
     # A finished point is never resumed (its metrics.json marks it done) and keeps its weights in
@@ -378,7 +416,7 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
     for i, (point, cfg) in enumerate(zip(points, configs)):
         row: dict[str, Any] = {**asdict(point), "baseline": point.baseline, "run_dir": str(Path(cfg.output.runs_dir) / cfg.run_name())}
         row.pop("overrides")
-        finished = (Path(row["run_dir"]) / "metrics.json").exists()
+        finished = _finished(Path(row["run_dir"]))
         key = same_run_key(point, axis)
         if key is not None and key in first_of and not finished:
             twin_of[i] = first_of[key]
@@ -399,7 +437,13 @@ def run_sweep(base_config: Path, axis: str, values: list[int], seeds: list[int],
     for done, (k, (status, run_dir, error)) in enumerate(outcomes, 1):
         row = results[to_train[k]]
         if error is None:
-            record = json.loads((run_dir / "metrics.json").read_text())
+            try:
+                record = read_metrics(run_dir)
+                if record is None:
+                    raise ValueError(f"{run_dir / 'metrics.json'} is missing after training")
+            except ValueError as e:
+                status, error = "failed", (str(e), "")
+        if error is None:
             row.update(status=status, error=None, **summarise_run(record))
             shown = row["metric"]
             what = f"{status}, {row['metric_name']}={shown:.4f}" if shown is not None else f"{status}, {row['metric_name']} undefined"
@@ -626,7 +670,8 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
                                         "saved in its run folder.")
 
     reports_dir = Path(base.output.reports_dir)
-    html = report.write(reports_dir / f"sweep-{axis}-{task}.html")
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    html = write_atomic(reports_dir / f"sweep-{axis}-{task}.html", report.render())
     summary = {
         "kind": "sweep", "title": report.title, "created": datetime.now().isoformat(timespec="seconds"),
         "task": task, "axis": axis, "metric": metric_name, "metric2": metric2_name, "values": xs, "seeds": seeds,
@@ -634,7 +679,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
         "overrides": overrides, "out_dir": str(out_dir), "headline": headline, "groups": groups, "points": results,
         "original_study": ORIGINAL_STUDY.get((task, axis), []),
     }
-    html.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str))
+    write_atomic(html.with_suffix(".json"), json.dumps(summary, indent=2, default=str))
     return html
 
 

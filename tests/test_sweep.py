@@ -42,7 +42,7 @@ class FakeTrain:
         self.calls: list[tuple[str, bool]] = []
         self.fail_on = fail_on
 
-    def __call__(self, cfg, resume=None, quiet=False) -> Path:
+    def __call__(self, cfg, resume=None, quiet=False, overwrite=False) -> Path:
         self.calls.append((cfg.run_name(), resume is not None))
         run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +107,49 @@ def test_sweep_runs_every_point_once_then_skips_finished_ones(base, tmp_path):
     _, summary = _sweep(base, tmp_path, again)
     assert again.calls == []
     assert [p["status"] for p in summary["points"]] == ["skipped"] * 4
+
+
+def test_unreadable_metrics_is_named_and_its_point_retrained(base, tmp_path, capsys):
+    """A kill mid-write once left metrics.json empty: the sweep took the point for finished and
+    later died with 'Expecting value: line 1 column 1', naming no file."""
+    _sweep(base, tmp_path, FakeTrain())
+    broken = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0" / "metrics.json"
+    broken.write_text("")
+    capsys.readouterr()
+    again = FakeTrain()
+    _, summary = _sweep(base, tmp_path, again)
+    assert again.calls == [("retinopathy-sequential-cut3-iid-seed0", False)]
+    assert f"{broken} is unreadable" in capsys.readouterr().err
+    assert sorted(p["status"] for p in summary["points"]) == ["ran", "skipped", "skipped", "skipped"]
+    assert json.loads(broken.read_text())["cut"] == 3
+
+
+def test_malformed_config_in_a_point_folder_is_named(base, tmp_path):
+    train = FakeTrain()
+    _sweep(base, tmp_path, train, values=[3], baselines=False)
+    saved = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0" / "config.yaml"
+    saved.write_text("task: [retinopathy\n")
+    _, summary = _sweep(base, tmp_path, FakeTrain(), values=[3], baselines=False)
+    assert summary["points"][0]["status"] == "failed"
+    assert summary["points"][0]["error"].startswith(f"RuntimeError: {saved} is not a readable config")
+
+
+def test_a_point_killed_before_its_first_checkpoint_starts_afresh(base, tmp_path):
+    """The real loop refuses an occupied folder; the sweep passes overwrite for its own leftovers."""
+    train = FakeTrain()
+    _sweep(base, tmp_path, train, values=[3], baselines=False)
+    run = tmp_path / "sweep" / "runs" / "retinopathy-sequential-cut3-iid-seed0"
+    (run / "metrics.json").unlink()
+    (run / "checkpoint.pt").unlink(missing_ok=True)
+    seen = []
+
+    def strict(cfg, resume=None, quiet=False, overwrite=False):
+        seen.append(overwrite)
+        assert overwrite, "a leftover folder must be overwritten explicitly"
+        return train(cfg, resume=resume, quiet=quiet)
+
+    _, summary = _sweep(base, tmp_path, strict, values=[3], baselines=False)
+    assert seen == [True] and [p["status"] for p in summary["points"]] == ["ran"]
 
 
 def test_failing_point_is_reported_and_the_others_finish(base, tmp_path):

@@ -131,6 +131,12 @@ def test_evaluate_segmentation_run(tmp_path, shared_data):
 def test_more_clients_than_the_data_allows_stops_before_training(tmp_path):
     from medsplit.data.images import DataError
 
-    with pytest.raises(DataError, match=r"40 clients need at least 320 samples"):
-        train(_cfg(tmp_path, "split.clients=40"), quiet=True)
-    assert not list((tmp_path / "runs").glob("*/checkpoint.pt"))
+    from medsplit.config import ConfigError
+
+    # impossible from the config alone (96 images cannot give 40 hospitals 8 each): refused at load
+    with pytest.raises(ConfigError, match=r"'split.clients' = 40 is impossible: data.synthetic_size = 96 images"):
+        _cfg(tmp_path, "split.clients=40")
+    # impossible only once the training split is known: refused by the partition, before training
+    with pytest.raises(DataError, match=r"12 clients need at least 96 samples"):
+        train(_cfg(tmp_path, "split.clients=12"), quiet=True)
+    assert not (tmp_path / "runs").exists()  # and no run folder is left behind

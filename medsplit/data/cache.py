@@ -25,6 +25,17 @@ def read_cached(path: Path, name: str, shape: tuple[int, ...]) -> torch.Tensor |
     return tensor if tuple(tensor.shape) == tuple(shape) and tensor.dtype == torch.uint8 else None
 
 
+def read_cached_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored with a cache file (empty if absent or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
 def write_cached(path: Path, name: str, tensor: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 

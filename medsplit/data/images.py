@@ -9,8 +9,12 @@ the speed, which is why decoding happens exactly once and augmentation works on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import threading
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,17 +25,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medsplit.data.cache import read_cached, write_cached
+from medsplit.data.cache import read_cached, read_cached_metadata, write_cached
 
-__all__ = ["DataError", "ImageSet", "decode_images"]
+__all__ = ["DataError", "ImageSet", "decode_images", "utf8_csv"]
 
 # Bump when the decode pipeline changes, so stale caches are never reused.
-_PIPELINE_VERSION = "monai-pil-draft-squarepad-v2"
+_PIPELINE_VERSION = "monai-pil-draft-squarepad-v3-16bit-stretch"
 _CHANNEL_MODES = {1: "L", 3: "RGB"}
+# PIL modes of single-channel images deeper than 8 bits (16-bit PNG/TIFF X-rays, 32-bit integer or
+# float TIFFs). PIL's convert("L") clips them at 255, which turned 16-bit chest X-rays all white.
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class DataError(ValueError):
     """Bad input to the data layer; the message names the file, row, field or value at fault."""
+
+
+@contextlib.contextmanager
+def utf8_csv(path: Path):
+    """Around reading a CSV as UTF-8: a file in another encoding (Latin-1 from a spreadsheet,
+    say) stops with an error naming it and the encoding expected, not a bare codec message."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position {error.start} "
+                        "cannot be decoded); save it as UTF-8 (with or without a BOM), e.g. "
+                        f"iconv -f latin1 -t utf-8 {path.name} > fixed.csv") from error
 
 
 @dataclass
@@ -122,7 +141,8 @@ class ImageSet:
         )
 
 
-def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path | None) -> torch.Tensor:
+def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path | None,
+                  converted: dict[str, int] | None = None) -> torch.Tensor:
     """Decode every file once into a uint8 ``(N, channels, size, size)`` tensor.
 
     Each file goes through a MONAI dictionary-transform pipeline: ``LoadImaged`` with the
@@ -138,6 +158,13 @@ def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path |
         channels: 3 for RGB, 1 for greyscale.
         cache_dir: if given, the decoded tensor is stored there as safetensors, keyed by a
             hash of (file paths, sizes, mtimes, size, channels), and reused next time.
+        converted: if given, filled with ``{source mode: count}`` of the files whose pixel
+            format was converted (greyscale or RGBA among RGB fundus photographs, 16-bit
+            greyscale stretched to 8 bits), so a data summary can report them.
+
+    Images deeper than 8 bits (16-bit PNG or TIFF, PIL modes ``I;16``, ``I``, ``F``) are
+    stretched from their own minimum..maximum to 0..255, as NIfTI images are: their stored
+    range (12 bits in 16? full 16?) is not known, and a plain 8-bit conversion clips them white.
 
     Raises:
         DataError: a file is missing, corrupt or truncated (the message names it), or
@@ -152,15 +179,21 @@ def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path |
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"decoded-{_cache_key(files, size, channels)}.safetensors"
         cached = read_cached(cache_file, "images", (len(files), channels, size, size))
-        if cached is not None:
+        modes = read_cached_metadata(cache_file).get("converted") if cached is not None else None
+        if cached is not None and modes is not None:
+            if converted is not None:
+                converted.update(json.loads(modes))
             return cached
-    images = _decode_all(files, size, channels)
+    found: dict[str, int] = {}
+    images = _decode_all(files, size, channels, found)
     if cache_file is not None:
-        write_cached(cache_file, "images", images, {"pipeline": _PIPELINE_VERSION})
+        write_cached(cache_file, "images", images, {"pipeline": _PIPELINE_VERSION, "converted": json.dumps(found)})
+    if converted is not None:
+        converted.update(found)
     return images
 
 
-def _decode_all(files: list[Path], size: int, channels: int) -> torch.Tensor:
+def _decode_all(files: list[Path], size: int, channels: int, converted: dict[str, int]) -> torch.Tensor:
     out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
     if not files:
         return out
@@ -174,6 +207,7 @@ def _decode_all(files: list[Path], size: int, channels: int) -> torch.Tensor:
         _decode_into(out, files, decode_one, workers)
     finally:
         torch.set_num_threads(torch_threads)
+    converted.update(decode_one.converter.converted())
     return out
 
 
@@ -195,7 +229,8 @@ class _DecodePipeline:
         from monai.transforms import CastToTyped, Compose, EnsureChannelFirstd, Lambdad, LoadImaged, Resized
 
         # reverse_indexing=False keeps PIL's (H, W) order; MONAI's default transposes to (W, H).
-        reader = PILReader(converter=_PilConverter(_CHANNEL_MODES[channels], size), reverse_indexing=False)
+        self.converter = _PilConverter(_CHANNEL_MODES[channels], size)
+        reader = PILReader(converter=self.converter, reverse_indexing=False)
         self.load = Compose(
             [
                 LoadImaged("image", reader=reader, image_only=True),
@@ -232,13 +267,35 @@ class _PilConverter:
     def __init__(self, mode: str, size: int):
         self.mode = mode
         self.size = size
+        self._converted: Counter = Counter()
+        self._lock = threading.Lock()  # called from the decoding thread pool
+
+    def converted(self) -> dict[str, int]:
+        """``{source mode: count}`` of the images converted so far."""
+        return dict(sorted(self._converted.items()))
 
     def __call__(self, image: Any) -> Any:
         width, height = image.size
         side, keep = max(width, height), 2 * self.size
+        if image.mode != self.mode and not (image.mode == "P" and self.mode == "RGB"):
+            # "P" (palette) RGB is how PIL stores many ordinary colour PNGs: not worth reporting
+            with self._lock:
+                self._converted[image.mode] += 1
+        if image.mode in _DEEP_MODES:
+            return _stretch_to_8bit(image).convert(self.mode)
         if side >= 2 * keep:  # a 1/2 (or smaller) scale still leaves `keep` pixels
             image.draft(self.mode, (-(-keep * width // side), -(-keep * height // side)))
         return image.convert(self.mode)
+
+
+def _stretch_to_8bit(image: Any) -> Any:
+    """A single-channel image deeper than 8 bits as 8-bit greyscale, its own min..max -> 0..255."""
+    from PIL import Image
+
+    array = np.asarray(image, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+    return Image.fromarray(np.round(array).astype(np.uint8), mode="L")
 
 
 def _pad_to_square(img: Any) -> Any:

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.data.cache import read_cached, write_cached
-from medsplit.data.images import DataError, decode_images
+from medsplit.data.duplicates import handle_duplicates
+from medsplit.data.images import DataError, decode_images, utf8_csv
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
 __all__ = ["SegmentationSet", "SegmentationData", "resolve_lung_source", "load_lungs", "download_kaggle_lungs", "DataError"]
@@ -314,7 +315,7 @@ def _read_manifest(root: Path, set_name: str) -> dict[str, tuple[str, str]]:
     path = root / "manifest.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f, utf8_csv(path):
         rows = list(csv.DictReader(f))
     if not rows or "stem" not in rows[0]:
         raise DataError(f"{path} needs a 'stem' column naming each image file's stem; columns are {list(rows[0]) if rows else []}")
@@ -469,12 +470,12 @@ def _nifti_image(path: Path, size: int) -> torch.Tensor:
     return t.round().clamp(0, 255).to(torch.uint8)
 
 
-def _load_images(records: list[_Record], size: int, cache_dir: Path | None) -> torch.Tensor:
+def _load_images(records: list[_Record], size: int, cache_dir: Path | None, converted: dict[str, int] | None = None) -> torch.Tensor:
     """Rasters through the shared decode-once loader; NIfTI files through nibabel."""
     out = torch.empty((len(records), 1, size, size), dtype=torch.uint8)
     raster = [i for i, r in enumerate(records) if not _is_nifti(r.image)]
     if raster:
-        out[raster] = decode_images([records[i].image for i in raster], size, 1, cache_dir)
+        out[raster] = decode_images([records[i].image for i in raster], size, 1, cache_dir, converted=converted)
     for i, r in enumerate(records):
         if _is_nifti(r.image):
             out[i] = _nifti_image(r.image, size)
@@ -528,7 +529,7 @@ def split_by_patient(patients: list[str], seed: int, test_fraction: float, val_f
 
 def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, test_fraction: float = 0.2,
                val_fraction: float = 0.1, cache_dir: Path | None = None, synthetic_size: int = 120,
-               max_images: int | None = None, missing_masks: str | None = None) -> SegmentationData:
+               max_images: int | None = None, missing_masks: str | None = None, duplicates: str = "error") -> SegmentationData:
     """Load, validate and split a lung segmentation set.
 
     Args:
@@ -545,6 +546,8 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
             (leave it out; counted in ``summary()["skipped_unmasked"]``). ``None``: ``"skip"``
             for the Kaggle Montgomery+Shenzhen download, whose public release has unannotated
             Shenzhen images, ``"error"`` for every other folder.
+        duplicates: images of identical content: ``"error"`` (stop, naming both files) or
+            ``"drop"`` (keep the first; listed in ``summary()["duplicates_dropped"]``).
 
     Raises:
         DataError: missing set, image without mask, mask/image size mismatch, non-binary
@@ -567,11 +570,18 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         records, skipped = _index_folder(root, source, policy)
         if skipped:
             info["skipped_unmasked"] = len(skipped)
+        unique, dropped = handle_duplicates([r.image for r in records], duplicates)
+        if dropped:
+            records = [records[i] for i in unique]
+            info["duplicates_dropped"] = [{"kept": a, "dropped": b} for a, b in dropped]
         if max_images is not None and max_images < len(records):
             keep = np.sort(np.random.default_rng(seed).choice(len(records), size=max_images, replace=False))
             records = [records[i] for i in keep]
         masks = _load_masks(records, img_size, cache_dir)  # validates before any image is decoded
-        images = _load_images(records, img_size, cache_dir)
+        converted: dict[str, int] = {}
+        images = _load_images(records, img_size, cache_dir, converted)
+        if converted:  # e.g. RGB screenshots or 16-bit X-rays among 8-bit greyscale ones
+            info["converted_images"] = {"to": "L", "from_modes": converted}
         full = SegmentationSet(images, masks, [r.id for r in records], [r.group for r in records], [r.patient for r in records])
     train, val, test = split_by_patient(full.patients or full.ids, seed, test_fraction, val_fraction)
     return SegmentationData(full.subset(train), full.subset(val), full.subset(test), source, folder is None, info)

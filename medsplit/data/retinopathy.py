@@ -20,14 +20,15 @@ import csv
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsplit.data.images import DataError, ImageSet, decode_images
+from medsplit.data.duplicates import handle_duplicates
+from medsplit.data.images import DataError, ImageSet, decode_images, utf8_csv
 from medsplit.data.partition import patient_split, patient_subset
 from medsplit.data.synthetic_fundus import fundus_sites, make_synthetic_fundus
 
@@ -122,6 +123,9 @@ class RetinopathyData:
     source: str
     synthetic: bool
     target: str = "referable"
+    notes: dict = field(default_factory=dict)
+    """Facts about the input files for the run record: images whose pixel format was converted
+    (``converted_images``), duplicate copies dropped (``duplicates_dropped``)."""
 
     def summary(self) -> dict:
         """JSON-able description: source, target, classes, and per split the number of
@@ -140,6 +144,7 @@ class RetinopathyData:
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "image_shape": list(self.train.images.shape[1:]),
+            **self.notes,
             "splits": splits,
         }
 
@@ -200,6 +205,7 @@ def load_retinopathy(
     max_images: int | None = None,
     cache_dir: Path | None = None,
     synthetic_size: int = 600,
+    duplicates: str = "error",
 ) -> RetinopathyData:
     """Load, decode and split a retinopathy source.
 
@@ -216,6 +222,8 @@ def load_retinopathy(
             in proportion to its size).
         cache_dir: where decoded images are cached (folder sources only).
         synthetic_size: number of images of the synthetic set.
+        duplicates: what to do with files of identical content in a folder source: ``"error"``
+            (stop, naming both) or ``"drop"`` (keep the first; listed in the summary).
 
     Raises:
         DataError: bad arguments, missing or malformed source, or a split missing a class.
@@ -229,11 +237,19 @@ def load_retinopathy(
         assert path is not None
         table = _read_folder(path)
         source = f"EyePACS folder {path} ({table.csv.name})"
+        notes: dict = {}
+        unique, dropped = handle_duplicates(table.files, duplicates)
+        if dropped:
+            table = table.subset(np.asarray(unique))
+            notes["duplicates_dropped"] = [{"kept": a, "dropped": b} for a, b in dropped]
         keep = _subset(table.grades, table.patients, max_images, seed)
         if keep is not None:
             source += f", subset of {len(keep)} of {len(table.ids)} images (max_images={max_images}, seed={seed})"
             table = table.subset(keep)
-        images = decode_images(table.files, img_size, 3, cache_dir)
+        converted: dict[str, int] = {}
+        images = decode_images(table.files, img_size, 3, cache_dir, converted=converted)
+        if converted:  # greyscale or RGBA photographs among RGB ones: converted to RGB, and said so
+            notes["converted_images"] = {"to": "RGB", "from_modes": converted}
         full = ImageSet(images, spec.labels(table.grades), table.ids, table.patients, table.grades, table.groups)
         synthetic = False
     else:
@@ -245,8 +261,9 @@ def load_retinopathy(
             source += f", subset of {len(keep)} (max_images={max_images}, seed={seed})"
             full = full.subset(keep)
         synthetic = True
+        notes = {}
     train, val, test = _split(full, val_fraction, test_fraction, seed)
-    result = RetinopathyData(train, val, test, spec.num_classes, list(spec.class_names), source, synthetic, spec.name)
+    result = RetinopathyData(train, val, test, spec.num_classes, list(spec.class_names), source, synthetic, spec.name, notes)
     _check_classes(result)
     return result
 
@@ -308,7 +325,7 @@ def _read_folder(folder: Path) -> _Table:
     names, levels, files, patients, groups = [], [], [], [], []
     group_column = next((c for c in _GROUP_COLUMNS if c in header), None)
     seen: dict[str, int] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle, utf8_csv(csv_path):
         reader = csv.DictReader(handle)
         for row_number, row in enumerate(reader, start=1):
             where = f"{csv_path} row {row_number} (line {reader.line_num})"
@@ -348,7 +365,7 @@ def _pick_csv(folder: Path) -> tuple[Path, list[str]]:
         raise DataError(f"no labels CSV in {folder}: expected a .csv with at least the columns image, level")
     problems = []
     for path in candidates:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle, utf8_csv(path):
             header = [c.strip() for c in next(csv.reader(handle), [])]
         missing = [c for c in ("image", "level") if c not in header]
         if not missing:

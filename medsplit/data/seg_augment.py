@@ -34,7 +34,10 @@ class SegAugment:
         intensity: image-only jitter: multiply by ``1 + U(-intensity, intensity)`` and add
             ``U(-intensity, intensity)`` (monai), or brightness/contrast limits (albumentations).
         seed: seeds the backend's random state; the same seed and the same sequence of calls
-            give the same augmented batches.
+            give the same augmented batches. A call given a ``generator`` reseeds the backend
+            from it instead, so a batch's augmentation depends only on that generator (what
+            makes a resumed run replay the same augmentations: the training loop seeds one
+            generator per epoch from (seed, epoch)).
     """
 
     def __init__(self, backend: str = "monai", flips: bool = True, rotate_degrees: float = 10,
@@ -52,20 +55,25 @@ class SegAugment:
         self.intensity = float(intensity)
         self.seed = seed
         build = _build_monai if backend == "monai" else _build_albumentations
-        self._apply: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = build(self)
+        self._apply, self._reseed = build(self)
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a batch.
 
         Args:
             images: float ``(B, C, H, W)`` in ``[0, 1]``.
             masks: float ``(B, K, H, W)`` (binary), same batch size and spatial size.
+            generator: if given, one number drawn from it reseeds the backend before this batch.
 
         Returns:
             ``(images, masks)`` on the input device: images clipped to ``[0, 1]``, masks binary.
         """
         if images.ndim != 4 or masks.ndim != 4 or images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
             raise ValueError(f"need images (B,C,H,W) and masks (B,K,H,W) of the same B, H, W; got {tuple(images.shape)} and {tuple(masks.shape)}")
+        if generator is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+            self._reseed(seed)
         out_images, out_masks = [], []
         for image, mask in zip(images, masks):
             a, m = self._apply(image, mask)
@@ -78,7 +86,11 @@ class SegAugment:
                 f"scale={self.scale}, intensity={self.intensity}, seed={self.seed})")
 
 
-def _build_monai(cfg: SegAugment) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+Apply = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Reseed = Callable[[int], None]
+
+
+def _build_monai(cfg: SegAugment) -> tuple[Apply, Reseed]:
     from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
     keys = ("image", "mask")
@@ -101,10 +113,10 @@ def _build_monai(cfg: SegAugment) -> Callable[[torch.Tensor, torch.Tensor], tupl
         out = pipeline({"image": image, "mask": mask})
         return _plain(out["image"]), _plain(out["mask"])
 
-    return apply
+    return apply, lambda seed: pipeline.set_random_state(seed=seed)
 
 
-def _build_albumentations(cfg: SegAugment) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _build_albumentations(cfg: SegAugment) -> tuple[Apply, Reseed]:
     import albumentations as A
     import cv2
 
@@ -128,7 +140,7 @@ def _build_albumentations(cfg: SegAugment) -> Callable[[torch.Tensor, torch.Tens
         out = pipeline(image=img, mask=msk)
         return _chw(out["image"]), _chw(out["mask"])
 
-    return apply
+    return apply, pipeline.set_random_seed
 
 
 def _plain(t) -> torch.Tensor:

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medsplit.config import Config
+from medsplit.atomic import write_atomic
+from medsplit.config import Config, ConfigError, validate
 from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
-from medsplit.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.tasks import Task, make_task
 
@@ -103,19 +104,61 @@ def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> 
     return metrics.aggregate(), sum(losses) / n
 
 
-def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None = None, quiet: bool = False) -> Path:
+def check_cut(cfg: Config) -> None:
+    """Reject an illegal ``split.cut`` from the model's stage table built on the meta device (no
+    memory, no weights read), before any image is decoded."""
+    if cfg.split.protocol in ("centralised", "fedavg"):
+        return
+    from medsplit.models import build_model
+
+    kwargs = {"num_classes": 2} if cfg.task == "retinopathy" else {"num_classes": 1, "in_channels": 1, "base_channels": cfg.model.base_channels}
+    with torch.device("meta"):
+        table = build_model(cfg.model.name, **kwargs)
+    try:
+        table.plan(cfg.split.cut)
+    except ValueError as e:
+        raise ConfigError(f"config key 'split.cut': {e}") from None
+
+
+def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None = None, quiet: bool = False,
+          overwrite: bool = False, allow_change: tuple[str, ...] = ()) -> Path:
     """Train ``cfg`` (or continue the run in ``resume``); returns the run directory.
 
-    ``stop_after_epoch`` interrupts the run after that epoch's checkpoint (used by tests
-    to show that resuming reaches the same result).
+    Everything that can be checked without data (config ranges, cut, run folder, resume
+    compatibility) is checked before any image is decoded, and nothing is written before the
+    data has loaded: a rejected run leaves no folder behind and never touches another run's files.
+
+    Args:
+        cfg: the resolved config.
+        resume: a run folder whose checkpoint to continue; ``cfg`` must equal the config the
+            checkpoint was trained under, except for keys named in ``allow_change``.
+        stop_after_epoch: interrupt the run after that epoch's checkpoint (used by tests to show
+            that resuming reaches the same result).
+        quiet: no progress bars or summary lines.
+        overwrite: start afresh in a run folder that already holds files (they are removed first).
+        allow_change: keys (from :data:`medsplit.train.run_folder.RESUMABLE`) that may differ from
+            the checkpoint's config on resume, e.g. ``("train.epochs",)``.
     """
+    from medsplit.train import run_folder
+
     t0 = time.time()
+    validate(cfg)  # a Config built in code gets the checks a loaded one had
+    check_cut(cfg)
     device = resolve_device(cfg.train.device)
+    run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
+    ck = None
+    if resume:
+        if overwrite:
+            raise ConfigError("--overwrite starts a run afresh and --resume continues one; pass only one")
+        ck = load_checkpoint(run_dir)
+        saved = ck.get("config") or _saved_config(run_dir)
+        run_folder.check_resume(run_dir, saved, cfg, allow_change)
+        if ck["epoch"] + 1 > cfg.train.epochs:
+            raise ConfigError(f"cannot resume {run_dir} with train.epochs={cfg.train.epochs}: it has already trained {ck['epoch'] + 1} epochs")
+    else:
+        run_folder.check_fresh(run_dir, overwrite)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     task = make_task(cfg, device)
     if task.data.synthetic and not quiet:
@@ -132,11 +175,17 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
+    # Data, partition and cut are good: only now is anything written (an overwritten run is cleared first, so its
+    # files and the new run's never mix).
+    if not resume and overwrite:
+        run_folder.clear(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+
     history: list[dict] = []
     best = {"epoch": -1, "score": -float("inf"), "weights": None}
     start_epoch = 0
-    if resume:
-        ck = load_checkpoint(run_dir)
+    if ck is not None:
         protocol.load_state(ck["protocol"])
         channel.load_byte_rows(ck["bytes"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
@@ -155,7 +204,11 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
             for group in party.optimizer.param_groups if party.optimizer else []:
                 group["lr"] = lr
         batches = [epoch_batches(idx, cfg.train.batch_size, cfg.train.seed, epoch, k) for k, idx in enumerate(pooled)]
+        # Every random draw of an epoch is a function of (seed, epoch): augmentation (both tasks)
+        # draws from aug_gen, anything on torch's global generator (dropout, say) from this reseed,
+        # so a resumed run replays the epochs an uninterrupted one trains.
         aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch)
+        torch.manual_seed(cfg.train.seed * 104_729 + epoch + 1)
         losses = {k: [] for k in range(len(pooled))}
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=quiet)
 
@@ -182,11 +235,14 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         _log_epoch(writer, history, epoch + 1)
         epochs.set_postfix(val_loss=f"{val_loss:.4f}", **{task.select_metric: f"{scores.get(task.select_metric, float('nan')):.4f}"})
         save_checkpoint(run_dir, {"protocol": protocol.state(), "bytes": channel.byte_rows(None), "history": history,
-                                  "best": best, "epoch": epoch, "elapsed_s": time.time() - t0})
+                                  "best": best, "epoch": epoch, "elapsed_s": time.time() - t0,
+                                  "config": cfg.to_dict(), "config_sha256": run_folder.config_hash(cfg.to_dict())})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
             return run_dir
 
     # Test once, with the model selected on validation; nothing before touched the test split.
+    # Its bytes belong to the last epoch, also when a resumed run trains no epoch before testing.
+    channel.epoch = cfg.train.epochs - 1
     final = protocol.eval_model()
     test_model_state = best["weights"] or protocol.eval_state_dict()
     _load_eval_weights(final, test_model_state)
@@ -202,7 +258,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         "normalisation": task.normalisation(),
         "config": cfg.to_dict(),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    write_atomic(run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
     if writer is not None:
         for k, v in task.summarise(test).items():
             writer.add_scalar(f"test/{k}", v, cfg.train.epochs)
@@ -210,7 +266,25 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     from medsplit.train.outputs import write_outputs
 
     write_outputs(cfg, run_dir, result, task, final, quiet=quiet)
+    if not cfg.output.keep_checkpoint:
+        # Finished: the weights are in model.safetensors; the checkpoint (every party's weights and
+        # optimiser state) would only let the run continue, which output.keep_checkpoint asks for.
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return run_dir
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """The config of a run whose checkpoint predates configs stored in checkpoints."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {path} ({e}); the checkpoint there stores no config to check the resume against") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return values
 
 
 def _load_eval_weights(model, state: dict) -> None:

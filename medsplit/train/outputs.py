@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import datetime
-import shutil
 from pathlib import Path
 
 import torch
 
 from medsplit import __version__
+from medsplit.atomic import write_atomic
 from medsplit.config import Config
 
 
 def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: bool = False) -> Path:
-    from medsplit.report.run_report import write_run_report
+    from medsplit.report.run_report import build_run_report
 
     reports = Path(cfg.output.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
@@ -29,8 +29,9 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     })
     if cfg.task == "lungs":
         record["examples"] = segmentation_examples(task, model, result["test"])
-    html = write_run_report(record, reports / f"{name}.html")
-    shutil.copyfile(run_dir / "metrics.json", reports / f"{name}.json")
+    # Both written atomically: a kill mid-write leaves the previous report, never half of one.
+    html = write_atomic(reports / f"{name}.html", build_run_report(record).render())
+    write_atomic(reports / f"{name}.json", (run_dir / "metrics.json").read_bytes())
     if not quiet:
         headline = task.summarise(result["test"])
         print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))

@@ -152,7 +152,7 @@ class LungSegmentationTask(Task):
         x = part.images[idx].float() / 255.0
         y = part.masks[idx].float()
         if train and self.augment is not None:
-            x, y = self.augment(x, y)
+            x, y = self.augment(x, y, generator=generator)
             x, y = x.to(self.device), y.to(self.device)
         ids = [part.ids[i] for i in idx.tolist()]
         return Batch(x, y, ids)
@@ -200,6 +200,7 @@ def make_task(cfg: Config, device: torch.device) -> Task:
             cfg.data.source, root, target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
             max_images=cfg.data.max_images, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
+            duplicates=cfg.data.duplicates,
         )
         return RetinopathyTask(cfg, data, device)
     from medsplit.data.lungs import load_lungs
@@ -207,6 +208,6 @@ def make_task(cfg: Config, device: torch.device) -> Task:
     data = load_lungs(
         cfg.data.source, root, img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=cfg.data.test_fraction,
         val_fraction=cfg.data.val_fraction, cache_dir=cache, synthetic_size=cfg.data.synthetic_size,
-        max_images=cfg.data.max_images,
+        max_images=cfg.data.max_images, duplicates=cfg.data.duplicates,
     )
     return LungSegmentationTask(cfg, data, device)
