@@ -88,6 +88,14 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, c
     return batches
 
 
+def augmentation_generator(cfg: Config, epoch: int, hospital: int, device: torch.device) -> torch.Generator:
+    """Hospital ``hospital``'s augmentation generator for ``epoch``: a function of (seed, epoch,
+    hospital) only, so it is the same whether the hospitals share a process or not, and on resume.
+    Hospital 0's equals the one generator every hospital shared before 2026-12 (centralised runs,
+    which pool everyone as hospital 0, are unchanged)."""
+    return torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch + 1_000_003 * hospital)
+
+
 @torch.no_grad()
 def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> tuple[dict, float]:
     model.eval()
@@ -204,16 +212,17 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
             for group in party.optimizer.param_groups if party.optimizer else []:
                 group["lr"] = lr
         batches = [epoch_batches(idx, cfg.train.batch_size, cfg.train.seed, epoch, k) for k, idx in enumerate(pooled)]
-        # Every random draw of an epoch is a function of (seed, epoch): augmentation (both tasks)
-        # draws from aug_gen, anything on torch's global generator (dropout, say) from this reseed,
-        # so a resumed run replays the epochs an uninterrupted one trains.
-        aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch)
+        # Every random draw of an epoch is a function of (seed, epoch, hospital): each hospital
+        # augments from its own generator, anything on torch's global generator (dropout, say)
+        # draws from this reseed, so a resumed run replays the epochs an uninterrupted one trains,
+        # and a hospital in its own process draws what it draws here.
+        aug_gens = [augmentation_generator(cfg, epoch, k, device) for k in range(len(pooled))]
         torch.manual_seed(cfg.train.seed * 104_729 + epoch + 1)
         losses = {k: [] for k in range(len(pooled))}
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=quiet)
 
         def step(model, k, idx):
-            batch = task.batch("train", idx, train=True, generator=aug_gen)
+            batch = task.batch("train", idx, train=True, generator=aug_gens[k])
             with autocast():
                 loss, _ = model.train_step(batch.x, batch.y)
             losses[k].append(loss)
