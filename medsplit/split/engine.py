@@ -189,7 +189,7 @@ class SplitModel:
                 # Across processes the output goes back to the hospital, which holds the labels and
                 # computes the metrics (uncompressed: it is the result, not a cut activation).
                 output = self.channel.send(owner.name, self.data_owner.name, "activation", {self.output_key: output},
-                                           link="output", use_codec=False)[self.output_key]
+                                           link="output", use_codec=False)[self.output_key].detach()
             return output
         finally:
             self.channel.phase = phase
