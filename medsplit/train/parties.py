@@ -182,7 +182,8 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
     device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.threads or 1)
     started = time.time()
-    transport = GlooTransport(name, {n: r for r, n in enumerate(names)}, address or cfg.split.address, cfg.split.timeout_s)
+    ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
+    transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s)
     try:
         runner = _PartyRun(cfg, name, rank, names, run_dir, party_dir, device, transport, own_data, resume, quiet, started)
         return runner.run()

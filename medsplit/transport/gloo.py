@@ -54,7 +54,9 @@ class GlooTransport(Transport):
 
     Args:
         name: this party's name.
-        ranks: every party's rank, ``{"server": 0, "client0": 1, ...}`` (rank 0 hosts the store).
+        ranks: every party's rank, ``{"server": 0, "client0": 1, ...}`` (rank 0 hosts the store);
+            several names may share a rank (a process hosting two parties, e.g. the server and
+            SplitFed's aggregator).
         address: ``HOST:PORT`` of the rank-0 store; rank 0 binds exactly this address.
         timeout_s: how long a receive waits for its peer before naming it as not answering
             (``split.timeout_s``); also bounds start-up.
@@ -70,7 +72,9 @@ class GlooTransport(Transport):
             raise ValueError(f"party {name!r} has no rank; ranks are {ranks}")
         self.ranks = dict(ranks)
         self.rank = ranks[name]
-        self.world_size = len(ranks)
+        self.world_size = len(set(ranks.values()))
+        if sorted(set(ranks.values())) != list(range(self.world_size)):
+            raise ValueError(f"ranks {ranks} must cover 0..N-1")
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.timeout_s = timeout_s
         self.peers_by_rank = {r: n for n, r in ranks.items()}
