@@ -186,7 +186,8 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
     party_dir = run_dir / "parties" / name
     party_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
-    torch.set_num_threads(cfg.train.threads or 1)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     started = time.time()
     ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
     transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s)
