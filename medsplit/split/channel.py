@@ -244,7 +244,10 @@ class Channel:
             with torch.no_grad():
                 tensors = codec.encode(tensors)
         payload = wire.encode(tensors)
-        self.transport.send(receiver, payload)
+        try:
+            self.transport.send(receiver, payload)
+        except TransportError as e:  # name the link and step too, not only the peer
+            raise TransportError(f"{sender}: sending {kind} {self._where(sender, receiver, link)}: {e}") from e
         self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += len(payload)
 
     def _take(self, sender: str, receiver: str, kind: str, expected: dict[str, torch.Tensor], link: str, codec,

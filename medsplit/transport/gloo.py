@@ -105,12 +105,15 @@ class GlooTransport(Transport):
             raise TransportError(f"{self.name}: unknown party {peer!r}; parties are {sorted(self.ranks)}")
         return self.ranks[peer]
 
+    def _failed(self, e: Exception, what: str, peer: str) -> TransportError:
+        return TransportError(f"{self.name}: {what} {peer} (rank {self.ranks[peer]}) failed, or got no answer "
+                              f"within {self.timeout_s:g} s (split.timeout_s): {e}")
+
     def _wait(self, work, what: str, peer: str) -> None:
         try:
             work.wait(self.timeout)
         except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
-            raise TransportError(f"{self.name}: {what} {peer} (rank {self.ranks[peer]}) failed or timed out "
-                                 f"after {self.timeout_s:g} s (split.timeout_s): {e}") from e
+            raise self._failed(e, what, peer) from e
 
     def _send(self, receiver: str, payload: bytes) -> None:
         dst = self._peer_rank(receiver)
@@ -119,14 +122,24 @@ class GlooTransport(Transport):
             warnings.simplefilter("ignore", UserWarning)
             data = torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)
         # Both posted before waiting: the payload does not wait for the length's round trip.
-        works = [self.pg.send([length], dst, 0)] + ([self.pg.send([data], dst, 1)] if len(payload) else [])
+        # Posting fails at once on a connection the peer has closed: name the peer then too.
+        try:
+            works = [self.pg.send([length], dst, 0)] + ([self.pg.send([data], dst, 1)] if len(payload) else [])
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e, "sending a message to", receiver) from e
         for work in works:
             self._wait(work, "sending a message to", receiver)
+
+    def _post_recv(self, tensor: torch.Tensor, src: int, tag: int, sender: str):
+        try:
+            return self.pg.recv([tensor], src, tag)
+        except Exception as e:  # noqa: BLE001 - fails at once on a connection the peer has closed
+            raise self._failed(e, "waiting for a message from", sender) from e
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         src = self._peer_rank(sender)
         length = torch.zeros(1, dtype=torch.int64)
-        self._wait(self.pg.recv([length], src, 0), "waiting for a message from", sender)
+        self._wait(self._post_recv(length, src, 0, sender), "waiting for a message from", sender)
         n = int(length.item())
         if n < 0 or n > max_bytes:
             raise TransportError(f"{self.name}: {sender} announced a message of {n} bytes, over the limit of "
@@ -134,7 +147,7 @@ class GlooTransport(Transport):
         if n == 0:
             return b""
         data = torch.empty(n, dtype=torch.uint8)
-        self._wait(self.pg.recv([data], src, 1), "waiting for a message from", sender)
+        self._wait(self._post_recv(data, src, 1, sender), "waiting for a message from", sender)
         return data.numpy().tobytes()
 
     def close(self) -> None:
