@@ -357,7 +357,8 @@ def _transport_section(report: Report, info: dict) -> None:
                    "payload MB": r.get("payload_bytes", 0) / _MB, "framing bytes": r.get("framing_bytes"),
                    "wall s in send": r.get("seconds")}
                   for r in info.get("links", []) if r.get("direction") == "send"],
-                 caption="Measured per link (sender side)", float_fmt="{:,.3f}")
+                 caption="Measured per link (sender side; the wall time in send includes waiting until the receiver takes the message)",
+                 float_fmt="{:,.3f}")
 
 
 def _config_section(report: Report, record: dict) -> None:
