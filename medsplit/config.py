@@ -75,6 +75,13 @@ class SplitConfig:
     protocols average it like the weights; counted as weights bytes) | reset (fresh state on every
     handover) | local (each hospital keeps its own moments, as before 2026-12; they then belong to
     weights it no longer holds)."""
+    transport: str = "inprocess"
+    """inprocess (every party in this process) | gloo (each hospital and the server in its own
+    process, torch.distributed over TCP; sequential and splitfed only). See README "Parties as processes"."""
+    address: str = "127.0.0.1:0"
+    """HOST:PORT of the server's rendezvous for transport=gloo; port 0 picks a free one (local runs)."""
+    timeout_s: float = 120.0
+    """How long a party waits for another before naming it as not answering (transport=gloo)."""
 
 
 @dataclass
@@ -154,6 +161,7 @@ CHOICES = {
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.optimizer_handover": ("carry", "reset", "local"),
+    "split.transport": ("inprocess", "gloo"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
 }
@@ -309,6 +317,9 @@ def validate(cfg: Config) -> None:
         ("data.max_images", d.max_images is None or d.max_images >= 3, "must be >= 3 (one image per split) or null (all images)"),
         ("data.synthetic_size", d.synthetic_size >= 10, "must be >= 10"),
         ("model.base_channels", cfg.model.base_channels >= 1, "must be >= 1"),
+        ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
+        ("split.protocol", cfg.split.transport == "inprocess" or cfg.split.protocol in ("sequential", "splitfed"),
+         "runs in one process only (split.transport=gloo supports sequential and splitfed)"),
     ]
     for key, ok, why in checks:
         if not ok:

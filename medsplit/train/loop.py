@@ -152,6 +152,16 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     t0 = time.time()
     validate(cfg)  # a Config built in code gets the checks a loaded one had
     check_cut(cfg)
+    if cfg.split.transport != "inprocess":  # one process per party: see medsplit.train.parties
+        from medsplit.train.launch import launch_local
+
+        run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
+        if not resume:
+            run_folder.check_fresh(run_dir, overwrite)
+            if overwrite:
+                run_folder.clear(run_dir)
+        launch_local(cfg, run_dir, resume=resume is not None, quiet=quiet)
+        return run_dir
     device = resolve_device(cfg.train.device)
     run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
     ck = None
@@ -179,7 +189,8 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         table = table.to(memory_format=torch.channels_last)
     channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
     protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
-                                                 optimizer_handover=cfg.split.optimizer_handover)
+                                                 optimizer_handover=cfg.split.optimizer_handover,
+                                                 labels_may_cross=task.labels_may_cross)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
