@@ -42,7 +42,8 @@ class PartyChannel(Channel):
     local: frozenset = frozenset()
     site_of: dict = field(default_factory=dict)
     transport: object = None
-    control_bytes: int = 0  # schedule, selection and prediction messages (not split traffic)
+    control_bytes: int = 0  # schedule, selection and prediction messages this site SENT (not split traffic)
+    control_bytes_received: int = 0
 
     def site(self, party: str) -> str:
         return self.site_of.get(party, party)
@@ -139,7 +140,7 @@ class PartyChannel(Channel):
             raise MessageError(f"control message from {sender} is not JSON: {e}") from e
         if not isinstance(obj, dict):
             raise MessageError(f"control message from {sender} is not a JSON object")
-        self.control_bytes += len(payload)
+        self.control_bytes_received += len(payload)
         return obj
 
     def send_tensors(self, receiver: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -155,7 +156,7 @@ class PartyChannel(Channel):
             raise MessageError(f"malformed message from {sender}: {e}") from e
         if sorted(out) != sorted(names):
             raise MessageError(f"message from {sender} carries {sorted(out)}, expected {sorted(names)}")
-        self.control_bytes += len(payload)
+        self.control_bytes_received += len(payload)
         return out
 
 

@@ -216,6 +216,11 @@ def run_site(cfg: Config, local: frozenset[str], site_of: dict[str, str], transp
         "bytes": channel.sent_rows(None), "control_bytes": channel.control_bytes, "wall_time_s": time.time() - t0,
         "config": fingerprint, "schedule": schedule,
     }
+    if task is not None:  # what this hospital trained on, in counts (as the in-process report shows)
+        labels = task.partition_labels()[rows]
+        n_classes = getattr(task.data, "num_classes", 1)
+        result["client_summary"] = {"name": client_party(mine[0]), "site": result["site"], "n": int(len(rows)),
+                                    "class_counts": np.bincount(labels, minlength=n_classes).tolist()}
     if tested is not None:
         test, test_loss = tested
         result.update({"evaluator": True, "val": val_rows, "selected_epoch": best["epoch"], "test_loss": test_loss,
@@ -281,5 +286,7 @@ def assemble(cfg: Config, results: list[dict], wall_time_s: float, transport_nam
         "bytes": [r for r in rows if r["phase"] == "train"], "bytes_eval": [r for r in rows if r["phase"] == "eval"],
         "control_bytes": {r["site"]: r["control_bytes"] for r in results},
         "sites": [{"site": r["site"], "parties": r["parties"], "wall_time_s": r["wall_time_s"]} for r in results],
-        "data": ev.get("data"), "config": cfg.to_dict(),
+        "data": {**(ev.get("data") or {}), "clients": sorted((r["client_summary"] for r in results if "client_summary" in r),
+                                                             key=lambda c: c["name"])},
+        "config": cfg.to_dict(),
     }

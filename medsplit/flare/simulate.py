@@ -1,0 +1,74 @@
+"""Run a medsplit job in FLARE's simulator (every site on this machine, as FLARE runs them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from medsplit.config import Config
+from medsplit.flare import require_nvflare
+from medsplit.flare.job import job_description
+from medsplit.flare.policy import POLICY_FILE
+
+
+def build_recipe(job: dict):
+    """A FLARE Collab recipe for ``job``: the server site and one hospital app per site."""
+    require_nvflare()
+    from nvflare.collab import CollabRecipe
+
+    from medsplit.flare.sites import MedsplitHospital, MedsplitServer
+
+    # sync_task_timeout: how long FLARE waits for a site to start its part; the job itself is
+    # bounded by job_timeout_s (the hospitals' train calls).
+    return CollabRecipe(job_name=job["name"], server=MedsplitServer(job), client=MedsplitHospital(job),
+                        min_clients=len(job["sites"]), sync_task_timeout=int(job.get("timeout_s", 120)))
+
+
+def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace: str | Path,
+                  defences: dict | None = None, policies: dict[str, str | Path] | None = None,
+                  timeout_s: float = 120.0, name: str | None = None) -> dict:
+    """Run ``cfg`` with one FLARE site per hospital plus the server, in the simulator.
+
+    Args:
+        cfg: the job's config (``split.clients`` must equal ``len(sites)``).
+        sites: hospital site names, in client order.
+        out_dir: where the server site writes ``metrics.json``, the HTML report and
+            ``medsplit_result.json`` (``status`` ok/failed with each site's error).
+        workspace: the simulator's workspace root (one folder per site under ``<workspace>/<job>``).
+        defences: the job's defences (:class:`medsplit.flare.policy.JobDefences` fields).
+        policies: site -> a policy file, copied into that site's own ``local/`` before the run
+            (a real hospital keeps it in its start-up kit; the simulator creates its sites afresh).
+        timeout_s: how long a site waits for a message before naming the silent site.
+        name: FLARE job name (default: the run name).
+
+    Returns:
+        ``medsplit_result.json``'s content (``{"status": "ok"|"failed", ...}``).
+    """
+    require_nvflare()
+    from nvflare.recipe import SimEnv
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = job_description(cfg, sites, defences=defences, out_dir=str(out_dir), timeout_s=timeout_s, name=name)
+    workspace = Path(workspace).resolve()
+    job_ws = workspace / job["name"]
+    if job_ws.exists():
+        shutil.rmtree(job_ws)
+    for site, src in (policies or {}).items():
+        dest = job_ws / site / POLICY_FILE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    recipe = build_recipe(job)
+    env = SimEnv(clients=list(sites), workspace_root=str(workspace), num_threads=len(sites))
+    result_file = out_dir / "medsplit_result.json"
+    result_file.unlink(missing_ok=True)
+    try:
+        recipe.run(env)
+    except RuntimeError as e:
+        if not result_file.exists():
+            raise RuntimeError(f"FLARE simulator run of job {job['name']!r} failed before the server site "
+                               f"wrote a result: {e}") from e
+    if not result_file.exists():
+        raise RuntimeError(f"FLARE simulator run of job {job['name']!r} ended without a result; logs: {job_ws}/*/log.txt")
+    return json.loads(result_file.read_text())
