@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
             ``medsplit_result.json`` (``status`` ok/failed with each site's error).
         workspace: the simulator's workspace root (one folder per site under ``<workspace>/<job>``).
         defences: the job's defences (:class:`medsplit.flare.policy.JobDefences` fields).
-        policies: site -> a policy file, copied into that site's own ``local/`` before the run
-            (a real hospital keeps it in its start-up kit; the simulator creates its sites afresh).
+        policies: site -> a policy file, copied to ``out_dir/site-kits/<site>/local/`` (a real
+            hospital keeps it in its start-up kit; the simulator creates its site workspaces afresh).
         timeout_s: how long a site waits for a message before naming the silent site.
         name: FLARE job name (default: the run name).
 
@@ -55,20 +56,32 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     job_ws = workspace / job["name"]
     if job_ws.exists():
         shutil.rmtree(job_ws)
+    # Each site's own policy, in a kit-like folder per site: FLARE's simulator recreates the site
+    # workspaces when it starts, so the sites find these through MEDSPLIT_SITE_KITS instead.
+    kits = out_dir / "site-kits"
+    if kits.exists():
+        shutil.rmtree(kits)
     for site, src in (policies or {}).items():
-        dest = job_ws / site / POLICY_FILE
+        dest = kits / site / POLICY_FILE
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
     recipe = build_recipe(job)
     env = SimEnv(clients=list(sites), workspace_root=str(workspace), num_threads=len(sites))
     result_file = out_dir / "medsplit_result.json"
     result_file.unlink(missing_ok=True)
+    saved = os.environ.get("MEDSPLIT_SITE_KITS")
+    os.environ["MEDSPLIT_SITE_KITS"] = str(kits)
     try:
         recipe.run(env)
     except RuntimeError as e:
         if not result_file.exists():
             raise RuntimeError(f"FLARE simulator run of job {job['name']!r} failed before the server site "
                                f"wrote a result: {e}") from e
+    finally:
+        if saved is None:
+            os.environ.pop("MEDSPLIT_SITE_KITS", None)
+        else:
+            os.environ["MEDSPLIT_SITE_KITS"] = saved
     if not result_file.exists():
         raise RuntimeError(f"FLARE simulator run of job {job['name']!r} ended without a result; logs: {job_ws}/*/log.txt")
     return json.loads(result_file.read_text())

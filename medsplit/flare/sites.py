@@ -16,6 +16,7 @@ own parts on its own data.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import traceback
@@ -24,6 +25,9 @@ from pathlib import Path
 from nvflare.collab import collab
 
 from medsplit.flare.transport import FlareTransport, Inbox
+
+#: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
+POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
 
 
 def _job_parts(job: dict):
@@ -153,6 +157,10 @@ class MedsplitHospital:
         defences = JobDefences.from_dict(job.get("defences"), where=f"job {job['name']!r} defences")
         root = Path(collab.context.workspace.get_root_dir())
         policy = policy_for_site(root, site)
+        if policy is None and os.environ.get(POLICY_ROOT_ENV):
+            # The simulator recreates every site's workspace on start; its sites' own kits live
+            # under this folder instead (<root>/<site>/local/medsplit_policy.yaml).
+            policy = policy_for_site(Path(os.environ[POLICY_ROOT_ENV]) / site, site)
         if policy is not None:
             policy.enforce(defences, job_name=f"job {job['name']!r}")
         if defences.hijack_detector:
