@@ -18,7 +18,8 @@ def add_flare_parser(sub) -> None:
     q.add_argument("--admin", default="admin@medsplit.local", help="admin user who submits jobs")
 
     for name, helptext in (("job", "write the job folder an admin submits"),
-                           ("simulate", "run a job in FLARE's simulator on this machine and write its report")):
+                           ("simulate", "run a job in FLARE's simulator on this machine and write its report"),
+                           ("poc", "run a job in FLARE's POC mode on this machine (processes, gRPC, mutual TLS)")):
         q = fsub.add_parser(name, help=helptext)
         q.add_argument("config", help="YAML config file (configs/...)")
         q.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.clients=3")
@@ -30,7 +31,7 @@ def add_flare_parser(sub) -> None:
             q.add_argument("--shared-data", action="store_true",
                            help="every hospital loads the same dataset and keeps its partition (POC); default: "
                                 "each hospital's MEDSPLIT_DATA holds only its own images")
-        else:
+        elif name == "simulate":
             q.add_argument("--workspace", default="", help="simulator workspace (default OUT/flare-workspace)")
 
 
@@ -66,10 +67,17 @@ def run_flare_command(args) -> int:
                                   own_data=not args.shared_data)
         print(f"job folder: {folder}\nsubmit it from the admin kit: nvflare job submit -j {folder}  (or submit_job in the admin console)")
         return 0
-    from medsplit.flare.simulate import run_simulator
-
     out = Path(args.out)
-    result = run_simulator(cfg, sites, out, args.workspace or out / "flare-workspace", defences=defences, timeout_s=args.timeout)
+    if args.flare_command == "poc":
+        from medsplit.flare.poc import run_poc
+
+        result = run_poc(cfg, sites, out, defences=defences, timeout_s=args.timeout)
+        print(f"POC sites connected with: {result.get('tls')}; start to stop {result['seconds']:.0f} s")
+    else:
+        from medsplit.flare.simulate import run_simulator
+
+        result = run_simulator(cfg, sites, out, args.workspace or out / "flare-workspace", defences=defences,
+                               timeout_s=args.timeout)
     if result["status"] != "ok":
         raise RuntimeError(f"FLARE job failed: {result.get('errors')}")
     print(f"report: {out}\nmetrics: {out / 'metrics.json'}")
