@@ -105,6 +105,8 @@ def run_site(cfg: Config, local: frozenset[str], site_of: dict[str, str], transp
     say = log or (lambda *_: None)
     is_server = "server" in local
     device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     task = None
     if not is_server:
         from medsplit.train.tasks import make_task

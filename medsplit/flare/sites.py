@@ -74,7 +74,9 @@ class MedsplitServer:
         t0 = time.time()
         job = self.job
         cfg, sites, site_of = _job_parts(job)
-        out = Path(job.get("out_dir") or Path(collab.context.workspace.get_root_dir()) / "medsplit")
+        # Default: inside this job's run folder on the server, which FLARE uploads with the job,
+        # so the admin gets the report with `nvflare job download JOB_ID` (under workspace/medsplit).
+        out = Path(job.get("out_dir") or Path(collab.context.workspace.get_run_dir(collab.fl_ctx.get_job_id())) / "medsplit")
         out.mkdir(parents=True, exist_ok=True)
         proxies = {c.name: c for c in collab.clients}
         missing = [s for s in sites if s not in proxies]
