@@ -24,6 +24,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.cut=3 split.clients=2")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
+    p = sub.add_parser("serve", help="run the server of a multi-process run (split.transport=gloo) on this machine")
+    p.add_argument("config", help="YAML config file (every party must use the same settings)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--address", default="127.0.0.1:29500", help="HOST:PORT to bind (only this address; default loopback)")
+    p.add_argument("--clients", type=int, default=None, help="number of hospitals that will join (default split.clients; "
+                   "each join must have the same split.clients)")
+    p.add_argument("--run-dir", default=None, help="where the server keeps its checkpoints (default runs/<run name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (every party must resume)")
+
+    p = sub.add_parser("join", help="run one hospital of a multi-process run, on its own data folder")
+    p.add_argument("config", help="YAML config file (the same settings as the server's; data paths may differ)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--address", required=True, help="HOST:PORT of the server")
+    p.add_argument("--rank", type=int, required=True, help="this hospital's rank, 1..K (hospital client{rank-1})")
+    p.add_argument("--data", required=True, help="this hospital's own data folder (any supported layout); all of its training rows are used")
+    p.add_argument("--run-dir", default=None, help="where this hospital keeps its checkpoints and (if it evaluates) the report")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (every party must resume)")
+
+    # Internal: what `train` with split.transport=gloo starts, one per party.
+    p = sub.add_parser("party", help=argparse.SUPPRESS)
+    p.add_argument("config")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--address", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--resume", action="store_true")
+
     p = sub.add_parser("evaluate", help="score a trained run on a dataset (external validation)")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="dataset folder, .npz, or a source name (eyepacs, retinamnist, ...)")
@@ -55,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "data":
             return _data(args)
+        if args.command in ("serve", "join", "party"):
+            return _party(args)
         if args.command == "sweep":
             from medsplit.sweep import run_sweep_command
 
@@ -86,11 +114,61 @@ def _train(args) -> int:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides")
         cfg = config_from_dict(yaml.safe_load(saved.read_text()))
+        if cfg.split.transport != "inprocess":
+            return _launch(cfg, run_dir, resume=True)
         train(cfg, resume=run_dir)
         return 0
     cfg = load_config(args.config, args.overrides)
+    if cfg.split.transport != "inprocess":
+        return _launch(cfg, Path(cfg.output.runs_dir) / cfg.run_name(), resume=False)
     train(cfg)
     return 0
+
+
+def _launch(cfg, run_dir: Path, resume: bool) -> int:
+    """split.transport=gloo: the server and every hospital as local processes."""
+    from medsplit.train.launch import launch_local
+
+    launch_local(cfg, run_dir, resume=resume)
+    return 0
+
+
+def _party(args) -> int:
+    """One party in this process (``serve``, ``join``, or the launcher's ``party``). Exits the
+    process directly: after a failure torch.distributed's threads must not keep it alive."""
+    import os
+
+    import yaml
+
+    from medsplit.train.parties import run_party
+
+    code = 0
+    try:
+        if args.command == "party":
+            cfg = config_from_dict(yaml.safe_load(Path(args.config).read_text()))
+            run_party(cfg, args.rank, Path(args.run_dir), address=args.address, resume=args.resume, quiet=False)
+        else:
+            overrides = list(args.overrides) + ["split.transport=gloo", f"split.address={args.address}"]
+            if args.command == "serve":
+                if args.clients is not None:
+                    if args.clients < 1:
+                        raise ConfigError(f"--clients {args.clients}: at least one hospital must join")
+                    overrides.append(f"split.clients={args.clients}")
+                rank, own_data = 0, False
+            else:
+                overrides.append(f"data.source={args.data}")
+                rank, own_data = args.rank, True
+                if rank < 1:
+                    raise ConfigError(f"--rank {rank}: hospitals take ranks 1..K (rank 0 is the server)")
+            cfg = load_config(args.config, overrides)
+            run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output.runs_dir) / cfg.run_name()
+            run_party(cfg, rank, run_dir, own_data=own_data, resume=args.resume, quiet=False)
+    except Exception as e:  # noqa: BLE001 - every failure is reported, then the process exits
+        print(f"medsplit {args.command}: error: {e}", file=sys.stderr, flush=True)
+        code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _data(args) -> int:

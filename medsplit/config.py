@@ -71,6 +71,13 @@ class SplitConfig:
     protocols average it like the weights; counted as weights bytes) | reset (fresh state on every
     handover) | local (each hospital keeps its own moments, as before 2026-12; they then belong to
     weights it no longer holds)."""
+    transport: str = "inprocess"
+    """inprocess (every party in this process) | gloo (each hospital and the server in its own
+    process, torch.distributed over TCP; sequential and splitfed only). See README "Parties as processes"."""
+    address: str = "127.0.0.1:0"
+    """HOST:PORT of the server's rendezvous for transport=gloo; port 0 picks a free one (local runs)."""
+    timeout_s: float = 120.0
+    """How long a party waits for another before naming it as not answering (transport=gloo)."""
 
 
 @dataclass
@@ -143,6 +150,7 @@ CHOICES = {
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.optimizer_handover": ("carry", "reset", "local"),
+    "split.transport": ("inprocess", "gloo"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
 }
@@ -273,6 +281,9 @@ def validate(cfg: Config) -> None:
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("data.img_size", cfg.data.img_size >= 16, "must be >= 16"),
         ("data.alpha", cfg.data.alpha > 0, "must be > 0"),
+        ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
+        ("split.protocol", cfg.split.transport == "inprocess" or cfg.split.protocol in ("sequential", "splitfed"),
+         "runs in one process only (split.transport=gloo supports sequential and splitfed)"),
         ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "must be in (0, 1)"),
         ("data.test_fraction", 0 < cfg.data.test_fraction < 1, "must be in (0, 1)"),
     ]

@@ -8,13 +8,21 @@ too. That gives three guarantees the benchmark relies on:
 * every byte is counted, per epoch, per link and per kind, as the exact size of the
   wire-format message (:mod:`medsplit.split.wire`);
 * observers (attacks, detectors, tests) see exactly what the receiving party sees.
+
+With a :class:`~medsplit.transport.Transport` and the set of parties this process hosts
+(``local``), the same ``send`` call is made by every process of a multi-process run (they all
+walk the same schedule): where the sender is local and the receiver remote it encodes and ships
+the message; where the receiver is local and the sender remote it receives, validates (names,
+shapes, dtypes and size against what the receiver expects, finite values) and decodes; where
+both are local it behaves as in one process; elsewhere it only returns placeholders of the right
+shapes. Every process counts the messages it sends or receives.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -22,12 +30,29 @@ from medsplit.split import wire
 
 if TYPE_CHECKING:  # only for the annotation: any object with encode/decode will do
     from medsplit.split.codecs import Codec
+    from medsplit.transport.base import Transport
 
 KINDS = ("activation", "gradient", "label", "weights")
+# What a receiver accepts on top of the uncompressed size of what it expects: codecs add small
+# side tensors (scales, indices), and the JSON header grows with names.
+_SLACK_BYTES = 1 << 20
+# Where a receiver cannot know the size ahead (weights it does not hold): the hard upper bound.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+
+# An ``expect`` callable: checks received tensors, returns an error message or None.
+Expectation = Callable[[dict[str, torch.Tensor]], "str | None"]
 
 
 class NonFiniteError(FloatingPointError):
     """A party sent NaN or Inf; raised with the sender, tensor, epoch and step named."""
+
+
+class MessageError(ValueError):
+    """A received message is not what the receiver expects (names, shapes, dtypes, size)."""
+
+
+class CrossingError(ValueError):
+    """A tensor was about to cross a link its plan does not declare for it (never sent)."""
 
 
 @dataclass
@@ -54,10 +79,17 @@ class Channel:
             transport does). Off by default: the in-process channel detaches instead
             and counts ``wire.encoded_size`` bytes, which is provably the same number.
         check_finite: stop the run with a :class:`NonFiniteError` naming the sender
-            when a message carries NaN or Inf.
+            when a message carries NaN or Inf. Checked on what the receiver gets (after the
+            codec: fp16 turns a finite 1e6 into inf).
         codecs: optional lossy codec per transfer kind (``{"activation": Int8Codec()}``,
             see :mod:`medsplit.split.codecs`); the compressed payload is what is counted
             (and serialised), the receiver and observers get the decoded tensors.
+        transport: moves encoded messages to parties in other processes (``None``: every
+            party is in this process).
+        local: names of the parties this process hosts (``None``: all of them).
+        device: where received tensors are placed in a multi-process run.
+        max_message_bytes: the largest message a receiver accepts when it cannot compute
+            the size of what it expects.
     """
 
     serialise: bool = False
@@ -67,31 +99,128 @@ class Channel:
     phase: str = "train"
     observers: list[Callable[[Transfer], None]] = field(default_factory=list)
     codecs: dict[str, "Codec"] = field(default_factory=dict)
+    transport: "Transport | None" = None
+    local: frozenset[str] | None = None
+    device: str = "cpu"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     _bytes: dict = field(default_factory=lambda: defaultdict(int))
+    # Declared crossings: link -> (kind, tensor names or None for any); None: nothing declared.
+    _plan: dict | None = None
+    _forbidden: dict = field(default_factory=dict)  # link -> why nothing may cross it
 
     def __post_init__(self) -> None:
         # A misspelt kind ("activations") would otherwise compress nothing, silently.
         unknown = sorted(set(self.codecs) - set(KINDS))
         if unknown:
             raise ValueError(f"codecs given for unknown transfer kind(s) {unknown}; valid kinds are {KINDS}")
+        if self.local is not None:
+            self.local = frozenset(self.local)
+            if self.transport is None:
+                raise ValueError("a Channel that hosts only some parties (local=...) needs a transport to reach the others")
 
+    # ---- who is where ----------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        """True when some parties live in other processes."""
+        return self.local is not None
+
+    def hosts(self, party: str) -> bool:
+        """Whether ``party`` runs in this process."""
+        return self.local is None or party in self.local
+
+    # ---- what may cross --------------------------------------------------------------
+    def declare(self, link: str, kind: str, names: Iterable[str] | None) -> None:
+        """Declare that tensors ``names`` (``None``: any) may cross ``link`` as ``kind``. Once
+        anything is declared, a send on an undeclared link, or of an undeclared tensor, stops
+        with a :class:`CrossingError` before anything is sent."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown transfer kind {kind!r}; valid kinds are {KINDS}")
+        if self._plan is None:
+            self._plan = {}
+        old = self._plan.get(link)
+        if old is not None and old[0] != kind:
+            raise CrossingError(f"link {link!r} declared for both {old[0]} and {kind} transfers")
+        if names is None or (old is not None and old[1] is None):
+            self._plan[link] = (kind, None)
+        else:
+            self._plan[link] = (kind, frozenset(names) | (old[1] if old else frozenset()))
+
+    def forbid(self, link: str, why: str) -> None:
+        """Nothing may cross ``link`` (e.g. labels for a task whose targets stay at the hospital)."""
+        self._forbidden[link] = why
+
+    def _check_crossing(self, sender: str, receiver: str, kind: str, names: Iterable[str], link: str) -> None:
+        if link in self._forbidden:
+            raise CrossingError(f"{sender} -> {receiver}: nothing may cross link {link!r} ({self._forbidden[link]}); "
+                                f"tried to send {kind} {sorted(names)}")
+        if self._plan is None:
+            return
+        declared = self._plan.get(link)
+        if declared is None:
+            raise CrossingError(f"{sender} -> {receiver}: link {link!r} is not in the plan of what may cross "
+                                f"(declared links: {sorted(self._plan)}); tried to send {kind} {sorted(names)}")
+        if declared[0] != kind:
+            raise CrossingError(f"{sender} -> {receiver}: link {link!r} carries {declared[0]} transfers, not {kind}")
+        if declared[1] is not None:
+            extra = sorted(set(names) - declared[1])
+            if extra:
+                raise CrossingError(f"{sender} -> {receiver}: tensor(s) {extra} may not cross link {link!r} as {kind}; "
+                                    f"the plan allows {sorted(declared[1])}")
+
+    # ---- moving tensors ----------------------------------------------------------------
     def tap(self, observer: Callable[[Transfer], None]) -> Callable[[], None]:
         """Register ``observer``; returns a function that removes it."""
         self.observers.append(observer)
         return lambda: self.observers.remove(observer)
 
-    def send(self, sender: str, receiver: str, kind: str, tensors: dict[str, torch.Tensor], link: str = "") -> dict[str, torch.Tensor]:
+    def send(self, sender: str, receiver: str, kind: str, tensors: dict[str, torch.Tensor], link: str = "",
+             expect: Expectation | None = None, use_codec: bool = True) -> dict[str, torch.Tensor]:
+        """Move ``tensors`` from ``sender`` to ``receiver``; returns what the receiver gets.
+
+        Args:
+            sender, receiver: party names.
+            kind: one of :data:`KINDS` (what the bytes are counted as).
+            tensors: what is sent. Where the sender is in another process, the receiver's
+                expectation instead: tensors (meta ones will do) with the names, shapes and
+                dtypes it must receive.
+            link: which cut (or "weights", "labels") the message crosses.
+            expect: where the receiver cannot state shapes in advance (optimiser state), a
+                check of the received tensors that returns an error message or ``None``.
+            use_codec: apply the kind's codec (off for the evaluation output, which is the
+                result, not a cut activation).
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown transfer kind {kind!r}; valid kinds are {KINDS}")
-        if self.check_finite:
-            for name, t in tensors.items():
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise NonFiniteError(
-                        f"{sender} sent a non-finite {kind} {name!r} to {receiver} "
-                        f"(epoch {self.epoch}, step {self.step}, phase {self.phase})"
-                    )
-        # An optional lossy codec per kind: the compressed payload is what is counted and shipped.
-        codec = self.codecs.get(kind)
+        link = link or f"{sender}->{receiver}"
+        self._check_crossing(sender, receiver, kind, tensors.keys(), link)
+        here_sender, here_receiver = self.hosts(sender), self.hosts(receiver)
+        codec = self.codecs.get(kind) if use_codec else None
+        if here_sender and not here_receiver:
+            self._ship(sender, receiver, kind, tensors, link, codec)
+            return _placeholders(tensors)
+        if here_receiver and not here_sender:
+            received, nbytes = self._take(sender, receiver, kind, tensors, link, codec, expect)
+        elif here_receiver:
+            received, nbytes = self._pass(tensors, codec)
+        else:  # neither end is here: another process pair moves it
+            return _placeholders(tensors)
+        self._check_finite(sender, receiver, kind, received, link)
+        if kind == "activation":
+            # The receiver differentiates with respect to what it received.
+            received = {n: (t.requires_grad_(True) if t.is_floating_point() else t) for n, t in received.items()}
+        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += nbytes
+        if self.observers:
+            event = Transfer(sender, receiver, kind, link, received, nbytes, self.epoch, self.step, self.phase)
+            for observer in list(self.observers):
+                observer(event)
+        return received
+
+    def _where(self, sender: str, receiver: str, link: str) -> str:
+        return (f"from {sender} to {receiver} on link {link!r} (epoch {self.epoch}, step {self.step}, "
+                f"phase {self.phase})")
+
+    def _pass(self, tensors: dict[str, torch.Tensor], codec) -> tuple[dict[str, torch.Tensor], int]:
+        """Both parties in this process: what they would exchange, without a transport."""
         if codec is not None:
             with torch.no_grad():  # the sender keeps its graph on the original tensors
                 outgoing = codec.encode(tensors)
@@ -107,17 +236,52 @@ class Channel:
             received = {name: t.detach() for name, t in outgoing.items()}
         if codec is not None:  # the receiver sees the lossy reconstruction, never the original
             received = codec.decode(received)
-        if kind == "activation":
-            # The receiver differentiates with respect to what it received.
-            received = {n: (t.requires_grad_(True) if t.is_floating_point() else t) for n, t in received.items()}
-        link = link or f"{sender}->{receiver}"
-        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += nbytes
-        if self.observers:
-            event = Transfer(sender, receiver, kind, link, received, nbytes, self.epoch, self.step, self.phase)
-            for observer in list(self.observers):
-                observer(event)
-        return received
+        return received, nbytes
 
+    def _ship(self, sender: str, receiver: str, kind: str, tensors: dict[str, torch.Tensor], link: str, codec) -> None:
+        if codec is not None:
+            with torch.no_grad():
+                tensors = codec.encode(tensors)
+        payload = wire.encode(tensors)
+        self.transport.send(receiver, payload)
+        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += len(payload)
+
+    def _take(self, sender: str, receiver: str, kind: str, expected: dict[str, torch.Tensor], link: str, codec,
+              expect: Expectation | None) -> tuple[dict[str, torch.Tensor], int]:
+        """Receive from another process and check the message against what is expected."""
+        where = self._where(sender, receiver, link)
+        limit = self.max_message_bytes if expect is not None else wire.encoded_size(expected) + _SLACK_BYTES
+        try:
+            payload = self.transport.recv(sender, limit)
+        except Exception as e:
+            raise type(e)(f"{receiver}: receiving {kind} {where}: {e}") from e
+        try:
+            received, _ = wire.decode(payload, device=self.device)
+        except ValueError as e:  # WireFormatError and the decoder's other value errors
+            raise MessageError(f"malformed {kind} message {where}: {e}") from e
+        except Exception as e:  # a hostile header may raise anything; it is still the sender's fault
+            raise MessageError(f"malformed {kind} message {where}: {type(e).__name__}: {e}") from e
+        if codec is not None:
+            try:
+                received = codec.decode(received)
+            except Exception as e:  # noqa: BLE001
+                raise MessageError(f"{kind} message {where} does not decode with the {type(codec).__name__}: {e}") from e
+        problem = expect(received) if expect is not None else _mismatch(received, expected)
+        if problem:
+            raise MessageError(f"unexpected {kind} message {where}: {problem}")
+        return received, len(payload)
+
+    def _check_finite(self, sender: str, receiver: str, kind: str, received: dict[str, torch.Tensor], link: str) -> None:
+        if not self.check_finite:
+            return
+        for name, t in received.items():
+            if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(
+                    f"{sender} sent a non-finite {kind} {name!r} to {receiver} "
+                    f"(epoch {self.epoch}, step {self.step}, phase {self.phase}, link {link!r})"
+                )
+
+    # ---- counts --------------------------------------------------------------------
     def byte_rows(self, phase: str | None = "train") -> list[dict]:
         """Counted bytes as JSON-able rows, one per (epoch, sender, receiver, kind, link)."""
         return [
@@ -133,3 +297,21 @@ class Channel:
         """Restore counters saved in a checkpoint (resume keeps the totals honest)."""
         for row in rows:
             self._bytes[(row["phase"], row["epoch"], row["sender"], row["receiver"], row["kind"], row["link"])] = row["bytes"]
+
+
+def _placeholders(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a process that is not the receiver carries on with: shapes and dtypes, no data."""
+    return {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in tensors.items()}
+
+
+def _mismatch(received: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """Why ``received`` is not what ``expected`` describes (names, shapes, dtypes), or None."""
+    if sorted(received) != sorted(expected):
+        return f"tensor names {sorted(received)} (expected {sorted(expected)})"
+    for name, want in expected.items():
+        got = received[name]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"tensor {name!r} has shape {tuple(got.shape)} (expected {tuple(want.shape)})"
+        if got.dtype != want.dtype:
+            return f"tensor {name!r} has dtype {got.dtype} (expected {want.dtype})"
+    return None

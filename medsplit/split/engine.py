@@ -6,6 +6,11 @@ part by part in reverse; a part calls ``torch.autograd.backward(sent, grads)`` o
 with the gradients of *every* consumer of what it produced. So a U-Net client encoder
 gets gradients through the server path and through its own skip connections (the
 original code dropped the latter), and no graph is traversed twice.
+
+In a multi-process run every process runs the same schedule (SPMD): a part whose owner lives in
+another process runs on the ``meta`` device (shapes only, no data, no weights), so each process
+knows what it must receive; crossings become real sends and receives in the Channel, and only
+the owner of a part computes, differentiates and steps it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from medsplit.split.channel import Channel
+from medsplit.split.channel import Channel, CrossingError
 from medsplit.split.cut import Part
 from medsplit.split.party import Party
 
@@ -60,6 +65,38 @@ class SplitModel:
         self.send_transforms: dict[str, SendTransform] = {}
         self.regularizers: dict[str, Regularizer] = {}
 
+    def declare_crossings(self, inputs: tuple[str, ...] = ("x",), labels_may_cross: bool = True) -> None:
+        """Tell the channel what may cross between this model's parties, from the chain itself:
+        activations forward and gradients back on every cut, targets only to a loss owner that
+        is not the data owner and only when ``labels_may_cross`` (the plan gives the server the
+        labels); model inputs never. A chain that would need more fails here, before any send."""
+        producer_of = {name: -1 for name in inputs}
+        producer_of[self.target_key] = -1
+        for k, (part, owner) in enumerate(self.chain):
+            by_producer: dict[int, list[str]] = {}
+            for name in part.reads:
+                by_producer.setdefault(producer_of[name], []).append(name)
+            for j, names in by_producer.items():
+                if self._owner(j) is owner:
+                    continue
+                bad = [n for n in names if n in inputs]
+                if bad:
+                    raise CrossingError(f"part {part.name!r} ({owner.name}) reads the model input(s) {bad} held by "
+                                        f"{self._owner(j).name}: inputs never cross; choose another cut or model")
+                self.channel.declare(f"{self._part_name(j)}->{part.name}", "activation", names)
+                self.channel.declare(f"{part.name}->{self._part_name(j)}", "gradient", names)
+            for name in part.sends:
+                producer_of[name] = k
+        last_owner = self.chain[-1][1]
+        if last_owner is not self.data_owner:
+            if not labels_may_cross:
+                raise CrossingError(f"the loss is computed by {last_owner.name} (part {self.chain[-1][0].name!r}), which "
+                                    f"would need the targets from {self.data_owner.name}; this task's targets never leave "
+                                    "the hospital: choose a cut whose last part is the hospital's")
+            self.channel.declare("labels", "label", [self.target_key])
+            # Multi-process evaluation returns the output to the data owner (metrics live there).
+            self.channel.declare("output", "activation", [self.output_key])
+
     @classmethod
     def from_roles(cls, parts: list[Part], parties: dict[str, Party], channel: Channel,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> "SplitModel":
@@ -91,7 +128,11 @@ class SplitModel:
         inputs_of, outputs_of = [], []
         for k, (part, owner) in enumerate(self.chain):
             inputs = self._deliver(part.reads, k, owner, holders, edges)
-            outputs = part(inputs)
+            if self.channel.hosts(owner.name):
+                outputs = part(inputs)
+            else:  # another process computes it; here only its shapes (meta device) are needed
+                with torch.no_grad():
+                    outputs = part({n: t.to("meta") for n, t in inputs.items()})
             inputs_of.append(inputs)
             outputs_of.append(outputs)
             for name, t in outputs.items():
@@ -99,11 +140,14 @@ class SplitModel:
         loss = None
         if y is not None:
             loss_inputs = self._deliver((self.output_key, self.target_key), len(self.chain), self.chain[-1][1], holders, edges)
-            loss = self.loss_fn(loss_inputs[self.output_key], loss_inputs[self.target_key])
+            if self.channel.hosts(self.chain[-1][1].name):
+                loss = self.loss_fn(loss_inputs[self.output_key], loss_inputs[self.target_key])
         return holders[self.output_key][1], loss, edges, inputs_of, outputs_of
 
     def _owner(self, index: int) -> Party:
-        return self.data_owner if index == -1 else self.chain[index][1]
+        if index == -1:
+            return self.data_owner
+        return self.chain[min(index, len(self.chain) - 1)][1]  # the loss belongs to the last part's owner
 
     def _part_name(self, index: int) -> str:
         if index == -1:
@@ -122,7 +166,7 @@ class SplitModel:
             crossed = sender is not receiver
             if crossed:
                 transform = self.send_transforms.get(self._part_name(producer))
-                if transform is not None:
+                if transform is not None and self.channel.hosts(sender.name):
                     sent = transform(sent)
                 kind = "label" if group == [self.target_key] else "activation"
                 link = "labels" if kind == "label" else f"{self._part_name(producer)}->{self._part_name(consumer)}"
@@ -139,7 +183,14 @@ class SplitModel:
         """Inference: the output as its owner sees it (activations still cross the channel)."""
         phase, self.channel.phase = self.channel.phase, "eval"
         try:
-            return self._run(x, None)[0]
+            output = self._run(x, None)[0]
+            owner = self.chain[-1][1]
+            if self.channel.distributed and owner is not self.data_owner:
+                # Across processes the output goes back to the hospital, which holds the labels and
+                # computes the metrics (uncompressed: it is the result, not a cut activation).
+                output = self.channel.send(owner.name, self.data_owner.name, "activation", {self.output_key: output},
+                                           link="output", use_codec=False)[self.output_key].detach()
+            return output
         finally:
             self.channel.phase = phase
 
@@ -150,23 +201,30 @@ class SplitModel:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: bool = True) -> tuple[float, torch.Tensor]:
         """One forward/backward (and, with ``step``, optimiser step) of every party.
 
-        Returns the loss value and the detached output (for running metrics).
+        Returns the loss value and the detached output (for running metrics); in a process that
+        does not compute the loss, the loss is NaN (its owner reports it).
         """
-        for party in self.parties:
+        local = [p for p in self.parties if self.channel.hosts(p.name)]
+        for party in local:
             party.zero_grad()
         output, loss = self.forward_backward(x, y)
         if step:
-            for party in self.parties:
+            for party in local:
                 party.step()
         self.channel.step += 1
-        return float(loss), output
+        return (float(loss) if loss is not None else float("nan")), output
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output, loss, edges, inputs_of, outputs_of = self._run(x, y)
         # pending[k]: tensors of part k's graph and the gradient summed over their consumers.
         pending: list[dict[int, list]] = [dict() for _ in range(len(self.chain) + 1)]
-        pending[len(self.chain)][id(loss)] = [loss, None]
+        if loss is not None:
+            pending[len(self.chain)][id(loss)] = [loss, None]
         for k in range(len(self.chain), -1, -1):
+            owner = self.chain[min(k, len(self.chain) - 1)][1]
+            if not self.channel.hosts(owner.name):  # another process differentiates that part
+                self._return_gradients(k, edges, pending)
+                continue
             tensors = [t for t, _ in pending[k].values()]
             grads = [g for _, g in pending[k].values()]
             if k < len(self.chain):
@@ -177,19 +235,29 @@ class SplitModel:
             if tensors:
                 torch.autograd.backward(tensors, grads)
             self._return_gradients(k, edges, pending)
-        return output.detach(), loss.detach()
+        return output.detach(), (loss.detach() if loss is not None else None)
 
     def _return_gradients(self, consumer: int, edges: list[_Edge], pending) -> None:
         """Send the gradients of part ``consumer``'s inputs back to the parts that produced them."""
         by_producer: dict[int, list[_Edge]] = {}
         for e in edges:
-            if e.consumer == consumer and e.producer >= 0 and e.received.grad is not None:
+            if e.consumer != consumer or e.producer < 0:
+                continue
+            # A crossed floating-point activation always gets a gradient message back: in another
+            # process the producer cannot see whether the consumer's graph reached it.
+            if e.received.grad is not None or (e.crossed and e.received.is_floating_point()):
                 by_producer.setdefault(e.producer, []).append(e)
+        consumer_here = self.channel.hosts(self._owner(consumer).name)
         for producer, group in by_producer.items():
-            grads = {e.name: e.received.grad for e in group}
+            if consumer_here:
+                grads = {e.name: (e.received.grad if e.received.grad is not None else torch.zeros_like(e.received)) for e in group}
+            else:  # the producer's expectation: gradients shaped like what it sent
+                grads = {e.name: e.sent.detach() for e in group}
             if group[0].crossed:
                 link = f"{self._part_name(consumer)}->{self._part_name(producer)}"
                 grads = self.channel.send(self._owner(consumer).name, self._owner(producer).name, "gradient", grads, link=link)
+            if not self.channel.hosts(self._owner(producer).name):
+                continue
             for e in group:
                 slot = pending[producer].setdefault(id(e.sent), [e.sent, None])
                 slot[1] = grads[e.name] if slot[1] is None else slot[1] + grads[e.name]

@@ -128,7 +128,8 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         table = table.to(memory_format=torch.channels_last)
     channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
     protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
-                                                 optimizer_handover=cfg.split.optimizer_handover)
+                                                 optimizer_handover=cfg.split.optimizer_handover,
+                                                 labels_may_cross=task.labels_may_cross)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 

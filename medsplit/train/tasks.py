@@ -31,6 +31,8 @@ class Task:
     name = "task"
     select_metric = "loss"
     headline = ("loss",)
+    labels_may_cross = False
+    """Whether the plan lets targets cross to the server when the server computes the loss."""
 
     def __init__(self, cfg: Config, data: Any, device: torch.device):
         self.cfg = cfg
@@ -81,6 +83,7 @@ class RetinopathyTask(Task):
     """Diabetic-retinopathy grading from colour fundus photographs (split ResNet)."""
 
     name = "retinopathy"
+    labels_may_cross = True  # the two-part classification split: the server holds the labels
     headline = ("auc", "accuracy", "kappa", "sensitivity", "specificity")
 
     def __init__(self, cfg: Config, data, device: torch.device):

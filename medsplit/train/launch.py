@@ -1,0 +1,110 @@
+"""Start the server and every hospital as local processes (``split.transport=gloo`` on one machine).
+
+What ``make retinopathy TRANSPORT=gloo`` runs: one ``python -m medsplit party`` process per
+party on loopback, each logging to ``RUN_DIR/parties/<name>.log``. The server process gets no
+data root at all (``MEDSPLIT_DATA`` points to a folder that does not exist). If any party fails,
+the others stop on their own (their next receive from it fails, or times out after
+``split.timeout_s``); whatever is still running after that grace period is killed, so no
+process outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from medsplit.config import Config
+from medsplit.train.parties import party_names
+
+
+def local_address(cfg: Config) -> str:
+    """``split.address`` with port 0 replaced by a free loopback port."""
+    from medsplit.transport.gloo import free_port, parse_address
+
+    host, port = parse_address(cfg.split.address)
+    return f"{host}:{port or free_port(host)}"
+
+
+def party_command(config_path: Path, rank: int, address: str, run_dir: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "medsplit", "party", str(config_path), "--rank", str(rank),
+           "--address", address, "--run-dir", str(run_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | None = None,
+                 party_env: dict[str, dict] | None = None, quiet: bool = False, grace_s: float | None = None) -> list[int]:
+    """Run every party of ``cfg`` as a child process; returns their exit codes (server first).
+
+    Args:
+        cfg: the run's config (``split.transport=gloo``).
+        run_dir: the run folder (its ``config.yaml`` is what every party loads).
+        resume: every party continues from its last checkpoint.
+        env: extra environment for every party (tests: fault injection).
+        party_env: extra environment per party name.
+        quiet: do not echo the evaluating hospital's log.
+        grace_s: how long the others may take to stop after one failed (default
+            ``split.timeout_s`` + 30 s); then they are killed.
+
+    Raises:
+        RuntimeError: a party failed; the message names it with its exit code and log tail.
+    """
+    run_dir = Path(run_dir)
+    (run_dir / "parties").mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    address = local_address(cfg)
+    names = party_names(cfg.split.clients)
+    grace = cfg.split.timeout_s + 30 if grace_s is None else grace_s
+    procs, logs = [], []
+    try:
+        for rank, name in enumerate(names):
+            child_env = dict(os.environ, **(env or {}), **((party_env or {}).get(name, {})))
+            child_env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or 1))
+            if rank == 0:  # the server never needs images: give it none to find
+                child_env["MEDSPLIT_DATA"] = str(run_dir / "parties" / "server" / "no-data-here")
+            log = open(run_dir / "parties" / f"{name}.log", "a")
+            logs.append(log)
+            procs.append(subprocess.Popen(party_command(config_path, rank, address, run_dir, resume),
+                                          stdout=log, stderr=subprocess.STDOUT, env=child_env))
+        codes = _wait_all(procs, grace)
+    finally:
+        for p in procs:  # never leave a child behind, even on KeyboardInterrupt
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    failed = [(n, c) for n, c in zip(names, codes) if c != 0]
+    if failed:
+        tails = []
+        for n, c in failed:
+            text = (run_dir / "parties" / f"{n}.log").read_text(errors="replace").strip().splitlines()
+            tails.append(f"--- {n} (exit {c}) ---\n" + "\n".join(text[-8:]))
+        raise RuntimeError("party process(es) failed: " + ", ".join(f"{n} (exit {c})" for n, c in failed)
+                           + "\n" + "\n".join(tails))
+    if not quiet:
+        for n in names[1:]:
+            text = (run_dir / "parties" / f"{n}.log").read_text(errors="replace")
+            if "transport:" in text:  # the evaluating hospital wrote the report
+                print(text.strip())
+    return codes
+
+
+def _wait_all(procs: list[subprocess.Popen], grace: float) -> list[int]:
+    """Wait for every process; once one fails, give the rest ``grace`` seconds, then kill them."""
+    deadline = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return codes
+        if deadline is None and any(c not in (None, 0) for c in codes):
+            deadline = time.time() + grace
+        if deadline is not None and time.time() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            return [p.wait() for p in procs]
+        time.sleep(0.1)
