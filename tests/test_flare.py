@@ -1,33 +1,25 @@
-"""FLARE deployment: every site runs only its own parts (same results as one process, bit for bit),
-bytes counted equal bytes handed to the transport, provisioning writes mutual-TLS kits, the job
-folder is FLARE's, a hospital's policy refuses a job, and a missing nvflare says how to install it.
-
-The thread-transport tests need no FLARE; the others skip without the optional extra."""
+"""FLARE deployment: through FLARE's simulator every site runs only its own parts and the run equals
+the in-process run bit for bit; the bytes handed to FLARE are the Channel's plus the control
+messages; provisioning writes mutual-TLS kits; the job folder is FLARE's; a hospital's own policy
+refuses a job; a missing nvflare says how to install it. Tests that need nvflare skip without it."""
 
 import builtins
 import json
-import threading
-from pathlib import Path
 
 import pytest
 import torch
 
 from medsplit.config import load_config
-from medsplit.flare.seam import QueueHub, QueueTransport
-from medsplit.flare.site_run import SERVER_PARTIES, assemble, run_site
 from medsplit.train.loop import train
 
 torch.set_num_threads(1)
 
 SITES = ["hospital-a", "hospital-b"]
-SITE_OF = {"server": "server", "aggregator": "server", "client0": "hospital-a", "client1": "hospital-b"}
 RETINO = ["task=retinopathy", "data.synthetic_size=96", "model.name=resnet18", "split.cut=2"]
 LUNGS = ["task=lungs", "data.synthetic_size=40", "model.name=unet-classic", "model.base_channels=4", "split.cut=1"]
 
 
 def _cfg(tmp_path, task_overrides, protocol):
-    # augmentation off: in one process all hospitals draw from one generator in schedule order,
-    # which separate sites cannot reproduce without each other's images (see site_run's docstring)
     return load_config(None, task_overrides + [
         "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=2", "train.batch_size=16",
         "train.eval_batch_size=64", "output.tensorboard=false", f"split.protocol={protocol}", "split.clients=2",
@@ -38,52 +30,13 @@ def _in_process(cfg) -> dict:
     return json.loads((train(cfg, quiet=True) / "metrics.json").read_text())
 
 
-def _run_sites_in_threads(cfg) -> tuple[list[dict], dict]:
-    hub = QueueHub()
-    transports = {s: QueueTransport(hub, s, timeout=60) for s in ("server", *SITES)}
-    results, errors = {}, {}
-
-    def go(site, local):
-        try:
-            results[site] = run_site(cfg, local, SITE_OF, transports[site])
-        except Exception as e:  # reported below; the other threads time out on their own
-            errors[site] = e
-
-    threads = [threading.Thread(target=go, args=("server", SERVER_PARTIES), daemon=True)]
-    threads += [threading.Thread(target=go, args=(s, frozenset({f"client{k}"})), daemon=True) for k, s in enumerate(SITES)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
-    return [results[s] for s in ("server", *SITES)], transports
-
-
 def _same_run(ref: dict, got: dict) -> None:
     assert got["test"] == {k: v for k, v in ref["test"].items() if k != "per_image"}
     assert got["test_loss"] == ref["test_loss"]
     assert got["selected_epoch"] == ref["selected_epoch"]
     pick = lambda m: [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss")) for r in m["history"]]  # noqa: E731
     assert pick(got) == pick(ref)
-    assert got["bytes"] == ref["bytes"] and got["bytes_eval"] == ref["bytes_eval"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("task,protocol", [("retinopathy", "sequential"), ("retinopathy", "splitfed"),
-                                           ("lungs", "sequential"), ("lungs", "splitfed")])
-def test_sites_in_separate_threads_equal_the_in_process_run_exactly(tmp_path, task, protocol):
-    cfg = _cfg(tmp_path, RETINO if task == "retinopathy" else LUNGS, protocol)
-    ref = _in_process(cfg)
-    results, transports = _run_sites_in_threads(cfg)
-    got = assemble(cfg, results, 0.0)
-    _same_run(ref, got)
-    # every payload handed to a transport is a counted split message or a counted control message
-    for r in results:
-        counted = sum(row["bytes"] for row in r["bytes"]) + r["control_bytes"]
-        assert transports[r["site"]].sent_bytes == counted
-    # the server never loaded a dataset: its result has no data summary and it computed no metric
-    assert "data" not in results[0] and "client_summary" not in results[0]
+    assert got["bytes"] == ref["bytes"]
 
 
 def test_job_refuses_whole_model_baselines_and_mismatched_sites(tmp_path):
@@ -119,6 +72,7 @@ def nvflare():
     return pytest.importorskip("nvflare")
 
 
+@pytest.mark.flare
 def test_provision_writes_mutual_tls_kits_for_every_site(tmp_path, nvflare):
     from medsplit.flare.provision import SAMPLE_POLICY, kit_files, provision
 
@@ -136,6 +90,7 @@ def test_provision_writes_mutual_tls_kits_for_every_site(tmp_path, nvflare):
     assert (admin / "startup" / "client.key").exists()
 
 
+@pytest.mark.flare
 def test_job_folder_is_a_flare_collab_job(tmp_path, nvflare):
     from medsplit.flare.job import write_job_folder
 
@@ -151,23 +106,32 @@ def test_job_folder_is_a_flare_collab_job(tmp_path, nvflare):
 
 
 @pytest.mark.slow
-def test_flare_simulator_equals_in_process_and_counts_what_it_hands_flare(tmp_path, nvflare):
+@pytest.mark.flare
+@pytest.mark.parametrize("task,protocol", [("retinopathy", "sequential"), ("lungs", "splitfed")])
+def test_flare_simulator_equals_in_process_and_counts_what_it_hands_flare(tmp_path, nvflare, task, protocol):
     from medsplit.flare.simulate import run_simulator
 
-    cfg = _cfg(tmp_path, RETINO, "sequential")
+    cfg = _cfg(tmp_path, RETINO if task == "retinopathy" else LUNGS, protocol)
     ref = _in_process(cfg)
     status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=60)
     assert status["status"] == "ok", status
     got = json.loads((tmp_path / "out" / "metrics.json").read_text())
     _same_run(ref, got)
     assert (tmp_path / "out" / f"{cfg.run_name()}.html").exists()
-    # what FLARE was handed = the split bytes the channel counted + the control messages
-    handed = sum(t["handed_bytes"] for t in got["transport_bytes"].values())
-    counted = sum(r["bytes"] for r in got["bytes"] + got["bytes_eval"]) + sum(got["control_bytes"].values())
-    assert handed == counted
+    info = got["transport"]
+    assert info["name"] == "flare" and info["nvflare"] == nvflare.__version__
+    # what the parties handed FLARE = the split bytes the Channel counted + the control messages
+    counted = sum(r["bytes"] for r in got["bytes"] + got["bytes_eval"])
+    assert info["payload_bytes_sent"] == counted + info["control_bytes_sent"]
+    # the server never opened an image folder; each hospital did (its own partition)
+    loaded = {p["name"]: p["data_loaded"] for p in info["parties"]}
+    assert loaded == {"server": False, "client0": True, "client1": True}
+    # image-level rows stay at the evaluating hospital: the server's report has none
+    assert "per_image" not in got["test"]
 
 
 @pytest.mark.slow
+@pytest.mark.flare
 def test_flare_hospital_refuses_a_job_its_policy_forbids(tmp_path, nvflare):
     from medsplit.flare.simulate import run_simulator
 

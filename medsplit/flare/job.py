@@ -13,7 +13,8 @@ from pathlib import Path
 
 from medsplit.config import Config
 from medsplit.flare.policy import JobDefences
-from medsplit.flare.site_run import check_flare_config, config_fingerprint
+from medsplit.flare.site_run import check_flare_config
+from medsplit.train.parties import config_hash
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -53,13 +54,14 @@ def job_description(cfg: Config, sites: list[str], defences: dict | None = None,
     return {
         "name": name or cfg.run_name(),
         "config": cfg.to_dict(),
-        "config_fingerprint": config_fingerprint(cfg),
+        "config_hash": config_hash(cfg),
         "sites": sites,
         "defences": JobDefences.from_dict(defences).to_dict(),
         "out_dir": out_dir,
         "timeout_s": float(timeout_s),
         "job_timeout_s": 7 * 24 * 3600.0,
         "own_data": bool(own_data),
+        "resume": False,
     }
 
 

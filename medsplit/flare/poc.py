@@ -57,6 +57,7 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
         shutil.copyfile(src, dest)
     job = job_description(cfg, sites, defences=defences, out_dir=str(out_dir), timeout_s=timeout_s)
     job["job_timeout_s"] = float(job_timeout_s)
+    job["sites_root"] = str(out_dir / "sites")  # each site's own runs/ and reports/ (the evaluating hospital's report)
     result_file = out_dir / "medsplit_result.json"
     result_file.unlink(missing_ok=True)
     # The sites are child processes of this one: they inherit where POC lives and the kits folder.

@@ -28,7 +28,7 @@ def build_recipe(job: dict):
 
 def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace: str | Path,
                   defences: dict | None = None, policies: dict[str, str | Path] | None = None,
-                  timeout_s: float = 120.0, name: str | None = None) -> dict:
+                  timeout_s: float = 120.0, name: str | None = None, resume: bool = False) -> dict:
     """Run ``cfg`` with one FLARE site per hospital plus the server, in the simulator.
 
     Args:
@@ -42,6 +42,7 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
             hospital keeps it in its start-up kit; the simulator creates its site workspaces afresh).
         timeout_s: how long a site waits for a message before naming the silent site.
         name: FLARE job name (default: the run name).
+        resume: every party continues from its last checkpoint under ``out_dir/sites/<site>``.
 
     Returns:
         ``medsplit_result.json``'s content (``{"status": "ok"|"failed", ...}``).
@@ -52,6 +53,8 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     job = job_description(cfg, sites, defences=defences, out_dir=str(out_dir), timeout_s=timeout_s, name=name)
+    job["sites_root"] = str(out_dir / "sites")  # each site's own runs/ and reports/ (the evaluating hospital's report)
+    job["resume"] = bool(resume)
     workspace = Path(workspace).resolve()
     job_ws = workspace / job["name"]
     if job_ws.exists():

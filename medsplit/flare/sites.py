@@ -32,15 +32,20 @@ POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
 
 def _job_parts(job: dict):
     from medsplit.config import config_from_dict
-    from medsplit.flare.site_run import SERVER_PARTIES, client_party
+    from medsplit.flare.site_run import party_sites
 
     cfg = config_from_dict(job["config"])
     sites = list(job["sites"])
     if len(sites) != cfg.split.clients:
         raise ValueError(f"job {job.get('name')!r} names {len(sites)} hospital sites {sites} but split.clients={cfg.split.clients}")
-    site_of = {p: "server" for p in SERVER_PARTIES}
-    site_of.update({client_party(k): s for k, s in enumerate(sites)})
-    return cfg, sites, site_of
+    return cfg, sites, party_sites(sites)
+
+
+def _site_root(job: dict, site: str) -> Path:
+    """The site's own folder for medsplit runs: stable across jobs (so ``resume`` finds its checkpoints)."""
+    if job.get("sites_root"):  # simulator / POC on one machine: one folder per site under this
+        return Path(job["sites_root"]) / site
+    return Path(collab.context.workspace.get_root_dir()) / "medsplit"
 
 
 def _plain(obj):
@@ -69,7 +74,7 @@ class MedsplitServer:
 
     @collab.main
     def main(self):
-        from medsplit.flare.site_run import SERVER_PARTIES, assemble, run_site
+        from medsplit.flare.site_run import run_site_party
 
         t0 = time.time()
         job = self.job
@@ -83,7 +88,7 @@ class MedsplitServer:
         if missing:
             raise RuntimeError(f"job {job['name']!r} needs hospital site(s) {missing}; connected: {sorted(proxies)}")
         timeout = float(job.get("timeout_s", 120))
-        transport = FlareTransport("server", proxies, self.inbox, timeout=timeout)
+        transport = FlareTransport("server", site_of, proxies, self.inbox, timeout=timeout)
         results: dict[str, dict] = {}
         errors: dict[str, str] = {}
 
@@ -103,22 +108,32 @@ class MedsplitServer:
         threads = [threading.Thread(target=run_hospital, args=(s,), daemon=True) for s in sites]
         for t in threads:
             t.start()
-        own = None
         try:
-            own = run_site(cfg, SERVER_PARTIES, site_of, transport, log=lambda m: print(f"[server] {m}", flush=True))
-            own["transport"] = {"handed_bytes": transport.handed_bytes, "messages": transport.messages}
+            run_site_party(cfg, "server", transport, _site_root(job, "server"), resume=bool(job.get("resume")))
         except Exception as e:
             errors.setdefault("server", _root_message(e))
+            for site in sites:
+                try:
+                    proxies[site](expect_result=False).stop("server", errors["server"])
+                except Exception:
+                    pass
         for t in threads:
             t.join()
         if errors:
             status = {"status": "failed", "job": job["name"], "errors": errors}
             (out / "medsplit_result.json").write_text(json.dumps(status, indent=2))
             raise RuntimeError(f"medsplit job {job['name']!r} failed: " + "; ".join(f"{s}: {m}" for s, m in errors.items()))
-        metrics = assemble(cfg, [own, *results.values()], time.time() - t0)
-        metrics["transport_bytes"] = {r["site"]: r["transport"] for r in [own, *results.values()]}
-        metrics["nvflare"] = _nvflare_version()
-        write_report(cfg, metrics, out)
+        records = [r["record"] for r in results.values() if r.get("record")]
+        if len(records) != 1:
+            raise RuntimeError(f"expected the run record from exactly one (the evaluating) hospital, got {len(records)}")
+        record = records[0]
+        record["transport"]["name"] = "flare"
+        record["transport"]["nvflare"] = _nvflare_version()
+        record["transport"]["handed_to_flare"] = {"server": {"payload_bytes": transport.handed_bytes},
+                                                  **{s: {"payload_bytes": r["handed_bytes"]} for s, r in results.items()}}
+        record["transport"]["policies"] = {s: r.get("policy") for s, r in results.items()}
+        record["transport"]["job_wall_time_s"] = time.time() - t0
+        write_report(cfg, record, out)
         (out / "medsplit_result.json").write_text(json.dumps({"status": "ok", "job": job["name"], "out": str(out)}))
         print(f"[server] medsplit job {job['name']} finished: report in {out}", flush=True)
         return {"status": "ok", "out": str(out)}
@@ -148,17 +163,16 @@ class MedsplitHospital:
     @collab.publish
     def train(self) -> dict:
         from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
-        from medsplit.flare.site_run import client_party, run_site
+        from medsplit.flare.site_run import client_party, run_site_party
 
         job = self.job
         cfg, sites, site_of = _job_parts(job)
         site = collab.site_name
         if site not in sites:
             raise RuntimeError(f"site {site} is not a hospital of job {job['name']!r} (hospitals: {sites})")
-        party = client_party(sites.index(site))
+        k = sites.index(site)
         defences = JobDefences.from_dict(job.get("defences"), where=f"job {job['name']!r} defences")
-        root = Path(collab.context.workspace.get_root_dir())
-        policy = policy_for_site(root, site)
+        policy = policy_for_site(Path(collab.context.workspace.get_root_dir()), site)
         if policy is None and os.environ.get(POLICY_ROOT_ENV):
             # The simulator recreates every site's workspace on start; its sites' own kits live
             # under this folder instead (<root>/<site>/local/medsplit_policy.yaml).
@@ -170,15 +184,20 @@ class MedsplitHospital:
             # job that asks for the detector is refused rather than run without it.
             raise NotImplementedError(f"site {site}: the hijack detector's probes do not run over the flare transport "
                                       "yet; the job declares hijack_detector=true, so this hospital will not train")
-        guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + sites.index(site),
-                                    log=lambda m: print(f"[{site}] {m}", flush=True))
+        guard = None
+        if defences.laplace_scale is not None or defences.nopeek_alpha:
+            guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
         proxies = {"server": collab.server, **{c.name: c for c in collab.other_clients}}
-        transport = FlareTransport(site, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)))
-        result = run_site(cfg, frozenset({party}), site_of, transport, own_data=bool(job.get("own_data", False)),
-                          guard=guard, log=lambda m: print(f"[{site}] {m}", flush=True))
-        result["transport"] = {"handed_bytes": transport.handed_bytes, "messages": transport.messages}
-        result["policy"] = policy.source if policy is not None else None
-        return _plain(result)
+        transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)))
+        record = run_site_party(cfg, client_party(k), transport, _site_root(job, site), own_data=bool(job.get("own_data")),
+                                resume=bool(job.get("resume")), guard=guard)
+        if record is not None:
+            record = dict(record)
+            test = dict(record["test"])
+            test.pop("per_image", None)  # image-level rows stay at the hospital (its own report has them)
+            record["test"] = test
+        return _plain({"record": record, "handed_bytes": transport.handed_bytes,
+                       "policy": policy.source if policy is not None else None})
 
 
 def _root_message(e: BaseException) -> str:

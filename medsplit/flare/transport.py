@@ -17,9 +17,7 @@ from __future__ import annotations
 import threading
 import time
 
-from medsplit.flare.seam import TransportError, transport_base
-
-_Base = transport_base()
+from medsplit.transport.base import Transport, TransportError
 
 
 class Inbox:
@@ -64,43 +62,54 @@ class Inbox:
                 self._cond.wait(min(left, 1.0))
 
 
-class FlareTransport(_Base):
-    """One FLARE site's endpoint.
+class FlareTransport(Transport):
+    """One party's endpoint on a FLARE site (a :class:`~medsplit.transport.base.Transport`).
 
     Args:
-        site: this site's FLARE name (``server`` for the server site).
-        proxies: site name -> Collab proxy of the peer site (``collab.server``, ``collab.clients``).
+        name: the party this endpoint speaks for (``server``, ``client0``, ...).
+        site_of: party -> FLARE site (``server`` and ``aggregator`` live on the server site,
+            ``client<k>`` on the k-th hospital site). Messages between two sites share one ordered
+            link whichever of a site's parties sends them: every site walks the same schedule.
+        proxies: site -> Collab proxy of that site (``collab.server``, ``collab.clients``).
         inbox: this site's :class:`Inbox` (owned by its Collab object).
-        timeout: seconds a receive waits before naming the silent site (``split`` traffic and calls).
+        timeout: seconds a receive (and a send's delivery) waits before naming the silent site.
     """
 
-    name = "flare"
-
-    def __init__(self, site: str, proxies: dict, inbox: Inbox, timeout: float = 120.0):
-        self.site, self.proxies, self.inbox, self.timeout = site, dict(proxies), inbox, timeout
+    def __init__(self, name: str, site_of: dict[str, str], proxies: dict, inbox: Inbox, timeout: float = 120.0):
+        super().__init__(name)
+        self.site_of, self.proxies, self.inbox, self.timeout = dict(site_of), dict(proxies), inbox, timeout
+        self.site = self.site_of.get(name, name)
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.handed_bytes = 0  # payload bytes handed to FLARE (what the channel counts, plus control)
-        self.messages = 0
 
-    def send(self, receiver: str, payload: bytes) -> None:
-        proxy = self.proxies.get(receiver)
+    @property
+    def handed_bytes(self) -> int:
+        """Payload bytes handed to FLARE so far (the Channel's messages plus control messages)."""
+        return sum(s.payload_bytes for (d, _), s in self.stats.items() if d == "send")
+
+    def _site(self, party: str) -> str:
+        site = self.site_of.get(party)
+        if site is None:
+            raise TransportError(f"{self.name}: no party named {party!r} in this job (parties: {sorted(self.site_of)})")
+        return site
+
+    def _send(self, receiver: str, payload: bytes) -> None:
+        site = self._site(receiver)
+        proxy = self.proxies.get(site)
         if proxy is None:
-            raise TransportError(f"{self.site}: no FLARE site named {receiver!r} in this job (sites: {sorted(self.proxies)})")
+            raise TransportError(f"{self.name}: FLARE site {site!r} (party {receiver}) is not connected to this job")
         with self._lock:
-            seq = self._seq.get(receiver, 0)
-            self._seq[receiver] = seq + 1
-            self.handed_bytes += len(payload)
-            self.messages += 1
+            seq = self._seq.get(site, 0)
+            self._seq[site] = seq + 1
         try:
             # expect_result: the call returns once the receiver has queued the message, so a lost
             # message is an error here, named, instead of a silent hang at the receiver.
             proxy(expect_result=True, timeout=self.timeout).deliver(self.site, seq, bytes(payload))
         except Exception as e:
-            raise TransportError(f"{self.site}: sending message #{seq} to site {receiver} failed: {e}") from e
+            raise TransportError(f"{self.name}: sending message #{seq} to site {site} ({receiver}) failed: {e}") from e
 
-    def recv(self, sender: str, max_bytes: int = 1 << 31) -> bytes:
-        payload = self.inbox.take(sender, self.timeout, self.site)
+    def _recv(self, sender: str, max_bytes: int) -> bytes:
+        payload = self.inbox.take(self._site(sender), self.timeout, self.name)
         if len(payload) > max_bytes:
-            raise TransportError(f"{self.site}: message from site {sender} is {len(payload)} bytes, over the limit of {max_bytes}")
+            raise TransportError(f"{self.name}: message from {sender} is {len(payload)} bytes, over the limit of {max_bytes}")
         return payload
