@@ -7,9 +7,12 @@ mutual TLS). It reports
 
 * ``epoch_s``: the evaluating hospital's epoch time (training + validation), per transport;
 * ``overhead_per_step_ms``: (transport epoch - in-process epoch) / training steps;
-* ``startup_s``: wall time of the whole FLARE run minus the server site's own run time (FLARE
-  starting, connecting and stopping the sites; in POC also provisioning);
+* ``startup_s``: wall time of the whole FLARE run minus the evaluating hospital's own run time
+  (FLARE starting, connecting and stopping the sites; in POC also provisioning);
 * bytes per step counted by the Channel, and payload bytes handed to FLARE (split + control).
+
+Separate sites are separate processes: on a machine with spare cores, SplitFed's hospitals then
+compute in parallel, which one process does not, so its "overhead" can be negative.
 
 Prints a table and writes ``benchmarks/results/transport_flare-cpu.json``; the transport table of
 ``benchmarks/transport.py`` (inprocess, gloo) is merged with it by hand.
@@ -74,12 +77,12 @@ def measure(size: int, protocol: str, images: int, batch: int, poc: bool, extra:
         if status["status"] != "ok":
             raise RuntimeError(f"{mode} run failed: {status}")
         m = json.loads((out / "metrics.json").read_text())
-        server_s = next(s["wall_time_s"] for s in m["sites"] if s["site"] == "server")
-        handed = sum(v["handed_bytes"] for v in m["transport_bytes"].values())
+        info = m["transport"]
         row.update({
-            f"{mode}_epoch_s": epoch(m), f"{mode}_wall_s": wall, f"{mode}_startup_s": wall - server_s,
+            f"{mode}_epoch_s": epoch(m), f"{mode}_wall_s": wall, f"{mode}_startup_s": wall - m["wall_time_s"],
             f"{mode}_overhead_per_step_ms": 1000 * (epoch(m) - epoch(ref)) / steps,
-            f"{mode}_handed_bytes": handed, f"{mode}_messages": sum(v["messages"] for v in m["transport_bytes"].values()),
+            f"{mode}_payload_bytes": info["payload_bytes_sent"], f"{mode}_control_bytes": info["control_bytes_sent"],
+            f"{mode}_messages": sum(r["messages"] for r in info["links"] if r["direction"] == "send"),
             f"{mode}_test_equal": m["test"].get("auc") == ref["test"].get("auc") and m["test_loss"] == ref["test_loss"],
         })
         if mode == "poc":

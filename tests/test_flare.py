@@ -145,3 +145,21 @@ def test_flare_hospital_refuses_a_job_its_policy_forbids(tmp_path, nvflare):
     assert "site hospital-a refuses job" in message and "medsplit_policy.yaml" in message
     assert "require.laplace_min_scale=0.5: the job has Laplace scale b=0.1" in message
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.flare
+def test_flare_hospital_killed_mid_run_is_named_and_resume_finishes_the_same_run(tmp_path, nvflare, monkeypatch):
+    from medsplit.flare.simulate import run_simulator
+
+    cfg = _cfg(tmp_path, RETINO + ["train.epochs=3"], "sequential")
+    ref = _in_process(cfg)
+    # hospital-b's process is SIGKILLed at its second step of epoch 2 (issue 12's fault hook)
+    monkeypatch.setenv("MEDSPLIT_FAULT", "client1:epoch=1:step=1")
+    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=20)
+    assert status["status"] == "failed"
+    assert "is hospital-b still running?" in json.dumps(status["errors"])
+    monkeypatch.delenv("MEDSPLIT_FAULT")
+    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=20, resume=True)
+    assert status["status"] == "ok", status
+    _same_run(ref, json.loads((tmp_path / "out" / "metrics.json").read_text()))

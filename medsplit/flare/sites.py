@@ -118,7 +118,12 @@ class MedsplitServer:
                 except Exception:
                     pass
         for t in threads:
-            t.join()
+            # A hospital whose process died never answers its call: once the server's own part
+            # has ended in error, wait for the others only as long as for any message.
+            t.join(timeout if "server" in errors else None)
+        for site, t in zip(sites, threads):
+            if t.is_alive() and site not in errors:
+                errors[site] = f"did not finish within {timeout:.0f} s after the server stopped (site process gone?)"
         if errors:
             status = {"status": "failed", "job": job["name"], "errors": errors}
             (out / "medsplit_result.json").write_text(json.dumps(status, indent=2))
