@@ -27,6 +27,8 @@ def add_flare_parser(sub) -> None:
         q.add_argument("--out", required=True, help="job folder (job) or report folder (simulate)")
         q.add_argument("--defences", default="", help="YAML file with the job's defences (JobDefences fields)")
         q.add_argument("--timeout", type=float, default=120.0, help="seconds a site waits for a message (default 120)")
+        q.add_argument("--resume", action="store_true",
+                       help="every site continues from its own last checkpoint (after a site died)")
         if name == "job":
             q.add_argument("--shared-data", action="store_true",
                            help="every hospital loads the same dataset and keeps its partition (POC); default: "
@@ -64,20 +66,20 @@ def run_flare_command(args) -> int:
         from medsplit.flare.job import write_job_folder
 
         folder = write_job_folder(cfg, sites, args.out, defences=defences, timeout_s=args.timeout,
-                                  own_data=not args.shared_data)
+                                  own_data=not args.shared_data, resume=args.resume)
         print(f"job folder: {folder}\nsubmit it from the admin kit: nvflare job submit -j {folder}  (or submit_job in the admin console)")
         return 0
     out = Path(args.out)
     if args.flare_command == "poc":
         from medsplit.flare.poc import run_poc
 
-        result = run_poc(cfg, sites, out, defences=defences, timeout_s=args.timeout)
+        result = run_poc(cfg, sites, out, defences=defences, timeout_s=args.timeout, resume=args.resume)
         print(f"POC sites connected with: {result.get('tls')}; start to stop {result['seconds']:.0f} s")
     else:
         from medsplit.flare.simulate import run_simulator
 
         result = run_simulator(cfg, sites, out, args.workspace or out / "flare-workspace", defences=defences,
-                               timeout_s=args.timeout)
+                               timeout_s=args.timeout, resume=args.resume)
     if result["status"] != "ok":
         raise RuntimeError(f"FLARE job failed: {result.get('errors')}")
     print(f"report: {out}\nmetrics: {out / 'metrics.json'}")

@@ -32,7 +32,7 @@ def _tls_of(poc_ws: Path, sites: list[str]) -> dict[str, str]:
 
 def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict | None = None,
             policies: dict[str, str | Path] | None = None, timeout_s: float = 120.0,
-            job_timeout_s: float = 3600.0) -> dict:
+            job_timeout_s: float = 3600.0, resume: bool = False) -> dict:
     """Run ``cfg`` in FLARE POC mode (arguments as :func:`medsplit.flare.simulate.run_simulator`).
 
     Returns ``medsplit_result.json``'s content plus ``tls`` (each hospital's connection security)
@@ -57,7 +57,8 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
         shutil.copyfile(src, dest)
     job = job_description(cfg, sites, defences=defences, out_dir=str(out_dir), timeout_s=timeout_s)
     job["job_timeout_s"] = float(job_timeout_s)
-    job["sites_root"] = str(out_dir / "sites")  # each site's own runs/ and reports/ (the evaluating hospital's report)
+    job["sites_root"] = str(out_dir / "sites")
+    job["resume"] = bool(resume)  # each site's own runs/ and reports/ (the evaluating hospital's report)
     result_file = out_dir / "medsplit_result.json"
     result_file.unlink(missing_ok=True)
     # The sites are child processes of this one: they inherit where POC lives and the kits folder.
