@@ -3,9 +3,9 @@
 Sending is a Collab call of the receiving site's published ``deliver(sender, seq, payload)``;
 FLARE carries the arguments with its own serialiser, FOBS (msgpack with an allow-list of
 decomposers; ``bytes`` are a native msgpack type, so nothing is pickled on either side), over its
-cell network (gRPC with mutual TLS in POC and production; in-memory/local sockets in the
-simulator). The receiver validates every message as medsplit does for any transport
-(:mod:`medsplit.flare.party_engine`).
+cell network (gRPC with mutual TLS in POC and production; the simulator's own local
+connections). The receiving party's :class:`~medsplit.split.channel.Channel` validates every
+message as it does for any transport (names, shapes, dtypes, size, finiteness).
 
 Collab's inbound calls run on a thread pool, so two calls from one site may be handled out of
 order; each message therefore carries a per-(sender, receiver) sequence number and the inbox
