@@ -156,10 +156,10 @@ def test_flare_hospital_killed_mid_run_is_named_and_resume_finishes_the_same_run
     ref = _in_process(cfg)
     # hospital-b's process is SIGKILLed at its second step of epoch 2 (issue 12's fault hook)
     monkeypatch.setenv("MEDSPLIT_FAULT", "client1:epoch=1:step=1")
-    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=10)
+    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=20)
     assert status["status"] == "failed"
     assert "is hospital-b still running?" in json.dumps(status["errors"])
     monkeypatch.delenv("MEDSPLIT_FAULT")
-    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=20, resume=True)
+    status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=60, resume=True)
     assert status["status"] == "ok", status
     _same_run(ref, json.loads((tmp_path / "out" / "metrics.json").read_text()))
