@@ -101,3 +101,27 @@ def test_guard_adds_the_jobs_laplace_noise_and_nopeek():
     reg = guard.regularizer()
     assert reg is not None and reg.alpha == 0.3
     assert HospitalGuard.build("h", JobDefences()).regularizer() is None
+
+
+def test_install_guard_noises_what_the_hospital_sends_and_only_that():
+    from medsplit.flare.site_run import install_guard
+    from medsplit.train.protocols import PROTOCOLS
+
+    torch.manual_seed(0)
+    table = build_model("resnet18", num_classes=2)
+    channel = Channel()
+    protocol = PROTOCOLS["sequential"](table, 2, 2, lambda ps: torch.optim.Adam(ps, lr=1e-3), F.cross_entropy, channel)
+    guard = HospitalGuard.build("hospital-a", JobDefences(laplace_scale=0.5, nopeek_alpha=0.1), seed=0)
+    install_guard(protocol, "client0", guard)
+    own, other = protocol.models[0], protocol.models[1]
+    sending = own.chain[0][0].name
+    assert own.send_transforms == {sending: guard.send_transform} and sending in own.regularizers
+    assert other.send_transforms == {} and other.regularizers == {}  # hospital-b's model is not hospital-a's to change
+    seen = []
+    channel.tap(lambda t: seen.append(t.tensors) if t.kind == "activation" else None)
+    x = torch.rand(4, 3, 32, 32)
+    clean = own.chain[0][0]({"x": x})
+    own.train_step(x, torch.tensor([0, 1, 0, 1]))
+    (name,) = seen[0]
+    # what crossed is the clipped, noised activation, not what the part computed
+    assert not torch.allclose(seen[0][name], clean[name].detach(), atol=1e-3)
