@@ -88,3 +88,18 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     if not result_file.exists():
         raise RuntimeError(f"FLARE simulator run of job {job['name']!r} ended without a result; logs: {job_ws}/*/log.txt")
     return json.loads(result_file.read_text())
+
+
+def train_with_flare(cfg: Config, quiet: bool = False) -> Path:
+    """``split.transport=flare`` for ``medsplit train``: the run in FLARE's simulator, with
+    hospital sites ``hospital-1..K``; returns the folder holding ``metrics.json`` and the report
+    (``<output.runs_dir>/<run>/flare``). The hook the ``train`` command calls once
+    ``split.transport`` accepts ``flare``."""
+    run_dir = Path(cfg.output.runs_dir) / cfg.run_name() / "flare"
+    sites = [f"hospital-{k + 1}" for k in range(cfg.split.clients)]
+    result = run_simulator(cfg, sites, run_dir, run_dir / "flare-workspace", timeout_s=cfg.split.timeout_s)
+    if result["status"] != "ok":
+        raise RuntimeError(f"FLARE job {cfg.run_name()!r} failed: {result.get('errors')}")
+    if not quiet:
+        print(f"report: {run_dir}\nmetrics: {run_dir / 'metrics.json'}")
+    return run_dir
