@@ -18,6 +18,9 @@ Prints a table and writes ``benchmarks/results/transport_flare-cpu.json``; the t
 ``benchmarks/transport.py`` (inprocess, gloo) is merged with it by hand.
 
     .venv/bin/python benchmarks/transport_flare.py --sizes 64,128 --protocols sequential,splitfed --poc
+
+``--pingpong`` (on by default) adds the transport alone: round-trip time of payloads of several
+sizes between the server site and one hospital site, with no training around it.
 """
 
 from __future__ import annotations
@@ -97,19 +100,32 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=200, help="synthetic images (60%% train, split over 2 hospitals)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--poc", action="store_true", help="also run FLARE's POC mode (processes, gRPC, mutual TLS)")
+    p.add_argument("--pingpong", default="1000,500000,2000000,8000000",
+                   help="payload sizes (bytes) for the per-message round trip, server <-> one hospital ('' skips)")
+    p.add_argument("--rounds", type=int, default=10, help="round trips per payload size")
+    p.add_argument("--pingpong-only", action="store_true", help="only the round-trip measurement")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transport_flare-cpu.json"))
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     version = require_nvflare()
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in ([] if args.pingpong_only else [int(s) for s in args.sizes.split(",")]):
         for protocol in args.protocols.split(","):
             rows.append(measure(size, protocol, args.images, args.batch, args.poc, args.overrides))
             print(json.dumps(rows[-1]), flush=True)
+    pingpong = {}
+    if args.pingpong:
+        from medsplit.flare.pingpong import run_pingpong
+
+        sizes = [int(s) for s in args.pingpong.split(",")]
+        for mode in ["simulator"] + (["poc"] if args.poc else []):
+            pingpong[mode] = run_pingpong(mode, sizes, args.rounds, Path(tempfile.mkdtemp(prefix=f"flare-ping-{mode}-")))
+            print(json.dumps({mode: pingpong[mode]}), flush=True)
     import torch
 
     result = {"nvflare": version, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-              "threads_per_party": 1, "model": "resnet34", "cut": 3, "hospitals": 2, "rows": rows}
+              "threads_per_party": 1, "model": "resnet34", "cut": 3, "hospitals": 2, "rows": rows,
+              "pingpong": pingpong, "load_average_at_end": list(__import__("os").getloadavg())}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     cols = ["size", "protocol", "steps", "inprocess_epoch_s", "simulator_epoch_s", "simulator_overhead_per_step_ms",
@@ -117,6 +133,11 @@ def main(argv=None) -> int:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    for mode, ping in pingpong.items():
+        print(f"\n{mode}: round trip server -> hospital -> server (median of {args.rounds})")
+        print("| payload bytes | median ms | min ms | max ms |\n|---|---|---|---|")
+        for r in ping:
+            print(f"| {r['bytes']} | {r['median_round_trip_ms']:.1f} | {r['min_round_trip_ms']:.1f} | {r['max_round_trip_ms']:.1f} |")
     print(f"saved {args.out}")
     return 0
 
