@@ -19,11 +19,11 @@ RETINO = ["task=retinopathy", "data.synthetic_size=96", "model.name=resnet18", "
 LUNGS = ["task=lungs", "data.synthetic_size=40", "model.name=unet-classic", "model.base_channels=4", "split.cut=1"]
 
 
-def _cfg(tmp_path, task_overrides, protocol):
+def _cfg(tmp_path, task_overrides, protocol, *extra):
     return load_config(None, task_overrides + [
         "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=2", "train.batch_size=16",
         "train.eval_batch_size=64", "output.tensorboard=false", f"split.protocol={protocol}", "split.clients=2",
-        f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache"])
+        f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache", *extra])
 
 
 def _in_process(cfg) -> dict:
@@ -152,7 +152,7 @@ def test_flare_hospital_refuses_a_job_its_policy_forbids(tmp_path, nvflare):
 def test_flare_hospital_killed_mid_run_is_named_and_resume_finishes_the_same_run(tmp_path, nvflare, monkeypatch):
     from medsplit.flare.simulate import run_simulator
 
-    cfg = _cfg(tmp_path, RETINO + ["train.epochs=3"], "sequential")
+    cfg = _cfg(tmp_path, RETINO, "sequential", "train.epochs=3")
     ref = _in_process(cfg)
     # hospital-b's process is SIGKILLed at its second step of epoch 2 (issue 12's fault hook)
     monkeypatch.setenv("MEDSPLIT_FAULT", "client1:epoch=1:step=1")
@@ -163,3 +163,24 @@ def test_flare_hospital_killed_mid_run_is_named_and_resume_finishes_the_same_run
     status = run_simulator(cfg, SITES, tmp_path / "out", tmp_path / "ws", timeout_s=60, resume=True)
     assert status["status"] == "ok", status
     _same_run(ref, json.loads((tmp_path / "out" / "metrics.json").read_text()))
+
+
+@pytest.mark.slow
+@pytest.mark.flare
+def test_flare_hijack_detector_probes_hospitals_and_an_alarm_stops_the_job_naming_the_site(tmp_path, nvflare):
+    from medsplit.flare.simulate import run_simulator
+
+    cfg = _cfg(tmp_path, RETINO, "sequential", "train.batch_size=8")  # 4 steps per hospital and epoch
+    honest = {"hijack_detector": True, "on_alarm": "abort", "probe_every": 2}
+    status = run_simulator(cfg, SITES, tmp_path / "ok", tmp_path / "ws", defences=honest, timeout_s=60)
+    assert status["status"] == "ok", status
+    detectors = json.loads((tmp_path / "ok" / "metrics.json").read_text())["transport"]["detectors"]
+    # every hospital probed the (honest) server 4 times over 8 steps, and no alarm was raised
+    assert {s: (d["probes"], d["flagged"]) for s, d in detectors.items()} == {s: (4, False) for s in SITES}
+    # a threshold no honest server can pass stands in for a hijacking one: the alarm fires after
+    # min_probes (3) probes, the hospital refuses to send, and the job ends naming it
+    alarmed = dict(honest, detector_threshold=1e9)
+    status = run_simulator(cfg, SITES, tmp_path / "alarm", tmp_path / "ws", defences=alarmed, timeout_s=30)
+    assert status["status"] == "failed"
+    errors = json.dumps(status["errors"])
+    assert "HijackAbort" in errors and "site hospital-a: the hijack detector raised the alarm at step 6" in errors

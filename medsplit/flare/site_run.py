@@ -65,7 +65,8 @@ def install_guard(protocol, party: str, guard: HospitalGuard) -> None:
 
 
 class _FlareParty(_PartyRun):
-    """The party runner with the hospital's guard installed once the protocol exists."""
+    """The party runner with the hospital's guard installed once the protocol exists, and, when
+    the job runs the hijack detector, the hospital's probe rounds in its schedule."""
 
     guard: HospitalGuard | None = None
 
@@ -73,7 +74,72 @@ class _FlareParty(_PartyRun):
         if self.guard is not None and not getattr(self, "_guarded", False):
             install_guard(self.protocol, self.name, self.guard)
             self._guarded = True
-        return super()._train_epoch(epoch)
+        if self.is_server or self.guard is None or self.guard.detector is None:
+            return super()._train_epoch(epoch)
+        return self._train_epoch_with_probes(epoch)
+
+    def _train_epoch_with_probes(self, epoch: int) -> dict[int, list[float]]:
+        """A hospital's epoch with the detector's fake rounds (SplitGuard-style, simplified).
+
+        A probe is one more batch of the same size, announced to the server like any other: the
+        server cannot tell it apart, and (honest or not) answers it as it answers every batch. The
+        hospital sends the batch with random targets, keeps the gradient it gets back and does not
+        step; then sends the same images with the true targets as a regular step and scores the
+        two gradients (:class:`~medsplit.defences.detector.HijackDetector`). Once the detector
+        fires under ``on_alarm: abort``, the guard refuses to send any further activation and the
+        job ends naming this site. The server trains on the fake batches too (the price of a
+        probe the server cannot recognise), so a run with the detector is not the in-process run.
+        """
+        from medsplit.train.loop import epoch_batches
+
+        cfg, K, det = self.cfg, self.cfg.split.clients, self.guard.detector
+        own = epoch_batches(self.indices, cfg.train.batch_size, cfg.train.seed, epoch, self.k)
+        plan: list[tuple[torch.Tensor, bool, int]] = []  # (rows, fake round?, the hospital's step number)
+        for idx in own:
+            self._regular_steps = getattr(self, "_regular_steps", 0) + 1
+            if det.should_probe(self._regular_steps):
+                plan.append((idx, True, self._regular_steps))
+            plan.append((idx, False, self._regular_steps))
+        self.control.send(SERVER, batches=[len(idx) for idx, _, _ in plan])
+        batches = [[idx for idx, _, _ in plan] if k == self.k else [] for k in range(K)]
+        aug_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 7919 + epoch)
+        losses: dict[int, list[float]] = {k: [] for k in range(K)}
+        rounds = iter(plan)
+        state: dict = {"probe": None}
+        received: list[dict] = []
+        untap = self.channel.tap(lambda t: received.append(t.tensors)
+                                 if t.kind == "gradient" and t.receiver == self.name and t.phase == "train" else None)
+
+        def gradient() -> torch.Tensor:
+            grads = received[-1]
+            return torch.cat([g.reshape(-1) for g in grads.values()]).detach().clone()
+
+        def step(model, k, idx):
+            _, fake, number = next(rounds)
+            if fake:
+                batch = self.task.batch("train", idx, train=True, generator=aug_gen)
+                state["probe"] = batch
+                received.clear()
+                y_fake = det.fake_targets(batch.y, getattr(self.task.data, "num_classes", None))
+                with self.autocast():
+                    model.train_step(batch.x, y_fake, step=False)
+                state["fake_grad"] = gradient()
+                return
+            batch = state["probe"] if state["probe"] is not None else self.task.batch("train", idx, train=True, generator=aug_gen)
+            probed, state["probe"] = state["probe"] is not None, None
+            received.clear()
+            with self.autocast():
+                loss, _ = model.train_step(batch.x, batch.y)
+            if probed:
+                det.update(number, gradient(), state["fake_grad"])
+            if loss == loss:  # not NaN: this site computed the loss
+                losses[k].append(loss)
+
+        try:
+            self.protocol.run_epoch(batches, step)
+        finally:
+            untap()
+        return losses
 
 
 def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_data: bool = False, resume: bool = False,

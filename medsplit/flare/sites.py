@@ -137,6 +137,7 @@ class MedsplitServer:
         record["transport"]["handed_to_flare"] = {"server": {"payload_bytes": transport.handed_bytes},
                                                   **{s: {"payload_bytes": r["handed_bytes"]} for s, r in results.items()}}
         record["transport"]["policies"] = {s: r.get("policy") for s, r in results.items()}
+        record["transport"]["detectors"] = {s: r.get("detector") for s, r in results.items() if r.get("detector")}
         record["transport"]["job_wall_time_s"] = time.time() - t0
         write_report(cfg, record, out)
         (out / "medsplit_result.json").write_text(json.dumps({"status": "ok", "job": job["name"], "out": str(out)}))
@@ -184,13 +185,8 @@ class MedsplitHospital:
             policy = policy_for_site(Path(os.environ[POLICY_ROOT_ENV]) / site, site)
         if policy is not None:
             policy.enforce(defences, job_name=f"job {job['name']!r}")
-        if defences.hijack_detector:
-            # Honest limit: the fake-round probes are not scheduled across FLARE sites yet, so a
-            # job that asks for the detector is refused rather than run without it.
-            raise NotImplementedError(f"site {site}: the hijack detector's probes do not run over the flare transport "
-                                      "yet; the job declares hijack_detector=true, so this hospital will not train")
         guard = None
-        if defences.laplace_scale is not None or defences.nopeek_alpha:
+        if defences.hijack_detector or defences.laplace_scale is not None or defences.nopeek_alpha:
             guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
         proxies = {"server": collab.server, **{c.name: c for c in collab.other_clients}}
         transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)))
@@ -201,8 +197,9 @@ class MedsplitHospital:
             test = dict(record["test"])
             test.pop("per_image", None)  # image-level rows stay at the hospital (its own report has them)
             record["test"] = test
+        detector = guard.detector.summary() if guard is not None and guard.detector is not None else None
         return _plain({"record": record, "handed_bytes": transport.handed_bytes,
-                       "policy": policy.source if policy is not None else None})
+                       "policy": policy.source if policy is not None else None, "detector": detector})
 
 
 def _root_message(e: BaseException) -> str:
