@@ -96,7 +96,7 @@ def run_pingpong(mode: str, sizes: list[int], rounds: int, out_dir: Path) -> lis
         from nvflare.recipe import PocEnv
 
         os.environ["NVFLARE_POC_WORKSPACE"] = str(out_dir / "poc-workspace")
-        env = PocEnv(clients=["hospital-a"])
+        env = PocEnv(clients=["hospital-a"], num_clients=1)
         try:
             recipe.run(env).get_result(timeout=600)
         finally:

@@ -64,7 +64,7 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
     # The sites are child processes of this one: they inherit where POC lives and the kits folder.
     os.environ["NVFLARE_POC_WORKSPACE"] = str(poc_ws)
     os.environ["MEDSPLIT_SITE_KITS"] = str(kits)
-    env = PocEnv(clients=list(sites))
+    env = PocEnv(clients=list(sites), num_clients=len(sites))
     tls: dict[str, str] = {}
     try:
         run = build_recipe(job).run(env)
