@@ -1,6 +1,7 @@
 # Targets only forward variables to `python -m medsplit`; all logic lives in the package.
 #   make retinopathy CUT=3 CLIENTS=2 [DATA=eyepacs|retinamnist|kaggle|synthetic|PATH] [EPOCHS=..] [DEVICE=cpu|cuda]
 #   make unet-seg [CUT=1] [BACKBONE=smp|classic] [DATA=covid-cxr-v7|synthetic|PATH]
+#   TRANSPORT=gloo runs the server and each hospital as its own local process (split.transport)
 #   make test | make data | make setup
 
 PYTHON ?= python3
@@ -14,8 +15,8 @@ COMMON = $(call ov,CUT,split.cut) $(call ov,CLIENTS,split.clients) $(call ov,PRO
          $(call ov,SEED,train.seed) $(call ov,SIZE,data.img_size) $(call ov,PARTITION,data.partition) \
          $(call ov,ALPHA,data.alpha) $(call ov,BATCH,train.batch_size) $(call ov,LR,train.lr) \
          $(call ov,NAME,output.name)
-RETINO = $(COMMON) $(call ov,TARGET,data.target) $(call ov,MODEL,model.name)
-UNET   = $(COMMON) $(if $(BACKBONE),model.name=unet-$(BACKBONE)) $(call ov,AUG,data.aug_backend)
+RETINO = $(COMMON) $(call ov,TARGET,data.target) $(call ov,MODEL,model.name) $(call ov,TRANSPORT,split.transport)
+UNET   = $(COMMON) $(call ov,TRANSPORT,split.transport) $(if $(BACKBONE),model.name=unet-$(BACKBONE)) $(call ov,AUG,data.aug_backend)
 
 # Sweeps (TASK=retinopathy|unet). Defaults are sized for a 2-core CPU; widen them on a GPU.
 TASK       ?= retinopathy

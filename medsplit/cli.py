@@ -114,22 +114,10 @@ def _train(args) -> int:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; do not pass a config or overrides")
         cfg = config_from_dict(yaml.safe_load(saved.read_text()))
-        if cfg.split.transport != "inprocess":
-            return _launch(cfg, run_dir, resume=True)
-        train(cfg, resume=run_dir)
+        train(cfg, resume=run_dir)  # split.transport=gloo: starts the party processes again
         return 0
     cfg = load_config(args.config, args.overrides)
-    if cfg.split.transport != "inprocess":
-        return _launch(cfg, Path(cfg.output.runs_dir) / cfg.run_name(), resume=False)
     train(cfg)
-    return 0
-
-
-def _launch(cfg, run_dir: Path, resume: bool) -> int:
-    """split.transport=gloo: the server and every hospital as local processes."""
-    from medsplit.train.launch import launch_local
-
-    launch_local(cfg, run_dir, resume=resume)
     return 0
 
 

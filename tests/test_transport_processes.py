@@ -116,6 +116,17 @@ def test_a_party_that_stops_answering_is_named_within_the_timeout(tmp_path):
     assert not _party_pids(run_dir)  # the hung one was killed after the grace period, the rest exited
 
 
+def test_a_non_finite_message_stops_the_receiver_naming_peer_link_and_step(tmp_path):
+    base = _tiny(tmp_path, "retinopathy", "sequential", "train.epochs=1", "split.timeout_s=20")
+    cfg = load_config(None, base + ["output.name=nan", "split.transport=gloo"])
+    run_dir = tmp_path / "runs" / "nan"
+    with pytest.raises(RuntimeError, match=r"server \(exit 3\)"):
+        launch_local(cfg, run_dir, quiet=True, env={"MEDSPLIT_FAULT": "client1:epoch=0:step=1:mode=nan"}, grace_s=30)
+    server_log = (run_dir / "parties" / "server.log").read_text()
+    assert "client1 sent a non-finite activation" in server_log and "link 'client->server'" in server_log, server_log[-2000:]
+    assert not _party_pids(run_dir)
+
+
 def _spawn(args, log, env=None):
     return subprocess.Popen([sys.executable, "-m", "medsplit", *args], stdout=log, stderr=subprocess.STDOUT,
                             cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))

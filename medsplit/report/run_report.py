@@ -341,6 +341,25 @@ def _communication_section(report: Report, rows: list[dict]) -> None:
     report.figure(figures.bytes_figure(rows), caption="MB per epoch for each link and kind of tensor.")
 
 
+def _transport_section(report: Report, info: dict) -> None:
+    """Parties as processes: which transport, one line per party, measured wall time per link."""
+    report.section("Transport")
+    report.text(
+        f"Transport {info.get('name')}: every party ran in its own process (protocol version "
+        f"{info.get('protocol_version')}, config hash {info.get('config_hash')}). Payload bytes are the Channel's "
+        "counts; framing (8 bytes per message) and control messages (batch sizes, losses, best-epoch flags: "
+        "protocol metadata, no tensors) are listed separately."
+    )
+    report.table([{"rank": p.get("rank"), "party": p.get("name"), "host": p.get("host"), "pid": p.get("pid"),
+                   "opened data": "yes" if p.get("data_loaded") else "no"} for p in info.get("parties", [])],
+                 caption="Parties")
+    report.table([{"link": f"{r['party']}->{r['peer']}", "messages": r.get("messages"),
+                   "payload MB": r.get("payload_bytes", 0) / _MB, "framing bytes": r.get("framing_bytes"),
+                   "wall s in send": r.get("seconds")}
+                  for r in info.get("links", []) if r.get("direction") == "send"],
+                 caption="Measured per link (sender side)", float_fmt="{:,.3f}")
+
+
 def _config_section(report: Report, record: dict) -> None:
     report.section("Resolved configuration")
     report.text("Every setting the run used, after defaults and command-line overrides were applied.")
@@ -384,6 +403,8 @@ def build_run_report(record: dict) -> Report:
             report.kv(test)
     if record.get("bytes"):
         _communication_section(report, list(record["bytes"]))
+    if record.get("transport"):
+        _transport_section(report, record["transport"])
     if record.get("config_yaml") or record.get("config"):
         _config_section(report, record)
     if record.get("artifacts"):

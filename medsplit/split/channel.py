@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 
 from medsplit.split import wire
+from medsplit.transport.base import TransportError
 
 if TYPE_CHECKING:  # only for the annotation: any object with encode/decode will do
     from medsplit.split.codecs import Codec
@@ -253,8 +254,8 @@ class Channel:
         limit = self.max_message_bytes if expect is not None else wire.encoded_size(expected) + _SLACK_BYTES
         try:
             payload = self.transport.recv(sender, limit)
-        except Exception as e:
-            raise type(e)(f"{receiver}: receiving {kind} {where}: {e}") from e
+        except TransportError as e:  # name the link and step too, not only the peer
+            raise TransportError(f"{receiver}: receiving {kind} {where}: {e}") from e
         try:
             received, _ = wire.decode(payload, device=self.device)
         except ValueError as e:  # WireFormatError and the decoder's other value errors

@@ -62,7 +62,8 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
     try:
         for rank, name in enumerate(names):
             child_env = dict(os.environ, **(env or {}), **((party_env or {}).get(name, {})))
-            child_env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or 1))
+            # The parties share this machine's cores (train.threads overrides the even share).
+            child_env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or max(1, (os.cpu_count() or 1) // len(names))))
             if rank == 0:  # the server never needs images: give it none to find
                 child_env["MEDSPLIT_DATA"] = str(run_dir / "parties" / "server" / "no-data-here")
             log = open(run_dir / "parties" / f"{name}.log", "a")

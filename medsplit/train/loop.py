@@ -109,6 +109,12 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     ``stop_after_epoch`` interrupts the run after that epoch's checkpoint (used by tests
     to show that resuming reaches the same result).
     """
+    if cfg.split.transport != "inprocess":  # one process per party: see medsplit.train.parties
+        from medsplit.train.launch import launch_local
+
+        run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
+        launch_local(cfg, run_dir, resume=resume is not None, quiet=quiet)
+        return run_dir
     t0 = time.time()
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:

@@ -142,17 +142,23 @@ def server_table(cfg: Config):
     return task_model(cfg, 1)
 
 
-def _fault_hook(name: str, epoch: int, step: int) -> None:
-    """Test-only fault injection: ``MEDSPLIT_FAULT=client1:epoch=1:step=2`` kills that party."""
+def _fault_hook(name: str, epoch: int, step: int) -> str | None:
+    """Test-only fault injection: ``MEDSPLIT_FAULT=client1:epoch=1:step=2`` kills that party
+    there (``:mode=hang`` makes it stop answering instead, ``:mode=nan`` makes it send NaN)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return
+        return None
     who, *rest = spec.split(":")
     where = dict(item.split("=") for item in rest)
     if who == name and int(where.get("epoch", 0)) == epoch and int(where.get("step", 0)) == step:
-        if where.get("mode") == "hang":
+        mode = where.get("mode", "kill")
+        if mode == "hang":
             time.sleep(10_000)  # stops answering without closing its sockets
-        os.kill(os.getpid(), signal.SIGKILL)
+        elif mode == "nan":
+            return "nan"
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return None
 
 
 def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None, own_data: bool = False,
@@ -180,7 +186,8 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
     party_dir = run_dir / "parties" / name
     party_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
-    torch.set_num_threads(cfg.train.threads or 1)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     started = time.time()
     ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
     transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s)
@@ -327,13 +334,15 @@ class _PartyRun:
             if not self.is_server and k != self.k:
                 self.channel.step += 1  # another hospital's step: nothing of it runs here
                 return
-            _fault_hook(self.name, epoch, counter["steps"])
+            fault = _fault_hook(self.name, epoch, counter["steps"])
             counter["steps"] += 1
             if self.is_server:
                 x, y = batch_spec(cfg, len(idx))
             else:
                 batch = self.task.batch("train", idx, train=True, generator=aug_gen)
                 x, y = batch.x, batch.y
+                if fault == "nan":
+                    x = x * float("nan")
             with self.autocast():
                 loss, _ = model.train_step(x, y)
             if not math.isnan(loss):

@@ -118,9 +118,10 @@ class GlooTransport(Transport):
         with warnings.catch_warnings():  # read-only buffer: gloo only reads it
             warnings.simplefilter("ignore", UserWarning)
             data = torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)
-        self._wait(self.pg.send([length], dst, 0), "sending a message to", receiver)
-        if len(payload):
-            self._wait(self.pg.send([data], dst, 1), "sending a message to", receiver)
+        # Both posted before waiting: the payload does not wait for the length's round trip.
+        works = [self.pg.send([length], dst, 0)] + ([self.pg.send([data], dst, 1)] if len(payload) else [])
+        for work in works:
+            self._wait(work, "sending a message to", receiver)
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         src = self._peer_rank(sender)
