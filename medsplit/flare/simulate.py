@@ -90,16 +90,28 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     return json.loads(result_file.read_text())
 
 
-def train_with_flare(cfg: Config, quiet: bool = False) -> Path:
-    """``split.transport=flare`` for ``medsplit train``: the run in FLARE's simulator, with
-    hospital sites ``hospital-1..K``; returns the folder holding ``metrics.json`` and the report
-    (``<output.runs_dir>/<run>/flare``). The hook the ``train`` command calls once
-    ``split.transport`` accepts ``flare``."""
-    run_dir = Path(cfg.output.runs_dir) / cfg.run_name() / "flare"
+def train_with_flare(cfg: Config, quiet: bool = False, resume: bool = False) -> Path:
+    """``split.transport=flare`` for ``medsplit train`` (``make ... TRANSPORT=flare``): the run in
+    FLARE's simulator with hospital sites ``hospital-1..K``. The run folder
+    (``<output.runs_dir>/<run>``) gets ``config.yaml``, ``metrics.json``, the report, each site's
+    own folder and FLARE's workspace; ``reports/`` gets the report and metrics as for any run.
+
+    Args:
+        cfg: the run's config (``split.transport=flare``).
+        quiet: no console output beyond FLARE's own logging.
+        resume: every site continues from its last checkpoint (``medsplit train --resume RUN_DIR``).
+    """
+    run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
     sites = [f"hospital-{k + 1}" for k in range(cfg.split.clients)]
-    result = run_simulator(cfg, sites, run_dir, run_dir / "flare-workspace", timeout_s=cfg.split.timeout_s)
+    result = run_simulator(cfg, sites, run_dir, run_dir / "flare-workspace", timeout_s=cfg.split.timeout_s, resume=resume)
     if result["status"] != "ok":
         raise RuntimeError(f"FLARE job {cfg.run_name()!r} failed: {result.get('errors')}")
+    reports = Path(cfg.output.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "metrics.json", reports / f"{cfg.run_name()}.json")
+    shutil.copyfile(run_dir / f"{cfg.run_name()}.html", reports / f"{cfg.run_name()}.html")
     if not quiet:
-        print(f"report: {run_dir}\nmetrics: {run_dir / 'metrics.json'}")
+        print(f"report: {reports / (cfg.run_name() + '.html')}\nmetrics: {run_dir / 'metrics.json'}\nrun: {run_dir}")
     return run_dir

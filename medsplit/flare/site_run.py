@@ -168,7 +168,8 @@ def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_dat
     party_dir = run_dir / "parties" / party
     party_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
-    torch.set_num_threads(cfg.train.threads or 1)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     runner = _FlareParty(cfg, party, rank, names, run_dir, party_dir, device, transport, own_data, resume, True, time.time())
     runner.guard = guard
     return runner.run()

@@ -109,6 +109,13 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     ``stop_after_epoch`` interrupts the run after that epoch's checkpoint (used by tests
     to show that resuming reaches the same result).
     """
+    if cfg.split.transport == "flare":  # FLARE sites in FLARE's simulator: see medsplit.flare
+        from medsplit.flare import require_nvflare
+
+        require_nvflare()
+        from medsplit.flare.simulate import train_with_flare
+
+        return train_with_flare(cfg, quiet=quiet, resume=resume is not None)
     if cfg.split.transport != "inprocess":  # one process per party: see medsplit.train.parties
         from medsplit.train.launch import launch_local
 
