@@ -81,8 +81,9 @@ class _FlareParty(_PartyRun):
     def _train_epoch_with_probes(self, epoch: int) -> dict[int, list[float]]:
         """A hospital's epoch with the detector's fake rounds (SplitGuard-style, simplified).
 
-        A probe is one more batch of the same size, announced to the server like any other: the
-        server cannot tell it apart, and (honest or not) answers it as it answers every batch. The
+        A probe is one more batch of the same size, announced to the server like any other (its size
+        gives nothing away), and the server answers it as it answers every batch. A server that
+        compares consecutive activations can still spot it (same images, unchanged weights). The
         hospital sends the batch with random targets, keeps the gradient it gets back and does not
         step; then sends the same images with the true targets as a regular step and scores the
         two gradients (:class:`~medsplit.defences.detector.HijackDetector`). Once the detector
