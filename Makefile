@@ -77,3 +77,18 @@ ATTACK_TASK = $(if $(filter command line environment,$(origin TASK)),$(patsubst 
 
 attacks: setup
 	$(PY) -m medsplit attack $(if $(PROFILE),--profile $(PROFILE)) $(if $(ATTACK_TASK),--task $(ATTACK_TASK)) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
+
+# NVIDIA FLARE (optional extra: pip install -e ".[flare]"). The server and each hospital are FLARE
+# sites; FLARE's start scripts call `python3`, so the venv's bin leads PATH.
+#   make flare-sim [FLARE_CONFIG=configs/unet-seg.yaml] [SITES=hospital-a,hospital-b] [CLIENTS=2 ...]
+#   make flare-poc ...   (POC mode: provision, start server + one process per hospital, submit, wait, report, stop)
+FLARE_CONFIG ?= configs/retinopathy.yaml
+FLARE_OUT    ?= reports/flare
+FLARE = PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m medsplit flare
+
+.PHONY: flare-sim flare-poc
+flare-sim: setup
+	$(FLARE) simulate $(FLARE_CONFIG) $(RETINO) --out $(FLARE_OUT)/sim $(if $(SITES),--sites $(SITES)) $(ARGS)
+
+flare-poc: setup
+	$(FLARE) poc $(FLARE_CONFIG) $(RETINO) --out $(FLARE_OUT)/poc $(if $(SITES),--sites $(SITES)) $(ARGS)

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from medsplit.privacy_eval import add_attack_parser
 
     add_attack_parser(sub)
+    from medsplit.flare.cli import add_flare_parser
+
+    add_flare_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             from medsplit.privacy_eval import run_attack_command
 
             return run_attack_command(args)
+        if args.command == "flare":
+            from medsplit.flare.cli import run_flare_command
+
+            return run_flare_command(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
         return 2

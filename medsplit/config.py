@@ -77,7 +77,9 @@ class SplitConfig:
     weights it no longer holds)."""
     transport: str = "inprocess"
     """inprocess (every party in this process) | gloo (each hospital and the server in its own
-    process, torch.distributed over TCP; sequential and splitfed only). See README "Parties as processes"."""
+    process, torch.distributed over TCP; sequential and splitfed only). See README "Parties as processes".
+    | flare (server and hospitals as NVIDIA FLARE sites in FLARE's simulator; needs the flare extra;
+    see README "Hospital deployment on NVIDIA FLARE")."""
     address: str = "127.0.0.1:0"
     """HOST:PORT of the server's rendezvous for transport=gloo; port 0 picks a free one (local runs)."""
     timeout_s: float = 120.0
@@ -161,7 +163,7 @@ CHOICES = {
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.optimizer_handover": ("carry", "reset", "local"),
-    "split.transport": ("inprocess", "gloo"),
+    "split.transport": ("inprocess", "gloo", "flare"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
 }

@@ -152,6 +152,13 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     t0 = time.time()
     validate(cfg)  # a Config built in code gets the checks a loaded one had
     check_cut(cfg)
+    if cfg.split.transport == "flare":  # FLARE sites in FLARE's simulator: see medsplit.flare
+        from medsplit.flare import require_nvflare
+
+        require_nvflare()
+        from medsplit.flare.simulate import train_with_flare
+
+        return train_with_flare(cfg, quiet=quiet, resume=resume is not None)
     if cfg.split.transport != "inprocess":  # one process per party: see medsplit.train.parties
         from medsplit.train.launch import launch_local
 

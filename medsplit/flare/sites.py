@@ -1,0 +1,232 @@
+"""The FLARE sites of a medsplit job (Collab API): the server site and the hospital sites.
+
+Why the Collab API and not the Client API: split learning is a conversation (activations up,
+gradients down, every step, and weights handed hospital to hospital), not FedAvg's "receive a
+model, train locally, send it back" round that the Client API's ``flare.receive()/flare.send()``
+loop expresses. Collab maps remote calls onto plain Python methods between any two sites, so the
+transport is one published method (``deliver``) and the protocol code stays medsplit's own.
+
+The server site's ``main`` starts every hospital's :meth:`MedsplitHospital.train`, runs the
+server's share itself, collects each site's result (aggregates only: no image-level rows leave a
+hospital) and writes ``metrics.json`` and the HTML report. A hospital first checks the job
+against its OWN site policy (``local/medsplit_policy.yaml`` in its workspace), then trains its
+own parts on its own data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from nvflare.collab import collab
+
+from medsplit.flare.transport import FlareTransport, Inbox
+
+#: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
+POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
+
+
+def _job_parts(job: dict):
+    from medsplit.config import config_from_dict
+    from medsplit.flare.site_run import party_sites
+
+    cfg = config_from_dict(job["config"])
+    sites = list(job["sites"])
+    if len(sites) != cfg.split.clients:
+        raise ValueError(f"job {job.get('name')!r} names {len(sites)} hospital sites {sites} but split.clients={cfg.split.clients}")
+    return cfg, sites, party_sites(sites)
+
+
+def _site_root(job: dict, site: str) -> Path:
+    """The site's own folder for medsplit runs: stable across jobs (so ``resume`` finds its checkpoints)."""
+    if job.get("sites_root"):  # simulator / POC on one machine: one folder per site under this
+        return Path(job["sites_root"]) / site
+    return Path(collab.context.workspace.get_root_dir()) / "medsplit"
+
+
+def _plain(obj):
+    """JSON round trip: what crosses FLARE is plain lists/dicts/numbers (no numpy, no objects)."""
+    from medsplit.train.loop import _json_default
+
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+class MedsplitServer:
+    """The server site: runs the server's parts and the aggregator, drives the job, writes the report.
+
+    Args:
+        job: the job description written by ``medsplit flare job`` (config, hospital sites in
+            client order, defences, timeouts, where to write the report).
+    """
+
+    def __init__(self, job: dict):
+        self.job = job
+        self.inbox = Inbox()
+
+    @collab.publish
+    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
+        self.inbox.put(sender, seq, payload)
+        return True
+
+    @collab.main
+    def main(self):
+        from medsplit.flare.site_run import run_site_party
+
+        t0 = time.time()
+        job = self.job
+        cfg, sites, site_of = _job_parts(job)
+        # Default: inside this job's run folder on the server, which FLARE uploads with the job,
+        # so the admin gets the report with `nvflare job download JOB_ID` (under workspace/medsplit).
+        out = Path(job.get("out_dir") or Path(collab.context.workspace.get_run_dir(collab.fl_ctx.get_job_id())) / "medsplit")
+        out.mkdir(parents=True, exist_ok=True)
+        proxies = {c.name: c for c in collab.clients}
+        missing = [s for s in sites if s not in proxies]
+        if missing:
+            raise RuntimeError(f"job {job['name']!r} needs hospital site(s) {missing}; connected: {sorted(proxies)}")
+        timeout = float(job.get("timeout_s", 120))
+        transport = FlareTransport("server", site_of, proxies, self.inbox, timeout=timeout)
+        results: dict[str, dict] = {}
+        errors: dict[str, str] = {}
+
+        def run_hospital(site: str) -> None:
+            try:
+                results[site] = proxies[site](timeout=float(job.get("job_timeout_s", 86400))).train()
+            except Exception as e:  # the site's own error, as FLARE relays it
+                errors[site] = _root_message(e)
+                self.inbox.fail(site, errors[site])
+                for other in sites:  # release hospitals waiting on the server
+                    if other != site:
+                        try:
+                            proxies[other](expect_result=False).stop(site, errors[site])
+                        except Exception:
+                            pass
+
+        threads = [threading.Thread(target=run_hospital, args=(s,), daemon=True) for s in sites]
+        for t in threads:
+            t.start()
+        try:
+            run_site_party(cfg, "server", transport, _site_root(job, "server"), resume=bool(job.get("resume")))
+        except Exception as e:
+            errors.setdefault("server", _root_message(e))
+            for site in sites:
+                try:
+                    proxies[site](expect_result=False).stop("server", errors["server"])
+                except Exception:
+                    pass
+        for t in threads:
+            # A hospital whose process died never answers its call: once the server's own part
+            # has ended in error, wait for the others only as long as for any message.
+            t.join(timeout if "server" in errors else None)
+        for site, t in zip(sites, threads):
+            if t.is_alive() and site not in errors:
+                errors[site] = f"did not finish within {timeout:.0f} s after the server stopped (site process gone?)"
+        if errors:
+            status = {"status": "failed", "job": job["name"], "errors": errors}
+            (out / "medsplit_result.json").write_text(json.dumps(status, indent=2))
+            raise RuntimeError(f"medsplit job {job['name']!r} failed: " + "; ".join(f"{s}: {m}" for s, m in errors.items()))
+        records = [r["record"] for r in results.values() if r.get("record")]
+        if len(records) != 1:
+            raise RuntimeError(f"expected the run record from exactly one (the evaluating) hospital, got {len(records)}")
+        record = records[0]
+        record["transport"]["name"] = "flare"
+        record["transport"]["nvflare"] = _nvflare_version()
+        record["transport"]["handed_to_flare"] = {"server": {"payload_bytes": transport.handed_bytes},
+                                                  **{s: {"payload_bytes": r["handed_bytes"]} for s, r in results.items()}}
+        record["transport"]["policies"] = {s: r.get("policy") for s, r in results.items()}
+        record["transport"]["detectors"] = {s: r.get("detector") for s, r in results.items() if r.get("detector")}
+        record["transport"]["job_wall_time_s"] = time.time() - t0
+        write_report(cfg, record, out)
+        (out / "medsplit_result.json").write_text(json.dumps({"status": "ok", "job": job["name"], "out": str(out)}))
+        print(f"[server] medsplit job {job['name']} finished: report in {out}", flush=True)
+        return {"status": "ok", "out": str(out)}
+
+
+class MedsplitHospital:
+    """A hospital site: checks the job against its own policy, then trains its own parts on its own data.
+
+    Args:
+        job: the same job description the server got.
+    """
+
+    def __init__(self, job: dict):
+        self.job = job
+        self.inbox = Inbox()
+
+    @collab.publish
+    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
+        self.inbox.put(sender, seq, payload)
+        return True
+
+    @collab.publish
+    def stop(self, site: str, why: str) -> bool:
+        self.inbox.fail(site, why)
+        return True
+
+    @collab.publish
+    def train(self) -> dict:
+        from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
+        from medsplit.flare.site_run import client_party, run_site_party
+
+        job = self.job
+        cfg, sites, site_of = _job_parts(job)
+        site = collab.site_name
+        if site not in sites:
+            raise RuntimeError(f"site {site} is not a hospital of job {job['name']!r} (hospitals: {sites})")
+        k = sites.index(site)
+        defences = JobDefences.from_dict(job.get("defences"), where=f"job {job['name']!r} defences")
+        policy = policy_for_site(Path(collab.context.workspace.get_root_dir()), site)
+        if policy is None and os.environ.get(POLICY_ROOT_ENV):
+            # The simulator recreates every site's workspace on start; its sites' own kits live
+            # under this folder instead (<root>/<site>/local/medsplit_policy.yaml).
+            policy = policy_for_site(Path(os.environ[POLICY_ROOT_ENV]) / site, site)
+        if policy is not None:
+            policy.enforce(defences, job_name=f"job {job['name']!r}")
+        guard = None
+        if defences.hijack_detector or defences.laplace_scale is not None or defences.nopeek_alpha:
+            guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
+        proxies = {"server": collab.server, **{c.name: c for c in collab.other_clients}}
+        transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)))
+        record = run_site_party(cfg, client_party(k), transport, _site_root(job, site), own_data=bool(job.get("own_data")),
+                                resume=bool(job.get("resume")), guard=guard)
+        if record is not None:
+            record = dict(record)
+            test = dict(record["test"])
+            test.pop("per_image", None)  # image-level rows stay at the hospital (its own report has them)
+            record["test"] = test
+        detector = guard.detector.summary() if guard is not None and guard.detector is not None else None
+        return _plain({"record": record, "handed_bytes": transport.handed_bytes,
+                       "policy": policy.source if policy is not None else None, "detector": detector})
+
+
+def _root_message(e: BaseException) -> str:
+    msg = str(e)
+    return msg if msg else "".join(traceback.format_exception_only(type(e), e)).strip()
+
+
+def _nvflare_version() -> str:
+    import nvflare
+
+    return getattr(nvflare, "__version__", "unknown")
+
+
+def write_report(cfg, metrics: dict, out: Path) -> Path:
+    """``metrics.json`` and the HTML run report of a FLARE run into ``out``."""
+    import datetime
+
+    from medsplit import __version__
+    from medsplit.report.run_report import write_run_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_plain(metrics), indent=2))
+    record = dict(metrics)
+    record.update({
+        "title": f"medsplit {cfg.task}: {cfg.split.protocol}, CUT={cfg.split.cut}, {cfg.split.clients} hospital(s) on NVIDIA FLARE",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "medsplit_version": __version__, "config_yaml": cfg.to_yaml(), "device": "per site (see sites)",
+        "artifacts": {"metrics_json": "metrics.json", "run_dir": str(out)},
+    })
+    return write_run_report(record, out / f"{cfg.run_name()}.html")
