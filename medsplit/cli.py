@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="dataset folder, .npz, or a source name (eyepacs, retinamnist, ...)")
     p.add_argument("--out", required=True, help="where to write the metrics JSON")
+    p.add_argument("--labels", default=None, help="fundus: a labels CSV (image,level) for a plain image folder given by --data")
+    p.add_argument("--report", default=None, help="also write a Markdown report: the external metric against the run's own test metric")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("data", help="download datasets into $MEDSPLIT_DATA (needs network; Kaggle needs credentials)")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             from medsplit.evaluate import evaluate_run
 
-            evaluate_run(Path(args.run_dir), args.data, Path(args.out), device=args.device)
+            evaluate_run(Path(args.run_dir), args.data, Path(args.out), device=args.device, labels=args.labels,
+                         report=Path(args.report) if args.report else None)
             return 0
         if args.command == "data":
             return _data(args)

@@ -1,11 +1,19 @@
 """External validation: score a trained run on another dataset.
 
-    python -m medsplit evaluate RUN_DIR --data PATH --out FILE.json
+    python -m medsplit evaluate RUN_DIR --data PATH --out FILE.json [--labels CSV] [--report FILE.md]
 
 The run's saved config rebuilds the model, its selected weights (``model.safetensors``,
 loaded without unpickling) fill it, and its training-set normalisation is reused, so
 the scores mean what they would have meant at test time. Every image of a folder is
-scored; for a RetinaMNIST ``.npz``, its official test split.
+scored; for a RetinaMNIST ``.npz``, its official test split. What ``--data`` may be:
+
+* lungs: a set name, a combined source (``covid-cxr-v7+shenzhen``), or any folder with
+  ``images/`` and ``masks/`` whose files share stems (no manifest needed);
+* fundus: a folder with a labels CSV (``image,level``), or a plain image folder with the CSV
+  elsewhere (``--labels``), or a ``.npz``.
+
+The result holds the run's own (internal) test metric beside the external one and how far the
+external one falls from it: the number a user wants before trusting a model on their site.
 """
 
 from __future__ import annotations
@@ -23,18 +31,33 @@ from medsplit.train.loop import resolve_device
 from medsplit.train.tasks import task_model
 
 
-def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64) -> dict:
+def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64,
+                 labels: str | None = None, report: Path | None = None) -> dict:
+    """Score the run in ``run_dir`` on ``data`` and write the result JSON to ``out``.
+
+    Args:
+        run_dir: a finished medsplit run (``config.yaml``, ``model.safetensors``, ``metrics.json``).
+        data: see the module docstring.
+        out: the result JSON.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        batch_size: images per forward pass.
+        labels: fundus only: a CSV (``image,level``, optional ``file``) for the images of the
+            ``data`` folder, when the CSV is not inside it.
+        report: optional Markdown file stating the external metric against the internal one.
+    """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a medsplit run directory (no config.yaml)")
     cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device {}")
     if cfg.task == "retinopathy":
-        images, targets, ids, source, metrics = _retinopathy(cfg, data)
+        images, targets, ids, source, metrics = _retinopathy(cfg, data, labels)
         num_classes = metrics.num_classes
     else:
+        if labels is not None:
+            raise ValueError("--labels is for fundus runs (a CSV of grades); a lung folder pairs images/ with masks/ by stem")
         images, targets, ids, source, metrics = _lungs(cfg, data)
         num_classes = 1
     table = task_model(cfg, num_classes)
@@ -51,21 +74,72 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
                 metrics.update(out_, y)
             else:
                 metrics.update(out_, y.float(), ids[start : start + batch_size])
-    result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": metrics.aggregate()}
+    scored = metrics.aggregate()
+    result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": scored,
+              "comparison": compare_to_internal(cfg.task, saved.get("test"), scored)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"scored {len(ids)} images from {source}; metrics written to {out}")
+    print(result["comparison"]["statement"])
+    if report is not None:
+        report = Path(report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(_markdown(result))
+        print(f"report: {report}")
     return result
 
 
-def _retinopathy(cfg, data: str):
+def headline(task: str, metrics: dict) -> tuple[str, float | None]:
+    """The metric a run is judged by: test AUC (classification) or mean Dice (segmentation)."""
+    if task == "retinopathy":
+        value = metrics.get("auc")
+        return "AUC", float(value) if isinstance(value, (int, float)) else None
+    value = (metrics.get("dice") or {}).get("mean")
+    return "mean Dice", float(value) if isinstance(value, (int, float)) else None
+
+
+def compare_to_internal(task: str, internal: dict | None, external: dict) -> dict:
+    """The external headline metric against the run's own test split: both values, the drop
+    (internal minus external: positive when the model does worse outside) and one sentence.
+
+    Args:
+        task: ``retinopathy`` or ``lungs``.
+        internal: the run's ``metrics.json["test"]`` (``None`` when the run has none).
+        external: the metrics just computed on the external data.
+    """
+    name, ext = headline(task, external)
+    _, own = headline(task, internal or {})
+    drop = None if own is None or ext is None else own - ext
+    if ext is None:
+        statement = f"external {name} is undefined on this data (e.g. a single class present)"
+    elif own is None:
+        statement = f"external {name} {ext:.3f}; the run has no internal test metric to compare with"
+    elif drop > 0:
+        statement = (f"external {name} {ext:.3f} falls {drop:.3f} below the internal test {name} {own:.3f} "
+                     f"({100 * drop / own:.1f}% relative)" if own else f"external {name} {ext:.3f}, internal {own:.3f}")
+    else:
+        statement = f"external {name} {ext:.3f} is {-drop:.3f} above (not below) the internal test {name} {own:.3f}"
+    return {"metric": name, "internal": own, "external": ext, "drop": drop, "statement": statement}
+
+
+def _markdown(result: dict) -> str:
+    c = result["comparison"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    return (f"# External validation of {result['run']}\n\n"
+            f"Data: {result['data']} ({result['n']} images)\n\n"
+            f"| | {c['metric']} |\n|---|---|\n| internal test split | {fmt(c['internal'])} |\n"
+            f"| external data | {fmt(c['external'])} |\n| drop (internal - external) | {fmt(c['drop'])} |\n\n"
+            f"{c['statement']}.\n")
+
+
+def _retinopathy(cfg, data: str, labels: str | None):
     from medsplit.data.retinopathy import TARGETS, load_for_evaluation
     from medsplit.metrics import ClassificationMetrics
 
     spec = TARGETS[cfg.data.target]
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache)
+    images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
     return images.images, images.labels, images.ids, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
 
 
@@ -73,8 +147,9 @@ def _lungs(cfg, data: str):
     from medsplit.data.lungs import load_lungs
     from medsplit.metrics import SegmentationMetrics
 
-    d = load_lungs(data, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed,
-                   cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    # No split: every image of the folder is scored (test_fraction = val_fraction = 0 keeps all in "train").
+    d = load_lungs(data, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=0.0,
+                   val_fraction=0.0, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     if d.synthetic:
         raise ValueError("external validation needs real data: pass a lung folder with --data, not the synthetic source")
     parts = (d.train, d.val, d.test)

@@ -320,8 +320,8 @@ class _Table:
         )
 
 
-def _read_folder(folder: Path) -> _Table:
-    csv_path, header = _pick_csv(folder)
+def _read_folder(folder: Path, labels: Path | None = None) -> _Table:
+    csv_path, header = _pick_csv(folder) if labels is None else _labels_csv(Path(labels))
     names, levels, files, patients, groups = [], [], [], [], []
     group_column = next((c for c in _GROUP_COLUMNS if c in header), None)
     seen: dict[str, int] = {}
@@ -372,6 +372,18 @@ def _pick_csv(folder: Path) -> tuple[Path, list[str]]:
             return path, header
         problems.append(f"{path} is missing required column(s) {', '.join(missing)} (has: {', '.join(header) or 'no header'})")
     raise DataError("no usable labels CSV: " + "; ".join(problems))
+
+
+def _labels_csv(path: Path) -> tuple[Path, list[str]]:
+    """A labels CSV given by path (external validation's ``--labels``), checked like a folder's."""
+    if not path.is_file():
+        raise DataError(f"labels CSV {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = [c.strip() for c in next(csv.reader(handle), [])]
+    missing = [c for c in ("image", "level") if c not in header]
+    if missing:
+        raise DataError(f"labels CSV {path} is missing required column(s) {', '.join(missing)} (has: {', '.join(header) or 'no header'})")
+    return path, header
 
 
 def _parse_level(value: str | None, where: str, name: str) -> int:
@@ -530,17 +542,21 @@ def _eye_ids(patients: list[str]) -> list[str]:
     return ids
 
 
-def load_for_evaluation(data: str, data_root: Path, target: str, img_size: int, cache_dir: Path | None = None) -> tuple[ImageSet, str]:
+def load_for_evaluation(data: str, data_root: Path, target: str, img_size: int, cache_dir: Path | None = None,
+                        labels: Path | str | None = None) -> tuple[ImageSet, str]:
     """Every image of a folder source (or a RetinaMNIST ``.npz``'s official test split), unsplit,
-    for scoring a trained model on external data.
+    for scoring a trained model on external data. ``labels``: a CSV outside the folder naming its
+    images (``image,level``; images are found below the folder, or by the ``file`` column).
 
     Raises:
         DataError: the synthetic source (external validation needs real images) or a bad source.
     """
     spec = TARGETS[target]  # the run's config already validated the target
     kind, path = resolve_source(data, data_root)
+    if labels is not None and kind != "folder":
+        raise DataError(f"--labels names the grades of an image folder; {data!r} is not a folder")
     if kind == "folder":
-        table = _read_folder(path)
+        table = _read_folder(path, None if labels is None else Path(labels))
         images = decode_images(table.files, img_size, 3, cache_dir)
         full = ImageSet(images, spec.labels(table.grades), table.ids, table.patients, table.grades, table.groups)
         return full, f"{path} ({table.csv.name})"

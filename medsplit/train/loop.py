@@ -274,13 +274,16 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     test_model_state = best["weights"] or protocol.eval_state_dict()
     _load_eval_weights(final, test_model_state)
     test, test_loss = evaluate_split(final, task, "test", cfg.train.eval_batch_size, autocast)
+    from medsplit.train.by_group import evaluate_by_group  # per-site test metrics of a multi-site set
+
+    test_by_group = evaluate_by_group(final, task, "test", cfg.train.eval_batch_size, autocast)
     save_weights(run_dir, test_model_state)
     wall = time.time() - t0
     result = {
         "task": cfg.task, "run": cfg.run_name(), "protocol": cfg.split.protocol,
         "cut": cfg.split.cut if protocol.split else None, "clients": cfg.split.clients,
         "device": device_label(device), "wall_time_s": wall, "selected_epoch": best["epoch"],
-        "test": test, "test_loss": test_loss, "history": history, "bytes": channel.byte_rows("train"),
+        "test": test, "test_loss": test_loss, **({"test_by_group": test_by_group} if test_by_group else {}), "history": history, "bytes": channel.byte_rows("train"),
         "bytes_eval": channel.byte_rows("eval"), "data": _data_summary(task, clients, pooled),
         "normalisation": task.normalisation(),
         "config": cfg.to_dict(),

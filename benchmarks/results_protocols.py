@@ -1,0 +1,147 @@
+"""Protocols compared on real data: split (sequential relay, SplitFed) against centralised and
+FedAvg, several seeds each, mean +- std of the test metrics of the model selected on validation.
+
+    MEDSPLIT_DATA=../shared/data python benchmarks/results_protocols.py --config configs/results-retinamnist.yaml --tag retinamnist
+    MEDSPLIT_DATA=../shared/data python benchmarks/results_protocols.py --config configs/results-lungs-sites.yaml --tag lungs-sites
+
+Each (protocol, seed) is one ordinary medsplit run (with its report) under ``--runs-dir``;
+the sweeps' runner reads a finished run back and resumes an interrupted one, so the study can
+be stopped and restarted. Runs go one after another (``--jobs 1``) on ``--threads`` threads.
+Retinopathy runs report test AUC and accuracy; lung runs the mean test Dice, pooled and per
+site (``test_by_group``, when the data source combines sites). Prints a table and writes
+``benchmarks/results/results-<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from medsplit.config import load_config
+from medsplit.sweep import check_run_matches, train_points
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROTOCOLS = ("sequential", "splitfed", "centralised", "fedavg")
+
+
+def _list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def run_scores(metrics: dict) -> dict[str, float]:
+    """The test numbers a study keeps of one run: ``auc``/``accuracy`` (classification) or
+    ``dice`` pooled and ``dice@<site>`` per site (segmentation)."""
+    test = metrics["test"]
+    if metrics["task"] == "retinopathy":
+        return {"auc": float(test["auc"]), "accuracy": float(test["accuracy"])}
+    out = {"dice": float(test["dice"]["mean"])}
+    for site, m in (metrics.get("test_by_group") or {}).items():
+        out[f"dice@{site}"] = float(m["dice"]["mean"])
+    return out
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(runs: list[dict], protocols: list[str]) -> list[dict]:
+    """Per protocol: seeds, values per metric, mean and std, mean wall time."""
+    out = []
+    for protocol in protocols:
+        rs = sorted((r for r in runs if r["protocol"] == protocol), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        keys = [k for k in rs[0]["scores"] if all(k in r["scores"] for r in rs)]
+        row = {"protocol": protocol, "seeds": [r["seed"] for r in rs], "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in rs)}
+        for k in keys:
+            values = [r["scores"][k] for r in rs]
+            m, s = mean_std(values)
+            row[k] = {"values": values, "mean": m, "std": s}
+        out.append(row)
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    """Markdown table: one row per protocol, ``mean +- std`` per metric."""
+    if not summary:
+        return "(no finished runs)"
+    keys = [k for k in summary[0] if isinstance(summary[0][k], dict)]
+    lines = ["| protocol | seeds | " + " | ".join(keys) + " | wall time per run |",
+             "|---" * (len(keys) + 3) + "|"]
+    for row in summary:
+        cells = [f"{row[k]['mean']:.3f} +- {row[k]['std']:.3f}" if k in row else "" for k in keys]
+        lines.append(f"| {row['protocol']} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {row['wall_time_s_mean'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--tag", required=True, help="names the runs and benchmarks/results/results-<tag>.json")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--order", choices=("seed", "protocol"), default="seed",
+                   help="seed: every protocol of seed 0 first, so a cut-short study still compares protocols")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--runs-dir", default="runs/results")
+    p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = p.parse_args(argv)
+
+    protocols, seeds = _list(args.protocols), [int(s) for s in _list(args.seeds)]
+    bad = [x for x in protocols if x not in PROTOCOLS]
+    if bad:
+        print(f"results_protocols: unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}", file=sys.stderr)
+        return 2
+    load_config(args.config, args.overrides)  # a bad key fails here, named, before any run starts
+    pairs = [(pr, s) for s in seeds for pr in protocols] if args.order == "seed" else [(pr, s) for pr in protocols for s in seeds]
+    plan = []
+    for protocol, seed in pairs:
+        name = f"results-{args.tag}-{protocol}-seed{seed}"
+        cfg = load_config(args.config, [*args.overrides, f"split.protocol={protocol}", f"train.seed={seed}",
+                                        f"output.name={name}", f"output.runs_dir={args.runs_dir}", f"train.threads={args.threads}"])
+        run_dir = Path(args.runs_dir) / name
+        try:
+            check_run_matches(run_dir, cfg, remedy="pass another --runs-dir")
+        except RuntimeError as e:
+            print(f"results_protocols: {e}", file=sys.stderr)
+            return 2
+        plan.append((protocol, seed, run_dir, cfg))
+
+    start = time.time()
+    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=args.threads):
+        protocol, seed, run_dir, _ = plan[k]
+        print(f"{protocol:>11} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
+
+    runs = []
+    for protocol, seed, run_dir, _ in plan:
+        path = run_dir / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            runs.append({"protocol": protocol, "seed": seed, "run": str(run_dir), "scores": run_scores(m),
+                         "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
+                         "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]})
+    summary = summarise(runs, protocols)
+    text = table(summary)
+    print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")
+    out = {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
+           "runs": runs, "summary": summary, "table_markdown": text, "threads": args.threads, "jobs": args.jobs,
+           "machine": platform.machine(), "wall_time_s": time.time() - start,
+           "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"results-{args.tag}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {path}")
+    return 0 if len(runs) == len(plan) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
