@@ -32,10 +32,10 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device)
     if cfg.task == "retinopathy":
-        images, targets, ids, source, metrics = _retinopathy(cfg, data)
+        images, targets, ids, patients, source, metrics = _retinopathy(cfg, data)
         num_classes = metrics.num_classes
     else:
-        images, targets, ids, source, metrics = _lungs(cfg, data)
+        images, targets, ids, patients, source, metrics = _lungs(cfg, data)
         num_classes = 1
     table = task_model(cfg, num_classes)
     table.load_state_dict(load_weights(run_dir))
@@ -48,10 +48,14 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
             y = targets[start : start + batch_size].to(dev)
             out_ = table(x).float()
             if cfg.task == "retinopathy":
-                metrics.update(out_, y)
+                metrics.update(out_, y, ids[start : start + batch_size])
             else:
                 metrics.update(out_, y.float(), ids[start : start + batch_size])
-    result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": metrics.aggregate()}
+    from medsplit.uncertainty import test_intervals
+
+    scores = metrics.aggregate()
+    result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": scores,
+              "intervals": test_intervals(scores, dict(zip(ids, patients)) if patients else None, seed=cfg.train.seed)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -66,7 +70,7 @@ def _retinopathy(cfg, data: str):
     spec = TARGETS[cfg.data.target]
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache)
-    return images.images, images.labels, images.ids, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
+    return images.images, images.labels, images.ids, images.patients, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
 
 
 def _lungs(cfg, data: str):
@@ -81,4 +85,5 @@ def _lungs(cfg, data: str):
     images = torch.cat([p.images for p in parts])
     masks = torch.cat([p.masks for p in parts])
     ids = [i for p in parts for i in p.ids]
-    return images, masks, ids, d.source, SegmentationMetrics()
+    patients = [q for p in parts for q in (p.patients or p.ids)]
+    return images, masks, ids, patients, d.source, SegmentationMetrics()

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from medsplit.config import Config
 from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
+from medsplit.train.console import announce_data
 from medsplit.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.tasks import Task, make_task
@@ -118,10 +119,8 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     task = make_task(cfg, device)
-    if task.data.synthetic and not quiet:
-        print("\n" + "=" * 78 + "\n  SYNTHETIC DATA: no real images were found, so this run uses the built-in\n"
-              "  generator. Its numbers say nothing about patients. See datasets/README.md.\n" + "=" * 78 + "\n")
     clients = client_indices(cfg, task)
+    announce_data(task, clients, quiet)  # after the partition, so a setting that cannot work fails first
     torch.manual_seed(cfg.train.seed)  # one init, shared by split and unsplit protocols
     table = task.build_table().to(device)
     if device.type == "cuda" and cfg.train.channels_last:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime
-import shutil
+import json
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     reports = Path(cfg.output.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
     name = cfg.run_name()
+    result["test_intervals"] = _test_intervals(task, result["test"], cfg.train.seed)
     record = dict(result)
     record.update({
         "title": f"medsplit {cfg.task}: {cfg.split.protocol}" + (f", CUT={result['cut']}" if result["cut"] is not None else "") + f", {cfg.split.clients} client(s)",
@@ -30,12 +31,28 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     if cfg.task == "lungs":
         record["examples"] = segmentation_examples(task, model, result["test"])
     html = write_run_report(record, reports / f"{name}.html")
-    shutil.copyfile(run_dir / "metrics.json", reports / f"{name}.json")
+    from medsplit.train.loop import _json_default
+
+    # metrics.json gains the intervals; the reports copy is the same file.
+    text = json.dumps(result, indent=2, default=_json_default)
+    (run_dir / "metrics.json").write_text(text)
+    (reports / f"{name}.json").write_text(text)
     if not quiet:
-        headline = task.summarise(result["test"])
-        print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+        from medsplit.train.console import final_line
+
+        print(final_line(result, task.summarise(result["test"]), result["test_intervals"], task.select_metric))
         print(f"report: {html}\nmetrics: {reports / f'{name}.json'}\nrun: {run_dir}")
     return html
+
+
+def _test_intervals(task, test: dict, seed: int) -> dict | None:
+    """95% patient-level bootstrap intervals of the test metrics (see medsplit.uncertainty)."""
+    from medsplit.uncertainty import test_intervals
+
+    part = task.split("test")
+    patients = getattr(part, "patients", None)
+    patient_of = dict(zip(part.ids, patients)) if patients else None
+    return test_intervals(test, patient_of, seed=seed)
 
 
 @torch.no_grad()
