@@ -3,8 +3,8 @@
 ``python -m medsplit.report.browser_check reports/*.html [--out reports/screenshots]``
 loads every page at 1400 CSS pixels wide and checks that
 
-- the page does not scroll sideways (``scrollWidth`` fits the viewport; the elements that
-  stick out are named when it does not),
+- neither the page nor any table or code block scrolls sideways (the elements that stick
+  out are named when one does),
 - every image decoded (``naturalWidth > 0``),
 - nothing was requested from anywhere but the file itself and ``data:`` URIs (the reports
   must open offline), neither by the browser nor in ``src``/``href`` attributes of
@@ -45,12 +45,14 @@ _PAGE_STATE = """(() => {
     const r = el.getBoundingClientRect();
     if (r.right > root.clientWidth + 1 && wide.length < 8) wide.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' right=' + Math.round(r.right));
   }
+  const scrollers = [...document.querySelectorAll('.table-wrap, pre')].filter(e => e.scrollWidth > e.clientWidth + 1)
+      .map(e => (e.previousElementSibling ? e.previousElementSibling.textContent.slice(0, 60) : e.tagName.toLowerCase()) + ' (' + e.scrollWidth + ' px)');
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => (i.alt || i.src.slice(0, 60)));
   const remote = [...document.querySelectorAll('img[src], script[src], link[href], iframe[src], source[src]')]
       .map(e => e.getAttribute('src') || e.getAttribute('href'))
       .filter(u => !u.startsWith('data:') && !u.startsWith('#'));
   return {scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, height: root.scrollHeight,
-          images: document.images.length, broken, remote, wide, title: document.title};
+          images: document.images.length, broken, remote, wide, scrollers, title: document.title};
 })()"""
 
 
@@ -190,6 +192,8 @@ def check_report(html: Path, out_dir: Path | None, executable: str | None = None
             if state["scrollWidth"] > state["clientWidth"]:
                 result.problems.append(f"scrolls sideways at {width} px: page is {state['scrollWidth']} px wide; "
                                        f"too wide: {', '.join(state['wide']) or '?'}")
+            if state["scrollers"]:
+                result.problems.append(f"{len(state['scrollers'])} table(s) or code block(s) scroll sideways: {state['scrollers'][:3]}")
             if state["broken"]:
                 result.problems.append(f"{len(state['broken'])} image(s) did not load: {state['broken'][:3]}")
             if remote or state["remote"]:

@@ -181,6 +181,7 @@ class Report:
         columns: list[str] | None = None,
         caption: str = "",
         float_fmt: str = "{:.4f}",
+        marked: list[int] | None = None,
     ) -> None:
         """A table with one row per dict.
 
@@ -189,6 +190,7 @@ class Report:
             columns: column order; defaults to every key in order of first appearance.
             caption: shown above the table.
             float_fmt: format for float cells (ints and strings are shown as they are).
+            marked: indices of rows to highlight (e.g. the selected epoch).
         """
         rows = list(rows)
         if columns is None:
@@ -199,17 +201,29 @@ class Report:
             [{"text": format_value(row.get(c), float_fmt), "num": _is_number(row.get(c))} for c in columns]
             for row in rows
         ]
-        self._items.append({"kind": "table", "columns": [str(c) for c in columns], "rows": cells, "caption": caption})
+        self._items.append({"kind": "table", "columns": [str(c) for c in columns], "rows": cells, "caption": caption,
+                            "marked": list(marked or [])})
 
     def kv(self, mapping: dict, caption: str = "") -> None:
         """A two-column key/value table; nested dicts are flattened to dotted keys."""
         rows = [{"key": k, "value": v} for k, v in flatten(dict(mapping)).items()]
         cells = [[{"text": r["key"], "num": False}, {"text": format_value(r["value"], "{:g}"), "num": False}] for r in rows]
-        self._items.append({"kind": "table", "columns": ["key", "value"], "rows": cells, "caption": caption, "kv": True})
+        self._items.append({"kind": "table", "columns": ["key", "value"], "rows": cells, "caption": caption, "kv": True,
+                            "marked": []})
 
-    def cards(self, mapping: dict[str, Any], caption: str = "", float_fmt: str = "{:.3f}") -> None:
-        """Headline numbers shown large, side by side (e.g. test AUC, Dice, wall time)."""
-        cards = [{"label": str(k), "value": v if isinstance(v, str) else format_value(v, float_fmt)} for k, v in mapping.items()]
+    def cards(self, mapping: dict[str, Any], caption: str = "", float_fmt: str = "{:.3f}",
+              notes: dict[str, str] | None = None) -> None:
+        """Headline numbers shown large, side by side (e.g. test AUC, Dice, wall time).
+
+        Args:
+            mapping: label -> value.
+            caption: shown above the cards.
+            float_fmt: format for float values.
+            notes: label -> a small line under the value (e.g. its 95% interval).
+        """
+        notes = notes or {}
+        cards = [{"label": str(k), "value": v if isinstance(v, str) else format_value(v, float_fmt), "note": notes.get(k, "")}
+                 for k, v in mapping.items()]
         self._items.append({"kind": "cards", "cards": cards, "caption": caption})
 
     def figure(self, fig_or_data_uri: Any, caption: str = "") -> None:
