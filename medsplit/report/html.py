@@ -112,6 +112,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _cell(value: Any, float_fmt: str) -> dict[str, Any]:
+    """A table cell; ``long`` marks text with a word too long to fit a column (a path, a run
+    name), which may then break anywhere instead of widening the table past the page."""
+    text = format_value(value, float_fmt)
+    return {"text": text, "num": _is_number(value), "long": max((len(w) for w in text.split()), default=0) > 22}
+
+
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug or "section"
@@ -197,10 +204,7 @@ class Report:
             columns = []
             for row in rows:
                 columns.extend(k for k in row if k not in columns)
-        cells = [
-            [{"text": format_value(row.get(c), float_fmt), "num": _is_number(row.get(c))} for c in columns]
-            for row in rows
-        ]
+        cells = [[_cell(row.get(c), float_fmt) for c in columns] for row in rows]
         self._items.append({"kind": "table", "columns": [str(c) for c in columns], "rows": cells, "caption": caption,
                             "marked": list(marked or [])})
 
