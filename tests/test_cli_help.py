@@ -41,3 +41,25 @@ def test_help_and_config_errors_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip().endswith("NO TORCH 2"), out.stdout + out.stderr
+
+
+def test_console_names_the_data_and_ends_with_epoch_and_interval(tmp_path, capsys):
+    """Issue 18 item 7: no synthetic banner before a settings error; the data named; the last
+    line gives the tested epoch and the 95% interval."""
+    from medsplit.config import load_config
+    from medsplit.data.images import DataError
+    from medsplit.train.loop import train
+
+    tiny = ["task=retinopathy", "data.source=synthetic", "data.synthetic_size=96", "data.img_size=32",
+            "model.name=resnet18", "train.epochs=1", "train.batch_size=16", "output.tensorboard=false",
+            f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/c"]
+    with pytest.raises(DataError):
+        train(load_config(None, tiny + ["split.clients=40"]))
+    assert "SYNTHETIC DATA" not in capsys.readouterr().out
+    train(load_config(None, tiny + ["train.threads=1"]))
+    out = capsys.readouterr().out
+    assert "SYNTHETIC DATA" in out
+    assert "data: synthetic fundus generator (96 images" in out and "training images per client:" in out
+    final = [line for line in out.splitlines() if line.startswith("test (")][0]
+    assert "model of epoch 1 of 1, best validation auc" in final and "[95% CI " in final
+    assert "bootstrap resamples of" in final
