@@ -10,7 +10,7 @@ from medsplit.report import Report, figures
 from medsplit.report.browser_check import check_report, find_chromium
 
 pytestmark = [pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install chromium)"),
-              pytest.mark.timeout(300)]
+              pytest.mark.timeout(300), pytest.mark.slow]  # two Chromium starts
 
 
 def test_a_report_passes_and_a_broken_page_is_caught(tmp_path):
