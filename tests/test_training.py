@@ -124,6 +124,8 @@ def test_evaluate_segmentation_run(tmp_path, shared_data):
     assert result["n"] == 159
     assert 0.0 <= result["metrics"]["dice"]["mean"] <= 1.0
     assert len(result["metrics"]["per_image"]) == 159
+    dice = result["intervals"]["dice"]  # patient-level bootstrap interval of the mean Dice
+    assert dice["low"] <= result["metrics"]["dice"]["mean"] <= dice["high"]
     html = (tmp_path / "reports" / f"{cfg.run_name()}.html").read_text()
     assert "client_encoder" in html  # bytes are reported per cut of the U-shape
 

@@ -40,8 +40,9 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     if not quiet:
         from medsplit.train.console import final_line
 
-        print(final_line(result, task.summarise(result["test"]), result["test_intervals"], task.select_metric))
         print(f"report: {html}\nmetrics: {reports / f'{name}.json'}\nrun: {run_dir}")
+        # last, so the line a person reads first after a run is the result
+        print(final_line(result, task.summarise(result["test"]), result["test_intervals"], task.select_metric))
     return html
 
 
