@@ -17,11 +17,13 @@ Record schema (all keys optional)::
                "clients": [{"name": "client0", "n": int, "class_counts": [...]}]},
       "history": [{"epoch", "client", "train_loss", "val_loss", "val_auc", "val_accuracy",
                    "val_dice", "val_jaccard", "seconds"}, ...],
+      "selected_epoch": int (1-based; the epoch whose model was tested),
       "test": ClassificationMetrics.aggregate() or SegmentationMetrics.aggregate(),
+      "test_intervals": medsplit.uncertainty.test_intervals(...) (95% patient-bootstrap CIs),
       "bytes": [{"epoch", "link": "client0->server", "kind": "activation" | "gradient" | "label" | "weights",
-                 "bytes": int}, ...],
+                 "sender", "receiver", "bytes": int}, ...],
       "examples": {"images": (N, H, W), "pred": bool (N, H, W), "true": bool (N, H, W), "titles": [...]},
-      "artifacts": {"metrics_json": "metrics.json", "tensorboard": "tb/", "checkpoint": "..."},
+      "artifacts": {"run_dir": str, "metrics_copy": str, "files": {"model.safetensors": {"what", "MB"}, ...}},
     }
 
 ``examples`` holds NumPy arrays (segmentation only) and is not part of the JSON record.
