@@ -116,7 +116,12 @@ def _cell(value: Any, float_fmt: str) -> dict[str, Any]:
     """A table cell; ``long`` marks text with a word too long to fit a column (a path, a run
     name), which may then break anywhere instead of widening the table past the page."""
     text = format_value(value, float_fmt)
-    return {"text": text, "num": _is_number(value), "long": max((len(w) for w in text.split()), default=0) > 22}
+    # an interval such as "0.714-0.837" is set like a number: right-aligned, never broken at its dash
+    numeric = _is_number(value) or bool(_INTERVAL.fullmatch(text))
+    return {"text": text, "num": numeric, "long": max((len(w) for w in text.split()), default=0) > 22}
+
+
+_INTERVAL = re.compile(r"-?\d[\d.,]*\u2013-?\d[\d.,]*")
 
 
 def _slug(text: str) -> str:
