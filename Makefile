@@ -2,7 +2,7 @@
 #   make retinopathy CUT=3 CLIENTS=2 [DATA=eyepacs|retinamnist|kaggle|synthetic|PATH] [EPOCHS=..] [DEVICE=cpu|cuda]
 #   make unet-seg [CUT=1] [BACKBONE=smp|classic] [DATA=covid-cxr-v7|synthetic|PATH]
 #   TRANSPORT=gloo runs the server and each hospital as its own local process (split.transport)
-#   make test | make data | make setup
+#   make test | make data | make setup | make clean (deletes runs/) | make check-reports
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,15 +30,20 @@ SWEEP_CLIENTS_unet        = 1,2,3,4,6
 JOBS       ?= 1
 SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS) --jobs $(JOBS)
 
-.PHONY: attacks setup test retinopathy retinamnist eyepacs unet-seg data clean-reports sweep-cut sweep-clients index
+.PHONY: attacks setup test retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index
 
 setup: $(VENV)/.installed
 
+# pip's own progress is shown: the first set-up downloads PyTorch (with its CUDA libraries on
+# Linux) and takes several minutes; the finished .venv is about 6.2 GB (measured: du -sh .venv).
 $(VENV)/.installed: pyproject.toml
+	@echo ">>> creating $(VENV) and installing medsplit with PyTorch, MONAI, scikit-learn and the test tools"
+	@echo ">>> first time: several minutes of downloads; the finished $(VENV) is about 6.2 GB on disk"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --progress-bar on -e ".[dev]"
 	touch $@
+	@echo ">>> set-up done; try: make retinopathy or make unet-seg (each wants about 2 GB of RAM), or make test"
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -68,8 +73,17 @@ index: setup
 data: setup
 	$(PY) -m medsplit data
 
+# Run folders hold checkpoints (hundreds of MB each); reports/ keeps the HTML and JSON of every run.
+clean:
+	rm -rf runs/
+
 clean-reports:
 	rm -f reports/*.html reports/*.json
+
+# Open every report in headless Chromium at 1400 px: no sideways scrolling, no broken images,
+# nothing fetched from the network; full-page screenshots go to reports/screenshots/ (git-ignored).
+check-reports: setup
+	$(PY) -m medsplit.report.browser_check $(REPORTS)
 
 # TASK has a default for the sweeps; attacks forward it only when the user set it (the
 # attack CLI's default task is lungs), and accept the sweeps' name `unet` for lungs.

@@ -2,6 +2,10 @@
 
 Every option is either a config key (``key=value`` overrides) or consumed here;
 nothing is parsed and ignored.
+
+Only the light modules (argparse, the config schema, YAML) are imported before a command
+runs: ``--help`` and config errors answer in well under a second. Torch and the attack
+code are imported by the command that needs them.
 """
 
 from __future__ import annotations
@@ -10,18 +14,51 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsplit.config import ConfigError, config_from_dict, load_config
+from medsplit.config import ConfigError, config_from_dict, keys_help, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
+ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
+
+
+def _configs_dir() -> Path:
+    """Where the shipped configs are: beside the package in a checkout, else ./configs."""
+    here = Path(__file__).resolve().parent.parent / "configs"
+    return here if here.is_dir() else Path("configs")
+
+
+def _train_epilog() -> str:
+    import textwrap
+
+    configs = _configs_dir()
+    shipped = sorted(p.name for p in configs.glob("*.yaml") if not p.name.startswith("sweep-"))
+    wrap = lambda text: textwrap.fill(text, width=100)  # noqa: E731
+    return (
+        wrap(f"config files: {configs}/ holds {', '.join(shipped) or 'none'} (the sweep-*.yaml files are for "
+             "`medsplit sweep`). Without a config file the defaults below apply.") + "\n\n"
+        "examples:\n  python -m medsplit train configs/retinopathy.yaml split.cut=3 split.clients=2\n"
+        "  python -m medsplit train configs/unet-seg.yaml data.source=synthetic train.epochs=2\n\n"
+        + wrap("settings, as key=default (choices or type): the config file's values replace the defaults, and "
+               "key=value arguments replace both.") + "\n" + keys_help()
+    )
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word not starting with '-')."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
     parser = argparse.ArgumentParser(prog="medsplit", description="Healthcare split-learning benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one configuration and write its report")
-    p.add_argument("config", nargs="?", help="YAML config file (configs/...)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.cut=3 split.clients=2")
+    p = sub.add_parser("train", help="train one configuration and write its report",
+                       description="Train one configuration and write its HTML report and metrics JSON.",
+                       epilog=_train_epilog() if command == "train" else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config file, e.g. configs/retinopathy.yaml (optional; see below)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. split.cut=3 split.clients=2 (listed below)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already holds a run (its files are removed)")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
@@ -70,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     from medsplit.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
-    from medsplit.privacy_eval import add_attack_parser
+    if command == "attack":  # the attack module imports torch: only when it is the command
+        from medsplit.privacy_eval import add_attack_parser
 
-    add_attack_parser(sub)
+        add_attack_parser(sub)
+    else:
+        sub.add_parser("attack", help=ATTACK_HELP)
     from medsplit.flare.cli import add_flare_parser
 
     add_flare_parser(sub)
@@ -109,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from medsplit.train.loop import train
     from medsplit.train.run_folder import check_allowed_changes
 
+    # medsplit.train.loop imports torch (seconds): only once the config is known to be good.
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
@@ -130,6 +170,8 @@ def _train(args) -> int:
             cfg = load_config(saved, overrides)
         except ConfigError as e:
             raise ConfigError(f"{saved}: {e}") from e
+        from medsplit.train.loop import train
+
         train(cfg, resume=run_dir, allow_change=allow)
         return 0
     if args.allow_change:
@@ -138,6 +180,8 @@ def _train(args) -> int:
     if config and "=" in config and not Path(config).exists():  # argparse took the first override for the file
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    from medsplit.train.loop import train
+
     train(cfg, overwrite=args.overwrite)
     return 0
 

@@ -53,12 +53,12 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device, "--device {}")
     if cfg.task == "retinopathy":
-        images, targets, ids, source, metrics = _retinopathy(cfg, data, labels)
+        images, targets, ids, patients, source, metrics = _retinopathy(cfg, data, labels)
         num_classes = metrics.num_classes
     else:
         if labels is not None:
             raise ValueError("--labels is for fundus runs (a CSV of grades); a lung folder pairs images/ with masks/ by stem")
-        images, targets, ids, source, metrics = _lungs(cfg, data)
+        images, targets, ids, patients, source, metrics = _lungs(cfg, data)
         num_classes = 1
     table = task_model(cfg, num_classes)
     table.load_state_dict(load_weights(run_dir))
@@ -71,11 +71,14 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
             y = targets[start : start + batch_size].to(dev)
             out_ = table(x).float()
             if cfg.task == "retinopathy":
-                metrics.update(out_, y)
+                metrics.update(out_, y, ids[start : start + batch_size])
             else:
                 metrics.update(out_, y.float(), ids[start : start + batch_size])
+    from medsplit.uncertainty import test_intervals
+
     scored = metrics.aggregate()
     result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": scored,
+              "intervals": test_intervals(scored, dict(zip(ids, patients)) if patients else None, seed=cfg.train.seed),
               "comparison": compare_to_internal(cfg.task, saved.get("test"), scored)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,7 @@ def _retinopathy(cfg, data: str, labels: str | None):
     spec = TARGETS[cfg.data.target]
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
-    return images.images, images.labels, images.ids, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
+    return images.images, images.labels, images.ids, images.patients, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
 
 
 def _lungs(cfg, data: str):
@@ -156,4 +159,5 @@ def _lungs(cfg, data: str):
     images = torch.cat([p.images for p in parts])
     masks = torch.cat([p.masks for p in parts])
     ids = [i for p in parts for i in p.ids]
-    return images, masks, ids, d.source, SegmentationMetrics()
+    patients = [q for p in parts for q in (p.patients or p.ids)]
+    return images, masks, ids, patients, d.source, SegmentationMetrics()

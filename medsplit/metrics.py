@@ -84,6 +84,8 @@ class ClassificationMetrics:
       decision; multi-class, macro averages over classes of per-class recall and per-class
       specificity (TN / (TN + FP)); classes where the ratio is 0/0 are left out of the mean.
     - ``confusion``: ``confusion[true][predicted]`` counts.
+    - ``per_sample``: ``{"ids", "labels", "probabilities"}`` (probabilities rounded to 6
+      decimals), so :mod:`medsplit.uncertainty` can bootstrap over patients.
     - ``roc``: binary, ``{"fpr": [...], "tpr": [...]}``; multi-class,
       ``{class_name: {"fpr", "tpr", "auc"}}`` for the classes whose curve is defined.
 
@@ -119,11 +121,13 @@ class ClassificationMetrics:
         self.inputs = inputs
         self._probs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
+        self._ids: list[str] = []
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._probs.clear()
         self._labels.clear()
+        self._ids.clear()
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._labels)
@@ -145,12 +149,14 @@ class ClassificationMetrics:
             return torch.softmax(scores, dim=1)
         return scores
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, ids: list[str] | None = None) -> None:
         """Add one batch.
 
         Args:
             logits: raw class scores ``(B, C)`` (or probabilities when ``inputs="probabilities"``).
             labels: integer class indices ``(B,)`` or ``(B, 1)``, or one-hot ``(B, C)``.
+            ids: one identifier per image; defaults to the running index. Kept in
+                ``per_sample`` so intervals can resample patients (:mod:`medsplit.uncertainty`).
         """
         probs = self._to_probabilities(torch.as_tensor(logits))
         labels = torch.as_tensor(labels).detach().cpu()
@@ -165,8 +171,13 @@ class ClassificationMetrics:
             raise ValueError(f"{probs.shape[0]} score rows but {labels.shape[0]} labels.")
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got {labels.unique().tolist()}.")
+        if ids is None:
+            ids = [str(len(self._ids) + i) for i in range(labels.shape[0])]
+        if len(ids) != labels.shape[0]:
+            raise ValueError(f"{len(ids)} ids for a batch of {labels.shape[0]} labels.")
         self._probs.append(probs)
         self._labels.append(labels)
+        self._ids.extend(str(i) for i in ids)
 
     def aggregate(self) -> dict[str, Any]:
         """Compute all metrics over everything accumulated since the last :meth:`reset`."""
@@ -218,6 +229,9 @@ class ClassificationMetrics:
             for i, name in enumerate(self.class_names)
         ]
         result["confusion"] = cm.astype(int).tolist()
+        # What a patient-level bootstrap needs (medsplit.uncertainty); 6 decimals keep JSON small.
+        result["per_sample"] = {"ids": list(self._ids), "labels": y.astype(int).tolist(),
+                                "probabilities": np.round(probs, 6).tolist()}
         return result
 
     def _auc_and_roc(self, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:

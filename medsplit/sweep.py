@@ -340,6 +340,7 @@ def summarise_run(record: dict) -> dict[str, Any]:
 
     headline = run_headline(record)
     (metric_name, metric), (second_name, second) = list(headline.items())[:2]
+    interval = (record.get("test_intervals") or {}).get(metric_name.lower()) or {}
     epochs = int(((record.get("config") or {}).get("train") or {}).get("epochs") or 1)
     rows = [r for r in record.get("bytes") or [] if r.get("phase", "train") == "train"]
     by_kind: dict[str, float] = {}
@@ -347,6 +348,8 @@ def summarise_run(record: dict) -> dict[str, Any]:
         by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["bytes"] / epochs
     return {
         "metric_name": metric_name, "metric": metric, "metric2_name": second_name, "metric2": second,
+        # 95% patient-bootstrap interval of the test metric (medsplit.uncertainty); None in older runs
+        "metric_low": interval.get("low"), "metric_high": interval.get("high"),
         "bytes_per_epoch": sum(by_kind.values()), "bytes_per_epoch_by_kind": by_kind,
         "wall_time_s": record.get("wall_time_s"), "selected_epoch": record.get("selected_epoch"),
         "device": record.get("device"), "synthetic": bool((record.get("data") or {}).get("synthetic")),
@@ -488,14 +491,31 @@ def _groups(results: list[dict]) -> list[dict[str, Any]]:
         metric2, metric2_std, _ = _mean_std([m.get("metric2") for m in ok])
         bpe, _, _ = _mean_std([m.get("bytes_per_epoch") for m in ok])
         wall, wall_std, _ = _mean_std([m.get("wall_time_s") for m in ok])
+        halfwidth, _, _ = _mean_std([(m["metric_high"] - m["metric_low"]) / 2 for m in ok
+                                     if m.get("metric_low") is not None and m.get("metric_high") is not None])
         rows.append({
             "protocol": protocol, "partition": partition, "value": value, "baseline": protocol in BASELINES,
             "seeds": len(members), "finished": len(ok), "n_metric": n, "metric": metric, "metric_std": metric_std,
             "metric2": metric2, "metric2_std": metric2_std, "bytes_per_epoch": bpe,
             "mb_per_epoch": None if bpe is None else bpe / 1e6, "wall_time_s": wall,
-            "wall_time_std": wall_std,
+            "wall_time_std": wall_std, "ci_halfwidth": halfwidth,
         })
     return rows
+
+
+def compare_to(g: dict, ref: dict | None) -> str | None:
+    """``"-0.012 (within test-set CI)"``: ``g``'s mean metric against ``ref``'s, judged by the
+    points' 95% test-set intervals (mean half-widths over seeds, combined as independent:
+    sqrt(w1^2 + w2^2)). Within: this test set cannot tell the two apart."""
+    if ref is None or g["metric"] is None or ref["metric"] is None:
+        return None
+    diff = g["metric"] - ref["metric"]
+    if g is ref:
+        return "reference"
+    if g.get("ci_halfwidth") is None or ref.get("ci_halfwidth") is None:
+        return f"{diff:+.3f}"
+    limit = math.hypot(g["ci_halfwidth"], ref["ci_halfwidth"])
+    return f"{diff:+.3f} ({'within' if abs(diff) <= limit else 'beyond'} test-set CI)"
 
 
 def _series_label(g: dict) -> str:
@@ -593,6 +613,7 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
         "best split (mean)": best["metric"] if best else None,
         "best split at": f"{_series_label(best)}, {axis} {best['value']}" if best else None,
         "centralised (mean)": central["metric"] if central else None,
+        "centralised vs best split": compare_to(central, best) if central and best else None,
     }
 
     report = Report(f"medsplit sweep: {task}, {metric_name} against {xlabel}",
@@ -613,6 +634,9 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
         f"best split {metric_name} (mean)": headline["best split (mean)"], "best split at": headline["best split at"],
         f"centralised {metric_name} (mean)": headline["centralised (mean)"],
     }.items() if v is not None})
+    if headline["centralised vs best split"]:
+        report.text(f"Centralised minus best split: {headline['centralised vs best split']}. A difference 'within "
+                    "test-set CI' is smaller than what this test set can resolve (see 'Mean over seeds').")
     report.section("What was run")
     join = lambda items: ", ".join(map(str, items)) or "none"
     report.kv({"task": task, "axis": axis, "values": join(xs), "seeds": join(seeds), "protocols": join(protocols),
@@ -641,19 +665,31 @@ def _write_outputs(base: Config, axis: str, values: list[int], seeds: list[int],
     report.section("Mean over seeds")
     report.table([{"protocol": g["protocol"], "partition": g["partition"], axis: g["value"], "runs": g["seeds"],
                    "finished": g["finished"], metric_name: g["metric"], "std": g["metric_std"],
+                   "test-set CI \u00b1": g["ci_halfwidth"], "vs best split": compare_to(g, best),
                    metric2_name: g["metric2"], f"{metric2_name} std": g["metric2_std"],
                    "MB/epoch": g["mb_per_epoch"],
                    "wall time (s)": g["wall_time_s"]} for g in groups],
-                 caption="std: sample standard deviation over seeds (empty with one seed). MB = 10^6 bytes.",
+                 caption="std: sample standard deviation over seeds (empty with one seed): training randomness. "
+                         "test-set CI \u00b1: half-width of each run's 95% patient-bootstrap interval, mean over "
+                         "seeds: how much the test set alone leaves open. vs best split: difference to the best "
+                         f"split point ({headline['best split at']}); 'within test-set CI' when it is smaller than "
+                         "the two points' half-widths combined (sqrt(w1\u00b2 + w2\u00b2)), i.e. this test set cannot "
+                         "tell them apart. MB = 10^6 bytes.",
                  float_fmt="{:.4g}")
     report.section("Every run")
     report.table([{"run": r["name"], "protocol": r["protocol"], "partition": r["partition"], axis: r["value"],
                    "seed": r["seed"], "status": r["status"], metric_name: r.get("metric"),
-                   metric2_name: r.get("metric2"), "selected epoch": r.get("selected_epoch"),
+                   "95% CI": None if r.get("metric_low") is None else f"{r['metric_low']:.3f}\u2013{r['metric_high']:.3f}",
+                   metric2_name: r.get("metric2"), "tested epoch": r.get("selected_epoch"),
                    "clients hold": r.get("client_mix"),
                    "MB/epoch": None if r.get("bytes_per_epoch") is None else r["bytes_per_epoch"] / 1e6,
-                   "wall time (s)": r.get("wall_time_s"), "run dir": r["run_dir"]} for r in results],
-                 caption="status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
+                   "wall time (s)": r.get("wall_time_s")} for r in results],
+                 # one partition for the whole sweep: the column would repeat it on every row
+                 columns=None if len(partitions) > 1 else [
+                     "run", "protocol", axis, "seed", "status", metric_name, "95% CI", metric2_name, "tested epoch",
+                     "clients hold", "MB/epoch", "wall time (s)"],
+                 caption=f"Each run's folder is {out_dir / 'runs'}/<run>. 95% CI: the run's patient-bootstrap "
+                         "interval of the test metric. tested epoch: the epoch whose model was tested (best on validation). status: ran (trained now), resumed (finished from a checkpoint), skipped (finished "
                          "earlier, read back), same as <run> (one client holds the whole training set under "
                          "every partition, so the point is that run), failed, not run (--report-only). "
                          "clients hold: images per hospital and their share of the positive class (or, split "

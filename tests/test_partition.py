@@ -126,8 +126,11 @@ def test_partition_errors_name_the_values():
         partition(labels, 0)
     with pytest.raises(DataError, match="alpha must be > 0, got 0.0"):
         partition(labels, 2, "dirichlet", alpha=0.0)
-    with pytest.raises(DataError, match=rf"20 clients need at least 160 samples .* the data has {len(labels)} samples"):
+    with pytest.raises(DataError, match=rf"20 clients need at least 160 samples .* the data has {len(labels)} samples") as e:
         partition(labels, 20, "iid", patients=patients)
+    # the message names what a user can set (split.clients) and the largest count that fits
+    assert "min_per_client" not in str(e.value)
+    assert f"at most {len(labels) // 8} client(s) fit: use split.clients={len(labels) // 8} or fewer" in str(e.value)
     with pytest.raises(DataError, match="50 patients"):
         partition(labels, 60, "iid", min_per_client=1, patients=patients)
     tiny = np.array([0] * 30 + [1] * 2)
@@ -137,7 +140,7 @@ def test_partition_errors_name_the_values():
 
 def test_label_skew_error_when_a_client_would_be_empty():
     labels = np.array([0] * 16 + [1] * 16)
-    with pytest.raises(DataError, match=r"client\(s\) \[\d\] (empty|fewer than min_per_client=8)"):
+    with pytest.raises(DataError, match=r"client\(s\) \[\d\] (empty|fewer than 8 samples)"):
         partition(labels, 3, "label_skew", min_per_client=8)
 
 

@@ -57,7 +57,10 @@ def classification_record() -> dict:
         "clients": 2,
         "device": "cpu",
         "wall_time_s": 3725.4,
-        "config": {"model": {"name": "resnet34", "cut": 3}, "train": {"lr": 1e-3, "epochs": 3}},
+        "config": {"data": {"source": "auto", "target": "referable", "aug_backend": "monai"},
+                   "model": {"name": "resnet34", "cut": 3},
+                   "train": {"lr": 1e-3, "epochs": 3, "batch_size": 16, "device": "auto", "select_on": "auto"}, "note": "<not a tag>"},
+        "selected_epoch": 2,
         "config_yaml": "model:\n  name: resnet34\n  cut: 3\nnote: <not a tag>\n",
         "data": {
             "source": "synthetic <script>alert(1)</script>",
@@ -74,7 +77,10 @@ def classification_record() -> dict:
         "history": history(clients, 3, ["train_loss", "val_loss", "val_auc", "val_accuracy"]),
         "test": metric.aggregate(),
         "bytes": bytes_rows(clients, 3),
-        "artifacts": {"metrics_json": "metrics.json", "tensorboard": "tb/", "checkpoint": "model.safetensors"},
+        "artifacts": {"run_dir": "runs/r1", "metrics_copy": "reports/r1.json",
+                      "files": {"model.safetensors": {"what": "weights", "MB": 85.2},
+                                "checkpoint.pt": {"what": "for --resume", "MB": 326.0},
+                                "config.yaml": {"what": "config", "MB": 0.0012}}},
     }
 
 
@@ -103,7 +109,9 @@ def segmentation_record() -> dict:
             "true": masks[:6, 0].bool().numpy(),
             "titles": ids[:6],
         },
-        "config": {"model": {"name": "unet", "cut": 1}},
+        "config": {"data": {"source": "auto", "target": "referable"}, "model": {"name": "unet", "cut": 1},
+                   "train": {"epochs": 4, "batch_size": 16}},
+        "selected_epoch": 4,
     }
 
 
@@ -120,8 +128,43 @@ def test_classification_run_report(tmp_path):
     for heading in ("Summary", "Data", "Learning curves", "Test metrics", "Communication", "Resolved configuration"):
         assert f">{heading}<" in html
     assert "1 h 02 min 05 s" in html
-    assert "client \u2192 server" in html  # traffic split by direction
-    assert "model.safetensors" in html
+    assert "client0 \u2192 server" in html  # links named with an arrow
+    assert "model.safetensors" in html and "checkpoint.pt" in html and "326.0 MB" in html
+    assert "Run directory: runs/r1" in html
+
+
+def test_run_report_says_which_epoch_was_tested_with_intervals(tmp_path):
+    """Issue 18: the selected epoch is named and marked; intervals shown; auto settings resolved."""
+    from medsplit.uncertainty import format_interval, test_intervals
+
+    record = classification_record()
+    record["test_intervals"] = test_intervals(record["test"], n_resamples=200)
+    record["device"] = "cpu (x86_64, 2 threads)"
+    html = write_run_report(record, tmp_path / "r.html").read_text()
+    assert "model of epoch 2 of 3, the epoch with the highest validation AUC" in html
+    assert "epoch 2 (selected, tested)" in html and "epoch 3 (last)" in html
+    assert "Last recorded epoch" not in html
+    assert f"95% CI {format_interval(record['test_intervals']['auc'])}" in html
+    assert "200 resamples of the 80 test patients" in html  # no patient map: each image its own patient
+    assert "source: auto  # resolved: synthetic &lt;script&gt;" in html
+    assert "device: auto  # resolved: cpu (x86_64, 2 threads)" in html
+    assert "select_on: auto  # resolved: auc (validation)" in html
+    assert "aug_backend: monai" not in html and "target: referable" in html  # retinopathy does not use aug_backend
+    assert "chance that a random positive image scores above" in html  # jargon explained
+    assert "per training step" in html and "100 Mbit/s" in html
+    assert "label label" not in html and "weights weights" not in html
+
+
+def test_segmentation_report_words(tmp_path):
+    record = segmentation_record()
+    record["history"] = [dict(r, client="all") for r in record["history"] if r["client"] == "client0"]
+    html = write_run_report(record, tmp_path / "seg.html").read_text()
+    assert "target: referable" not in html and "data.target" in html  # named as not used by lungs
+    assert "One line per client" not in html and "one line per client" not in html  # a single curve per panel
+    assert "by class" not in html
+    assert "test HD95 (pixels)" in html
+    assert figures.metric_label("val_hd95") == "validation HD95 (pixels)"
+    assert figures.metric_label("val_new_thing") == "validation new thing"
 
 
 def test_segmentation_run_report(tmp_path):
@@ -143,7 +186,7 @@ def test_partial_and_empty_records_render(tmp_path):
     record["data"]["synthetic"] = False
     html = write_run_report(record, tmp_path / "partial.html").read_text()
     assert "Synthetic data" not in html and "Communication" not in html
-    assert "model.name" in html  # config falls back to a dotted key/value table
+    assert "name: resnet34" in html  # the config dict, as YAML
 
 
 def test_report_builder_escapes_and_structures(tmp_path):

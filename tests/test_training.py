@@ -124,6 +124,8 @@ def test_evaluate_segmentation_run(tmp_path, shared_data):
     assert result["n"] == 159
     assert 0.0 <= result["metrics"]["dice"]["mean"] <= 1.0
     assert len(result["metrics"]["per_image"]) == 159
+    dice = result["intervals"]["dice"]  # patient-level bootstrap interval of the mean Dice
+    assert dice["low"] <= result["metrics"]["dice"]["mean"] <= dice["high"]
     html = (tmp_path / "reports" / f"{cfg.run_name()}.html").read_text()
     assert "client_encoder" in html  # bytes are reported per cut of the U-shape
 
@@ -137,6 +139,6 @@ def test_more_clients_than_the_data_allows_stops_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"'split.clients' = 40 is impossible: data.synthetic_size = 96 images"):
         _cfg(tmp_path, "split.clients=40")
     # impossible only once the training split is known: refused by the partition, before training
-    with pytest.raises(DataError, match=r"12 clients need at least 96 samples"):
+    with pytest.raises(DataError, match=r"12 clients need at least 96 samples.*at most \d+ client\(s\) fit: use split.clients=\d+ or fewer"):
         train(_cfg(tmp_path, "split.clients=12"), quiet=True)
     assert not (tmp_path / "runs").exists()  # and no run folder is left behind

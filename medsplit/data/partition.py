@@ -78,11 +78,15 @@ def partition(
     if min_per_client < 0:
         raise DataError(f"min_per_client must be >= 0, got {min_per_client}")
     units = _Units(y, patients)
-    if len(y) < n_clients * max(1, min_per_client) or units.n < n_clients:
+    per_client = max(1, min_per_client)
+    if len(y) < n_clients * per_client or units.n < n_clients:
+        # min_per_client is not a config key, so the message names only what a user can change.
+        most = max(0, min(len(y) // per_client, units.n))
         raise DataError(
-            f"{n_clients} clients need at least {n_clients * max(1, min_per_client)} samples "
-            f"(min_per_client={min_per_client}) and {n_clients} patients; the data has {len(y)} samples "
-            f"from {units.n} {'patients' if patients is not None else 'units'}: use fewer clients or a smaller min_per_client"
+            f"{n_clients} clients need at least {n_clients * per_client} samples ({per_client} per client) "
+            f"and {n_clients} patients; the data has {len(y)} samples from {units.n} "
+            f"{'patients' if patients is not None else 'units'}, so at most {most} client(s) fit: "
+            f"use split.clients={most} or fewer"
         )
     rng = np.random.default_rng(seed)
     if scheme == "iid":
@@ -268,8 +272,8 @@ def _dirichlet(units: _Units, n_clients: int, alpha: float, min_per_client: int,
             return owner
     raise DataError(
         f"dirichlet partition with alpha={alpha} left a client with {smallest} samples "
-        f"(< min_per_client={min_per_client}) in {_DIRICHLET_TRIES} seeded draws for {n_clients} clients: "
-        f"use a larger alpha, fewer clients or a smaller min_per_client"
+        f"(fewer than {max(1, min_per_client)}) in {_DIRICHLET_TRIES} seeded draws for {n_clients} clients: "
+        f"use a larger data.alpha or fewer clients (split.clients)"
     )
 
 
@@ -348,8 +352,8 @@ def _check_sizes(parts: list[np.ndarray], scheme: str, min_per_client: int) -> N
     small = [k for k, s in enumerate(sizes) if s < min_per_client]
     if small:
         raise DataError(
-            f"partition scheme {scheme!r} gave client(s) {small} fewer than min_per_client={min_per_client} samples "
-            f"(client sizes {sizes}): use fewer clients or a smaller min_per_client"
+            f"partition scheme {scheme!r} gave client(s) {small} fewer than {min_per_client} samples "
+            f"(client sizes {sizes}): use fewer clients (split.clients)"
         )
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "reconstruction_grid",
     "line_plot",
     "scatter_frontier",
+    "step_traffic_figure",
+    "metric_label",
     "METRIC_LABELS",
 ]
 
@@ -43,8 +45,22 @@ METRIC_LABELS = {
     "val_kappa": "validation kappa",
     "val_dice": "validation Dice",
     "val_jaccard": "validation Jaccard",
+    "val_hd95": "validation HD95 (pixels)",
+    "val_sensitivity": "validation sensitivity",
+    "val_specificity": "validation specificity",
+    "lr": "learning rate",
     "seconds": "seconds per epoch",
 }
+
+
+def metric_label(key: str) -> str:
+    """``"val_hd95"`` -> ``"validation HD95 (pixels)"``; unknown keys lose their prefix underscore."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    for prefix, word in (("val_", "validation "), ("train_", "training "), ("test_", "test ")):
+        if key.startswith(prefix):
+            return word + key[len(prefix):].replace("_", " ")
+    return key.replace("_", " ")
 
 _TRUE_COLOUR = "#22c55e"  # green
 _PRED_COLOUR = "#ef4444"  # red
@@ -65,11 +81,12 @@ def _empty(ax: Any, message: str = "no data") -> None:
     ax.set_yticks([])
 
 
-def learning_curves(history: list[dict], metrics: list[str]) -> Figure:
+def learning_curves(history: list[dict], metrics: list[str], selected_epoch: int | None = None) -> Figure:
     """One panel per metric, one line per ``history["client"]`` value, x = ``"epoch"``.
 
     Rows lacking a metric, or holding ``None``/NaN for it, are skipped, so training-only
-    and validation rows can share one history list.
+    and validation rows can share one history list. ``selected_epoch`` (the epoch whose
+    model was tested) is drawn as a dashed vertical line in every panel.
     """
     metrics = list(metrics)
     rows, cols = _grid(len(metrics), 3)
@@ -88,18 +105,24 @@ def learning_curves(history: list[dict], metrics: list[str]) -> Figure:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) < 30 else None, markersize=3.5, linewidth=1.6, label=client)
                 drawn = True
-        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=11)
+        ax.set_title(metric_label(metric), fontsize=11)
         ax.set_xlabel("epoch")
         if drawn:
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
+            if selected_epoch:
+                ax.axvline(selected_epoch, color="#555", linestyle="--", linewidth=1.1, zorder=0)
         else:
             _empty(ax)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    if len(clients) > 1:  # one legend for all panels: colours are per client everywhere
-        handles = [Line2D([], [], color=f"C{i % 10}", marker="o", markersize=4, label=c) for i, c in enumerate(clients)]
-        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(clients), 8), frameon=False, fontsize=9)
+    # one legend for all panels: colours are per client everywhere
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="o", markersize=4, label=c) for i, c in enumerate(clients)] \
+        if len(clients) > 1 else []
+    if selected_epoch:
+        handles.append(Line2D([], [], color="#555", linestyle="--", label=f"epoch {selected_epoch}: model tested"))
+    if handles:
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 8), frameon=False, fontsize=9)
     return fig
 
 
@@ -169,7 +192,9 @@ def bytes_figure(bytes_rows: list[dict]) -> Figure:
     """
     totals: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     for row in bytes_rows:
-        totals[f"{row.get('link', '?')} {row.get('kind', '')}".strip()][int(row.get("epoch", 0))] += float(row.get("bytes", 0)) / 1e6
+        link, kind = str(row.get("link", "?")), str(row.get("kind", ""))
+        name = link if not kind or kind[:4] in link else f"{link} ({kind})"  # not "weights weights"
+        totals[name][int(row.get("epoch", 0))] += float(row.get("bytes", 0)) / 1e6
     series = sorted(totals)
     epochs = sorted({e for s in totals.values() for e in s})
     width = min(12.0, max(6.5, 4.0 + 0.3 * len(epochs) * max(1, len(series)))) if len(epochs) <= 12 else 9.0
@@ -187,12 +212,60 @@ def bytes_figure(bytes_rows: list[dict]) -> Figure:
     else:
         for name in series:
             ax.plot(epochs, [totals[name].get(e, 0.0) for e in epochs], marker=".", label=name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("MB (10^6 bytes)")
     ax.set_title("Traffic across the cut per epoch", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncols=2 if len(series) > 16 else 1)
     return fig
+
+
+#: Link speeds the traffic figure converts bytes into seconds for (bits per second).
+LINK_SPEEDS = {"100 Mbit/s": 100e6, "1 Gbit/s": 1e9}
+
+def step_traffic_figure(per_bar: Mapping[str, Mapping[str, float]], unit: str = "per training step") -> Figure:
+    """Bytes per training step as horizontal stacked bars, one bar per direction (e.g. hospital
+    -> server), one segment per link and kind of tensor, with the time the bar's bytes take on
+    a 100 Mbit/s and a 1 Gbit/s link written beside it (bandwidth only: no latency, no
+    protocol overhead).
+
+    Args:
+        per_bar: ``{bar: {segment: bytes}}``, e.g.
+            ``{"hospital → server": {"client → server (activation)": 6.4e5, "labels": 256}}``.
+        unit: what one bar stands for, for the axis label.
+    """
+    bars = list(per_bar)
+    segments = list(dict.fromkeys(seg for v in per_bar.values() for seg in v))
+    fig = Figure(figsize=(10.5, 0.7 * max(len(bars), 2) + 1.2 + 0.22 * ((len(segments) + 2) // 3)), layout="constrained")
+    ax = fig.add_subplot()
+    if not bars:
+        _empty(ax)
+        return fig
+    totals = [sum(per_bar[bar].values()) for bar in bars]
+    scale, scale_name = (1e6, "MB") if max(totals) >= 1e6 else (1e3, "kB")
+    y = np.arange(len(bars))[::-1]
+    left = np.zeros(len(bars))
+    for i, seg in enumerate(segments):
+        widths = np.array([per_bar[bar].get(seg, 0.0) for bar in bars]) / scale
+        ax.barh(y, widths, left=left, height=0.55, color=f"C{i % 10}", label=seg)
+        left += widths
+    for yi, total in zip(y, totals):
+        times = ", ".join(f"{_seconds(total * 8 / bps)} at {name}" for name, bps in LINK_SPEEDS.items())
+        ax.text(total / scale, yi, f"  {total / scale:,.2f} {scale_name}: {times}", va="center", fontsize=9)
+    ax.set_yticks(y, bars)
+    ax.set_ylim(-0.6, len(bars) - 0.4)
+    ax.set_xlim(0, max(totals) / scale * 1.9)  # room for the text beside the longest bar
+    ax.set_xlabel(f"{scale_name} {unit} (1 {scale_name} = 10^{6 if scale_name == 'MB' else 3} bytes)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(segments), 3), fontsize=8.5, frameon=False)
+    return fig
+
+
+def _seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:,.1f} s"
+    return f"{s * 1e3:,.1f} ms" if s >= 1e-3 else f"{s * 1e6:,.0f} \u00b5s"
 
 
 def _contour(ax: Any, mask: np.ndarray, colour: str, linestyle: str = "solid", linewidth: float = 1.4) -> None:

@@ -112,6 +112,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _cell(value: Any, float_fmt: str) -> dict[str, Any]:
+    """A table cell; ``long`` marks text with a word too long to fit a column (a path, a run
+    name), which may then break anywhere instead of widening the table past the page."""
+    text = format_value(value, float_fmt)
+    # an interval such as "0.714-0.837" is set like a number: right-aligned, never broken at its dash
+    numeric = _is_number(value) or bool(_INTERVAL.fullmatch(text))
+    return {"text": text, "num": numeric, "long": max((len(w) for w in text.split()), default=0) > 22}
+
+
+_INTERVAL = re.compile(r"-?\d[\d.,]*\u2013-?\d[\d.,]*")
+
+
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug or "section"
@@ -181,6 +193,7 @@ class Report:
         columns: list[str] | None = None,
         caption: str = "",
         float_fmt: str = "{:.4f}",
+        marked: list[int] | None = None,
     ) -> None:
         """A table with one row per dict.
 
@@ -189,27 +202,37 @@ class Report:
             columns: column order; defaults to every key in order of first appearance.
             caption: shown above the table.
             float_fmt: format for float cells (ints and strings are shown as they are).
+            marked: indices of rows to highlight (e.g. the selected epoch).
         """
         rows = list(rows)
         if columns is None:
             columns = []
             for row in rows:
                 columns.extend(k for k in row if k not in columns)
-        cells = [
-            [{"text": format_value(row.get(c), float_fmt), "num": _is_number(row.get(c))} for c in columns]
-            for row in rows
-        ]
-        self._items.append({"kind": "table", "columns": [str(c) for c in columns], "rows": cells, "caption": caption})
+        cells = [[_cell(row.get(c), float_fmt) for c in columns] for row in rows]
+        self._items.append({"kind": "table", "columns": [str(c) for c in columns], "rows": cells, "caption": caption,
+                            "marked": list(marked or [])})
 
     def kv(self, mapping: dict, caption: str = "") -> None:
         """A two-column key/value table; nested dicts are flattened to dotted keys."""
         rows = [{"key": k, "value": v} for k, v in flatten(dict(mapping)).items()]
         cells = [[{"text": r["key"], "num": False}, {"text": format_value(r["value"], "{:g}"), "num": False}] for r in rows]
-        self._items.append({"kind": "table", "columns": ["key", "value"], "rows": cells, "caption": caption, "kv": True})
+        self._items.append({"kind": "table", "columns": ["key", "value"], "rows": cells, "caption": caption, "kv": True,
+                            "marked": []})
 
-    def cards(self, mapping: dict[str, Any], caption: str = "", float_fmt: str = "{:.3f}") -> None:
-        """Headline numbers shown large, side by side (e.g. test AUC, Dice, wall time)."""
-        cards = [{"label": str(k), "value": v if isinstance(v, str) else format_value(v, float_fmt)} for k, v in mapping.items()]
+    def cards(self, mapping: dict[str, Any], caption: str = "", float_fmt: str = "{:.3f}",
+              notes: dict[str, str] | None = None) -> None:
+        """Headline numbers shown large, side by side (e.g. test AUC, Dice, wall time).
+
+        Args:
+            mapping: label -> value.
+            caption: shown above the cards.
+            float_fmt: format for float values.
+            notes: label -> a small line under the value (e.g. its 95% interval).
+        """
+        notes = notes or {}
+        cards = [{"label": str(k), "value": v if isinstance(v, str) else format_value(v, float_fmt), "note": notes.get(k, "")}
+                 for k, v in mapping.items()]
         self._items.append({"kind": "cards", "cards": cards, "caption": caption})
 
     def figure(self, fig_or_data_uri: Any, caption: str = "") -> None:

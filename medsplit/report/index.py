@@ -26,6 +26,7 @@ from typing import Any
 from markupsafe import escape
 
 from medsplit.report.html import Report, format_value
+from medsplit.uncertainty import format_interval
 
 __all__ = ["write_index", "run_headline", "classify", "KINDS", "INDEX_NAME"]
 
@@ -77,6 +78,11 @@ def classify(stem: str, record: dict | None) -> str:
     return "other"
 
 
+def _round(value: Any) -> float | None:
+    number = _number(value)
+    return None if number is None else round(number, 1)
+
+
 def _row(html: Path, record: dict | None, kind: str) -> dict[str, Any]:
     """Columns shown for one report (the link is added when rendering)."""
     row: dict[str, Any] = {}
@@ -86,9 +92,13 @@ def _row(html: Path, record: dict | None, kind: str) -> dict[str, Any]:
         data = record.get("data") or {}
         row.update({"task": record.get("task"), "protocol": record.get("protocol"), "cut": record.get("cut"),
                     "clients": record.get("clients")})
-        row.update(run_headline(record))
+        headline = run_headline(record)
+        row.update(headline)
+        name = next(iter(headline))  # AUC or Dice: its 95% patient-bootstrap interval, when the run has one
+        row[f"{name} 95% CI"] = format_interval((record.get("test_intervals") or {}).get(name.lower())) \
+            if record.get("test_intervals") else None
         row.update({"data": "SYNTHETIC" if data.get("synthetic") else data.get("source"),
-                    "device": record.get("device"), "wall time (s)": _number(record.get("wall_time_s"))})
+                    "device": record.get("device"), "wall time (s)": _round(record.get("wall_time_s"))})
     elif isinstance(record.get("headline"), dict):
         row.update({k: v for k, v in record["headline"].items() if not isinstance(v, (dict, list))})
     else:  # an unknown record: show its first few scalars rather than nothing
@@ -111,11 +121,13 @@ def _link_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in ["report", *columns])
     body = []
     for href, row in rows:
-        cells = [f'<td><a href="{escape(href)}">{escape(href)}</a></td>']
+        cells = [f'<td class="long"><a href="{escape(href)}">{escape(href)}</a></td>']
         for c in columns:
             value = row.get(c)
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            attr = ' class="num"' if numeric else ""
+            text = format_value(value, '{:.4f}')
+            long = max((len(w) for w in text.split()), default=0) > 22  # may wrap anywhere (see html._cell)
+            attr = ' class="num"' if numeric else (' class="long"' if long else "")
             cells.append(f"<td{attr}>{escape(format_value(value, '{:.4f}'))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
@@ -162,9 +174,18 @@ def write_index(reports_dir: Path) -> Path:
     if not total:
         report.text("No reports yet. Train a model (make retinopathy) or run a sweep (make sweep-cut), then rebuild this page.")
     for kind, rows in groups.items():
-        if rows:
-            report.section(KINDS[kind])
+        if not rows:
+            continue
+        report.section(KINDS[kind])
+        if kind != "runs":
             report.html(_link_table(rows))
+            continue
+        # one table per task: retinopathy and lung runs have different metric columns
+        tasks = list(dict.fromkeys(str(row.get("task")) for _, row in rows))
+        for task in tasks:
+            if len(tasks) > 1:
+                report.text(f"{task}:")
+            report.html(_link_table([(href, row) for href, row in rows if str(row.get("task")) == task]))
     return report.write(reports_dir / INDEX_NAME)
 
 

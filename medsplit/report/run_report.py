@@ -17,11 +17,13 @@ Record schema (all keys optional)::
                "clients": [{"name": "client0", "n": int, "class_counts": [...]}]},
       "history": [{"epoch", "client", "train_loss", "val_loss", "val_auc", "val_accuracy",
                    "val_dice", "val_jaccard", "seconds"}, ...],
+      "selected_epoch": int (1-based; the epoch whose model was tested),
       "test": ClassificationMetrics.aggregate() or SegmentationMetrics.aggregate(),
+      "test_intervals": medsplit.uncertainty.test_intervals(...) (95% patient-bootstrap CIs),
       "bytes": [{"epoch", "link": "client0->server", "kind": "activation" | "gradient" | "label" | "weights",
-                 "bytes": int}, ...],
+                 "sender", "receiver", "bytes": int}, ...],
       "examples": {"images": (N, H, W), "pred": bool (N, H, W), "true": bool (N, H, W), "titles": [...]},
-      "artifacts": {"metrics_json": "metrics.json", "tensorboard": "tb/", "checkpoint": "..."},
+      "artifacts": {"run_dir": str, "metrics_copy": str, "files": {"model.safetensors": {"what", "MB"}, ...}},
     }
 
 ``examples`` holds NumPy arrays (segmentation only) and is not part of the JSON record.
@@ -36,6 +38,7 @@ from typing import Any
 
 from medsplit.report import figures
 from medsplit.report.html import Report, format_value
+from medsplit.uncertainty import format_interval
 
 __all__ = ["write_run_report", "build_run_report", "HISTORY_METRICS"]
 
@@ -87,7 +90,8 @@ def _headline(test: dict) -> dict[str, str]:
     """The few test numbers a reader looks for first."""
     if _is_segmentation(test):
         out = {}
-        for key, label in (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", "HD95")):
+        hd_unit = "pixels" if test.get("spacing") is None else "physical units"
+        for key, label in (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", f"HD95 ({hd_unit})")):
             summary = test.get(key) or {}
             if isinstance(summary, dict) and summary.get("mean") is not None:
                 std = summary.get("std")
@@ -98,6 +102,46 @@ def _headline(test: dict) -> dict[str, str]:
                  ("sensitivity", "sensitivity"), ("specificity", "specificity"))
         return {f"test {label}": _fmt(test.get(key)) for key, label in names if key in test}
     return {}
+
+
+#: Headline card label -> the key of its interval in ``test_intervals``.
+_INTERVAL_OF = {"test AUC": "auc", "test sensitivity": "sensitivity", "test specificity": "specificity",
+                "test Dice": "dice"}
+
+
+def _interval_notes(intervals: dict | None) -> dict[str, str]:
+    if not intervals:
+        return {}
+    return {label: f"95% CI {format_interval(intervals.get(key))}" for label, key in _INTERVAL_OF.items()
+            if isinstance(intervals.get(key), dict)}
+
+
+def _interval_text(intervals: dict) -> str:
+    return (f"95% confidence intervals (CI): {intervals.get('method', 'bootstrap')}, {intervals.get('n_resamples')} "
+            f"resamples of the {intervals.get('n_patients')} test patients ({intervals.get('n_images')} images; all "
+            "images of a drawn patient come along). They cover which patients happened to be in the test set, for this "
+            "trained model; they do not cover training randomness (seed), which a sweep over seeds shows.")
+
+
+def _selection_text(record: dict) -> str | None:
+    """One sentence: which epoch's model was tested and how it was chosen."""
+    epoch = record.get("selected_epoch")
+    if not isinstance(epoch, int) or epoch < 1:
+        return None
+    train = (record.get("config") or {}).get("train") or {}
+    epochs = train.get("epochs")
+    metric = _selection_metric(record)
+    later = f"; epochs {epoch + 1}-{epochs} were trained but their models were not tested" if epochs and epoch < epochs else ""
+    return (f"The test metrics come from the model of epoch {epoch}" + (f" of {epochs}" if epochs else "") +
+            f", the epoch with the highest validation {metric} (train.select_on){later}. "
+            "The test split was used once, after training.")
+
+
+def _selection_metric(record: dict) -> str:
+    select_on = ((record.get("config") or {}).get("train") or {}).get("select_on", "auto")
+    if select_on and select_on != "auto":
+        return str(select_on)
+    return "Dice" if record.get("task") == "lungs" else "AUC"
 
 
 def _class_columns(counts: Any, class_names: list[str]) -> dict[str, Any]:
@@ -129,10 +173,20 @@ def _summary_section(report: Report, record: dict) -> None:
     report.section("Summary")
     test = record.get("test") or {}
     cards = _headline(test) if isinstance(test, dict) else {}
+    notes = _interval_notes(record.get("test_intervals"))
+    epoch, epochs = record.get("selected_epoch"), ((record.get("config") or {}).get("train") or {}).get("epochs")
+    if isinstance(epoch, int) and epoch > 0:
+        cards["tested model: epoch"] = f"{epoch}" + (f" of {epochs}" if epochs else "")
+        notes["tested model: epoch"] = f"best validation {_selection_metric(record)}"
     if "wall_time_s" in record:
         cards["wall time"] = _duration(record["wall_time_s"])
     if cards:
-        report.cards(cards)
+        report.cards(cards, notes=notes)
+    if record.get("test_intervals"):
+        report.text(_interval_text(record["test_intervals"]))
+    selection = _selection_text(record)
+    if selection:
+        report.text(selection)
     facts = {}
     for key, label in (
         ("task", "task"),
@@ -184,7 +238,9 @@ def _data_section(report: Report, data: dict) -> None:
                 row.update(_class_columns(client.get("class_counts"), class_names))
             row.update({f"from {g}": n for g, n in (client.get("groups") or {}).items()})
             rows.append(row)
-        report.table(rows, caption="Training images held by each client (by class, and by image source or view)")
+        held = [w for w, present in (("class", bool(class_names)),
+                                     ("image source or view", any(c.get("groups") for c in clients))) if present]
+        report.table(rows, caption="Training images held by each client" + (f" (by {' and by '.join(held)})" if held else ""))
 
 
 def _history_metrics(history: list[dict]) -> list[str]:
@@ -194,49 +250,73 @@ def _history_metrics(history: list[dict]) -> list[str]:
     return ordered + extra
 
 
-def _curves_section(report: Report, history: list[dict]) -> None:
+def _curves_section(report: Report, history: list[dict], selected: int | None = None) -> None:
     report.section("Learning curves")
     metrics = _history_metrics(history)
     if not metrics:
         report.text("The history holds no metric values.")
         return
-    report.figure(figures.learning_curves(history, metrics), caption="One line per client; x = epoch.")
-    last: dict[str, dict] = {}
-    seconds: dict[str, float] = defaultdict(float)
-    for row in history:
-        client = str(row.get("client", "all"))
-        if client not in last or row.get("epoch", 0) >= last[client].get("epoch", 0):
-            last[client] = row
-        if isinstance(row.get("seconds"), (int, float)):
-            seconds[client] += float(row["seconds"])
-    rows = []
-    for client, row in last.items():
-        out = {"client": client, "epoch": row.get("epoch")}
-        out.update({m: row.get(m) for m in metrics})
-        if client in seconds:
-            out["seconds (all epochs)"] = seconds[client]
-        rows.append(out)
-    report.table(rows, caption="Last recorded epoch per client")
+    clients = list(dict.fromkeys(str(r.get("client", "all")) for r in history))
+    per_client = len(clients) > 1
+    caption = ("Training loss: one line per client (each hospital's own batches); validation metrics: the model "
+               "after the epoch, on the shared validation split." if per_client else "x = epoch.")
+    if selected:
+        caption += f" Dashed vertical line: epoch {selected}, whose model was tested."
+    report.figure(figures.learning_curves(history, metrics, selected_epoch=selected), caption=caption)
+    epochs = sorted({int(r["epoch"]) for r in history if isinstance(r.get("epoch"), int)})
+    if not epochs:
+        return
+    last = epochs[-1]
+    shown = sorted({e for e in (selected, last) if e in epochs})
+    val_keys = [m for m in metrics if not m.startswith("train_")]
+    # One column per epoch shown, one row per quantity: narrow however many clients there are.
+    heads = {e: f"epoch {e}" + " (" + " and ".join(r for r, hit in (("selected, tested", e == selected),
+                                                                       ("last", e == last)) if hit) + ")" for e in shown}
+    values: dict[str, dict[str, Any]] = {}
+    for e in shown:
+        for r in history:
+            if r.get("epoch") != e:
+                continue
+            if isinstance(r.get("train_loss"), (int, float)):
+                label = f"training loss, {r.get('client', 'all')}" if per_client else "training loss"
+                values.setdefault(label, {})[heads[e]] = r["train_loss"]
+            for m in val_keys:
+                if m in r:
+                    values.setdefault(figures.metric_label(m), {})[heads[e]] = r[m]
+    rows = [{"quantity": name, **cells} for name, cells in values.items()]
+    total = sum(float(r["seconds"]) for r in history if isinstance(r.get("seconds"), (int, float)))
+    caption = "The selected epoch (its model produced the test metrics) beside the last epoch"
+    if total:
+        caption += f"; all {len(epochs)} epochs took {_duration(total)} of training and validation"
+    report.table(rows, columns=["quantity", *heads.values()], caption=caption)
 
 
-def _classification_test(report: Report, test: dict) -> None:
+def _classification_test(report: Report, test: dict, intervals: dict | None = None) -> None:
     if test.get("auc") is None and test.get("auc_note"):
         report.banner(str(test["auc_note"]), level="info")
+    multi = test.get("num_classes", 2) > 2
+    intervals = intervals or {}
     rows = [
-        {"metric": label, "value": test.get(key)}
-        for key, label in (
-            ("auc", "ROC AUC" + (" (macro one-vs-rest)" if test.get("num_classes", 2) > 2 else "")),
-            ("accuracy", "accuracy"),
-            ("kappa", "Cohen's kappa (quadratic weights)"),
-            ("sensitivity", "sensitivity" + (" (macro recall)" if test.get("num_classes", 2) > 2 else " (positive class)")),
-            ("specificity", "specificity" + (" (macro)" if test.get("num_classes", 2) > 2 else "")),
-            ("n", "test images"),
+        {"metric": label, "value": test.get(key), "95% CI": format_interval(intervals.get(key)) if key in intervals else "",
+         "what it means": meaning}
+        for key, label, meaning in (
+            ("auc", "ROC AUC" + (" (macro one-vs-rest)" if multi else ""),
+             "chance that a random positive image scores above a random negative one (0.5 = chance, 1 = perfect)"),
+            ("accuracy", "accuracy", "share of test images whose predicted class is right"),
+            ("kappa", "Cohen's kappa (quadratic weights)",
+             "agreement between predicted and true class beyond chance (0 = chance, 1 = perfect); with grades, "
+             "a prediction two grades off costs four times one grade off"),
+            ("sensitivity", "sensitivity" + (" (macro recall)" if multi else " (positive class)"),
+             "share of diseased images flagged" if not multi else "mean over classes of the share of that class found"),
+            ("specificity", "specificity" + (" (macro)" if multi else ""),
+             "share of healthy images left unflagged" if not multi else "mean over classes of the share of other classes kept out"),
+            ("n", "test images", ""),
         )
         if key in test
     ]
     report.table(rows, caption="Test-set metrics (argmax decision for accuracy, kappa, sensitivity, specificity)")
     if test.get("per_class"):
-        report.table(test["per_class"], caption="Per class (one-vs-rest)")
+        report.table(test["per_class"], caption="Per class (one-vs-rest: the class against all others)")
     roc = test.get("roc")
     if roc:
         report.figure(figures.roc_figure(roc, test.get("auc")), caption="ROC on the test set.")
@@ -247,7 +327,8 @@ def _classification_test(report: Report, test: dict) -> None:
         )
 
 
-def _segmentation_test(report: Report, test: dict, examples: dict | None) -> None:
+def _segmentation_test(report: Report, test: dict, examples: dict | None, intervals: dict | None = None) -> None:
+    intervals = intervals or {}
     rows = []
     hd_unit = "pixels" if test.get("spacing") is None else f"physical units, spacing {test['spacing']:g}"
     for key, label in (("dice", "Dice"), ("jaccard", "Jaccard (IoU)"), ("hd95", f"HD95 ({hd_unit})")):
@@ -257,6 +338,7 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None) -> Non
                 {
                     "metric": label,
                     "mean": summary.get("mean"),
+                    "95% CI of the mean": format_interval(intervals.get(key)) if key in intervals else "",
                     "std": summary.get("std"),
                     "median": summary.get("median"),
                     "images": summary.get("n"),
@@ -265,6 +347,8 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None) -> Non
             )
     report.table(rows, caption=f"Test-set metrics over {format_value(test.get('n'))} images (mean ± population std)")
     report.text(
+        "Dice and Jaccard measure the overlap of the predicted and true lung masks (1 = identical, 0 = disjoint); "
+        "HD95 is the 95th-percentile distance between their outlines (0 = outlines coincide; lower is better). "
         "Conventions: a pixel is foreground when its sigmoid probability is at least the threshold. "
         "When prediction and ground truth are both empty Dice and Jaccard are 1 and HD95 is 0; when exactly one "
         "is empty Dice and Jaccard are 0 and HD95 is undefined, so that image is excluded from the HD95 mean "
@@ -288,57 +372,175 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None) -> Non
         )
 
 
-def _communication_section(report: Report, rows: list[dict]) -> None:
+#: Party roles as a reader knows them.
+_PARTY = {"client": "hospital", "server": "server"}
+
+#: Kinds sent on every training step; the others (weights, optimiser state) are hand-overs.
+_PER_STEP_KINDS = ("activation", "gradient", "label")
+
+
+def _link_name(link: str) -> str:
+    """``"client_encoder->server_encoder"`` -> ``"client_encoder → server_encoder"``."""
+    return link.replace("->", " → ")
+
+
+def _steps_per_epoch(record: dict) -> int | None:
+    """Training steps (batches, over all clients) per epoch, as the loop draws them: a last
+    batch of one image is dropped (BatchNorm cannot train on it)."""
+    batch = ((record.get("config") or {}).get("train") or {}).get("batch_size")
+    clients = (record.get("data") or {}).get("clients") or []
+    if not batch or not clients or not all(isinstance(c.get("n"), int) for c in clients):
+        return None
+    steps = 0
+    for c in clients:
+        n = c["n"]
+        k = -(-n // batch)
+        if k > 1 and n % batch == 1:
+            k -= 1
+        steps += k
+    return steps or None
+
+
+def _link_explanations(links: set[str]) -> list[str]:
+    notes = []
+    if any("encoder" in l or "decoder" in l for l in links):
+        notes.append("The U-shaped split has four parts: the hospital keeps the first layers (client_encoder) and the "
+                     "last ones (client_decoder), so both the X-ray and its mask stay at the hospital; the server runs "
+                     "the middle (server_encoder, server_decoder). A link is named after the parts at its two ends: "
+                     "client_encoder → server_encoder carries the hospital's encoder features to the server, "
+                     "server_decoder → client_decoder returns the server's decoder output; the reverse links carry "
+                     "gradients back.")
+    elif any("->" in l for l in links):
+        notes.append("client → server carries the activations of the hospital's layers up to the cut; "
+                     "server → client returns their gradients.")
+    if "labels" in links:
+        notes.append("labels: the diagnosis labels of each batch, sent to the server, which computes the loss.")
+    if "weights" in links or "optimizer state" in links:
+        notes.append("weights and optimizer state: a hospital's model part (and its Adam moments) handed to the next "
+                     "hospital (relay) or averaged through the server (SplitFed, FedAvg), once per epoch and client.")
+    return notes
+
+
+def _communication_section(report: Report, rows: list[dict], record: dict | None = None) -> None:
+    record = record or {}
     report.section("Communication")
+    links = {str(r.get("link", "?")) for r in rows}
     report.text(
-        "Bytes counted by the channel for everything that crossed a cut (encoded size, as a real transport "
-        "would send it). 1 MB = 10^6 bytes."
+        "Bytes counted by the channel for everything that crossed between parties during training (encoded size, "
+        "as a real transport would send it). 1 MB = 10^6 bytes. " + " ".join(_link_explanations(links))
     )
-    total = sum(float(r.get("bytes", 0)) for r in rows)
-    by_direction: dict[str, float] = defaultdict(float)
-    by_epoch_direction: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    by_link_kind: dict[tuple[str, str], list[float]] = defaultdict(list)
-    per_epoch_link_kind: dict[tuple[str, str, int], float] = defaultdict(float)
+    per_epoch: dict[tuple[str, str], dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    epochs: set[int] = set()
     for r in rows:
-        b = float(r.get("bytes", 0))
-        link, kind, epoch = str(r.get("link", "?")), str(r.get("kind", "")), int(r.get("epoch", 0))
-        by_direction[_direction(link)] += b
-        by_epoch_direction[epoch][_direction(link)] += b
-        per_epoch_link_kind[(link, kind, epoch)] += b
-    for (link, kind, _), b in per_epoch_link_kind.items():
-        by_link_kind[(link, kind)].append(b)
-    epochs = sorted(by_epoch_direction)
+        key = (str(r.get("link", "?")), str(r.get("kind", "")))
+        epoch = int(r.get("epoch", 0))
+        per_epoch[key][epoch] += float(r.get("bytes", 0))
+        epochs.add(epoch)
+    n_epochs = max(len(epochs), 1)
+    total = sum(sum(v.values()) for v in per_epoch.values())
+    steps = _steps_per_epoch(record)
 
-    cards = {"total": f"{total / _MB:,.1f} MB"}
-    for direction, b in sorted(by_direction.items()):
-        cards[direction] = f"{b / _MB:,.1f} MB"
-    if epochs:
-        cards["per epoch (mean)"] = f"{total / _MB / len(epochs):,.1f} MB"
-    report.cards(cards)
+    cards = {"total": f"{total / _MB:,.1f} MB", "per epoch": f"{total / _MB / n_epochs:,.1f} MB"}
+    notes = {"total": f"{n_epochs} epoch(s)", "per epoch": "mean over epochs"}
+    if steps:
+        step_bytes = sum(sum(v.values()) for (link, kind), v in per_epoch.items() if kind in _PER_STEP_KINDS) / n_epochs / steps
+        cards["per training step"] = f"{step_bytes / _MB:,.2f} MB"
+        notes["per training step"] = f"{steps} steps per epoch"
+    report.cards(cards, notes=notes)
 
-    directions = sorted(by_direction)
-    table = []
-    for epoch in epochs:
-        row: dict[str, Any] = {"epoch": epoch}
-        row.update({f"{d} (MB)": by_epoch_direction[epoch].get(d, 0.0) / _MB for d in directions})
-        row["total (MB)"] = sum(by_epoch_direction[epoch].values()) / _MB
+    # The figure's bars are directions between kinds of party (what one physical link carries
+    # both ways), its segments the logical links.
+    direction_of: dict[tuple[str, str], str] = {}
+    for r in rows:
+        link = str(r.get("link", "?"))
+        if "sender" in r and "receiver" in r:
+            sender, receiver = _role(str(r["sender"])), _role(str(r["receiver"]))
+        else:  # older records: the link names its ends
+            sender, _, receiver = (_role(p) for p in link.partition("->")) if "->" in link else ("?", "", "?")
+        direction_of[(link, str(r.get("kind", "")))] = \
+            f"{_PARTY.get(sender, sender)} \u2192 {_PARTY.get(receiver, receiver)}"
+    table, step_traffic, handover = [], defaultdict(dict), defaultdict(dict)
+    for (link, kind), by_epoch in sorted(per_epoch.items()):
+        values = [by_epoch.get(e, 0.0) for e in sorted(epochs)]
+        mean = sum(values) / n_epochs
+        constant = max(values) - min(values) <= 1e-9 * max(1.0, max(values))
+        name = _link_name(link)
+        row: dict[str, Any] = {"link": name, "kind": kind,
+                               "MB per epoch": f"{mean / _MB:,.2f}" if constant else
+                               f"{mean / _MB:,.2f} (mean; {min(values) / _MB:,.2f}–{max(values) / _MB:,.2f})",
+                               "MB, all epochs": sum(values) / _MB}
+        segment = name if not kind or kind[:4] in link else f"{name} ({kind})"
+        direction = direction_of.get((link, kind), "?")
+        if steps and kind in _PER_STEP_KINDS:
+            row["kB per step"] = mean / steps / 1e3
+            step_traffic[direction][segment] = step_traffic[direction].get(segment, 0.0) + mean / steps
+        else:
+            row["kB per step"] = None
+            handover[direction][segment] = handover[direction].get(segment, 0.0) + mean
+        for speed, bps in figures.LINK_SPEEDS.items():
+            row[f"s per epoch at {speed}"] = mean * 8 / bps
         table.append(row)
-    report.table(table, caption="MB per epoch per direction", float_fmt="{:,.2f}")
-    report.table(
-        [
-            {
-                "link": link,
-                "kind": kind,
-                "epochs": len(values),
-                "MB per epoch (mean)": sum(values) / len(values) / _MB,
-                "total MB": sum(values) / _MB,
-            }
-            for (link, kind), values in sorted(by_link_kind.items())
-        ],
-        caption="Per link and kind of tensor",
-        float_fmt="{:,.2f}",
-    )
-    report.figure(figures.bytes_figure(rows), caption="MB per epoch for each link and kind of tensor.")
+    report.table(table, caption="Traffic per link and kind of tensor. Seconds: bytes × 8 / link speed, "
+                                "bandwidth only (no latency, no protocol overhead)." +
+                                ("" if all(not str(r["MB per epoch"]).endswith(")") for r in table)
+                                 else " Where epochs differ, the mean and the range are given."),
+                 float_fmt="{:,.3f}")
+    if step_traffic:
+        report.figure(figures.step_traffic_figure(step_traffic),
+                      caption=f"Bytes per training step in each direction, stacked by link and kind of tensor "
+                              f"({steps} steps per epoch), and the time one step's bytes take on a 100 Mbit/s and a "
+                              "1 Gbit/s link (bandwidth only).")
+    if handover:
+        report.figure(figures.step_traffic_figure(handover, unit="per epoch"),
+                      caption="Hand-overs per epoch (all clients together), and their time at 100 Mbit/s and 1 Gbit/s.")
+
+
+#: Settings that do nothing for a task, left out of the report's configuration listing.
+_NOT_USED_BY = {
+    "lungs": ("data.target",),
+    "retinopathy": ("data.aug_backend", "model.base_channels"),
+}
+
+
+def _resolved_settings(record: dict) -> dict[str, str]:
+    """Dotted key -> what an ``auto`` (or empty) setting turned into in this run."""
+    config = record.get("config") or {}
+    get = lambda key: (config.get(key.split(".")[0]) or {}).get(key.split(".")[1])  # noqa: E731
+    out = {}
+    if get("data.source") == "auto" and (record.get("data") or {}).get("source"):
+        out["data.source"] = str(record["data"]["source"])
+    if get("train.device") == "auto" and record.get("device"):
+        out["train.device"] = str(record["device"])
+    if get("train.select_on") == "auto":
+        out["train.select_on"] = _selection_metric(record).lower() + " (validation)"
+    if get("output.name") == "" and record.get("run"):
+        out["output.name"] = str(record["run"])
+    return out
+
+
+def _config_yaml(record: dict) -> tuple[str, list[str]]:
+    """The saved config as YAML, ``auto`` values annotated with what they resolved to, and
+    settings the task does not use left out (returned as the second value)."""
+    import yaml
+
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in (record.get("config") or {}).items()}
+    dropped = []
+    for key in _NOT_USED_BY.get(str(record.get("task")), ()):
+        section, name = key.split(".")
+        if name in (config.get(section) or {}):
+            del config[section][name]
+            dropped.append(key)
+    resolved = _resolved_settings(record)
+    lines, section = [], ""
+    for line in yaml.safe_dump(config, sort_keys=False).splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+        else:
+            key = f"{section}.{line.strip().split(':', 1)[0]}"
+            if key in resolved:
+                line += f"  # resolved: {resolved[key]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n", dropped
 
 
 def _transport_section(report: Report, info: dict) -> None:
@@ -363,11 +565,36 @@ def _transport_section(report: Report, info: dict) -> None:
 
 def _config_section(report: Report, record: dict) -> None:
     report.section("Resolved configuration")
-    report.text("Every setting the run used, after defaults and command-line overrides were applied.")
-    if record.get("config_yaml"):
+    report.text("Every setting the run used, after defaults and command-line overrides were applied; a setting "
+                "left to be chosen at run time (auto) shows what it became as a comment.")
+    if record.get("config"):
+        text, dropped = _config_yaml(record)
+        caption = "config.yaml (as saved in the run directory)"
+        if dropped:
+            caption += f"; not shown because a {record.get('task')} run does not use them: {', '.join(dropped)}"
+        report.code(text, caption=caption)
+    elif record.get("config_yaml"):
         report.code(str(record["config_yaml"]), caption="config.yaml")
-    elif record.get("config"):
-        report.kv(record["config"])
+
+
+def _artifacts_section(report: Report, artifacts: dict) -> None:
+    report.section("Artifacts")
+    files = artifacts.get("files")
+    if not isinstance(files, dict):  # older records: a flat mapping
+        report.kv(artifacts)
+        return
+    run_dir = artifacts.get("run_dir", "the run directory")
+    report.text(f"Run directory: {run_dir}. The files below are in it (paths relative to it), as they were when this "
+                "report was written." + (f" A copy of metrics.json sits beside this report: {artifacts['metrics_copy']}."
+                                         if artifacts.get("metrics_copy") else ""))
+    report.table([{"file": name, "what it holds": info.get("what"), "size": _size(info.get("MB"))}
+                  for name, info in files.items()])
+
+
+def _size(mb: Any) -> str:
+    if not isinstance(mb, (int, float)):
+        return format_value(mb)
+    return f"{mb:,.1f} MB" if mb >= 1 else f"{mb * 1e3:,.1f} kB"
 
 
 # -- entry points -----------------------------------------------------------------------
@@ -392,26 +619,29 @@ def build_run_report(record: dict) -> Report:
     if data:
         _data_section(report, data)
     if record.get("history"):
-        _curves_section(report, list(record["history"]))
+        _curves_section(report, list(record["history"]), record.get("selected_epoch"))
     test = record.get("test")
     if isinstance(test, dict) and test:
         report.section("Test metrics")
+        selection = _selection_text(record)
+        if selection:
+            report.text(selection)
         if _is_segmentation(test):
-            _segmentation_test(report, test, record.get("examples"))
+            _segmentation_test(report, test, record.get("examples"), record.get("test_intervals"))
         elif _is_classification(test):
-            _classification_test(report, test)
+            _classification_test(report, test, record.get("test_intervals"))
         else:
             report.kv(test)
+        if record.get("test_intervals"):
+            report.text(_interval_text(record["test_intervals"]))
     if record.get("bytes"):
-        _communication_section(report, list(record["bytes"]))
+        _communication_section(report, list(record["bytes"]), record)
     if record.get("transport"):
         _transport_section(report, record["transport"])
     if record.get("config_yaml") or record.get("config"):
         _config_section(report, record)
     if record.get("artifacts"):
-        report.section("Artifacts")
-        report.text("Files written by this run, relative to its run directory.")
-        report.kv(record["artifacts"])
+        _artifacts_section(report, dict(record["artifacts"]))
     return report
 
 

@@ -20,6 +20,7 @@ from medsplit.config import Config, ConfigError, validate
 from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
+from medsplit.train.console import announce_data
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.tasks import Task, make_task
 
@@ -186,10 +187,8 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         torch.set_num_threads(cfg.train.threads)
 
     task = make_task(cfg, device)
-    if task.data.synthetic and not quiet:
-        print("\n" + "=" * 78 + "\n  SYNTHETIC DATA: no real images were found, so this run uses the built-in\n"
-              "  generator. Its numbers say nothing about patients. See datasets/README.md.\n" + "=" * 78 + "\n")
     clients = client_indices(cfg, task)
+    announce_data(task, clients, quiet)  # after the partition, so a setting that cannot work fails first
     torch.manual_seed(cfg.train.seed)  # one init, shared by split and unsplit protocols
     table = task.build_table().to(device)
     if device.type == "cuda" and cfg.train.channels_last:

@@ -124,6 +124,9 @@ class RetinopathyTask(Task):
 
         return ClassificationMetrics(self.data.num_classes, self.data.class_names)
 
+    def update_metrics(self, metrics, output, batch):
+        metrics.update(output, batch.y, batch.ids)  # ids let the test interval resample patients
+
     def summarise(self, metrics: dict) -> dict[str, float]:
         return {k: metrics[k] for k in self.headline if isinstance(metrics.get(k), (int, float))}
 
