@@ -30,7 +30,7 @@ SWEEP_CLIENTS_unet        = 1,2,3,4,6
 JOBS       ?= 1
 SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS) --jobs $(JOBS)
 
-.PHONY: attacks setup test retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index
+.PHONY: attacks setup test test-fast retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The quick tier for day-to-day work: everything not marked slow (no party processes, no FLARE sites).
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 retinopathy: setup
 	$(PY) -m medsplit train configs/retinopathy.yaml $(RETINO) $(ARGS)
