@@ -102,7 +102,8 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
                        f"{f0['utility']:.3f}.")
         for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
             eps = v.get("privacy.epsilon")
-            out.append(f"FSHA against a DP-SGD client (sigma {s:g}, epsilon {eps:.3g} for the client's first part): "
+            eps_text = "n/a" if eps is None else f"{eps:.3g}"
+            out.append(f"FSHA against a DP-SGD client (sigma {s:g}, epsilon {eps_text} for the client's first part): "
                        f"SSIM {v['ssim']:.3f}, MSE {v['mse']:.4f} vs {f0['ssim']:.3f}, {f0['mse']:.4f} without. "
                        "Gawron and Stubbings (2022) report that FSHA still reconstructs at any epsilon: DP-SGD bounds "
                        "what the client's parameters leak, not what its activations show.")
