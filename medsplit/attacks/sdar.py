@@ -59,7 +59,7 @@ class SDARConfig:
         lr_discriminator: Adam learning rate of the two discriminators.
         simulator_adv_weight: weight of the simulator's term fooling ``D_f``.
         decoder_adv_weight: weight of the decoder's term fooling ``D_x``.
-        width: hidden channels of the decoder (the discriminators get twice that).
+        width: hidden channels of the decoder and of the two discriminators.
         log_every: evaluate on the victims every this many steps.
     """
 
@@ -130,8 +130,9 @@ class SDARAttack:
         self.image_hw = tuple(image_shape[1:])
         device = next(iter(self.sim.parameters())).device
         self.decoder = decoder((c + self.cond_channels, h, w), image_shape[0], image_shape[1], cfg.width).to(device)
-        self.d_feat = discriminator((c + self.cond_channels, h, w), 2 * cfg.width).to(device)
-        self.d_image = discriminator((image_shape[0] + self.cond_channels, *image_shape[1:]), 2 * cfg.width).to(device)
+        # discriminators as wide as the decoder: at full-resolution cuts they dominate the cost
+        self.d_feat = discriminator((c + self.cond_channels, h, w), cfg.width).to(device)
+        self.d_image = discriminator((image_shape[0] + self.cond_channels, *image_shape[1:]), cfg.width).to(device)
         self.opt_sim = torch.optim.Adam(self.sim.parameters(), lr=cfg.lr)
         self.opt_dec = torch.optim.Adam(self.decoder.parameters(), lr=cfg.lr)
         self.opt_df = torch.optim.Adam(self.d_feat.parameters(), lr=cfg.lr_discriminator)
