@@ -346,7 +346,7 @@ def validator_score(net: torch.nn.Module, task: str, images: torch.Tensor, y: to
 
 @dataclass
 class DefendedTarget:
-    """A target trained with one defence, and what the server kept of its traffic."""
+    """A target trained once with one defence; ADRA and SDAR both attack it."""
 
     model: SplitModel
     facts: dict

@@ -117,7 +117,9 @@ class FSHAResult:
 
 
 class FSHAClientSession:
-    """The client's side of training against a (possibly hijacking) server.
+    """A standalone two-party client (one part, its optimiser, its defences) against a hijacking
+    server. The harness runs FSHA inside the real protocol instead (:class:`HijackedSplitModel`),
+    which for a U-Net keeps the client decoder, the skips and the masks at the hospital.
 
     The client runs its own code: its part, its optimiser, its defences
     (``send_transform``, ``regularizer`` with the signatures of

@@ -7,8 +7,10 @@ for each sample's activation) are clipped to ``max_grad_norm`` and Gaussian nois
 Per-sample independence (what makes the clip a sensitivity bound): sample ``i``'s gradient
 must depend on sample ``i`` alone. It travels back through *every part downstream* of the
 private one (the server's parts and, in a U-Net, the client decoder through the skips), so a
-BatchNorm in training mode anywhere on that path mixes the batch: replacing one image moved
-the other samples' clipped-gradient sum by 1.9 C on the ResNet (cut 4). Choice made here:
+BatchNorm in training mode anywhere on that path mixes the batch: with only the private part
+fixed, replacing one image of a batch of 8 moved each *other* sample's clipped gradient by
+0.9-1.2 C on the ResNet (cut 4) and 0.24-0.36 C on the U-Net (the tests' small models;
+issue 14 measured 1.875 C on the sum of 15 at batch 16). Choice made here:
 **every BatchNorm of every part of the model is replaced by GroupNorm** (opacus'
 ``ModuleValidator.fix``) when DP-SGD is on; the other parties' optimisers are rebuilt over the
 new parameters. GroupNorm keeps the models trainable from scratch, which frozen (eval-mode)

@@ -11,8 +11,8 @@ Which epsilon holds where:
   two clipped activations differ by at most ``C`` in L1, so one sample's release is
   ``epsilon = C / b``-DP (pure DP, delta = 0). This is what the inversion attacker sees.
 * **In training** the client's BatchNorm normalises with the batch's statistics, so every
-  row of a batch depends on every image of it (replacing one image moved the *other* rows by
-  2.2-2.6 C): the per-row bound does not hold. What holds: each of the ``B`` clipped rows
+  row of a batch depends on every image of it (issue 14 measured the *other* rows moving by
+  2.2-2.6 C when one image was replaced): the per-row bound does not hold. What holds: each of the ``B`` clipped rows
   still moves by at most ``C``, so the batch release has L1 sensitivity ``B * C`` and is
   ``epsilon = B * C / b``-DP for an image in that batch.
 
