@@ -158,3 +158,19 @@ def test_harness_runs_lung_fsha_in_the_u_shaped_protocol(shared_data):
     assert any(link.startswith("client_decoder->") for kind, link in kinds if kind == "gradient")
     row = res["rows"][0]
     assert row["attack"] == "fsha" and 0 <= row["utility"] <= 1  # the hijacked client's own Dice
+
+
+def test_u_shaped_fsha_run_logs_quality_and_the_detector_sees_the_hijack():
+    from medsplit.defences import HijackDetector
+
+    model, _, cfg = _hijacked_unet()
+    data = _data("lungs", n=24)
+    detector = HijackDetector(probe_every=2, min_probes=3)
+    with Recorder(model.channel, "label") as labels:
+        res = run_fsha_protocol(model, data.x_train, data.y_train, data.x_aux, data.x_test, cfg, detector=detector,
+                                num_classes=1, generator=torch.Generator().manual_seed(0))
+    assert [h["iteration"] for h in res.history] == [0, 3, 6] and res.reconstructions.shape == data.x_test.shape
+    # fake rounds (inverted masks, at the client) change the client decoder's gradient to the
+    # server, but not what the hijacking server returns to the encoder
+    assert res.detector["flagged"] and res.detector["median_score"] < 1e-6
+    assert not labels.transfers
