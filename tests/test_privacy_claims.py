@@ -174,3 +174,22 @@ def test_u_shaped_fsha_run_logs_quality_and_the_detector_sees_the_hijack():
     # server, but not what the hijacking server returns to the encoder
     assert res.detector["flagged"] and res.detector["median_score"] < 1e-6
     assert not labels.transfers
+
+
+def test_attack_summary_states_sdar_the_u_shaped_fsha_and_fsha_against_dpsgd():
+    from medsplit.report.attack_findings import defence_table, findings
+
+    base = {"strength": 0, "seed": 0, "baseline_ssim": 0.45, "baseline_mse": 0.03}
+    rows = [{"attack": "sdar", "defence": "none", **base, "ssim": 0.7, "mse": 0.01, "utility": 0.9, "mask_dice": 0.88,
+             "mask_dice_baseline": 0.76},
+            {"attack": "sdar", "defence": "nopeek", **{**base, "strength": 2.0}, "ssim": 0.6, "mse": 0.02, "utility": 0.85},
+            {"attack": "fsha", "defence": "none", "strength": 0, "seed": 0, "ssim": 0.5, "mse": 0.03, "iterations": 400,
+             "utility": 0.87},
+            {"attack": "fsha", "defence": "dpsgd", "strength": 1.0, "seed": 0, "ssim": 0.1, "mse": 0.1, "iterations": 400,
+             "utility": 0.86, "privacy.epsilon": 63.0}]
+    text = " ".join(findings(rows, {}, "lungs"))
+    assert "SDAR without a defence" in text and "beats it on MSE" in text and "Dice 0.880" in text
+    assert "real U-shaped protocol" in text and "Dice 0.870" in text
+    assert "epsilon 63 for the client's first part" in text and "Gawron and Stubbings" in text
+    table = {r["defence"]: r for r in defence_table(rows)}
+    assert table["nopeek"]["SDAR SSIM change"] == pytest.approx(-0.1) and table["nopeek"]["ADRA SSIM"] is None

@@ -95,7 +95,7 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
                 peak = max(hist, key=lambda h: h["ssim"])
                 out.append(f"Its best logged point ({run}): SSIM {peak['ssim']:.3f} at iteration {peak['iteration']}; "
                            "the attacker cannot pick that point without the private images.")
-        if task == "lungs":
+        if task == "lungs" and f0.get("utility") is not None:
             out.append("The lung FSHA runs the real U-shaped protocol: the server hijacks only the gradient it returns "
                        "to the client encoder, while the client decoder trains on the masks (which never cross) and "
                        f"its skip gradient pulls the encoder toward the task; the hijacked client still reached Dice "
