@@ -282,7 +282,10 @@ class SegmentationMetrics:
       HD95 = 0.0;
     - exactly one of them empty: Dice = Jaccard = 0.0 and HD95 is undefined (there is no
       surface to measure from). It is stored as ``None`` in ``per_image`` and left out of the
-      HD95 mean; ``hd95["n_excluded"]`` counts such images.
+      HD95 mean; ``hd95["n_excluded"]`` counts such images. Because the HD95 mean is then over
+      the other images only, the **miss rate** is reported beside it: ``hd95["miss_rate"]``
+      (excluded / all images), with ``hd95["prediction_empty"]`` (the model found no lung where
+      there is one) and ``hd95["ground_truth_empty"]`` (a false alarm on an empty mask).
 
     HD95 is the 95th percentile symmetric Hausdorff distance in pixels, or in physical units
     when ``spacing`` is given. ``std`` is the population standard deviation (ddof=0).
@@ -307,10 +310,12 @@ class SegmentationMetrics:
         self.threshold = float(threshold)
         self.spacing = None if spacing is None else float(spacing)
         self._rows: list[dict[str, Any]] = []
+        self._hd95_missing: list[str | None] = []  # per image: which side was empty, or None
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._rows.clear()
+        self._hd95_missing.clear()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -366,6 +371,10 @@ class SegmentationMetrics:
                 )[:, 0].float()
 
         for i in range(batch):
+            missing = None
+            if bool(pred_any[i]) != bool(true_any[i]):
+                missing = "ground_truth_empty" if bool(pred_any[i]) else "prediction_empty"
+            self._hd95_missing.append(missing)
             self._rows.append(
                 {
                     "id": ids[i],
@@ -375,6 +384,13 @@ class SegmentationMetrics:
                 }
             )
 
+    def _hd95_misses(self) -> dict[str, Any]:
+        """Images HD95 leaves out (exactly one of prediction / ground truth empty), by side."""
+        pred_empty = sum(m == "prediction_empty" for m in self._hd95_missing)
+        true_empty = sum(m == "ground_truth_empty" for m in self._hd95_missing)
+        return {"miss_rate": (pred_empty + true_empty) / len(self._hd95_missing),
+                "prediction_empty": pred_empty, "ground_truth_empty": true_empty}
+
     def aggregate(self) -> dict[str, Any]:
         """Summaries of the per-image scores plus the per-image table itself."""
         if not self._rows:
@@ -383,7 +399,7 @@ class SegmentationMetrics:
             "n": len(self._rows),
             "dice": _summary([r["dice"] for r in self._rows]),
             "jaccard": _summary([r["jaccard"] for r in self._rows]),
-            "hd95": _summary([r["hd95"] for r in self._rows]),
+            "hd95": {**_summary([r["hd95"] for r in self._rows]), **self._hd95_misses()},
             "threshold": self.threshold,
             "spacing": self.spacing,
             "per_image": [dict(r) for r in self._rows],

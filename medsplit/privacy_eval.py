@@ -1,10 +1,16 @@
 """The attack x defence harness behind ``python -m medsplit attack`` (and ``make attacks``).
 
-For every defence and strength: train the target split model with the defence, then train a
-*fresh* attacker against the defended client that sees exactly what crossed the channel
-(noisy or mixed activations included); never judge a defence by a proxy it trained against.
-FSHA is an attack *during* training, so it runs from scratch against a client that applies
-its defence. Everything is measured on held-out images.
+For every defence and strength: train the target split model with the defence once, then
+train *fresh* attackers against the defended client that see exactly what crossed the channel
+(noisy or mixed activations included): the adversarial reconstruction attack (ADRA, model
+inversion with a colluding hospital) and SDAR (passive, no collusion). Never judge a defence
+by a proxy it trained against. FSHA is an attack *during* training, so it runs from scratch,
+inside the real protocol (:class:`~medsplit.attacks.fsha.HijackedSplitModel`: in the lung
+U-Net the server can only hijack the gradient it returns to the client encoder), against a
+client that applies its defence. Everything is measured on held-out images.
+
+DP-SGD runs: GroupNorm replaces every BatchNorm of every part and batches are Poisson-sampled,
+so the accountant's epsilon is valid (:mod:`medsplit.defences.dpsgd`).
 
 Device: one ``torch.device`` runs everything (data, target, validator, attacker, defences).
 Batch indices always come from CPU generators and are then moved, so a seed gives the same
@@ -25,9 +31,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from medsplit.attacks import ATTACKS, check_attack_names
-from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
+from medsplit.attacks import ALIASES, ATTACKS, check_attack_names, resolve_attack_names
+from medsplit.attacks.fsha import FSHAConfig, FSHAServer, HijackedSplitModel, run_fsha_protocol
 from medsplit.attacks.inversion import InversionConfig, run_inversion
+from medsplit.attacks.sdar import SDARAttack, SDARConfig, run_sdar
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
 from medsplit.attacks.nets import decoder as make_decoder
 from medsplit.attacks.tap import Recorder, crossing_key, observed_activations
@@ -44,8 +51,9 @@ from medsplit.defences import (
     check_defence_names,
     distance_correlation,
 )
+from medsplit.defences.sampling import poisson_batch
 from medsplit.models import build_model
-from medsplit.split import Channel, SplitModel, cut, two_party
+from medsplit.split import SplitModel, cut, two_party
 from medsplit.train import loop as train_loop
 
 TASKS = ("lungs", "retinopathy")
@@ -74,6 +82,10 @@ class Profile:
     label_steps: int = 100
     laplace_c: float = 1.0
     probe_every: int = 10
+    sdar: SDARConfig = field(default_factory=SDARConfig)
+    # defence -> strengths SDAR runs against (it reuses ADRA's target; None: every strength of
+    # ``strengths``). Each SDAR run trains four networks, so the CPU profile runs one per defence.
+    sdar_strengths: dict[str, list[float]] | None = None
 
 
 PROFILES = {
@@ -83,7 +95,8 @@ PROFILES = {
                                                  lr_discriminator=1e-3, width=8, log_every=6),
                     InversionConfig(steps=20, batch_size=8, width=8, log_every=10), 5,
                     {"none": [0], "nopeek": [1.0], "laplace": [0.5], "mixing": [2], "proxy": [0.5], "dpsgd": [1.0]},
-                    {"none": [0], "nopeek": [1.0]}, max_images=120, label_steps=6, probe_every=3),
+                    {"none": [0], "nopeek": [1.0]}, max_images=120, label_steps=6, probe_every=3,
+                    sdar=SDARConfig(steps=30, batch_size=8, lr=3e-3, width=8, log_every=15)),
     # reduced: end to end in 9 min (lungs) and 17 min (retinopathy) on the shared 2-core CPU.
     # Laplace scales: after the L1 clip to C/2 a coordinate carries ~3e-5 at a 64 px cut, so the
     # trade-off lies between b = 1e-5 (epsilon 1e5 per release; lungs SSIM 0.74) and b = 1e-4
@@ -93,12 +106,17 @@ PROFILES = {
                        InversionConfig(steps=300, batch_size=16, width=16, log_every=100), 150,
                        {"none": [0], "nopeek": [0.5, 2.0], "laplace": [1e-5, 0.5], "mixing": [2, 4], "proxy": [0.5, 2.0],
                         "dpsgd": [0.5, 2.0]},
-                       {"none": [0], "nopeek": [1.0]}, cut_lungs=1, label_steps=150),
+                       # dpsgd: the row answering Gawron and Stubbings (2022), FSHA against a DP-SGD client
+                       {"none": [0], "nopeek": [1.0], "dpsgd": [1.0]}, cut_lungs=1, label_steps=150,
+                       sdar=SDARConfig(steps=300, batch_size=16, width=16, log_every=100),
+                       # the strongest strength of each defence, but Laplace's weak one (b = 0.5 leaves pure noise)
+                       sdar_strengths={"none": [0], "nopeek": [2.0], "laplace": [1e-5], "mixing": [4], "proxy": [2.0],
+                                       "dpsgd": [2.0]}),
     "full": Profile("full", 64, 3000, 64, FSHAConfig(), InversionConfig(), 2000,
                     {"none": [0], "nopeek": [0.1, 0.5, 1, 2, 5], "laplace": [1e-5, 3e-5, 1e-4, 1e-3, 0.5, 2], "mixing": [2, 3, 4, 8],
                      "proxy": [0.1, 0.5, 1, 2], "dpsgd": [0.3, 0.7, 1.0, 2.0]},
-                    {"none": [0], "nopeek": [0.5, 2.0, 5.0], "laplace": [0.5, 2.0]}, seeds=[0, 1, 2], max_images=3000,
-                    base_channels=32, label_steps=2000),
+                    {"none": [0], "nopeek": [0.5, 2.0, 5.0], "laplace": [0.5, 2.0], "dpsgd": [0.5, 1.0, 2.0]}, seeds=[0, 1, 2],
+                    max_images=3000, base_channels=32, label_steps=2000),
 }
 
 
@@ -184,8 +202,13 @@ def _activation_shape(model: SplitModel, x: torch.Tensor) -> tuple[int, int, int
 
 
 def apply_defence(model: SplitModel, task: str, name: str, strength: float, data: TaskData, profile: Profile,
-                  generator: torch.Generator) -> tuple[dict, object]:
-    """Install defence ``name`` at ``strength`` on ``model``; returns (its privacy facts, the hook object)."""
+                  generator: torch.Generator, lr: float = 1e-3, batch_size: int | None = None,
+                  train_size: int | None = None) -> tuple[dict, object]:
+    """Install defence ``name`` at ``strength`` on ``model``; returns (its privacy facts, the hook object).
+
+    Facts that are strings (what an epsilon covers) go to the report's notes, numbers to the rows.
+    ``lr``, ``batch_size`` (default: the profile's) and ``train_size`` (default: every training
+    image) are the client's, for DP-SGD's optimiser and sampling rate."""
     check_defence_names([name])
     first = model.chain[0][0].name
     key = crossing_key(model)
@@ -198,7 +221,7 @@ def apply_defence(model: SplitModel, task: str, name: str, strength: float, data
     if name == "laplace":
         hook = LaplaceMechanism(profile.laplace_c, strength, generator)
         model.send_transforms[first] = hook
-        return hook.describe(), hook
+        return hook.describe(batch_size or profile.batch_size), hook
     if name == "mixing":
         if task == "lungs" or len(model.chain) > 2:
             raise DefenceNotApplicable("mixing cannot apply to a U-shaped split: the server's output returns to the "
@@ -216,9 +239,11 @@ def apply_defence(model: SplitModel, task: str, name: str, strength: float, data
     if name == "dpsgd":
         from medsplit.defences.dpsgd import DPSGDClient
 
-        n = data.x_train.shape[0] + data.x_aux.shape[0]
-        hook = DPSGDClient(model, first, strength, 1.0, profile.batch_size / n, 1e-5, 1e-3, profile.batch_size)
-        return {"sigma": strength, "max_grad_norm": 1.0, "delta": 1e-5}, hook
+        n = train_size or data.x_train.shape[0] + data.x_aux.shape[0]
+        b = batch_size or profile.batch_size
+        hook = DPSGDClient(model, first, strength, 1.0, b / n, 1e-5, lr, b)
+        return {"sigma": strength, "max_grad_norm": 1.0, "delta": 1e-5, "sample_rate": b / n,
+                "sampling": "Poisson (each image joins a batch with probability q)", **hook.scope()}, hook
     raise AssertionError(name)
 
 
@@ -234,14 +259,26 @@ def _gradient_to_client(model: SplitModel, x, y) -> torch.Tensor:
 
 
 def train_target(model: SplitModel, data: TaskData, profile: Profile, generator: torch.Generator,
-                 detector: HijackDetector | None = None) -> float:
-    """Train on all hospitals' training images (the colluder is one of them); returns seconds."""
+                 detector: HijackDetector | None = None, dp=None) -> float:
+    """Train on all hospitals' training images (the colluder is one of them); returns seconds.
+
+    Args:
+        dp: the :class:`~medsplit.defences.dpsgd.DPSGDClient` when DP-SGD is on: batches are then
+            Poisson-sampled at its rate (an empty draw is a step the accountant still counts).
+    """
     x = torch.cat([data.x_train, data.x_aux])
     y = torch.cat([data.y_train, data.y_aux])
     start = time.perf_counter()
     model.train()
     for step in range(1, profile.target_steps + 1):
-        i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator).to(x.device)
+        if dp is not None:
+            i = poisson_batch(x.shape[0], dp.sample_rate, generator)
+            if len(i) == 0:
+                dp.account_empty_step()
+                continue
+        else:
+            i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator)
+        i = i.to(x.device)
         if detector is not None and detector.should_probe(step):
             fake = _gradient_to_client(model, x[i], detector.fake_targets(y[i], data.num_classes))
             regular = _gradient_to_client(model, x[i], y[i])
@@ -307,26 +344,54 @@ def validator_score(net: torch.nn.Module, task: str, images: torch.Tensor, y: to
 # ------------------------------------------------------------------ experiments
 
 
-def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
+@dataclass
+class DefendedTarget:
+    """A target trained once with one defence; ADRA and SDAR both attack it."""
+
+    model: SplitModel
+    facts: dict
+    hook: object
+    utility: float
+    seconds: float
+    detector: HijackDetector | None
+
+
+def train_defended_target(task, name, strength, seed, data, profile) -> DefendedTarget:
+    """Build, defend and train the target once; every honest-but-curious attack reuses it."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = build_target(task, profile, data.x_train.shape[1], data.num_classes, device=data.device)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
     facts, hook = apply_defence(model, task, name, strength, data, profile, g)
-    seconds = train_target(model, data, profile, g, detector)
+    seconds = train_target(model, data, profile, g, detector, dp=hook if name == "dpsgd" else None)
     if name == "dpsgd":
         facts["epsilon"] = hook.epsilon()
+        facts["steps"] = hook.steps
     if name == "proxy":
         # what the client's own proxy reached: set beside the fresh attacker's MSE it shows
         # whether the defence fooled only the proxy it trained against
         facts["proxy_mse"] = hook.last_proxy_mse
     util = utility(model, task, data.x_test, data.y_test)
-    # a fresh attacker: the colluder's pairs and the victims' activations as they crossed
+    return DefendedTarget(model, facts, hook, util, seconds, detector)
+
+
+def _numbers(facts: dict) -> dict:
+    return {f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}
+
+
+def _notes(facts: dict) -> dict:
+    return {k: v for k, v in facts.items() if isinstance(v, str)}
+
+
+def inversion_row(task, name, strength, seed, data, profile, validator, target: DefendedTarget) -> tuple[dict, dict]:
+    """ADRA (model inversion): a fresh decoder on the colluder's pairs, inverting the victims."""
+    g = torch.Generator().manual_seed(seed)
+    model = target.model
     aux_act = observed_activations(model, data.x_aux)
     vic_act = observed_activations(model, data.x_test)
     res = run_inversion(data.x_aux, aux_act, data.x_test, vic_act, profile.inversion, g)
     n = min(64, data.x_test.shape[0])
-    row = {"attack": "inversion", "defence": name, "strength": strength, "seed": seed, "utility": util,
+    row = {"attack": "inversion", "defence": name, "strength": strength, "seed": seed, "utility": target.utility,
            **{k: v for k, v in res.final.items() if k != "iteration"},
            "baseline_mse": res.baseline["mse"], "baseline_ssim": res.baseline["ssim"],
            # dcor: the V-statistic NoPeek minimises, near 1 in this dimension even for noise;
@@ -335,41 +400,101 @@ def inversion_row(task, name, strength, seed, data, profile, validator) -> tuple
            "dcor2_unbiased": bias_corrected_dcor2(data.x_test[:n], vic_act[:n]),
            "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
            "validator_on_original": validator_score(validator, task, data.x_test, data.y_test),
-           "train_seconds": seconds, **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
-    extra = {"history": res.history, "recon": res.reconstructions[:6].cpu(), "detector": detector.summary() if detector else None}
+           "train_seconds": target.seconds, **_numbers(target.facts)}
+    extra = {"history": res.history, "recon": res.reconstructions[:6].cpu(),
+             "detector": target.detector.summary() if target.detector else None, "privacy_notes": _notes(target.facts)}
     return row, extra
 
 
-def fsha_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
+def build_sdar(task: str, profile: Profile, model: SplitModel, data: TaskData, dp_normalisation: bool) -> SDARAttack:
+    """SDAR's networks: fresh client parts of the target's architecture (the attacker knows the
+    architecture, as in the paper), the server's own trained parts, decoder and critics."""
+    if task == "lungs":
+        table = build_model("unet-classic", num_classes=1, in_channels=data.x_train.shape[1],
+                            base_channels=profile.base_channels)
+        c = profile.cut_lungs
+    else:
+        table = build_model("resnet18", num_classes=data.num_classes, in_channels=data.x_train.shape[1])
+        c = profile.cut_retinopathy
+    fresh = cut(table, c)
+    if dp_normalisation:  # the target's architecture under DP-SGD: GroupNorm everywhere
+        from medsplit.defences.dpsgd import _fix_stage_modules
+
+        for part in fresh:
+            _fix_stage_modules(part)
+    simulated = {p.name: p.to(data.device) for p in fresh if p.role == "client"}
+    client = model.data_owner
+    server_parts = {p.name: p for p, owner in model.chain if owner is not client}
+    key = crossing_key(model)
+    return SDARAttack(simulated, server_parts, [p.name for p in fresh], key, model.output_key, _loss_for(task),
+                      data.num_classes if task == "retinopathy" else 1, tuple(data.x_train.shape[1:]),
+                      _activation_shape(model, data.x_train), profile.sdar)
+
+
+def sdar_row(task, name, strength, seed, data, profile, validator, target: DefendedTarget) -> tuple[dict, dict]:
+    """SDAR: a passive server, no colluder. What it learns from: the activations that crossed when the
+    private hospitals (not the colluder's share: there is no colluder) ran their training images
+    through the trained model (unpaired, labels inferred by its own ``g`` or simulated decoder),
+    its own trained parts and its auxiliary labelled images. Judged on the held-out victims."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_target(task, profile, data.x_train.shape[1], data.num_classes, device=data.device)
-    if name not in ("none", "nopeek", "laplace", "mixing", "proxy"):
-        raise DefenceNotApplicable(f"{name} is not wired into the FSHA client session; FSHA runs with none, nopeek, "
-                                   "laplace, mixing or proxy")
-    facts, hook = apply_defence(model, task, name, strength, data, profile, g)
+    model = target.model
+    attack = build_sdar(task, profile, model, data, dp_normalisation=name == "dpsgd")
+    z_seen = observed_activations(model, data.x_train)
+    vic_act = observed_activations(model, data.x_test)
+    res = run_sdar(attack, data.x_aux, data.y_aux, z_seen, None, vic_act, data.x_test, profile.sdar, g)
+    row = {"attack": "sdar", "defence": name, "strength": strength, "seed": seed, "utility": target.utility,
+           **{k: v for k, v in res.final.items() if k != "iteration"},
+           "baseline_mse": res.baseline["mse"], "baseline_ssim": res.baseline["ssim"],
+           "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
+           **_numbers(target.facts)}
+    if task == "lungs":  # U-shaped: the masks never crossed; the attacker infers them
+        mean_mask = (data.y_aux.float().mean(0, keepdim=True) > 0.5).float().expand_as(data.y_test)
+        row["mask_dice"] = dice(torch.logit(res.inferred_labels.clamp(1e-6, 1 - 1e-6)), data.y_test)
+        row["mask_dice_baseline"] = dice(mean_mask * 2 - 1, data.y_test)  # the mean auxiliary mask
+    else:
+        row["label_accuracy"] = float((res.inferred_labels.cpu() == data.y_test.cpu()).float().mean())
+    return row, {"history": res.history, "recon": res.reconstructions[:6].cpu(), "privacy_notes": _notes(target.facts)}
+
+
+def fsha_row(task, name, strength, seed, data, profile, validator) -> tuple[dict, dict]:
+    """FSHA from scratch inside the real protocol against a client that applies ``name``."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cfg = profile.fsha
+    model = build_target(task, profile, data.x_train.shape[1], data.num_classes, lr=cfg.lr_client, device=data.device)
+    facts, hook = apply_defence(model, task, name, strength, data, profile, g, lr=cfg.lr_client,
+                                batch_size=cfg.batch_size, train_size=data.x_train.shape[0])
     first = model.chain[0][0]
     key = crossing_key(model)
     shape = _activation_shape(model, data.x_train)
     with torch.no_grad():
         nonneg = bool((first({"x": data.x_aux[:4]})[key] >= 0).all())
-    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, profile.fsha, nonnegative=nonneg,
-                        device=data.device)
-    transform = model.send_transforms.get(first.name)
-    if name == "mixing":
-        transform = hook.activations
-    session = FSHAClientSession(first, key, Channel(), server, profile.fsha.lr_client, transform,
-                                model.regularizers.get(first.name))
-    # the client watches for a hijack in the undefended run (as inversion_row does in honest training)
+    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, cfg, nonnegative=nonneg, device=data.device)
+    hijacked = HijackedSplitModel(model, server, key)
+    # the client watches for a hijack in the undefended run (as in honest training)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
-    res = run_fsha(session, data.x_train, data.x_aux, data.x_test, profile.fsha, y_priv=data.y_train, detector=detector,
-                   num_classes=data.num_classes, generator=g)
+    batches = None
+    if name == "dpsgd":
+        def batches():
+            i = poisson_batch(data.x_train.shape[0], hook.sample_rate, g)
+            if len(i) == 0:
+                hook.account_empty_step()
+            return i
+    res = run_fsha_protocol(hijacked, data.x_train, data.y_train, data.x_aux, data.x_test, cfg, detector=detector,
+                            num_classes=data.num_classes, generator=g, batches=batches)
+    if name == "dpsgd":
+        facts["epsilon"] = hook.epsilon()
+        facts["steps"] = hook.steps
     row = {"attack": "fsha", "defence": name, "strength": strength, "seed": seed,
            **{k: v for k, v in res.final.items() if k not in ("iteration",)},
-           "iterations": profile.fsha.iterations,
+           "iterations": cfg.iterations,
+           # the hijacked client's own task score: in the U-shape its decoder keeps training on the masks
+           "utility": utility(hijacked, task, data.x_test, data.y_test),
            "validator_on_recon": validator_score(validator, task, res.reconstructions, data.y_test),
-           **{f"privacy.{k}": v for k, v in facts.items() if not isinstance(v, str)}}
-    return row, {"history": res.history, "recon": res.reconstructions[:6].cpu(), "detector": res.detector}
+           **_numbers(facts)}
+    return row, {"history": res.history, "recon": res.reconstructions[:6].cpu(), "detector": res.detector,
+                 "privacy_notes": _notes(facts)}
 
 
 def label_leakage_row(task, seed, data, profile) -> dict:
@@ -408,10 +533,11 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
     defences = list(profile.strengths) if defences is None else defences
     check_defence_names(defences)
     rows, extras, skipped = [], {}, []
-    inversion_runs = [(n, s) for n in defences for s in profile.strengths.get(n, [0])] if "inversion" in attacks else []
+    honest = [a for a in ("inversion", "sdar") if a in attacks]  # share one defended target per setting
+    honest_runs = [(n, s) for n in defences for s in profile.strengths.get(n, [0])] if honest else []
     fsha_runs = [(n, s) for n in defences if n in profile.fsha_defences for s in profile.fsha_defences[n]] \
         if "fsha" in attacks else []
-    per_seed = 1 + len(inversion_runs) + len(fsha_runs) + ("label-leakage" in attacks)  # 1: the validator
+    per_seed = 1 + len(honest_runs) + len(fsha_runs) + ("label-leakage" in attacks)  # 1: the validator
     bar = tqdm(total=per_seed * len(profile.seeds), desc=f"attacks on {task} ({profile.name})", unit="run",
                disable=not progress)
     say = bar.write if progress else log
@@ -419,30 +545,46 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
         for name in [d for d in defences if d not in profile.fsha_defences]:
             skipped.append({"attack": "fsha", "defence": name, "reason": f"profile {profile.name!r} runs FSHA against "
                             f"{sorted(profile.fsha_defences)} only (each FSHA run is a full attack from scratch)"})
-    # (attack, its (defence, strength) runs, the row function, what its log line shows of a row)
-    experiments = [("inversion", inversion_runs, inversion_row, "ssim {ssim:.3f} utility {utility:.3f}"),
-                   ("fsha", fsha_runs, fsha_row, "ssim {ssim:.3f} mse {mse:.4f}")]
+    shown = {"inversion": "ssim {ssim:.3f} utility {utility:.3f}", "sdar": "ssim {ssim:.3f} mse {mse:.4f}",
+             "fsha": "ssim {ssim:.3f} mse {mse:.4f} utility {utility:.3f}"}
+    row_functions = {"inversion": inversion_row, "sdar": sdar_row}
     # a defence that cannot apply (to this task or cut) is tried once, not at every strength and seed
-    refused: dict[str, set[str]] = {"inversion": set(), "fsha": set()}
+    refused: dict[str, set[str]] = {"honest": set(), "fsha": set()}
+
+    def record(attack, name, s, seed, row, extra):
+        rows.append(row)
+        extras[f"{attack}/{name}/{s}/{seed}"] = extra
+        say(f"{attack} {name}={s} seed {seed}: " + shown[attack].format(**row))
+
     start = time.perf_counter()
     for seed in profile.seeds:
         data = load_task(task, profile, data_root, seed).to(device)
         validator = train_validator(task, data, profile, torch.Generator().manual_seed(1000 + seed))
         bar.update(1)
-        for attack, runs, run_row, shown in experiments:
-            for name, s in runs:
-                bar.set_postfix_str(f"{attack} {name}={s} seed {seed}")
-                if name not in refused[attack]:
-                    try:
-                        row, extra = run_row(task, name, s, seed, data, profile, validator)
-                    except DefenceNotApplicable as e:
-                        skipped.append({"attack": attack, "defence": name, "reason": str(e)})
-                        refused[attack].add(name)
-                    else:
-                        rows.append(row)
-                        extras[f"{attack}/{name}/{s}/{seed}"] = extra
-                        say(f"{attack} {name}={s} seed {seed}: " + shown.format(**row))
-                bar.update(1)
+        for name, s in honest_runs:
+            bar.set_postfix_str(f"{'+'.join(honest)} {name}={s} seed {seed}")
+            if name not in refused["honest"]:
+                try:
+                    target = train_defended_target(task, name, s, seed, data, profile)
+                except DefenceNotApplicable as e:
+                    skipped += [{"attack": a, "defence": name, "reason": str(e)} for a in honest]
+                    refused["honest"].add(name)
+                else:
+                    for attack in honest:
+                        if attack == "sdar" and s not in (profile.sdar_strengths or profile.strengths).get(name, []):
+                            continue
+                        record(attack, name, s, seed, *row_functions[attack](task, name, s, seed, data, profile,
+                                                                              validator, target))
+            bar.update(1)
+        for name, s in fsha_runs:
+            bar.set_postfix_str(f"fsha {name}={s} seed {seed}")
+            if name not in refused["fsha"]:
+                try:
+                    record("fsha", name, s, seed, *fsha_row(task, name, s, seed, data, profile, validator))
+                except DefenceNotApplicable as e:
+                    skipped.append({"attack": "fsha", "defence": name, "reason": str(e)})
+                    refused["fsha"].add(name)
+            bar.update(1)
         if "label-leakage" in attacks:
             bar.set_postfix_str(f"label leakage seed {seed}")
             try:
@@ -470,7 +612,9 @@ def add_attack_parser(subparsers) -> None:
     p.add_argument("--task", choices=list(TASKS), default="lungs")
     p.add_argument("--device", choices=list(DEVICES), default="auto",
                    help="auto (cuda when a GPU is present, else cpu), cpu, or cuda (an error without a GPU)")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated from {','.join(ATTACKS)}")
+    p.add_argument("--attacks", default=",".join(ATTACKS),
+                   help=f"comma-separated from {','.join(ATTACKS)} (aliases: "
+                        f"{', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
     p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
     p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
     p.add_argument("--out", default="reports", help="report folder")
@@ -485,9 +629,8 @@ def run_attack_command(args) -> int:
 
     device = resolve_device(args.device)
     profile = customise(PROFILES[args.profile or default_profile(device)], args.overrides)
-    attacks = [a for a in args.attacks.split(",") if a]
+    attacks = resolve_attack_names([a.strip() for a in args.attacks.split(",") if a.strip()])
     defences = [d for d in args.defences.split(",") if d] if args.defences else None
-    check_attack_names(attacks)
     if defences is not None:
         check_defence_names(defences)
         if args.task == "lungs" and "mixing" in defences:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medsplit.attacks import check_attack_names
+from medsplit.attacks import check_attack_names, resolve_attack_names
 from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
 from medsplit.attacks.inversion import InversionConfig, run_inversion
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
@@ -140,9 +140,12 @@ def test_label_leakage_norm_attack_on_imbalanced_labels():
     assert scores["cosine_auc"] > 0.5
 
 
-def test_unknown_attack_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"valid attacks are \['fsha', 'inversion', 'label-leakage'\]"):
+def test_unknown_attack_lists_valid_ones_and_adra_is_the_inversion():
+    with pytest.raises(ValueError, match=r"valid attacks are \['fsha', 'inversion', 'label-leakage', 'sdar'\].*adra"):
         check_attack_names(["fhsa"])
+    assert resolve_attack_names(["adra", "sdar", "inversion"]) == ["inversion", "sdar"]
+    with pytest.raises(ValueError, match="valid attacks"):
+        resolve_attack_names(["adr"])
 
 
 def test_tiny_profile_writes_report_and_json(tmp_path):
@@ -160,6 +163,12 @@ def test_tiny_profile_writes_report_and_json(tmp_path):
     inversion = {r["defence"]: r for r in record["rows"] if r["attack"] == "inversion"}
     assert set(inversion) == {"none", "nopeek", "laplace", "proxy"}
     assert inversion["proxy"]["privacy.proxy_mse"] > 0  # the proxy's own score, beside the fresh attacker's
+    text = html.read_text()
+    assert "What each privacy number covers" in text and "in the clear" in text  # the Laplace scope, per run
+    assert "ADRA (model inversion)" in text and "SDAR" in text
+    assert {r["defence"] for r in record["rows"] if r["attack"] == "sdar"} == set(inversion)  # every defence
+    assert inversion["laplace"]["privacy.epsilon_per_training_batch"] == pytest.approx(
+        8 * inversion["laplace"]["privacy.epsilon_per_release_inference"])  # tiny: batch 8
     assert any(s["attack"] == "label-leakage" for s in record["skipped"])
     assert record["device"] == device_label(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -248,3 +257,20 @@ def test_fundus_validator_score_is_balanced_so_a_constant_answer_scores_one_half
     assert validator_score(always_healthy, "retinopathy", torch.zeros(10, 3, 8, 8), y) == pytest.approx(0.5)
     perfect = lambda images: F.one_hot(y, 2).float()  # noqa: E731
     assert validator_score(perfect, "retinopathy", torch.zeros(10, 3, 8, 8), y) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_sdar_beats_the_mean_image_on_the_tiny_profile(shared_data):
+    """SDAR (passive, no colluder) at the tiny profile's scale (16 px lungs, tiny networks), with
+    the target trained long enough for its server part to read features (60 steps)."""
+    from dataclasses import replace
+
+    from medsplit.attacks.sdar import SDARConfig
+    from medsplit.privacy_eval import PROFILES, evaluate
+
+    profile = replace(PROFILES["tiny"], target_steps=60, sdar=SDARConfig(steps=150, batch_size=8, lr=1e-3, width=8,
+                                                                          log_every=75))
+    res = evaluate("lungs", profile, shared_data, ["sdar"], ["none"], log=lambda *a: None)
+    (row,) = res["rows"]
+    assert row["attack"] == "sdar" and row["ssim"] > row["baseline_ssim"] and row["mse"] < row["baseline_mse"], row
+    assert row["mask_dice"] > row["mask_dice_baseline"], row  # the masks it infers never crossed the channel

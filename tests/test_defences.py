@@ -190,3 +190,12 @@ def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():
     data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
     with pytest.raises(DefenceNotApplicable, match="U-shaped"):
         apply_defence(model, "lungs", "mixing", 2, data, p, torch.Generator())
+
+
+def test_mixing_a_batch_smaller_than_k_mixes_all_of_it():
+    # the last batch of an inference pass can hold fewer samples than k (it crashed SDAR's pass)
+    mix = Mixing(4, num_classes=3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2])
+    mixed = mix.activations({"a": F.one_hot(y, 3).float().view(3, 3, 1, 1)})["a"]
+    assert mixed.shape == (3, 3, 1, 1) and torch.allclose(mixed.view(3, 3), mix.labels({"y": y})["y"], atol=1e-6)
+    assert mix._perm.shape == (3, 3) and mix.activations({"a": torch.ones(1, 2)})["a"].shape == (1, 2)

@@ -254,8 +254,9 @@ def test_attack_summary_averages_seeds_and_states_the_targets_numbers():
             {"attack": "fsha", "defence": "none", "strength": 0, "seed": 0, "ssim": 0.55, "mse": 0.02, "iterations": 400},
             {"attack": "fsha", "defence": "nopeek", "strength": 1.0, "seed": 0, "ssim": 0.5, "mse": 0.03, "iterations": 400}]
     table = {r["defence"]: r for r in defence_table(rows)}
-    assert table["none"]["seeds"] == 2 and table["none"]["attacker SSIM"] == pytest.approx(0.85)
-    assert table["proxy"]["SSIM change"] == pytest.approx(-0.15) and table["proxy"]["utility change"] == pytest.approx(-0.03)
+    assert table["none"]["seeds"] == 2 and table["none"]["ADRA SSIM"] == pytest.approx(0.85)
+    assert table["proxy"]["ADRA SSIM change"] == pytest.approx(-0.15) and table["proxy"]["utility change"] == pytest.approx(-0.03)
+    assert table["proxy"]["SDAR SSIM"] is None  # no SDAR row at that setting
     history = {"fsha/none/0/0": [{"iteration": 0, "ssim": 0.2}, {"iteration": 500, "ssim": 0.6}, {"iteration": 900, "ssim": 0.55}]}
     text = " ".join(findings(rows, {"fsha/none/0/0": {"flagged": True, "flagged_at_step": 60, "probes": 40, "probe_every": 10}},
                              histories=history))

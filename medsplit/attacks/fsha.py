@@ -27,6 +27,7 @@ from medsplit.attacks.nets import decoder, discriminator, pilot_encoder
 from medsplit.attacks.quality import reconstruction_quality
 from medsplit.defences.detector import HijackDetector
 from medsplit.split.channel import Channel
+from medsplit.split.engine import SplitModel
 
 
 @dataclass
@@ -116,7 +117,9 @@ class FSHAResult:
 
 
 class FSHAClientSession:
-    """The client's side of training against a (possibly hijacking) server.
+    """A standalone two-party client (one part, its optimiser, its defences) against a hijacking
+    server. The harness runs FSHA inside the real protocol instead (:class:`HijackedSplitModel`),
+    which for a U-Net keeps the client decoder, the skips and the masks at the hospital.
 
     The client runs its own code: its part, its optimiser, its defences
     (``send_transform``, ``regularizer`` with the signatures of
@@ -231,4 +234,134 @@ def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tens
         if it % cfg.log_every == 0 or it == cfg.iterations:
             log(it)
     recon = session.reconstruct(x_eval)
+    return FSHAResult(history, recon, history[-1], detector.summary() if detector else None, asdict(cfg))
+
+
+# ------------------------------------------------------------------ FSHA inside the real protocol
+
+
+class HijackedSplitModel(SplitModel):
+    """The real split protocol (every part, every party) with a malicious server.
+
+    Every party runs its usual code; the only change is the server's reply to the client's
+    first part: instead of the task gradient it computed, the server returns FSHA's
+    adversarial gradient ``d/dz [-D(z)]`` at the activation ``z`` it received. In a U-shaped
+    split (the U-Net) that is *all* the server can hijack: the masks never leave the hospital,
+    the client decoder computes the loss and trains on it, and its skip-path gradient keeps
+    pulling the client encoder toward the task while the server pulls it toward the pilot's
+    feature space. The server still trains its own parts honestly on the gradient the client
+    decoder returns, so the client keeps a working model (what a stealthy attacker wants).
+
+    Args:
+        model: an honest split model (its chain, channel, defences are shared, not copied).
+        server: the FSHA networks (pilot, decoder, critic) and their optimisers.
+        sent_key: the tensor the client's first part sends to the server.
+    """
+
+    def __init__(self, model: SplitModel, server: FSHAServer, sent_key: str):
+        super().__init__(model.chain, model.channel, model.data_owner, model.loss_fn, model.target_key)
+        self.send_transforms = model.send_transforms
+        self.regularizers = model.regularizers
+        self.fsha = server
+        self.sent_key = sent_key
+        self.last_received: torch.Tensor | None = None  # z as the server received it, last round
+
+    def _return_gradients(self, consumer: int, edges, pending) -> None:
+        for e in edges:
+            if e.consumer == consumer and e.producer == 0 and e.crossed and e.name == self.sent_key:
+                # the server's reply to the client's first part: the adversarial gradient
+                e.received.grad = self.fsha.client_gradient(e.received)
+                self.last_received = e.received.detach()
+        super()._return_gradients(consumer, edges, pending)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: bool = True, x_aux: torch.Tensor | None = None):
+        """One protocol round; with ``x_aux`` the server then updates its FSHA networks on what it received."""
+        out = super().train_step(x, y, step)
+        if x_aux is not None and self.last_received is not None:
+            self.fsha.update(x_aux, self.last_received)
+        return out
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """``f~^-1`` of what the client sends for ``x`` (batch statistics, as in training: BatchNorm
+        running statistics lag far behind a client being hijacked), after its send transform."""
+        first = self.chain[0][0]
+        name = first.name
+        phase, self.channel.phase = self.channel.phase, "eval"
+        first.train()
+        try:
+            out = []
+            for i in range(0, x.shape[0], batch_size):
+                sent = {self.sent_key: first({"x": x[i:i + batch_size]})[self.sent_key]}
+                transform = self.send_transforms.get(name)
+                if transform is not None:
+                    sent = transform(sent)
+                z = self.channel.send(self.data_owner.name, "server", "activation", sent, link=f"{name}->server")
+                out.append(self.fsha.decoder(z[self.sent_key]))
+            return torch.cat(out)
+        finally:
+            self.channel.phase = phase
+
+
+def _gradient_to_first(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A round without a step (a detector's fake round); the gradient the first part received."""
+    from medsplit.attacks.tap import Recorder
+
+    first = model.chain[0][0].name
+    with Recorder(model.channel, "gradient", receiver=model.data_owner.name) as rec:
+        for party in model.parties:
+            party.zero_grad()
+        model.forward_backward(x, y)
+    grads = [t for t in rec.transfers if t.link.endswith(f"->{first}")]
+    return next(iter(grads[-1].tensors.values())).detach()
+
+
+def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: torch.Tensor, x_aux: torch.Tensor,
+                      x_eval: torch.Tensor, cfg: FSHAConfig, detector: HijackDetector | None = None,
+                      num_classes: int | None = None, generator: torch.Generator | None = None,
+                      batches: Callable[[], torch.Tensor] | None = None,
+                      clock: Callable[[], float] | None = None) -> FSHAResult:
+    """FSHA for ``cfg.iterations`` rounds of the real protocol; logs reconstruction quality of ``x_eval``.
+
+    Args:
+        model: the hijacked split model (defences already installed on it).
+        x_priv, y_priv: the hospitals' training images and targets (masks stay with the client
+            in a U-shaped split: the loss is computed there).
+        x_aux: the server's auxiliary images.
+        x_eval: held-out private images the quality is measured on.
+        cfg: iterations, batch size, logging.
+        detector: optional client-side hijack detector (fake rounds with randomised targets).
+        num_classes: for the detector's random labels.
+        generator: batch sampling RNG (CPU; indices are moved to the images' device).
+        batches: optional sampler of private batch indices (Poisson sampling under DP-SGD);
+            ``None`` draws ``cfg.batch_size`` indices uniformly with replacement.
+        clock: time source for the history.
+    """
+    import time
+
+    clock = clock or time.perf_counter
+    start = clock()
+    history = []
+
+    def log(it: int) -> None:
+        q = reconstruction_quality(model.reconstruct(x_eval), x_eval)
+        history.append({"iteration": it, **q, "seconds": clock() - start})
+
+    model.train()
+    log(0)
+    for it in range(1, cfg.iterations + 1):
+        i = batches() if batches is not None else torch.randint(0, x_priv.shape[0], (cfg.batch_size,), generator=generator)
+        j = torch.randint(0, x_aux.shape[0], (cfg.batch_size,), generator=generator).to(x_aux.device)
+        if len(i) == 0:
+            continue  # an empty Poisson draw (the caller accounts for it)
+        i = i.to(x_priv.device)
+        xb, yb = x_priv[i], y_priv[i]
+        if detector is not None and detector.should_probe(it):
+            fake = _gradient_to_first(model, xb, detector.fake_targets(yb, num_classes))
+            regular = _gradient_to_first(model, xb, yb)
+            detector.update(it, regular, fake)
+        model.train_step(xb, yb, x_aux=x_aux[j])
+        if it % cfg.log_every == 0 or it == cfg.iterations:
+            log(it)
+    recon = model.reconstruct(x_eval)
     return FSHAResult(history, recon, history[-1], detector.summary() if detector else None, asdict(cfg))

@@ -2,15 +2,26 @@
 
 Per-sample gradients of the client part's parameters (from the gradient the server returns
 for each sample's activation) are clipped to ``max_grad_norm`` and Gaussian noise of
-``noise_multiplier * max_grad_norm`` is added before every client step. BatchNorm mixes
-samples, so it is replaced by GroupNorm (``opacus.validators.ModuleValidator.fix``).
+``noise_multiplier * max_grad_norm`` is added before every client step.
 
-What epsilon covers: the client part's *parameters* (what a later release of the client
-model would leak) for the add/remove-one-training-image relation, from opacus' RDP
-accountant with sampling rate ``q = batch / N``. The harness draws fixed-size random
-batches; the accountant assumes Poisson sampling (the usual approximation, stated in the
-report). It does *not* cover the activations the client sends during training: those are
-computed from the raw images and are not privatised by DP-SGD.
+Per-sample independence (what makes the clip a sensitivity bound): sample ``i``'s gradient
+must depend on sample ``i`` alone. It travels back through *every part downstream* of the
+private one (the server's parts and, in a U-Net, the client decoder through the skips), so a
+BatchNorm in training mode anywhere on that path mixes the batch: with only the private part
+fixed, replacing one image of a batch of 8 moved each *other* sample's clipped gradient by
+0.9-1.2 C on the ResNet (cut 4) and 0.24-0.36 C on the U-Net (the tests' small models;
+issue 14 measured 1.875 C on the sum of 15 at batch 16). Choice made here:
+**every BatchNorm of every part of the model is replaced by GroupNorm** (opacus'
+``ModuleValidator.fix``) when DP-SGD is on; the other parties' optimisers are rebuilt over the
+new parameters. GroupNorm keeps the models trainable from scratch, which frozen (eval-mode)
+BatchNorm with untrained running statistics would not.
+
+What epsilon covers: the private part's *parameters* (what a later release of that part
+leaks) for the add/remove-one-training-image relation, from opacus' RDP accountant with
+sampling rate ``q = batch / N``, which assumes Poisson sampling: the harness samples Poisson
+batches whenever DP-SGD is on (:func:`poisson_batch`). Not covered: the activations the
+client sends (computed from the raw images), and, in a U-Net, the client decoder, which
+reads full-resolution skips and the masks and trains with plain Adam (:meth:`DPSGDClient.scope`).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from medsplit.defences.sampling import poisson_batch  # noqa: F401  (re-exported: the sampling DP-SGD needs)
 from medsplit.split.engine import SplitModel
 
 
@@ -72,21 +84,29 @@ class DPSGDClient:
         if index is None:
             raise ValueError(f"no part {part_name!r} in the model; parts are {[p.name for p, _ in model.chain]}")
         part, owner = model.chain[index]
-        if any(o is owner for j, (_, o) in enumerate(model.chain) if j != index):
-            # a U-Net client also owns the decoder; DP-SGD here covers the encoder only
-            self.other_parts_note = "the client's other parts (decoder) are trained without DP"
-        else:
-            self.other_parts_note = ""
         # opacus' hooks warn on every step because the images do not require gradients; the
         # per-sample gradients it needs are those of the parameters, so the warning is noise.
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
                                 "respect to module outputs", category=UserWarning)
         device = next(part.parameters()).device
-        _fix_stage_modules(part)
-        part.to(device)  # the GroupNorms that replace BatchNorm are created on the CPU
+        # GroupNorm on *every* part: the per-sample path runs through all parts downstream
+        for other, _ in model.chain:
+            _fix_stage_modules(other)
+            other.to(device)  # the GroupNorms that replace BatchNorm are created on the CPU
+        for party in model.parties:
+            if party is not owner:
+                party.reset_optimizer()  # its parameters are new objects now
         errors = ModuleValidator.validate(part, strict=False)
         if errors:
             raise ValueError(f"client part {part_name!r} cannot be made private: {errors}")
+        others_of_owner = [q for q in owner.parts.values() if q is not part]
+        self.private_part = part_name
+        self.private_parameters = sum(p.numel() for p in part.parameters())
+        self.unprotected_client_parts = {q.name: sum(p.numel() for p in q.parameters()) for q in others_of_owner}
+        self.other_parts_note = (
+            f"the client's other parts ({', '.join(self.unprotected_client_parts)}: "
+            f"{sum(self.unprotected_client_parts.values()):,} parameters) train without DP; in a U-Net the client "
+            "decoder reads the full-resolution skips and the masks" if others_of_owner else "")
         self.module = GradSampleModule(part, loss_reduction="mean")
         for attr in ("name", "role", "reads", "sends"):  # what SplitModel reads of a part
             setattr(self.module, attr, getattr(part, attr))
@@ -111,6 +131,21 @@ class DPSGDClient:
     def epsilon(self) -> float:
         """epsilon at ``delta`` after the steps taken so far (0 before the first step)."""
         return 0.0 if not self.accountant.history else float(self.accountant.get_epsilon(self.delta))
+
+    def account_empty_step(self) -> None:
+        """A Poisson draw that picked no example is still a (pure-noise) step of the mechanism."""
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+    def scope(self) -> dict:
+        """What the epsilon covers and what it does not, in words the report prints."""
+        return {
+            "covers": f"the parameters of part {self.private_part!r} ({self.private_parameters:,}), add/remove one "
+                      f"training image, delta {self.delta:g}, RDP accountant, Poisson sampling q = {self.sample_rate:.4g}",
+            "normalisation": "every BatchNorm of every part (client and server) replaced by GroupNorm, so each "
+                             "sample's clipped gradient depends on that sample alone",
+            "not_covered": "; ".join(filter(None, [self.other_parts_note, "the activations the client sends (computed "
+                                                   "from the raw images) and the gradients it returns"])),
+        }
 
 
 class _Both:

@@ -3,11 +3,23 @@
 Mechanism: every sample's activation ``a`` (all sent tensors of one sample, flattened) is
 scaled down so that ``||a||_1 <= C / 2``, then i.i.d. Laplace(0, b) noise is added to every
 coordinate. Neighbouring relation: two releases that differ in *one sample's image* (any
-image replaced by any other). Two clipped activations differ by at most ``C`` in L1, so the
-L1 sensitivity is ``C`` and each release of one sample is ``epsilon = C / b``-DP (pure DP,
-delta = 0) for that sample. Repeated releases of the same image (every epoch) compose:
-``T`` releases give ``T * epsilon`` by basic composition. This protects a sample's
-activation release only; it says nothing about the gradients the client sends or receives.
+image replaced by any other).
+
+Which epsilon holds where:
+
+* **At inference** (the client part in eval mode: every row is a function of its own image)
+  two clipped activations differ by at most ``C`` in L1, so one sample's release is
+  ``epsilon = C / b``-DP (pure DP, delta = 0). This is what the inversion attacker sees.
+* **In training** the client's BatchNorm normalises with the batch's statistics, so every
+  row of a batch depends on every image of it (issue 14 measured the *other* rows moving by
+  2.2-2.6 C when one image was replaced): the per-row bound does not hold. What holds: each of the ``B`` clipped rows
+  still moves by at most ``C``, so the batch release has L1 sensitivity ``B * C`` and is
+  ``epsilon = B * C / b``-DP for an image in that batch.
+
+Repeated releases of the same image (every epoch) compose: ``T`` releases give ``T * epsilon``
+by basic composition. This protects the activation release only; it says nothing about the
+gradients the client sends or receives: in the U-shape the gradients the client decoder
+returns to the server (computed with the masks) cross without noise.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ class LaplaceMechanism:
 
     @property
     def epsilon(self) -> float:
-        """Per-release epsilon for one sample (delta = 0)."""
+        """Per-release epsilon for one sample at inference (delta = 0); see :meth:`training_epsilon`."""
         return self.sensitivity / self.scale
 
     @property
@@ -70,7 +82,26 @@ class LaplaceMechanism:
             out[k] = t + noise
         return out
 
-    def describe(self) -> dict:
+    def training_epsilon(self, batch_size: int) -> float:
+        """epsilon of one training-time batch release for an image in the batch: BatchNorm in
+        training mode lets one image move all ``batch_size`` clipped rows, each by <= C."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return batch_size * self.sensitivity / self.scale
+
+    def describe(self, batch_size: int) -> dict:
+        """The mechanism's guarantees: per release at inference, per batch in training.
+
+        Args:
+            batch_size: the training batch size ``B`` (the training-time bound grows with it).
+        """
         return {"mechanism": "per-sample L1 clip to C/2 + Laplace(b) per coordinate", "C": self.sensitivity,
-                "b": self.scale, "epsilon_per_release": self.epsilon, "delta": 0.0,
-                "neighbouring": "one sample's image replaced by any other (per release)"}
+                "b": self.scale, "delta": 0.0,
+                "epsilon_per_release_inference": self.epsilon,
+                "epsilon_per_training_batch": self.training_epsilon(batch_size),
+                "neighbouring": "one sample's image replaced by any other",
+                "scope": f"inference (eval mode, rows independent): epsilon C/b = {self.epsilon:.4g} per release of one "
+                         f"image; training (BatchNorm couples the batch's rows): epsilon B*C/b = "
+                         f"{self.training_epsilon(batch_size):.4g} per batch release (B = {batch_size}); releases "
+                         "compose over epochs; gradients are not noised (in the U-shape the client decoder's "
+                         "gradients to the server cross in the clear)"}

@@ -37,18 +37,19 @@ class Mixing:
 
     def _draw(self, n: int, device: torch.device) -> None:
         # perm[:, 0] is the sample itself; the others are distinct random rotations of the batch.
-        shifts = torch.randperm(max(n - 1, 1), generator=self.generator)[: self.k - 1] + 1
+        # A batch of n < k samples (the last of an inference pass) mixes all n of them.
+        shifts = torch.randperm(max(n - 1, 1), generator=self.generator)[: min(self.k, n) - 1] + 1
         base = torch.arange(n)
         self._perm = torch.stack([base] + [(base + s) % n for s in shifts.tolist()], dim=1).to(device)
         # Dirichlet(1, ..., 1) weights (normalised Exp(1) draws), sorted so the sample's own is largest.
-        w = -torch.log(torch.rand(n, self.k, generator=self.generator).clamp_min(1e-12))
+        w = -torch.log(torch.rand(n, self._perm.shape[1], generator=self.generator).clamp_min(1e-12))
         w = w / w.sum(1, keepdim=True)
         self._weights = w.sort(dim=1, descending=True).values.to(device)
 
     def _mix(self, t: torch.Tensor) -> torch.Tensor:
         assert self._perm is not None and self._weights is not None
         w = self._weights.to(t.dtype)
-        return sum(w[:, j].view(-1, *([1] * (t.ndim - 1))) * t[self._perm[:, j]] for j in range(self.k))
+        return sum(w[:, j].view(-1, *([1] * (t.ndim - 1))) * t[self._perm[:, j]] for j in range(self._perm.shape[1]))
 
     def activations(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Send transform for the client part: draws new weights and mixes every sent tensor."""

@@ -33,17 +33,24 @@ def _by_setting(rows: list[dict], attack: str) -> dict[tuple[str, float], dict]:
 
 
 def defence_table(rows: list[dict]) -> list[dict]:
-    """One row per inversion (defence, strength): the attacker's SSIM and MSE, leakage and
-    utility, each beside its change from the undefended run."""
+    """One row per (defence, strength) of the honest-but-curious attacks: ADRA's (model
+    inversion's) SSIM and MSE, SDAR's SSIM, leakage and utility, each beside its change from
+    the undefended run."""
     inv = _by_setting(rows, "inversion")
+    sdar = _by_setting(rows, "sdar")
     ref = next((v for (d, _), v in inv.items() if d == "none"), None)
+    sdar_ref = next((v for (d, _), v in sdar.items() if d == "none"), None)
     table = []
-    for (defence, strength), v in inv.items():
-        row = {"defence": defence, "strength": strength, "seeds": v["seeds"], "attacker SSIM": v.get("ssim"),
-               "attacker MSE": v.get("mse"), "dcor2_unbiased": v.get("dcor2_unbiased"), "utility": v.get("utility")}
-        if ref is not None and defence != "none":
-            for col, key in (("SSIM change", "ssim"), ("utility change", "utility")):
-                a, b = v.get(key), ref.get(key)
+    for (defence, strength) in list(dict.fromkeys([*inv, *sdar])):
+        v, w = inv.get((defence, strength), {}), sdar.get((defence, strength), {})
+        row = {"defence": defence, "strength": strength, "seeds": v.get("seeds", w.get("seeds")),
+               "ADRA SSIM": v.get("ssim"), "ADRA MSE": v.get("mse"), "SDAR SSIM": w.get("ssim"),
+               "SDAR MSE": w.get("mse"), "dcor2_unbiased": v.get("dcor2_unbiased"),
+               "utility": v.get("utility", w.get("utility"))}
+        if defence != "none":
+            for col, cur, base, key in (("ADRA SSIM change", v, ref, "ssim"), ("SDAR SSIM change", w, sdar_ref, "ssim"),
+                                        ("utility change", v or w, ref or sdar_ref, "utility")):
+                a, b = cur.get(key), (base or {}).get(key)
                 row[col] = None if a is None or b is None else a - b
         table.append(row)
     return table
@@ -60,11 +67,24 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
     inv = _by_setting(rows, "inversion")
     base = inv.get(("none", 0))
     if base:
-        out.append(f"Model inversion without a defence: SSIM {base['ssim']:.3f} on held-out images, against "
+        out.append(f"ADRA (model inversion) without a defence: SSIM {base['ssim']:.3f} on held-out images, against "
                    f"{base['baseline_ssim']:.3f} for the mean auxiliary image; target utility {base['utility']:.3f}.")
         if task == "retinopathy" and base.get("utility") is not None and base["utility"] < 0.6:
             out.append(f"The undefended target reached only AUC {base['utility']:.3f} (0.5 is chance) at this scale, "
                        "so the utility column cannot show what a defence costs; read the privacy columns only.")
+    sd = _by_setting(rows, "sdar")
+    s0 = sd.get(("none", 0))
+    if s0:
+        beats = "beats" if s0["mse"] < s0["baseline_mse"] else "does not beat"
+        out.append(f"SDAR without a defence (passive server, no colluder): SSIM {s0['ssim']:.3f}, MSE {s0['mse']:.4f} "
+                   f"on held-out images; the mean auxiliary image scores SSIM {s0['baseline_ssim']:.3f}, MSE "
+                   f"{s0['baseline_mse']:.4f}, so SDAR {beats} it on MSE.")
+        if s0.get("mask_dice") is not None:
+            out.append(f"SDAR's inferred lung masks (the masks never cross the channel): Dice {s0['mask_dice']:.3f} "
+                       f"against the true masks, vs {s0['mask_dice_baseline']:.3f} for the mean auxiliary mask.")
+        for (d, s), v in sorted((k, v) for k, v in sd.items() if k[0] != "none"):
+            out.append(f"SDAR against {d} ({s:g}): SSIM {v['ssim']:.3f} (undefended {s0['ssim']:.3f}), MSE "
+                       f"{v['mse']:.4f}.")
     fsha = _by_setting(rows, "fsha")
     f0 = next((v for (d, _), v in fsha.items() if d == "none"), None)
     if f0:
@@ -75,6 +95,18 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
                 peak = max(hist, key=lambda h: h["ssim"])
                 out.append(f"Its best logged point ({run}): SSIM {peak['ssim']:.3f} at iteration {peak['iteration']}; "
                            "the attacker cannot pick that point without the private images.")
+        if task == "lungs" and f0.get("utility") is not None:
+            out.append("The lung FSHA runs the real U-shaped protocol: the server hijacks only the gradient it returns "
+                       "to the client encoder, while the client decoder trains on the masks (which never cross) and "
+                       f"its skip gradient pulls the encoder toward the task; the hijacked client still reached Dice "
+                       f"{f0['utility']:.3f}.")
+        for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
+            eps = v.get("privacy.epsilon")
+            eps_text = "n/a" if eps is None else f"{eps:.3g}"
+            out.append(f"FSHA against a DP-SGD client (sigma {s:g}, epsilon {eps_text} for the client's first part): "
+                       f"SSIM {v['ssim']:.3f}, MSE {v['mse']:.4f} vs {f0['ssim']:.3f}, {f0['mse']:.4f} without. "
+                       "Gawron and Stubbings (2022) report that FSHA still reconstructs at any epsilon: DP-SGD bounds "
+                       "what the client's parameters leak, not what its activations show.")
         paper = PAPER_FSHA_NOPEEK_MSE
         for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "nopeek"):
             out.append(f"FSHA against NoPeek (alpha {s:g}): MSE {v['mse']:.4f} vs {f0['mse']:.4f} without "

@@ -9,24 +9,50 @@ from pathlib import Path
 
 import torch
 
+from medsplit.attacks import DISPLAY_NAMES
 from medsplit.report.attack_findings import defence_table, findings
 from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
 from medsplit.report.html import Report
 
 THREAT_MODELS = {
-    "fsha": "Malicious server (Feature-Space Hijacking, Pasquini et al. 2021). It replaces its part of the protocol: "
-            "it returns to the client the gradient of a WGAN-GP adversarial loss instead of the task gradient, and "
-            "reconstructs with the inverse of a pilot encoder trained on auxiliary images. Auxiliary data: the "
-            "patient-disjoint half of the training split of the same source (never the victims' images). It sees "
-            "exactly what crosses the channel (noisy or mixed activations under those defences).",
-    "inversion": "Honest-but-curious server colluding with one hospital. The target is trained honestly with the "
-                 "defence; the colluding hospital hands the server (image, activation) pairs, the activation being "
-                 "what crossed the channel for it. A fresh decoder is trained on those pairs and inverts the held-out "
-                 "victims' activations as observed on the channel.",
+    "fsha": "Malicious server (Feature-Space Hijacking, Pasquini et al. 2021), inside the real protocol. It returns "
+            "to the client's first part the gradient of a WGAN-GP adversarial loss instead of the task gradient, and "
+            "reconstructs with the inverse of a pilot encoder trained on auxiliary images (the patient-disjoint half "
+            "of the training split of the same source, never the victims' images). In the lung U-Net that gradient "
+            "is all it can hijack: the masks never leave the hospital, the client decoder computes the loss, and its "
+            "skip-path gradient keeps pulling the client encoder toward the task; the server trains its own parts "
+            "honestly on the gradient the client decoder returns. It sees exactly what crosses the channel (noisy "
+            "or mixed activations under those defences).",
+    "inversion": "Adversarial reconstruction attack (ADRA, model inversion; `--attacks adra`): honest-but-curious "
+                 "server colluding with one hospital. The target is trained honestly with the defence; the colluding "
+                 "hospital hands the server (image, activation) pairs, the activation being what crossed the channel "
+                 "for it. A fresh decoder is trained on those pairs and inverts the held-out victims' activations as "
+                 "observed on the channel.",
+    "sdar": "SDAR (Zhu et al., NDSS 2025): honest-but-curious server, no colluder. From its auxiliary labelled images, "
+            "its own trained parts and the activations the private hospitals sent (unpaired), it trains a simulator "
+            "of the client part (and, in the U-shape, of the client decoder) whose features a discriminator cannot "
+            "tell from the real ones, a label-conditioned decoder regularised by an image discriminator, and infers "
+            "the labels (masks in the U-shape) it conditions on. Fresh attacker on the defended target, judged on the "
+            "held-out victims; trained after the target (offline), a simplification of the paper's online attack.",
     "label-leakage": "Honest-but-curious server in label-private (U-shaped) training of the fundus classifier: the "
                      "hospital keeps the head and the labels; the server scores the gradient rows it receives by norm "
                      "and by cosine to one example of known label (Li et al. 2022).",
 }
+
+#: what each privacy mechanism's numbers cover, printed beside the per-run notes
+GUARANTEES = (
+    "Laplace noise: per-sample L1 clip to C/2, Laplace(b) per coordinate, replace-one-image relation, pure DP. At "
+    "inference (client in eval mode, each row its own image's) epsilon = C/b per release of one image: what the "
+    "inversion attacker sees. In training the client's BatchNorm couples the batch's rows, so the valid bound is "
+    "epsilon = B*C/b per batch release (column privacy.epsilon_per_training_batch). Releases compose over epochs. "
+    "Gradients are never noised: in the U-shape the gradients the client decoder returns to the server (computed "
+    "with the masks) cross in the clear.",
+    "DP-SGD: opacus RDP accountant, delta 1e-5, add/remove one training image, Poisson-sampled batches (the sampling "
+    "the accountant assumes). Every BatchNorm of every part (client and server) is replaced by GroupNorm, so each "
+    "sample's clipped gradient depends on that sample alone (tested). The epsilon covers the parameters of the "
+    "client's first part only: not the activations it sends, and, in the U-Net, not the client decoder, which reads "
+    "the full-resolution skips and the masks and trains without DP.",
+)
 
 
 def _clean(value):
@@ -51,36 +77,42 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
         rep.text(sentence)
     table = defence_table(rows)
     if table:
-        rep.table(table, caption="Each defence against a fresh model-inversion attacker: SSIM lower is more private; "
-                                 "changes are against the undefended run.", float_fmt="{:.4g}")
+        rep.table(table, caption="Each defence against fresh attackers (ADRA: model inversion with a colluder; SDAR: "
+                                 "passive, no colluder): SSIM lower is more private; changes are against the "
+                                 "undefended run.", float_fmt="{:.4g}")
     rep.section("Threat models")
     for name, text in THREAT_MODELS.items():
-        rep.text(f"{name}: {text}")
+        rep.text(f"{DISPLAY_NAMES.get(name, name)}: {text}")
+    rep.section("What each privacy number covers")
+    for text in GUARANTEES:
+        rep.text(text)
+    notes = _privacy_notes(results)
+    if notes:
+        rep.table(notes, caption="per defence and strength, as the runs state them")
     rep.text("Defences are judged by a fresh attacker trained against the defended client, never by the proxy a "
-             "defence trained against. Laplace noise: per-sample L1 clip to C/2, Laplace(b) per coordinate, "
-             "epsilon = C/b per release (pure DP, replace-one-image relation), composing over releases. DP-SGD: "
-             "opacus RDP accountant, delta 1e-5, covering the client parameters only, not the activations sent. "
+             "defence trained against. "
              "Leakage between held-out images and what crossed: dcor2_unbiased, the bias-corrected squared distance "
              "correlation (Szekely and Rizzo 2014), about 0 for independent data; the dcor column is the V-statistic "
              "NoPeek trains with, which tends to 1 in high dimension even for pure noise, so it ranks defences but "
              "does not measure leakage.")
     originals = results["originals"].numpy()
-    for attack in ("inversion", "fsha"):
+    for attack in ("inversion", "sdar", "fsha"):
         recon = {k.split("/", 1)[1]: v["recon"].numpy() for k, v in results["extras"].items() if k.startswith(attack + "/")}
         if not recon:
             continue
-        rep.section(f"{attack}: reconstructions", "First row: held-out originals; then one row per defence/strength/seed.")
+        title = DISPLAY_NAMES.get(attack, attack)
+        rep.section(f"{title}: reconstructions", "First row: held-out originals; then one row per defence/strength/seed.")
         n = min(originals.shape[0], next(iter(recon.values())).shape[0])
         rep.figure(reconstruction_grid(originals[:n], {k: v[:n] for k, v in recon.items()}))
         curves = {k.split("/", 1)[1]: v["history"] for k, v in results["extras"].items() if k.startswith(attack + "/")}
         xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
         for metric in ("ssim", "mse"):
             series = {name: [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs] for name, hs in curves.items()}
-            rep.figure(line_plot(xs, series, "iteration", metric, title=f"{attack}: {metric} on held-out images"))
+            rep.figure(line_plot(xs, series, "iteration", metric, title=f"{title}: {metric} on held-out images"))
     inv = [r for r in rows if r["attack"] == "inversion"]
     if inv:
-        rep.section("Privacy-utility frontier", "Utility (Dice or AUC on held-out images) against the fresh inversion "
-                    "attacker's SSIM, one colour per defence, strengths annotated.")
+        rep.section("Privacy-utility frontier", "Utility (Dice or AUC on held-out images) against the fresh ADRA "
+                    "(model inversion) attacker's SSIM, one colour per defence, strengths annotated.")
         rep.figure(scatter_frontier(inv, "ssim", "utility", "defence", "lower", "higher", annotate_key="strength"))
     detectors = _detectors(results)
     if detectors:
@@ -94,7 +126,7 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
     html = rep.write(Path(out_dir) / f"{stem}.html")
     headline = {}
     for r in rows:
-        if r["attack"] in ("inversion", "fsha") and r["defence"] == "none" and "ssim" in r:
+        if r["attack"] in ("inversion", "fsha", "sdar") and r["defence"] == "none" and "ssim" in r:
             headline[f"{r['attack']} SSIM (no defence)"] = r["ssim"]
         if r["attack"] == "label-leakage":
             headline["label leakage norm AUC"] = r.get("norm_auc")
@@ -103,6 +135,18 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
               "histories": {k: v["history"] for k, v in results["extras"].items()}, "profile_config": results["profile_config"]}
     html.with_suffix(".json").write_text(json.dumps(record, indent=1, default=_json_default))
     return html
+
+
+def _privacy_notes(results: dict) -> list[dict]:
+    """One row per (attack, defence, strength) with what its privacy numbers cover (first seed)."""
+    out, seen = [], set()
+    for key, extra in results["extras"].items():
+        attack, defence, strength, _ = key.split("/")
+        if extra.get("privacy_notes") and (attack, defence, strength) not in seen:
+            seen.add((attack, defence, strength))
+            out.append({"attack": DISPLAY_NAMES.get(attack, attack), "defence": defence, "strength": strength,
+                        **extra["privacy_notes"]})
+    return out
 
 
 def _detectors(results: dict) -> dict[str, dict]:

@@ -201,8 +201,10 @@ class SequentialRelay(Protocol):
 
 
 class SplitFed(Protocol):
-    """SplitFed: clients train in parallel against the server (their batches interleaved
-    round-robin, as they would arrive), and client parts are averaged every round."""
+    """SplitFed, variant SFL-V2 (Thapa et al. 2022): clients train in parallel against one
+    shared server model, which every client's batch updates in turn (batches interleaved
+    round-robin, as they would arrive); client parts are averaged (FedAvg) every round.
+    (SFL-V1 would keep one server copy per client and average those too; not implemented.)"""
 
     name = "splitfed"
 
