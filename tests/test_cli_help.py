@@ -54,7 +54,7 @@ def test_console_names_the_data_and_ends_with_epoch_and_interval(tmp_path, capsy
             "model.name=resnet18", "train.epochs=1", "train.batch_size=16", "output.tensorboard=false",
             f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/c"]
     with pytest.raises(DataError):
-        train(load_config(None, tiny + ["split.clients=40"]))
+        train(load_config(None, tiny + ["split.clients=12"]))
     assert "SYNTHETIC DATA" not in capsys.readouterr().out
     train(load_config(None, tiny + ["train.threads=1"]))
     out = capsys.readouterr().out
