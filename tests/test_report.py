@@ -174,6 +174,7 @@ def test_segmentation_run_report(tmp_path):
     assert "lowest Dice" in html and "highest Dice" in html  # 14 images: top / bottom tables
     assert "ground-truth outline in green" in html  # overlay grid
     assert "case000" in html and "HD95" in html
+    assert "HD95 miss rate: 0.0% of the test images" in html  # stated beside the HD95 mean
     assert html.count('src="data:image/png;base64,') >= 3
 
 

@@ -354,6 +354,11 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None, interv
         "is empty Dice and Jaccard are 0 and HD95 is undefined, so that image is excluded from the HD95 mean "
         "(counted under 'excluded')."
     )
+    hd = test.get("hd95") if isinstance(test.get("hd95"), dict) else {}
+    if isinstance(hd.get("miss_rate"), (int, float)):
+        report.text(f"HD95 miss rate: {hd['miss_rate']:.1%} of the test images have no HD95 (the model found no lung "
+                    f"on {hd.get('prediction_empty', 0)}, the ground truth has none on {hd.get('ground_truth_empty', 0)}); "
+                    "read the HD95 mean together with it, since a model that misses whole lungs is not penalised by it.")
     per_image = test.get("per_image") or []
     if per_image:
         ranked = sorted(per_image, key=lambda r: (r.get("dice") is None, r.get("dice") or 0.0))
