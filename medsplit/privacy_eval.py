@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from medsplit.attacks import ALIASES, ATTACKS, check_attack_names, resolve_attack_names
-from medsplit.attacks.fsha import FSHAConfig, FSHAServer, HijackedSplitModel, run_fsha_protocol
+from medsplit.attacks.fsha import FSHAConfig, FSHAServer, HijackedSplitModel, gradient_to_first_part, run_fsha_protocol
 from medsplit.attacks.inversion import InversionConfig, run_inversion
 from medsplit.attacks.sdar import SDARAttack, SDARConfig, run_sdar
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
@@ -247,17 +247,6 @@ def apply_defence(model: SplitModel, task: str, name: str, strength: float, data
     raise AssertionError(name)
 
 
-def _gradient_to_client(model: SplitModel, x, y) -> torch.Tensor:
-    """forward/backward without a step; the gradient the client's first part received."""
-    first = model.chain[0][0].name
-    with Recorder(model.channel, "gradient", receiver=model.data_owner.name) as rec:
-        for party in model.parties:
-            party.zero_grad()
-        model.forward_backward(x, y)
-    grads = [t for t in rec.transfers if t.link.endswith(f"->{first}")]
-    return next(iter(grads[-1].tensors.values())).detach()
-
-
 def train_target(model: SplitModel, data: TaskData, profile: Profile, generator: torch.Generator,
                  detector: HijackDetector | None = None, dp=None) -> float:
     """Train on all hospitals' training images (the colluder is one of them); returns seconds.
@@ -280,8 +269,8 @@ def train_target(model: SplitModel, data: TaskData, profile: Profile, generator:
             i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=generator)
         i = i.to(x.device)
         if detector is not None and detector.should_probe(step):
-            fake = _gradient_to_client(model, x[i], detector.fake_targets(y[i], data.num_classes))
-            regular = _gradient_to_client(model, x[i], y[i])
+            fake = gradient_to_first_part(model, x[i], detector.fake_targets(y[i], data.num_classes))
+            regular = gradient_to_first_part(model, x[i], y[i])
             detector.update(step, regular, fake)
         model.train_step(x[i], y[i])
     return time.perf_counter() - start

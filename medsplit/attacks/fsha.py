@@ -303,7 +303,7 @@ class HijackedSplitModel(SplitModel):
             self.channel.phase = phase
 
 
-def _gradient_to_first(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def gradient_to_first_part(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A round without a step (a detector's fake round); the gradient the first part received."""
     from medsplit.attacks.tap import Recorder
 
@@ -357,8 +357,8 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
         i = i.to(x_priv.device)
         xb, yb = x_priv[i], y_priv[i]
         if detector is not None and detector.should_probe(it):
-            fake = _gradient_to_first(model, xb, detector.fake_targets(yb, num_classes))
-            regular = _gradient_to_first(model, xb, yb)
+            fake = gradient_to_first_part(model, xb, detector.fake_targets(yb, num_classes))
+            regular = gradient_to_first_part(model, xb, yb)
             detector.update(it, regular, fake)
         model.train_step(xb, yb, x_aux=x_aux[j])
         if it % cfg.log_every == 0 or it == cfg.iterations:
