@@ -22,7 +22,8 @@ LUNGS = ["task=lungs", "data.synthetic_size=40", "model.name=unet-classic", "mod
 def _cfg(tmp_path, task_overrides, protocol, *extra):
     return load_config(None, task_overrides + [
         "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=2", "train.batch_size=16",
-        "train.eval_batch_size=64", "output.tensorboard=false", f"split.protocol={protocol}", "split.clients=2",
+        "train.eval_batch_size=64", "train.threads=1", "output.tensorboard=false", f"split.protocol={protocol}",
+        "split.clients=2",
         f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache", *extra])
 
 
