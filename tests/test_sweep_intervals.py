@@ -7,14 +7,7 @@ import pytest
 
 from medsplit.sweep import compare_to, run_sweep
 
-BASE_YAML = """\
-task: retinopathy
-data: {source: synthetic, synthetic_size: 60, img_size: 32}
-model: {name: resnet18}
-split: {protocol: sequential, cut: 3, clients: 2}
-train: {epochs: 1, batch_size: 8, device: cpu}
-output: {reports_dir: REPORTS, tensorboard: false}
-"""
+from test_sweep import BASE_YAML  # the same tiny sweep config
 
 AUC = {1: 0.80, 3: 0.78, 5: 0.60, None: 0.79}  # cut -> test AUC (None: centralised / fedavg)
 

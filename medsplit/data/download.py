@@ -4,7 +4,6 @@ called by ``make data`` / ``python -m medsplit data``, never during training or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -142,11 +141,9 @@ def _fetch(url: str, path: Path) -> None:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from medsplit.data.duplicates import file_digest
+
+    return file_digest(path, "md5")
 
 
 def _unzip_all(folder: Path) -> None:

@@ -33,7 +33,7 @@ def duplicate_pairs(files: list[Path]) -> list[tuple[int, int]]:
             continue
         first_of: dict[str, int] = {}
         for i in same_size:
-            digest = _sha256(Path(files[i]))
+            digest = file_digest(Path(files[i]))
             if digest in first_of:
                 pairs.append((first_of[digest], i))
             else:
@@ -68,9 +68,10 @@ def handle_duplicates(files: list[Path], policy: str = "error") -> tuple[list[in
     return keep, [(str(files[first]), str(files[copy])) for first, copy in pairs]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (images here; downloads' md5 checks too)."""
+    digest = hashlib.new(algorithm)
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
