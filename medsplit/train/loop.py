@@ -153,6 +153,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     t0 = time.time()
     validate(cfg)  # a Config built in code gets the checks a loaded one had
     check_cut(cfg)
+    run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
     if cfg.split.transport == "flare":  # FLARE sites in FLARE's simulator: see medsplit.flare
         from medsplit.flare import require_nvflare
 
@@ -163,7 +164,6 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     if cfg.split.transport != "inprocess":  # one process per party: see medsplit.train.parties
         from medsplit.train.launch import launch_local
 
-        run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
         if not resume:
             run_folder.check_fresh(run_dir, overwrite)
             if overwrite:
@@ -171,7 +171,6 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         launch_local(cfg, run_dir, resume=resume is not None, quiet=quiet)
         return run_dir
     device = resolve_device(cfg.train.device)
-    run_dir = Path(resume) if resume else Path(cfg.output.runs_dir) / cfg.run_name()
     ck = None
     if resume:
         if overwrite:
