@@ -57,7 +57,8 @@ def test_covid_set_loads_splits_by_patient_and_has_binary_masks(tmp_path) -> Non
     data = load_lungs("covid-cxr-v7", COVID.parents[1], img_size=64, seed=0, cache_dir=tmp_path / "cache")
     splits = (data.train, data.val, data.test)
     assert sum(len(s) for s in splits) == 159 and not data.synthetic and data.source == "covid-cxr-v7"
-    assert len(data.test) == 32 and len(data.train) + len(data.val) == 127 and len(data.val) == 16  # 80/20, val from train
+    # 70/10/20 of 159 by patient (a patient's images stay together, so within a few images of 32 / 16)
+    assert abs(len(data.test) - 32) <= 2 and abs(len(data.val) - 16) <= 2 and len(data.train) >= 108
     ids = [set(s.ids) for s in splits]
     patients = [set(s.patients) for s in splits]
     for a in range(3):

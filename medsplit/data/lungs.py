@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from medsplit.data.cache import read_cached, write_cached
 from medsplit.data.duplicates import handle_duplicates
 from medsplit.data.images import DataError, decode_images, utf8_csv
+from medsplit.data.partition import patient_split
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
 __all__ = ["SegmentationSet", "SegmentationData", "resolve_lung_source", "combined_sites", "load_lungs", "download_kaggle_lungs", "DataError"]
@@ -495,36 +496,28 @@ def _mask_cache_key(records: list[_Record], size: int) -> str:
 # splitting and the entry point
 
 
-def split_by_patient(patients: list[str], seed: int, test_fraction: float, val_fraction: float) -> tuple[list[int], list[int], list[int]]:
-    """Seeded train/val/test indices with every patient on one side only.
-
-    Patients are shuffled; each goes to test if its images still fit into
-    ``round(test_fraction * N)``, else to val if they fit into ``round(val_fraction * N)``,
-    else to train (so a many-image patient never overshoots a small split). Both fractions
-    are of the whole set, so the default 0.2/0.1 gives 70/10/20 (train+val 80, test 20).
+def split_by_patient(patients: list[str], groups: list[str], seed: int, test_fraction: float,
+                     val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train/val/test indices with every patient on one side only: the project's one
+    patient-split algorithm (:func:`medsplit.data.partition.patient_split`), stratified by the
+    image's group (its source set, e.g. Montgomery or Shenzhen in the Kaggle download) so each
+    split holds every group in proportion.
 
     Args:
         patients: patient key per image.
+        groups: group per image (the strata).
         seed: the same seed gives the same split.
-        test_fraction, val_fraction: shares of all images; their sum must be below 1.
+        test_fraction, val_fraction: shares of all images, each in (0, 1), sum below 1
+            (the default 0.2/0.1 gives 70/10/20).
     """
-    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise DataError(f"need 0 <= test_fraction, val_fraction and test_fraction + val_fraction < 1; got {test_fraction}, {val_fraction}")
-    by_patient: dict[str, list[int]] = {}
-    for i, p in enumerate(patients):
-        by_patient.setdefault(p, []).append(i)
-    order = np.random.default_rng(seed).permutation(len(by_patient))
-    keys = list(by_patient)
-    n = len(patients)
-    targets = {"test": round(test_fraction * n), "val": round(val_fraction * n)}
-    chosen: dict[str, list[int]] = {"test": [], "val": [], "train": []}
-    for k in order:
-        rows = by_patient[keys[k]]
-        name = next((s for s in ("test", "val") if len(chosen[s]) + len(rows) <= targets[s]), "train")
-        chosen[name].extend(rows)
-    if not chosen["train"]:
-        raise DataError(f"{n} images leave nothing to train on with test_fraction={test_fraction}, val_fraction={val_fraction}")
-    return sorted(chosen["train"]), sorted(chosen["val"]), sorted(chosen["test"])
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise DataError(f"need 0 < test_fraction, val_fraction and test_fraction + val_fraction < 1; got {test_fraction}, {val_fraction}")
+    names = sorted(set(groups))
+    strata = np.array([names.index(g) for g in groups], dtype=np.int64)
+    train, val, test = patient_split(strata, patients, (1 - test_fraction - val_fraction, val_fraction, test_fraction), seed)
+    if not len(train):
+        raise DataError(f"{len(patients)} images leave nothing to train on with test_fraction={test_fraction}, val_fraction={val_fraction}")
+    return train, val, test
 
 
 def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, test_fraction: float = 0.2,
@@ -588,7 +581,7 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         if converted:  # e.g. RGB screenshots or 16-bit X-rays among 8-bit greyscale ones
             info["converted_images"] = {"to": "L", "from_modes": converted}
         full = SegmentationSet(images, masks, [r.id for r in records], [r.group for r in records], [r.patient for r in records])
-    train, val, test = split_by_patient(full.patients or full.ids, seed, test_fraction, val_fraction)
+    train, val, test = split_by_patient(full.patients or full.ids, full.groups, seed, test_fraction, val_fraction)
     return SegmentationData(full.subset(train), full.subset(val), full.subset(test), source, folder is None, info)
 
 
