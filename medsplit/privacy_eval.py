@@ -112,6 +112,13 @@ PROFILES = {
                        # the strongest strength of each defence, but Laplace's weak one (b = 0.5 leaves pure noise)
                        sdar_strengths={"none": [0], "nopeek": [2.0], "laplace": [1e-5], "mixing": [4], "proxy": [2.0],
                                        "dpsgd": [2.0]}),
+    # paper-cpu: FSHA at the paper's length and learning rates (10,000 iterations, batch 64, Adam
+    # 1e-5 client / pilot / decoder, 1e-4 critic, gradient penalty 500) at 32 px, the size a CPU
+    # core affords (about an hour per run; attacker networks 16 channels wide), against the
+    # U-shaped lung client cut after its first block; SSIM/MSE logged every 250 iterations.
+    "paper-cpu": Profile("paper-cpu", 32, 200, 64, FSHAConfig(width=16, log_every=250),
+                         InversionConfig(steps=300, batch_size=64, width=16, log_every=100), 150,
+                         {"none": [0]}, {"none": [0], "nopeek": [1.0], "dpsgd": [1.0]}, cut_lungs=1),
     "full": Profile("full", 64, 3000, 64, FSHAConfig(), InversionConfig(), 2000,
                     {"none": [0], "nopeek": [0.1, 0.5, 1, 2, 5], "laplace": [1e-5, 3e-5, 1e-4, 1e-3, 0.5, 2], "mixing": [2, 3, 4, 8],
                      "proxy": [0.1, 0.5, 1, 2], "dpsgd": [0.3, 0.7, 1.0, 2.0]},
@@ -471,7 +478,8 @@ def fsha_row(task, name, strength, seed, data, profile, validator) -> tuple[dict
                 hook.account_empty_step()
             return i
     res = run_fsha_protocol(hijacked, data.x_train, data.y_train, data.x_aux, data.x_test, cfg, detector=detector,
-                            num_classes=data.num_classes, generator=g, batches=batches)
+                            num_classes=data.num_classes, generator=g, batches=batches,
+                            progress=cfg.iterations >= 1000)
     if name == "dpsgd":
         facts["epsilon"] = hook.epsilon()
         facts["steps"] = hook.steps

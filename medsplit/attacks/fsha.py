@@ -320,7 +320,7 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
                       x_eval: torch.Tensor, cfg: FSHAConfig, detector: HijackDetector | None = None,
                       num_classes: int | None = None, generator: torch.Generator | None = None,
                       batches: Callable[[], torch.Tensor] | None = None,
-                      clock: Callable[[], float] | None = None) -> FSHAResult:
+                      clock: Callable[[], float] | None = None, progress: bool = False) -> FSHAResult:
     """FSHA for ``cfg.iterations`` rounds of the real protocol; logs reconstruction quality of ``x_eval``.
 
     Args:
@@ -336,8 +336,11 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
         batches: optional sampler of private batch indices (Poisson sampling under DP-SGD);
             ``None`` draws ``cfg.batch_size`` indices uniformly with replacement.
         clock: time source for the history.
+        progress: show a progress bar of the iterations (long runs) with the latest SSIM.
     """
     import time
+
+    from tqdm.auto import tqdm
 
     clock = clock or time.perf_counter
     start = clock()
@@ -349,7 +352,8 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
 
     model.train()
     log(0)
-    for it in range(1, cfg.iterations + 1):
+    bar = tqdm(range(1, cfg.iterations + 1), desc="FSHA", unit="it", leave=False, disable=not progress, mininterval=5)
+    for it in bar:
         i = batches() if batches is not None else torch.randint(0, x_priv.shape[0], (cfg.batch_size,), generator=generator)
         j = torch.randint(0, x_aux.shape[0], (cfg.batch_size,), generator=generator).to(x_aux.device)
         if len(i) == 0:
@@ -363,5 +367,7 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
         model.train_step(xb, yb, x_aux=x_aux[j])
         if it % cfg.log_every == 0 or it == cfg.iterations:
             log(it)
+            bar.set_postfix(ssim=f"{history[-1]['ssim']:.3f}", mse=f"{history[-1]['mse']:.4f}")
+    bar.close()
     recon = model.reconstruct(x_eval)
     return FSHAResult(history, recon, history[-1], detector.summary() if detector else None, asdict(cfg))
