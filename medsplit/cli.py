@@ -11,13 +11,41 @@ code are imported by the command that needs them.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from medsplit.config import ConfigError, config_from_dict, keys_help, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
+SWEEP_HELP = "train a grid over the cut or the number of clients and report mean +- std over seeds"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of ``python -m medsplit`` and, through ``add_subparsers``, of its commands.
+
+    Args:
+        trailing_overrides: the ``dest`` of a ``nargs='*'`` positional that also takes the words
+            left after the options (``sweep CFG --axis cut a=1``). Plain argparse fills such a
+            positional at the first run of positionals it meets and rejects later ones as
+            unrecognised; this parser hands them to it instead. Words starting with ``-``
+            (unknown options) stay unrecognised.
+        **kwargs: :class:`argparse.ArgumentParser`'s arguments.
+    """
+
+    def __init__(self, *args, trailing_overrides: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trailing_overrides = trailing_overrides
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self.trailing_overrides and extras:
+            words = [a for a in extras if not a.startswith(tuple(self.prefix_chars))]
+            setattr(namespace, self.trailing_overrides, [*getattr(namespace, self.trailing_overrides), *words])
+            extras = [a for a in extras if a.startswith(tuple(self.prefix_chars))]
+        return namespace, extras
 
 
 def _configs_dir() -> Path:
@@ -50,7 +78,7 @@ def _command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command(argv)
-    parser = argparse.ArgumentParser(prog="medsplit", description="Healthcare split-learning benchmark.")
+    parser = CommandParser(prog="medsplit", description="Healthcare split-learning benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one configuration and write its report",
@@ -104,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", nargs="*", help=f"what to download: any of {', '.join(DOWNLOADS)} (default: all)")
     p.add_argument("--root", default=None, help="data root (default: $MEDSPLIT_DATA or datasets/)")
 
-    from medsplit.sweep import add_sweep_parser
-
-    add_sweep_parser(sub)
+    if command == "sweep":  # its choices come from the protocol registry, which imports torch
+        add_sweep_parser(sub)
+    else:
+        sub.add_parser("sweep", help=SWEEP_HELP)
     if command == "attack":  # the attack module imports torch: only when it is the command
         from medsplit.privacy_eval import add_attack_parser
 
@@ -131,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("serve", "join", "party"):
             return _party(args)
         if args.command == "sweep":
-            from medsplit.sweep import run_sweep_command
-
             return run_sweep_command(args)
         if args.command == "attack":
             from medsplit.privacy_eval import run_attack_command
@@ -146,6 +173,85 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _choice_list(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in items if v not in valid]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; valid choices are {list(valid)}")
+        return items
+
+    return parse
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``sweep`` command to ``subparsers`` (made by a :class:`CommandParser`, so that
+    ``key=value`` overrides may follow the options); returns its parser."""
+    import medsplit.sweep as sweep
+
+    try:
+        p = subparsers.add_parser("sweep", help=SWEEP_HELP, trailing_overrides="overrides",
+                                  description=sweep.__doc__.split("\n\n")[0]
+                                  + " Resumable: rerun the same command to finish or retry.")
+    except TypeError as e:
+        raise TypeError("add_sweep_parser needs sub-commands of a CommandParser "
+                        "(CommandParser(...).add_subparsers(...))") from e
+    protocols = sweep.split_protocols()
+    p.add_argument("config", help="YAML training config every run starts from (configs/sweep-*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run, e.g. train.epochs=2")
+    p.add_argument("--axis", required=True, choices=sweep.AXES, help="what varies: the cut or the number of clients")
+    p.add_argument("--values", required=True, type=_int_list, help="comma-separated cuts or client counts, e.g. 1,3,5")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--protocols", type=_choice_list(protocols), default=["sequential"],
+                   help=f"comma-separated split protocols from {','.join(protocols)} (default sequential)")
+    p.add_argument("--partitions", type=_choice_list(sweep.PARTITIONS), default=["iid"],
+                   help=f"comma-separated partitions from {','.join(sweep.PARTITIONS)} (default iid)")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help=f"skip the baselines ({', '.join(sweep.baseline_protocols())})")
+    p.add_argument("--out", default=None, help="folder for the runs (default <output.runs_dir>/sweeps/<axis>-<task>)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="points trained side by side, each in its own process with cpu_count/jobs threads "
+                        "(default 1; on a 2-core CPU, 2 finishes a sweep sooner)")
+    p.add_argument("--verbose", action="store_true", help="show every run's progress bars (with --jobs 1)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the finished points and list the others as not run")
+    return p
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run the sweep the parsed arguments describe; 0 when every run finished, 1 when some failed."""
+    from medsplit.sweep import run_sweep
+
+    base = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(base.output.runs_dir) / "sweeps" / f"{args.axis}-{base.task}"
+    html = run_sweep(Path(args.config), args.axis, args.values, args.seeds, args.protocols, args.partitions,
+                     args.baselines, out, list(args.overrides), quiet=not args.verbose, report_only=args.report_only,
+                     jobs=args.jobs)
+    summary = json.loads(html.with_suffix(".json").read_text())
+    failed = summary["headline"]["failed"]
+    print(f"report: {html}\nsummary: {html.with_suffix('.json')}\nruns: {out}")
+    if failed:
+        print(f"{failed} run(s) failed; see the report. Rerun the same command to retry them.")
+    return 1 if failed else 0
 
 
 def _train(args) -> int:

@@ -5,10 +5,9 @@ import re
 
 import pytest
 
-from medsplit import sweep
 from medsplit.original_study import ORIGINAL_STUDY
 from medsplit.report.html import Report
-from medsplit.sweep import _original_study_section
+from medsplit.report.sweep_report import original_study_section
 
 # Axis values the study's notebooks ran (README: cuts 2, 3, 5, 7; clients 1, 2, 3, 4, 6; U-Net cut 1).
 STUDY_VALUES = {("retinopathy", "cut"): {2, 3, 5, 7}, ("retinopathy", "clients"): {1, 2, 3, 4, 6},
@@ -17,7 +16,7 @@ STUDY_VALUES = {("retinopathy", "cut"): {2, 3, 5, 7}, ("retinopathy", "clients")
 
 def _render(task: str, axis: str, metric_name: str, groups: list[dict]) -> str:
     report = Report("t")
-    _original_study_section(report, task, axis, metric_name, groups)
+    original_study_section(report, task, axis, metric_name, groups)
     return report.render()
 
 
@@ -50,7 +49,7 @@ def test_report_names_the_studys_metric_beside_ours():
 
 
 def test_same_metric_shows_no_warning(monkeypatch):
-    monkeypatch.setitem(sweep.ORIGINAL_STUDY, ("lungs", "clients"),
+    monkeypatch.setitem(ORIGINAL_STUDY, ("lungs", "clients"),
                         [{"value": 2, "metric": 0.9, "protocol": "sequential", "source": "x"}])
     page = _render("lungs", "clients", "Dice", [])
     assert "Different metrics" not in page and "0.9000" in page

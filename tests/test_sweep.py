@@ -6,7 +6,6 @@ Training is mostly replaced by a fake that writes what ``medsplit.train.loop.tra
 one test runs the real loop on a tiny synthetic set.
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import yaml
 import medsplit.train.loop
 from medsplit.report.index import main as index_main
 from medsplit.report.index import run_headline, write_index
-from medsplit.sweep import add_sweep_parser, plan_points, run_sweep, run_sweep_command
+from medsplit.cli import CommandParser, add_sweep_parser, run_sweep_command
+from medsplit.sweep import plan_points, run_sweep
 
 BASE_YAML = """\
 task: retinopathy
@@ -235,7 +235,7 @@ def test_bad_sweeps_are_rejected_before_training_with_the_valid_choices(base, tm
 
 
 def test_command_line_takes_overrides_after_options(base, tmp_path, monkeypatch):
-    parser = argparse.ArgumentParser(prog="medsplit")
+    parser = CommandParser(prog="medsplit")
     add_sweep_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", str(base), "--axis", "clients", "--values", "1,2", "--seeds", "0,1",
                               "--protocols", "sequential,splitfed", "--partitions", "iid,dirichlet",

@@ -83,6 +83,7 @@ class RetinopathyTask(Task):
     """Diabetic-retinopathy grading from colour fundus photographs (split ResNet)."""
 
     name = "retinopathy"
+    metric_label = "AUC"
     labels_may_cross = True  # the two-part classification split: the server holds the labels
     headline = ("auc", "accuracy", "kappa", "sensitivity", "specificity")
 
@@ -135,6 +136,7 @@ class LungSegmentationTask(Task):
     """Lung segmentation on chest X-rays (four-part U-shaped split U-Net)."""
 
     name = "lungs"
+    metric_label = "Dice"
     headline = ("dice", "jaccard", "hd95")
 
     def __init__(self, cfg: Config, data, device: torch.device):
@@ -217,3 +219,6 @@ def make_task(cfg: Config, device: torch.device) -> Task:
         max_images=cfg.data.max_images, duplicates=cfg.data.duplicates,
     )
     return LungSegmentationTask(cfg, data, device)
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (RetinopathyTask, LungSegmentationTask)}
