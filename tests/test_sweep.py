@@ -15,7 +15,7 @@ import yaml
 import medsplit.train.loop
 from medsplit.report.index import main as index_main
 from medsplit.report.index import run_headline, write_index
-from medsplit.cli import CommandParser, add_sweep_parser, run_sweep_command
+from medsplit.cli import CommandParser, add_sweep_parser, main, run_sweep_command
 from medsplit.sweep import plan_points, run_sweep
 
 BASE_YAML = """\
@@ -222,7 +222,7 @@ def test_finished_run_of_another_config_is_not_reused(base, tmp_path):
 
 @pytest.mark.parametrize("kw,match", [
     ({"axis": "depth"}, r"valid axes are \['cut', 'clients'\]"),
-    ({"protocols": ["fedavg"]}, r"valid protocols are \['sequential', 'splitfed'\] \(baselines run by default"),
+    ({"protocols": ["fedavg"]}, r"valid protocols are \['sequential', 'splitfed'[^\]]*\] \(baselines run by default"),
     ({"partitions": ["skewed"]}, r"valid partitions are \['iid', 'dirichlet', 'label_skew', 'group'\]"),
     ({"overrides": ["split.cut=5"]}, r"sets a key the sweep sets per point; use --values"),
     ({"overrides": ["train.seed=5"]}, r"use --seeds"),
@@ -245,6 +245,11 @@ def test_command_line_takes_overrides_after_options(base, tmp_path, monkeypatch)
     assert args.overrides == ["train.epochs=1", "data.img_size=32"] and args.baselines
     with pytest.raises(SystemExit):
         parser.parse_args(["sweep", str(base), "--axis", "cut", "--values", "1", "--protocols", "ushape"])
+    # overrides between options, and an unknown option still refused (not taken for an override)
+    args = parser.parse_args(["sweep", str(base), "--values", "1,2", "train.epochs=1", "--seeds", "0", "--axis", "cut"])
+    assert (args.config, args.overrides, args.values, args.seeds) == (str(base), ["train.epochs=1"], [1, 2], [0])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sweep", str(base), "--axis", "cut", "--values", "1", "train.epochs=1", "--bogus"])
     # End to end through the command with training faked where the sweep looks it up.
     train = FakeTrain(fail_on=lambda cfg: cfg.split.clients == 2 and cfg.split.protocol == "fedavg")
     monkeypatch.setattr(medsplit.train.loop, "train", train)
@@ -253,6 +258,40 @@ def test_command_line_takes_overrides_after_options(base, tmp_path, monkeypatch)
     assert run_sweep_command(args) == 0 and len(train.calls) == 2
     args = parser.parse_args(["sweep", str(base), "--axis", "clients", "--values", "2", "--out", str(tmp_path / "cli")])
     assert run_sweep_command(args) == 1  # the FedAvg point failed
+
+
+def test_sweep_help_lists_the_registered_protocols(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert e.value.code == 0 and "split protocols from sequential,splitfed" in out
+    assert "skip the baselines (centralised, fedavg)" in out and "key=value" in out
+
+
+def test_a_newly_registered_protocol_is_swept_by_its_registry_flags(monkeypatch):
+    """Planning asks the registry, not a list of names: a new split protocol is accepted and a
+    new unpooled baseline is planned like FedAvg (per partition, and per client count)."""
+    from medsplit.sweep.plan import check_grid
+    from medsplit.train.protocols import PROTOCOLS
+
+    relay = type("Relay2", (PROTOCOLS["sequential"],), {"name": "relay2"})
+    prox = type("FedProx", (PROTOCOLS["fedavg"],), {"name": "fedprox", "split": False, "baseline": True,
+                                                      "pooled": False})
+    monkeypatch.setitem(PROTOCOLS, "relay2", relay)
+    monkeypatch.setitem(PROTOCOLS, "fedprox", prox)
+    check_grid("clients", [2], [0], ["relay2"], ["iid"], [])
+    with pytest.raises(ValueError, match=r"'fedprox'.*baselines run by default"):
+        check_grid("clients", [2], [0], ["fedprox"], ["iid"], [])
+    points = plan_points("lungs", "clients", [2, 3], [0], ["relay2"], ["iid", "group"], True)
+    names = [p.name for p in points]
+    assert names[:4] == ["lungs-relay2-clients2-iid-seed0", "lungs-relay2-clients2-group-seed0",
+                         "lungs-relay2-clients3-iid-seed0", "lungs-relay2-clients3-group-seed0"]
+    assert "lungs-centralised-seed0" in names and "lungs-fedavg-clients3-group-seed0" in names
+    prox_points = [p for p in points if p.protocol == "fedprox"]
+    assert [p.name for p in prox_points] == ["lungs-fedprox-clients2-iid-seed0", "lungs-fedprox-clients2-group-seed0",
+                                             "lungs-fedprox-clients3-iid-seed0", "lungs-fedprox-clients3-group-seed0"]
+    assert all(p.baseline for p in prox_points) and not any(p.baseline for p in points[:4])
+    assert prox_points[0].overrides == ["split.protocol=fedprox", "split.clients=2", "data.partition=iid", "train.seed=0"]
 
 
 def test_index_links_every_report_grouped_with_headline_numbers(base, tmp_path):
