@@ -206,7 +206,7 @@ def _choice_list(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``sweep`` command to ``subparsers`` (made by a :class:`CommandParser`, so that
     ``key=value`` overrides may follow the options); returns its parser."""
-    import medsplit.sweep as sweep
+    from medsplit import sweep
 
     try:
         p = subparsers.add_parser("sweep", help=SWEEP_HELP, trailing_overrides="overrides",

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 import medsplit.train.loop
+from medsplit.cli import CommandParser, add_sweep_parser, main, run_sweep_command
 from medsplit.report.index import main as index_main
 from medsplit.report.index import run_headline, write_index
-from medsplit.cli import CommandParser, add_sweep_parser, main, run_sweep_command
 from medsplit.sweep import plan_points, run_sweep
 
 BASE_YAML = """\

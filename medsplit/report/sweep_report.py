@@ -14,7 +14,11 @@ from pathlib import Path
 
 from medsplit.atomic import write_atomic
 from medsplit.config import Config
-from medsplit.original_study import ORIGINAL_STUDY, ORIGINAL_STUDY_CAVEATS, ORIGINAL_STUDY_REPO
+from medsplit.original_study import (
+    ORIGINAL_STUDY,
+    ORIGINAL_STUDY_CAVEATS,
+    ORIGINAL_STUDY_REPO,
+)
 from medsplit.report.html import Report
 from medsplit.sweep.plan import baseline_protocols, pooled_protocols
 from medsplit.sweep.summarise import compare_to, seed_groups

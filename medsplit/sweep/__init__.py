@@ -42,8 +42,20 @@ from medsplit.sweep.plan import (
     pooled_protocols,
     split_protocols,
 )
-from medsplit.sweep.run import check_run_matches, read_metrics, run_sweep, threads_per_job, train_points
-from medsplit.sweep.summarise import client_mix, compare_to, mean_std, seed_groups, summarise_run
+from medsplit.sweep.run import (
+    check_run_matches,
+    read_metrics,
+    run_sweep,
+    threads_per_job,
+    train_points,
+)
+from medsplit.sweep.summarise import (
+    client_mix,
+    compare_to,
+    mean_std,
+    seed_groups,
+    summarise_run,
+)
 
 __all__ = [
     "AXES",
