@@ -5,7 +5,8 @@ nothing is parsed and ignored.
 
 Only the light modules (argparse, the config schema, YAML) are imported before a command
 runs: ``--help`` and config errors answer in well under a second. Torch and the attack
-code are imported by the command that needs them.
+code are imported by the command that needs them (``attack`` and ``sweep`` build their
+parsers only when named: their choices come from registries that import torch).
 """
 
 from __future__ import annotations
