@@ -14,39 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from medsplit.cli_args import CommandParser, choice_list, int_list, positive_int
 from medsplit.config import ConfigError, config_from_dict, keys_help, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
 SWEEP_HELP = "train a grid over the cut or the number of clients and report mean +- std over seeds"
-
-
-class CommandParser(argparse.ArgumentParser):
-    """The parser of ``python -m medsplit`` and, through ``add_subparsers``, of its commands.
-
-    Args:
-        trailing_overrides: the ``dest`` of a ``nargs='*'`` positional that also takes the words
-            left after the options (``sweep CFG --axis cut a=1``). Plain argparse fills such a
-            positional at the first run of positionals it meets and rejects later ones as
-            unrecognised; this parser hands them to it instead. Words starting with ``-``
-            (unknown options) stay unrecognised.
-        **kwargs: :class:`argparse.ArgumentParser`'s arguments.
-    """
-
-    def __init__(self, *args, trailing_overrides: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.trailing_overrides = trailing_overrides
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        if self.trailing_overrides and extras:
-            words = [a for a in extras if not a.startswith(tuple(self.prefix_chars))]
-            setattr(namespace, self.trailing_overrides, [*getattr(namespace, self.trailing_overrides), *words])
-            extras = [a for a in extras if a.startswith(tuple(self.prefix_chars))]
-        return namespace, extras
 
 
 def _configs_dir() -> Path:
@@ -176,34 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _choice_list(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        items = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in items if v not in valid]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {bad}; valid choices are {list(valid)}")
-        return items
-
-    return parse
-
-
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``sweep`` command to ``subparsers`` (made by a :class:`CommandParser`, so that
     ``key=value`` overrides may follow the options); returns its parser."""
@@ -220,16 +167,16 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("config", help="YAML training config every run starts from (configs/sweep-*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run, e.g. train.epochs=2")
     p.add_argument("--axis", required=True, choices=sweep.AXES, help="what varies: the cut or the number of clients")
-    p.add_argument("--values", required=True, type=_int_list, help="comma-separated cuts or client counts, e.g. 1,3,5")
-    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
-    p.add_argument("--protocols", type=_choice_list(protocols), default=["sequential"],
+    p.add_argument("--values", required=True, type=int_list, help="comma-separated cuts or client counts, e.g. 1,3,5")
+    p.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--protocols", type=choice_list(protocols), default=["sequential"],
                    help=f"comma-separated split protocols from {','.join(protocols)} (default sequential)")
-    p.add_argument("--partitions", type=_choice_list(sweep.PARTITIONS), default=["iid"],
+    p.add_argument("--partitions", type=choice_list(sweep.PARTITIONS), default=["iid"],
                    help=f"comma-separated partitions from {','.join(sweep.PARTITIONS)} (default iid)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help=f"skip the baselines ({', '.join(sweep.baseline_protocols())})")
     p.add_argument("--out", default=None, help="folder for the runs (default <output.runs_dir>/sweeps/<axis>-<task>)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="points trained side by side, each in its own process with cpu_count/jobs threads "
                         "(default 1; on a 2-core CPU, 2 finishes a sweep sooner)")
     p.add_argument("--verbose", action="store_true", help="show every run's progress bars (with --jobs 1)")
