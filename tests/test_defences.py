@@ -183,7 +183,9 @@ def test_proxy_zeroes_its_optimiser_and_returns_negated_loss():
 def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():
     with pytest.raises(ValueError, match="valid defences are"):
         check_defence_names(["noise"])
-    from medsplit.privacy_eval import PROFILES, TaskData, apply_defence, build_target
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.targets import apply_defence, build_target
+    from medsplit.attacks.tasks import TaskData
 
     p = PROFILES["tiny"]
     model = build_target("lungs", p, 1, 1)
