@@ -279,3 +279,31 @@ def test_sdar_beats_the_mean_image_on_the_tiny_profile(shared_data):
     (row,) = res["rows"]
     assert row["attack"] == "sdar" and row["ssim"] > row["baseline_ssim"] and row["mse"] < row["baseline_mse"], row
     assert row["mask_dice"] > row["mask_dice_baseline"], row  # the masks it infers never crossed the channel
+
+
+def test_attack_registry_specs_say_how_and_against_what_each_attack_runs():
+    from medsplit.attacks import ATTACKS, AttackSpec
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.registry import OWN, SHARED, UNDEFENDED
+    from medsplit.attacks.tasks import ATTACK_TASKS
+
+    assert list(ATTACKS) == ["fsha", "inversion", "label-leakage", "sdar"]  # --attacks' default order
+    assert all(isinstance(s, AttackSpec) and callable(s.run) for s in ATTACKS.values())
+    assert [ATTACKS[a].target for a in ATTACKS] == [OWN, SHARED, UNDEFENDED, SHARED]
+    reduced = PROFILES["reduced"]
+    assert ATTACKS["fsha"].strengths(reduced) == reduced.fsha_defences  # --set fsha_defences=... still decides
+    assert ATTACKS["sdar"].runs_at(reduced, "mixing", 4) and not ATTACKS["sdar"].runs_at(reduced, "mixing", 2)
+    assert ATTACKS["inversion"].runs_at(reduced, "mixing", 2)
+    assert "pixel masks" in ATTACKS["label-leakage"].applies_to(ATTACK_TASKS["lungs"])
+    assert ATTACKS["label-leakage"].applies_to(ATTACK_TASKS["retinopathy"]) is None
+    with pytest.raises(ValueError, match="target must be one of"):
+        AttackSpec("x", "", "X", "sometimes", lambda ctx: {})
+
+
+def test_cli_refuses_a_defence_the_task_cannot_take_before_loading_data(capsys):
+    from medsplit.cli import main
+
+    assert main(["attack", "--profile", "tiny", "--task", "lungs", "--defences", "none,mixing",
+                 "--data-root", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "--task lungs --defences mixing" in err and "U-shaped" in err  # the spec's reason, not a data error
