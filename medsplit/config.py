@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
 
 
+def default_data_root() -> Path:
+    """The data root when none is given: ``$MEDSPLIT_DATA``, else ``datasets/`` (training and attacks alike)."""
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
+
+
 @dataclass
 class DataConfig:
     source: str = "auto"
