@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         add_sweep_parser(sub)
     else:
         sub.add_parser("sweep", help=SWEEP_HELP)
-    if command == "attack":  # the attack module imports torch: only when it is the command
-        from medsplit.privacy_eval import add_attack_parser
-
+    if command == "attack":  # the attack registries import torch: only when it is the command
         add_attack_parser(sub)
     else:
         sub.add_parser("attack", help=ATTACK_HELP)
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return run_sweep_command(args)
         if args.command == "attack":
-            from medsplit.privacy_eval import run_attack_command
+            from medsplit.attacks.harness import run_attack_command
 
             return run_attack_command(args)
         if args.command == "flare":
@@ -305,6 +303,30 @@ def _data(args) -> int:
             failures += 1
             print(f"{what}: not downloaded: {e}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def add_attack_parser(subparsers) -> None:
+    """The ``attack`` command's options; its choices come from the attack, defence, task and profile registries."""
+    from medsplit.attacks import ALIASES, ATTACKS
+    from medsplit.attacks.profiles import DEVICES, PROFILES
+    from medsplit.attacks.tasks import ATTACK_TASKS
+    from medsplit.defences import DEFENCES
+
+    p = subparsers.add_parser("attack", help=ATTACK_HELP)
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="tiny (tests), reduced (CPU default), full (GPU default)")
+    p.add_argument("--task", choices=list(ATTACK_TASKS), default="lungs")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto (cuda when a GPU is present, else cpu), cpu, or cuda (an error without a GPU)")
+    p.add_argument("--attacks", default=",".join(ATTACKS),
+                   help=f"comma-separated from {','.join(ATTACKS)} (aliases: "
+                        f"{', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
+    p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
+    p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
+    p.add_argument("--out", default="reports", help="report folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one field of the profile, e.g. --set fsha.iterations=3000 --set img_size=96 "
+                        "--set cut_lungs=2 (repeatable; the report is then named after the profile plus '-custom', "
+                        "or after --set name=...)")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,16 @@ from typing import Any
 
 import yaml
 
+from medsplit.yaml_file import read_yaml_mapping
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
+
+
+def default_data_root() -> Path:
+    """The data root when none is given: ``$MEDSPLIT_DATA``, else ``datasets/`` (training and attacks alike)."""
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
 
 
 @dataclass
@@ -173,15 +180,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Build a :class:`Config` from a YAML file (optional) and ``key=value`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = read_yaml_mapping(Path(path), "config file", ConfigError)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(values, key, value)
