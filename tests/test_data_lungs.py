@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from medsplit.data.download import download_kaggle_lungs
 from medsplit.data.images import DataError
-from medsplit.data.lungs import SegmentationData, download_kaggle_lungs, load_lungs, resolve_lung_source
+from medsplit.data.lungs import SegmentationData, load_lungs, resolve_lung_source
 from medsplit.data.seg_augment import SegAugment
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
