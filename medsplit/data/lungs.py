@@ -48,14 +48,20 @@ def split_by_patient(patients: list[str], groups: list[str], seed: int, test_fra
         patients: patient key per image.
         groups: group per image (the strata).
         seed: the same seed gives the same split.
-        test_fraction, val_fraction: shares of all images, each in (0, 1), sum below 1
-            (the default 0.2/0.1 gives 70/10/20).
+        test_fraction, val_fraction: shares of all images, each in [0, 1), sum below 1
+            (the default 0.2/0.1 gives 70/10/20). A zero share leaves that split empty; both
+            zero keep every image in train (external validation scores a folder whole).
     """
-    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise DataError(f"need 0 < test_fraction, val_fraction and test_fraction + val_fraction < 1; got {test_fraction}, {val_fraction}")
+    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise DataError(f"need 0 <= test_fraction, val_fraction and test_fraction + val_fraction < 1; got {test_fraction}, {val_fraction}")
     names = sorted(set(groups))
     strata = np.array([names.index(g) for g in groups], dtype=np.int64)
-    train, val, test = patient_split(strata, patients, (1 - test_fraction - val_fraction, val_fraction, test_fraction), seed)
+    fractions = (1 - test_fraction - val_fraction, val_fraction, test_fraction)
+    used = [i for i, f in enumerate(fractions) if f > 0]  # patient_split takes positive shares only
+    parts = [np.empty(0, dtype=np.int64)] * len(fractions)
+    for i, rows in zip(used, patient_split(strata, patients, [fractions[i] for i in used], seed)):
+        parts[i] = rows
+    train, val, test = parts
     if not len(train):
         raise DataError(f"{len(patients)} images leave nothing to train on with test_fraction={test_fraction}, val_fraction={val_fraction}")
     return train, val, test
@@ -71,8 +77,9 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         data_root: the data folder holding ``lungs/``.
         img_size: output height and width (images are zero-padded to square first).
         seed: split seed (and the phantom seed for synthetic data).
-        test_fraction: share of all images in the test split (80/20 train+val/test by default).
-        val_fraction: share of all images carved out of the training part for validation.
+        test_fraction: share of all images in the test split (80/20 train+val/test by default);
+            0 leaves the test split empty.
+        val_fraction: share of all images carved out of the training part for validation (0: none).
         cache_dir: where decoded images and masks are cached (``None``: no cache).
         synthetic_size: number of phantoms when the source is synthetic.
         max_images: keep a seeded random subset of this many images (quick runs, tests).
