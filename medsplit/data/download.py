@@ -14,9 +14,8 @@ import zipfile
 from pathlib import Path
 
 from medsplit.data.errors import DataError
-from medsplit.data.lung_folder import KAGGLE_DATASET as KAGGLE_LUNGS_DATASET
 from medsplit.data.lung_folder import KAGGLE_DIR as KAGGLE_LUNGS_DIR
-from medsplit.data.lung_folder import find_set_root
+from medsplit.data.lung_folder import KAGGLE_LUNGS_DATASET, find_set_root
 
 __all__ = ["RETINAMNIST_URLS", "RETINAMNIST_MD5", "KAGGLE_DATASET", "KAGGLE_LUNGS_DATASET", "download_retinamnist",
            "download_kaggle_retinopathy", "download_kaggle_lungs"]

@@ -53,6 +53,17 @@ class FundusTable:
 
 
 def read_folder(folder: Path, labels: Path | None = None) -> FundusTable:
+    """The labels CSV of ``folder``, checked row by row, with every image's file found.
+
+    Args:
+        folder: the image folder (images are looked up anywhere below it).
+        labels: a labels CSV elsewhere (external validation's ``--labels``); ``None``: the
+            folder's own CSV (``labels.csv``, ``trainLabels.csv`` or any with image and level).
+
+    Raises:
+        DataError: no usable CSV, an empty or repeated image name, a bad level, or images
+            without a file; each names the CSV row or the image.
+    """
     csv_path, header = _pick_csv(folder) if labels is None else _labels_csv(Path(labels))
     names, levels, files, patients, groups = [], [], [], [], []
     group_column = next((c for c in _GROUP_COLUMNS if c in header), None)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from medsplit.data.errors import DataError, utf8_csv
 
-__all__ = ["KAGGLE_DATASET", "KAGGLE_DIR", "KAGGLE_ALIASES", "IMAGE_DIRS", "MASK_DIR", "MONTGOMERY_MASK_DIRS",
+__all__ = ["KAGGLE_LUNGS_DATASET", "KAGGLE_DIR", "KAGGLE_ALIASES", "IMAGE_DIRS", "MASK_DIR", "MONTGOMERY_MASK_DIRS",
            "RASTER_SUFFIXES", "NIFTI_SUFFIXES", "LungRecord", "resolve_lung_source", "find_set_root", "index_folder", "is_nifti"]
 
-KAGGLE_DATASET = "nikhilpandey360/chest-xray-masks-and-labels"
+KAGGLE_LUNGS_DATASET = "nikhilpandey360/chest-xray-masks-and-labels"
 KAGGLE_DIR = "kaggle-lungs"
 KAGGLE_ALIASES = ("montgomery-shenzhen", "kaggle")
 IMAGE_DIRS = ("images", "CXR_png")
@@ -69,7 +69,7 @@ def resolve_lung_source(data: str, data_root: Path) -> tuple[str, Path | None]:
         if find_set_root(folder) is None:
             raise DataError(
                 f"lung data {data!r} not found: looked for a Montgomery+Shenzhen set in {folder}. "
-                f"Get it with `make data` (Kaggle dataset {KAGGLE_DATASET}, needs Kaggle credentials), "
+                f"Get it with `make data` (Kaggle dataset {KAGGLE_LUNGS_DATASET}, needs Kaggle credentials), "
                 "or use data=synthetic"
             )
         return KAGGLE_DIR, folder
@@ -93,7 +93,12 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def find_set_root(folder: Path, depth: int = 3) -> Path | None:
-    """The folder holding an image dir and a mask dir: ``folder`` itself or one nested in it."""
+    """The folder holding an image dir and a mask dir: ``folder`` itself or one nested in it.
+
+    Args:
+        folder: where to look.
+        depth: how many folder levels below ``folder`` to search (Kaggle zips nest the set).
+    """
     if not folder.is_dir():
         return None
     has_images = any((folder / d).is_dir() for d in IMAGE_DIRS)
@@ -132,6 +137,7 @@ def _stem(path: Path) -> str:
 
 
 def is_nifti(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
@@ -155,7 +161,14 @@ def _mask_index(folder: Path) -> dict[str, Path]:
 
 
 def index_folder(root: Path, set_name: str, missing_masks: str) -> tuple[list[LungRecord], list[str]]:
-    """Records for every image under ``root`` and the ids skipped for lack of a mask."""
+    """Records for every image under ``root`` and the ids skipped for lack of a mask.
+
+    Args:
+        root: a set root (see :func:`find_set_root`).
+        set_name: the source name, the group of images that neither a manifest nor a Kaggle
+            file-name prefix assigns to one.
+        missing_masks: ``"error"`` (an image without a mask is a DataError) or ``"skip"``.
+    """
     image_dir = next(root / d for d in IMAGE_DIRS if (root / d).is_dir())
     images = _data_files(image_dir)
     if not images:

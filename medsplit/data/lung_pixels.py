@@ -104,6 +104,14 @@ def _load_mask(record: LungRecord, size: int) -> torch.Tensor:
 
 
 def load_masks(records: list[LungRecord], size: int, cache_dir: Path | None) -> torch.Tensor:
+    """Every record's validated mask as uint8 ``(N, 1, size, size)`` in {0, 1}; read before any
+    image is decoded, so a bad mask stops the run early.
+
+    Args:
+        records: the images and their mask files.
+        size: output height and width.
+        cache_dir: where the masks are cached (``None``: no cache).
+    """
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"masks-{_mask_cache_key(records, size)}.safetensors"
@@ -139,7 +147,15 @@ def _nifti_image(path: Path, size: int) -> torch.Tensor:
 
 
 def load_images(records: list[LungRecord], size: int, cache_dir: Path | None, converted: dict[str, int] | None = None) -> torch.Tensor:
-    """Rasters through the shared decode-once loader; NIfTI files through nibabel."""
+    """Every record's image as uint8 ``(N, 1, size, size)``: rasters through the shared
+    decode-once loader, NIfTI files through nibabel.
+
+    Args:
+        records: the images.
+        size: output height and width.
+        cache_dir: where decoded rasters are cached (``None``: no cache).
+        converted: filled with ``{source mode: count}`` of converted rasters (see ``decode_images``).
+    """
     out = torch.empty((len(records), 1, size, size), dtype=torch.uint8)
     raster = [i for i, r in enumerate(records) if not is_nifti(r.image)]
     if raster:

@@ -42,7 +42,13 @@ def combined_sites(data: str, data_root: Path) -> list[str]:
 def combine_sites(parts: list[SegmentationData], seed: int, max_images: int | None) -> SegmentationData:
     """Pool sets split one by one: each site keeps its own patient-level train/val/test split
     (so each site's test split can be scored on its own) and every image's group is its set name,
-    which ``data.partition=group`` turns into one hospital per site."""
+    which ``data.partition=group`` turns into one hospital per site.
+
+    Args:
+        parts: each site's loaded and split set.
+        seed: seeds the ``max_images`` subset.
+        max_images: keep about this many images in all, the same share of every split.
+    """
     def site_rows(name: str) -> list[SegmentationSet]:
         out = []
         for d in parts:

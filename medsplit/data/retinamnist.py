@@ -17,6 +17,15 @@ __all__ = ["load_npz"]
 
 
 def load_npz(path: Path, spec: Target, img_size: int, seed: int, max_images: int | None) -> RetinopathyData:
+    """A MedMNIST-format ``.npz`` with its official train/val/test splits.
+
+    Args:
+        path: the ``.npz`` (keys ``{train,val,test}_{images,labels}``).
+        spec: the target the grades become labels of.
+        img_size: images are resized (bilinear) to this size.
+        seed: seeds the ``max_images`` subset.
+        max_images: if set, a patient-level subset of each official split in proportion to its size.
+    """
     try:
         archive = np.load(path)
     except Exception as error:

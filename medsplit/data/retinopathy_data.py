@@ -103,6 +103,12 @@ class RetinopathyData:
 
 
 def check_classes(data: RetinopathyData) -> None:
+    """Every split holds every class of the target (else a DataError saying what to change) and
+    no patient is in two splits.
+
+    Args:
+        data: the split set to check.
+    """
     for name in ("train", "val", "test"):
         part: ImageSet = getattr(data, name)
         counts = part.class_counts(data.num_classes)
