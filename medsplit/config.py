@@ -20,13 +20,13 @@ import yaml
 from medsplit.data.image_size import MIN_IMAGE_SIZE
 
 
-def default_data_root() -> Path:
-    """The data root when none is configured: ``$MEDSPLIT_DATA``, else ``datasets/``."""
-    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
-
-
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
+
+
+def default_data_root() -> Path:
+    """The data root when none is given: ``$MEDSPLIT_DATA``, else ``datasets/`` (training and attacks alike)."""
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
 
 
 @dataclass

@@ -20,6 +20,7 @@ batches on every device; models are initialised on the CPU and moved, so the sam
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,8 +38,7 @@ from medsplit.attacks.sdar import SDARAttack, SDARConfig, run_sdar
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
 from medsplit.attacks.nets import decoder as make_decoder
 from medsplit.attacks.tap import Recorder, crossing_key, observed_activations
-from medsplit.config import ConfigError, default_data_root, with_overrides
-from medsplit.data.image_size import MIN_IMAGE_SIZE
+from medsplit.config import ConfigError, with_overrides
 from medsplit.defences import (
     DEFENCES,
     DefenceNotApplicable,
@@ -633,7 +633,7 @@ def run_attack_command(args) -> int:
         if args.task == "lungs" and "mixing" in defences:
             raise DefenceNotApplicable("mixing cannot apply to the lung task's U-shaped split: the server's output "
                                        "returns to the client decoder, which needs un-mixed features")
-    root = Path(args.data_root) if args.data_root else default_data_root()
+    root = Path(args.data_root) if args.data_root else _default_root()
     results = evaluate(args.task, profile, root, attacks, defences, device=device, progress=True)
     html = write_attack_report(results, Path(args.out))
     print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
@@ -652,7 +652,7 @@ def customise(profile: Profile, overrides: list[str]) -> Profile:
         raise ConfigError(f"--set: {e}; the profile's fields are {sorted(f.name for f in fields(Profile))}") from None
     if not renamed:
         custom.name = f"{profile.name}-custom"
-    checks = [("img_size", custom.img_size >= MIN_IMAGE_SIZE, f"must be >= {MIN_IMAGE_SIZE}"),
+    checks = [("img_size", custom.img_size >= 16, "must be >= 16"),
               ("batch_size", custom.batch_size >= 2, "must be >= 2 (BatchNorm needs more than one sample)"),
               ("fsha.batch_size", custom.fsha.batch_size >= 2, "must be >= 2"),
               ("inversion.batch_size", custom.inversion.batch_size >= 2, "must be >= 2"),
@@ -677,3 +677,7 @@ def default_profile(device: torch.device) -> str:
     """Paper scale on a GPU, the reduced scale on a CPU."""
     return "full" if device.type == "cuda" else "reduced"
 
+
+def _default_root() -> Path:
+    # The same data root as training: $MEDSPLIT_DATA, else datasets/.
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
