@@ -18,6 +18,7 @@ import yaml
 
 # torch-free, like this module: loading a config must not import torch
 from medsplit.data.image_size import MIN_IMAGE_SIZE
+from medsplit.yaml_file import read_yaml_mapping
 
 
 class ConfigError(ValueError):
@@ -181,15 +182,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Build a :class:`Config` from a YAML file (optional) and ``key=value`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = read_yaml_mapping(Path(path), "config file", ConfigError)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(values, key, value)
