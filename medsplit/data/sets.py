@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class BaseImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor):
+    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> Self:
         """Rows ``idx`` (integer positions or a boolean mask) as a new set of the same kind.
 
         Args:
