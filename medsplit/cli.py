@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from medsplit.cli_args import CommandParser, choice_list, int_list, positive_int
-from medsplit.config import ConfigError, config_from_dict, keys_help, load_config
+from medsplit.config import ConfigError, config_from_dict, default_data_root, keys_help, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
@@ -277,11 +277,9 @@ def _party(args) -> int:
 
 
 def _data(args) -> int:
-    import os
-
     from medsplit.data import download
 
-    root = Path(args.root or os.environ.get("MEDSPLIT_DATA", "datasets"))
+    root = Path(args.root) if args.root else default_data_root()
     jobs = {
         "retinamnist": download.download_retinamnist,
         "kaggle-retinopathy": download.download_kaggle_retinopathy,
@@ -293,7 +291,7 @@ def _data(args) -> int:
     for what in args.what or DOWNLOADS:
         try:
             if what == "kaggle-lungs":
-                from medsplit.data.lungs import download_kaggle_lungs
+                from medsplit.data.download import download_kaggle_lungs
 
                 path = download_kaggle_lungs(root)
             else:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+# torch-free, like this module: loading a config must not import torch
+from medsplit.data.image_size import MIN_IMAGE_SIZE
 from medsplit.yaml_file import read_yaml_mapping
 
 
@@ -143,7 +145,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def data_root(self) -> Path:
-        return Path(self.data.root or os.environ.get("MEDSPLIT_DATA", "datasets"))
+        return Path(self.data.root) if self.data.root else default_data_root()
 
     def run_name(self) -> str:
         if self.output.name:
@@ -311,7 +313,7 @@ def validate(cfg: Config) -> None:
         ("train.weight_decay", math.isfinite(t.weight_decay) and t.weight_decay >= 0, "must be a finite number >= 0"),
         ("train.seed", t.seed >= 0, "must be >= 0"),
         ("train.threads", t.threads >= 0, "must be >= 0 (0 keeps torch's default)"),
-        ("data.img_size", d.img_size >= 16, "must be >= 16"),
+        ("data.img_size", d.img_size >= MIN_IMAGE_SIZE, f"must be >= {MIN_IMAGE_SIZE}"),
         ("data.alpha", math.isfinite(d.alpha) and d.alpha > 0, "must be a finite number > 0"),
         ("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)"),
         ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),

@@ -11,6 +11,7 @@ from medsplit.attacks.fsha import FSHAConfig
 from medsplit.attacks.inversion import InversionConfig
 from medsplit.attacks.sdar import SDARConfig
 from medsplit.config import ConfigError, with_overrides
+from medsplit.data.image_size import MIN_IMAGE_SIZE
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -93,7 +94,7 @@ def customise(profile: Profile, overrides: list[str]) -> Profile:
         raise ConfigError(f"--set: {e}; the profile's fields are {sorted(f.name for f in fields(Profile))}") from None
     if not renamed:
         custom.name = f"{profile.name}-custom"
-    checks = [("img_size", custom.img_size >= 16, "must be >= 16"),
+    checks = [("img_size", custom.img_size >= MIN_IMAGE_SIZE, f"must be >= {MIN_IMAGE_SIZE}"),
               ("batch_size", custom.batch_size >= 2, "must be >= 2 (BatchNorm needs more than one sample)"),
               ("fsha.batch_size", custom.fsha.batch_size >= 2, "must be >= 2"),
               ("inversion.batch_size", custom.inversion.batch_size >= 2, "must be >= 2"),
