@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
+from medsplit.sweep.study_file import exit_code, write_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -171,14 +171,11 @@ def main() -> int:
         print("\ntarget (issue 5: >= 3.9x fewer bytes at <= 1 point lost):")
         for v in verdicts:
             print(f"  {v}")
-    out = {"task": task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides, "reference": ref_codec,
-           "runs": runs, "summary": summary, "verdicts": verdicts, "jobs": args.jobs, "threads_per_job": threads,
-           "machine": platform.machine(), "wall_time_s": time.time() - start}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"codec_accuracy-{study}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {path}")
-    return 0 if len(runs) == len(plan) else 1
+    write_study(RESULTS / f"codec_accuracy-{study}.json",
+                {"task": task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides,
+                 "reference": ref_codec, "runs": runs, "summary": summary, "verdicts": verdicts, "jobs": args.jobs,
+                 "threads_per_job": threads}, start)
+    return exit_code(len(runs), len(plan))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from codec_accuracy import _list, _mean_std, paired_ci95  # same directory: the 
 
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
+from medsplit.sweep.study_file import exit_code, write_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = "carry,reset,local"
@@ -90,14 +90,10 @@ def main() -> int:
     metric = "auc" if base.task == "retinopathy" else "dice"
     print(f"\n{study}: test {metric} per seed; paired difference to {modes[0]} (points, 95% t-interval); weights MB/epoch")
     print("\n".join(lines))
-    out = {"task": base.task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides,
-           "reference": modes[0], "runs": runs, "summary": summary, "threads_per_job": threads,
-           "machine": platform.machine(), "wall_time_s": time.time() - start}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"optimizer_handover-{study}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {path}")
-    return 0 if len(runs) == len(plan) else 1
+    write_study(RESULTS / f"optimizer_handover-{study}.json",
+                {"task": base.task, "tag": args.tag, "metric": metric, "config": args.config, "overrides": args.overrides,
+                 "reference": modes[0], "runs": runs, "summary": summary, "threads_per_job": threads}, start)
+    return exit_code(len(runs), len(plan))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, train_points
+from medsplit.sweep.study_file import exit_code, write_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = ("sequential", "splitfed", "centralised", "fedavg")
@@ -131,16 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs, protocols)
     text = table(summary)
     print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")
-    out = {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
-           "runs": runs, "summary": summary, "table_markdown": text, "threads": args.threads, "jobs": args.jobs,
-           "machine": platform.machine(), "wall_time_s": time.time() - start,
-           "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"results-{args.tag}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {path}")
-    return 0 if len(runs) == len(plan) else 1
+    write_study(Path(args.results_dir) / f"results-{args.tag}.json",
+                {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
+                 "runs": runs, "summary": summary, "table_markdown": text, "threads": args.threads, "jobs": args.jobs,
+                 "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])},
+                start)
+    return exit_code(len(runs), len(plan))
 
 
 if __name__ == "__main__":
