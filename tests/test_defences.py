@@ -210,7 +210,7 @@ def test_defence_registry_holds_installers_and_a_new_defence_is_one_spec(monkeyp
     from medsplit.attacks.tasks import ATTACK_TASKS, TaskData
     from medsplit.defences import DEFENCES, DefenceSpec
 
-    assert list(DEFENCES) == ["none", "nopeek", "laplace", "mixing", "proxy", "dpsgd"]  # the help texts' order
+    assert list(DEFENCES) == ["none", "dpsgd", "laplace", "mixing", "nopeek", "proxy"]  # "none", then module-name order
     assert all(isinstance(s, DefenceSpec) and callable(s.install) for s in DEFENCES.values())
     # where a defence applies is data on its spec, asked of the task
     assert "U-shaped" in DEFENCES["mixing"].applies_to(ATTACK_TASKS["lungs"])

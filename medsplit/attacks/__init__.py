@@ -1,17 +1,16 @@
 """Attacks on split learning; each observes only what crosses a Channel.
 
 ``ATTACKS`` maps each name to its :class:`~medsplit.attacks.registry.AttackSpec` (runner,
-threat model, display name, default defences). A new attack is one module defining ``SPEC``
-and one entry in the tuple below; the order is the order of ``--attacks``' default.
+threat model, display name, default defences). A new attack is one module of this package that
+defines ``SPEC``: :func:`medsplit.plugins.discover_specs` finds it (see docs/extending.md); the
+module-name order is the order of ``--attacks``' default.
 """
 
-from medsplit.attacks import fsha_protocol, inversion, label_leakage, sdar
 from medsplit.attacks.registry import AttackContext, AttackSpec
+from medsplit.plugins import discover_specs
 
 #: name -> spec
-ATTACKS: dict[str, AttackSpec] = {
-    spec.name: spec for spec in (fsha_protocol.SPEC, inversion.SPEC, label_leakage.SPEC, sdar.SPEC)
-}
+ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in discover_specs(__name__, __path__, AttackSpec)}
 
 #: other names users look for -> the attack's name here
 ALIASES = {alias: spec.name for spec in ATTACKS.values() for alias in spec.aliases}
