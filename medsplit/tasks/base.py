@@ -1,10 +1,9 @@
-"""What every task is: the :class:`Task` interface, the :data:`TASKS` registry and the few
-functions that look a task up by name.
+"""What every task is: the :class:`Task` interface and the types it works with.
 
 A Task says what is learned: data, model, loss, batches and metrics. Protocols, the training
 loop, evaluation and reports are written once against this interface and ask the task class
 (``TASKS[cfg.task].something``) rather than compare task names, so a new task is one new module
-in :mod:`medsplit.tasks` that registers its class with :func:`register_task`.
+in :mod:`medsplit.tasks` that registers its class (:mod:`medsplit.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from medsplit.config import Config
-from medsplit.models import StageTable, build_model
+from medsplit.models import StageTable
 
 
 @dataclass
@@ -91,7 +90,8 @@ class ExternalSet:
 
 
 class Task:
-    """Base class; subclasses fill in the data-specific parts and register with :func:`register_task`.
+    """Base class; subclasses fill in the data-specific parts and register with
+    :func:`~medsplit.tasks.registry.register_task`.
 
     Class attributes say what the rest of the code may ask without data or an instance:
 
@@ -135,6 +135,9 @@ class Task:
 
         Args:
             cfg: the resolved config (``data.*``, ``train.seed``).
+
+        Returns:
+            the task's data container (train/val/test splits, source, summary).
         """
         raise NotImplementedError
 
@@ -146,6 +149,9 @@ class Task:
             cfg: the trained run's config (image size, target, data root, cache).
             data: a set name, folder or file (see :mod:`medsplit.evaluate`).
             labels: a CSV of targets kept outside ``data``, where the task supports one.
+
+        Returns:
+            every image with its target, and a fresh metric accumulator.
         """
         raise NotImplementedError(f"task {cls.name!r} has no external validation")
 
@@ -156,6 +162,9 @@ class Task:
 
         Args:
             cfg: the resolved config.
+
+        Returns:
+            the ``num_classes`` the model is built with.
         """
         raise NotImplementedError
 
@@ -166,6 +175,9 @@ class Task:
         Args:
             cfg: the resolved config (``model.*``).
             num_classes: classes or output channels of the model.
+
+        Returns:
+            ``num_classes``, ``in_channels`` and any task-specific model setting.
         """
         return {"num_classes": num_classes, "in_channels": cls.in_channels}
 
@@ -176,6 +188,9 @@ class Task:
         Args:
             cfg: the resolved config (``data.img_size``).
             n: images in the batch.
+
+        Returns:
+            ``(images, targets)`` on the meta device: shapes and dtypes only.
         """
         raise NotImplementedError
 
@@ -186,6 +201,9 @@ class Task:
 
         Args:
             cfg: the resolved config.
+
+        Returns:
+            a function of the model's logits and ``Batch.y`` giving the scalar loss.
         """
         raise NotImplementedError
 
@@ -205,6 +223,9 @@ class Task:
 
         Args:
             metrics: a metrics dict (e.g. ``metrics.json["test"]``).
+
+        Returns:
+            ``(name, value)``, e.g. ``("AUC", 0.81)`` or ``("mean Dice", None)``.
         """
         value = metrics.get(cls.primary_metric)
         if cls.per_image_metric:
@@ -291,66 +312,3 @@ class Task:
             test: the test metrics.
         """
         return None
-
-
-#: Task name -> class; each task module registers its class with :func:`register_task`.
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: add ``cls`` to :data:`TASKS` under ``cls.name``."""
-    if cls.name in TASKS and TASKS[cls.name] is not cls:
-        raise ValueError(f"task {cls.name!r} is registered twice ({TASKS[cls.name].__name__} and {cls.__name__})")
-    TASKS[cls.name] = cls
-    return cls
-
-
-def task_class(name: str) -> type[Task]:
-    """The registered task ``name``; a clear error listing the choices otherwise.
-
-    Args:
-        name: a ``task`` config value.
-    """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks are {sorted(TASKS)}")
-    return TASKS[name]
-
-
-def task_of_record(record: dict) -> type[Task]:
-    """The task a saved run record (``metrics.json``) belongs to: its ``task`` field; for a record
-    without a known one, the task whose headline metric its test metrics hold; else the default
-    task of :class:`~medsplit.config.Config`.
-
-    Args:
-        record: a run's ``metrics.json`` or report JSON.
-    """
-    name = record.get("task")
-    if name in TASKS:
-        return TASKS[name]
-    test = record.get("test") or {}
-    for cls in TASKS.values():
-        if cls.primary_metric in test:
-            return cls
-    return TASKS[Config.task]
-
-
-def task_model(cfg: Config, num_classes: int) -> StageTable:
-    """The stage table ``cfg`` trains; :mod:`medsplit.evaluate` rebuilds the same one.
-
-    Args:
-        cfg: the resolved config.
-        num_classes: classes or output channels of the model.
-    """
-    kwargs = task_class(cfg.task).model_kwargs(cfg, num_classes)
-    return build_model(cfg.model.name, weights=cfg.model.weights, **kwargs)
-
-
-def make_task(cfg: Config, device: torch.device) -> Task:
-    """Load the data for ``cfg.task`` and wrap it in its Task.
-
-    Args:
-        cfg: the resolved config.
-        device: where the task keeps its images and builds batches.
-    """
-    cls = task_class(cfg.task)
-    return cls(cfg, cls.load_data(cfg), device)

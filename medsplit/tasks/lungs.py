@@ -12,14 +12,8 @@ import torch.nn.functional as F
 
 from medsplit.config import Config
 from medsplit.models import StageTable
-from medsplit.tasks.base import (
-    Batch,
-    ExternalSet,
-    Task,
-    TaskMetrics,
-    register_task,
-    task_model,
-)
+from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
+from medsplit.tasks.registry import register_task, task_model
 
 if TYPE_CHECKING:
     from medsplit.data.lungs import SegmentationData
