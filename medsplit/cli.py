@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsplit.config import ConfigError, config_from_dict, keys_help, load_config
+from medsplit.config import ConfigError, config_from_dict, default_data_root, keys_help, load_config
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from medsplit.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
-    if command == "attack":  # the attack module imports torch: only when it is the command
-        from medsplit.privacy_eval import add_attack_parser
-
+    if command == "attack":  # the attack registries import torch: only when it is the command
         add_attack_parser(sub)
     else:
         sub.add_parser("attack", help=ATTACK_HELP)
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_sweep_command(args)
         if args.command == "attack":
-            from medsplit.privacy_eval import run_attack_command
+            from medsplit.attacks.harness import run_attack_command
 
             return run_attack_command(args)
         if args.command == "flare":
@@ -225,11 +223,9 @@ def _party(args) -> int:
 
 
 def _data(args) -> int:
-    import os
-
     from medsplit.data import download
 
-    root = Path(args.root or os.environ.get("MEDSPLIT_DATA", "datasets"))
+    root = Path(args.root) if args.root else default_data_root()
     jobs = {
         "retinamnist": download.download_retinamnist,
         "kaggle-retinopathy": download.download_kaggle_retinopathy,
@@ -241,7 +237,7 @@ def _data(args) -> int:
     for what in args.what or DOWNLOADS:
         try:
             if what == "kaggle-lungs":
-                from medsplit.data.lungs import download_kaggle_lungs
+                from medsplit.data.download import download_kaggle_lungs
 
                 path = download_kaggle_lungs(root)
             else:
@@ -251,6 +247,30 @@ def _data(args) -> int:
             failures += 1
             print(f"{what}: not downloaded: {e}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def add_attack_parser(subparsers) -> None:
+    """The ``attack`` command's options; its choices come from the attack, defence, task and profile registries."""
+    from medsplit.attacks import ALIASES, ATTACKS
+    from medsplit.attacks.profiles import DEVICES, PROFILES
+    from medsplit.attacks.tasks import ATTACK_TASKS
+    from medsplit.defences import DEFENCES
+
+    p = subparsers.add_parser("attack", help=ATTACK_HELP)
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="tiny (tests), reduced (CPU default), full (GPU default)")
+    p.add_argument("--task", choices=list(ATTACK_TASKS), default="lungs")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto (cuda when a GPU is present, else cpu), cpu, or cuda (an error without a GPU)")
+    p.add_argument("--attacks", default=",".join(ATTACKS),
+                   help=f"comma-separated from {','.join(ATTACKS)} (aliases: "
+                        f"{', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
+    p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
+    p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
+    p.add_argument("--out", default="reports", help="report folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one field of the profile, e.g. --set fsha.iterations=3000 --set img_size=96 "
+                        "--set cut_lungs=2 (repeatable; the report is then named after the profile plus '-custom', "
+                        "or after --set name=...)")
 
 
 if __name__ == "__main__":

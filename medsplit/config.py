@@ -16,9 +16,18 @@ from typing import Any
 
 import yaml
 
+# torch-free, like this module: loading a config must not import torch
+from medsplit.data.image_size import MIN_IMAGE_SIZE
+from medsplit.yaml_file import read_yaml_mapping
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
+
+
+def default_data_root() -> Path:
+    """The data root when none is given: ``$MEDSPLIT_DATA``, else ``datasets/`` (training and attacks alike)."""
+    return Path(os.environ.get("MEDSPLIT_DATA", "datasets"))
 
 
 @dataclass
@@ -136,7 +145,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def data_root(self) -> Path:
-        return Path(self.data.root or os.environ.get("MEDSPLIT_DATA", "datasets"))
+        return Path(self.data.root) if self.data.root else default_data_root()
 
     def run_name(self) -> str:
         if self.output.name:
@@ -173,15 +182,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Build a :class:`Config` from a YAML file (optional) and ``key=value`` overrides."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = read_yaml_mapping(Path(path), "config file", ConfigError)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(values, key, value)
@@ -312,7 +313,7 @@ def validate(cfg: Config) -> None:
         ("train.weight_decay", math.isfinite(t.weight_decay) and t.weight_decay >= 0, "must be a finite number >= 0"),
         ("train.seed", t.seed >= 0, "must be >= 0"),
         ("train.threads", t.threads >= 0, "must be >= 0 (0 keeps torch's default)"),
-        ("data.img_size", d.img_size >= 16, "must be >= 16"),
+        ("data.img_size", d.img_size >= MIN_IMAGE_SIZE, f"must be >= {MIN_IMAGE_SIZE}"),
         ("data.alpha", math.isfinite(d.alpha) and d.alpha > 0, "must be a finite number > 0"),
         ("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)"),
         ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),

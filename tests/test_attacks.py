@@ -91,7 +91,9 @@ def test_detector_flags_fsha_and_not_honest_training():
 
     from dataclasses import replace
 
-    from medsplit.privacy_eval import PROFILES, TaskData, build_target, train_target
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.targets import build_target, train_target
+    from medsplit.attacks.tasks import TaskData
 
     profile = replace(PROFILES["tiny"], target_steps=12)  # 4 probes: enough for the alarm to be possible
     data = TaskData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
@@ -179,7 +181,8 @@ def _numbers(rows: list[dict]) -> list[dict]:
 
 
 def test_evaluate_on_explicit_cpu_equals_default(shared_data):
-    from medsplit.privacy_eval import PROFILES, evaluate
+    from medsplit.attacks.harness import evaluate
+    from medsplit.attacks.profiles import PROFILES
 
     args = ("lungs", PROFILES["tiny"], shared_data, ["inversion", "fsha"], ["none", "laplace"])
     default = evaluate(*args, log=lambda *a: None)
@@ -191,8 +194,8 @@ def test_evaluate_on_explicit_cpu_equals_default(shared_data):
 
 
 def test_device_flag_resolution_and_cuda_without_gpu_names_the_flag(monkeypatch, capsys):
+    from medsplit.attacks.profiles import default_profile, resolve_device
     from medsplit.cli import main
-    from medsplit.privacy_eval import default_profile, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto").type == "cuda" and default_profile(resolve_device("auto")) == "full"
@@ -209,7 +212,8 @@ def test_device_flag_resolution_and_cuda_without_gpu_names_the_flag(monkeypatch,
 def test_tiny_profile_on_cuda_is_finite_and_returns_cpu_tensors(shared_data):
     import math
 
-    from medsplit.privacy_eval import PROFILES, evaluate
+    from medsplit.attacks.harness import evaluate
+    from medsplit.attacks.profiles import PROFILES
 
     cuda = torch.device("cuda")
     # lungs: every defence but mixing, and FSHA; retinopathy: mixing and label leakage
@@ -229,9 +233,9 @@ def test_tiny_profile_on_cuda_is_finite_and_returns_cpu_tensors(shared_data):
 
 
 def test_profile_overrides_change_one_field_rename_the_report_and_name_bad_keys(capsys):
+    from medsplit.attacks.profiles import PROFILES, customise
     from medsplit.cli import main
     from medsplit.config import ConfigError
-    from medsplit.privacy_eval import PROFILES, customise
 
     tiny = PROFILES["tiny"]
     custom = customise(tiny, ["fsha.iterations=30", "img_size=24", "strengths.nopeek=[0.5, 3]"])
@@ -250,7 +254,7 @@ def test_profile_overrides_change_one_field_rename_the_report_and_name_bad_keys(
 
 
 def test_fundus_validator_score_is_balanced_so_a_constant_answer_scores_one_half():
-    from medsplit.privacy_eval import validator_score
+    from medsplit.attacks.targets import validator_score
 
     always_healthy = lambda images: torch.tensor([[5.0, -5.0]]).repeat(images.shape[0], 1)  # noqa: E731
     y = torch.tensor([0] * 8 + [1] * 2)  # 80 % non-referable: plain accuracy would be 0.8
@@ -265,8 +269,9 @@ def test_sdar_beats_the_mean_image_on_the_tiny_profile(shared_data):
     the target trained long enough for its server part to read features (60 steps)."""
     from dataclasses import replace
 
+    from medsplit.attacks.harness import evaluate
+    from medsplit.attacks.profiles import PROFILES
     from medsplit.attacks.sdar import SDARConfig
-    from medsplit.privacy_eval import PROFILES, evaluate
 
     profile = replace(PROFILES["tiny"], target_steps=60, sdar=SDARConfig(steps=150, batch_size=8, lr=1e-3, width=8,
                                                                           log_every=75))
@@ -274,3 +279,31 @@ def test_sdar_beats_the_mean_image_on_the_tiny_profile(shared_data):
     (row,) = res["rows"]
     assert row["attack"] == "sdar" and row["ssim"] > row["baseline_ssim"] and row["mse"] < row["baseline_mse"], row
     assert row["mask_dice"] > row["mask_dice_baseline"], row  # the masks it infers never crossed the channel
+
+
+def test_attack_registry_specs_say_how_and_against_what_each_attack_runs():
+    from medsplit.attacks import ATTACKS, AttackSpec
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.registry import OWN, SHARED, UNDEFENDED
+    from medsplit.attacks.tasks import ATTACK_TASKS
+
+    assert list(ATTACKS) == ["fsha", "inversion", "label-leakage", "sdar"]  # --attacks' default order
+    assert all(isinstance(s, AttackSpec) and callable(s.run) for s in ATTACKS.values())
+    assert [ATTACKS[a].target for a in ATTACKS] == [OWN, SHARED, UNDEFENDED, SHARED]
+    reduced = PROFILES["reduced"]
+    assert ATTACKS["fsha"].strengths(reduced) == reduced.fsha_defences  # --set fsha_defences=... still decides
+    assert ATTACKS["sdar"].runs_at(reduced, "mixing", 4) and not ATTACKS["sdar"].runs_at(reduced, "mixing", 2)
+    assert ATTACKS["inversion"].runs_at(reduced, "mixing", 2)
+    assert "pixel masks" in ATTACKS["label-leakage"].applies_to(ATTACK_TASKS["lungs"])
+    assert ATTACKS["label-leakage"].applies_to(ATTACK_TASKS["retinopathy"]) is None
+    with pytest.raises(ValueError, match="target must be one of"):
+        AttackSpec("x", "", "X", "sometimes", lambda ctx: {})
+
+
+def test_cli_refuses_a_defence_the_task_cannot_take_before_loading_data(capsys):
+    from medsplit.cli import main
+
+    assert main(["attack", "--profile", "tiny", "--task", "lungs", "--defences", "none,mixing",
+                 "--data-root", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "--task lungs --defences mixing" in err and "U-shaped" in err  # the spec's reason, not a data error

@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from medsplit.data.download import download_kaggle_lungs
 from medsplit.data.images import DataError
-from medsplit.data.lungs import SegmentationData, download_kaggle_lungs, load_lungs, resolve_lung_source
+from medsplit.data.lungs import SegmentationData, load_lungs, resolve_lung_source, split_by_patient
+from medsplit.data.partition import patient_split
 from medsplit.data.seg_augment import SegAugment
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
@@ -197,6 +199,23 @@ def test_each_data_error_names_the_file(tmp_path, fault: str) -> None:
     with pytest.raises(DataError, match=expected) as info:
         load_lungs("bad-set", tmp_path, img_size=32)
     assert str(bad) in str(info.value)
+
+
+def test_zero_split_shares_leave_those_splits_empty() -> None:
+    # External validation (medsplit evaluate) scores a lung folder whole: test = val = 0.
+    patients = [f"p{i // 2}" for i in range(20)]
+    groups = ["a"] * 10 + ["b"] * 10
+    train, val, test = split_by_patient(patients, groups, seed=0, test_fraction=0.0, val_fraction=0.0)
+    assert train.tolist() == list(range(20)) and len(val) == 0 and len(test) == 0
+    train, val, test = split_by_patient(patients, groups, seed=0, test_fraction=0.2, val_fraction=0.0)
+    assert len(val) == 0 and len(test) == 4 and sorted(train.tolist() + test.tolist()) == list(range(20))
+    assert not {patients[i] for i in train} & {patients[i] for i in test}
+    # positive shares are the plain patient_split, stratified by group (the zero-share path changes nothing there)
+    three = split_by_patient(patients, groups, seed=3, test_fraction=0.2, val_fraction=0.1)
+    plain = patient_split(np.array([0] * 10 + [1] * 10), patients, (1 - 0.2 - 0.1, 0.1, 0.2), 3)
+    assert [p.tolist() for p in three] == [p.tolist() for p in plain]
+    with pytest.raises(DataError, match="test_fraction"):
+        split_by_patient(patients, groups, seed=0, test_fraction=-0.1, val_fraction=0.0)
 
 
 def test_missing_sets_say_where_they_looked_and_how_to_get_them(tmp_path) -> None:

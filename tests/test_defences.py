@@ -183,7 +183,9 @@ def test_proxy_zeroes_its_optimiser_and_returns_negated_loss():
 def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():
     with pytest.raises(ValueError, match="valid defences are"):
         check_defence_names(["noise"])
-    from medsplit.privacy_eval import PROFILES, TaskData, apply_defence, build_target
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.targets import apply_defence, build_target
+    from medsplit.attacks.tasks import TaskData
 
     p = PROFILES["tiny"]
     model = build_target("lungs", p, 1, 1)
@@ -199,3 +201,30 @@ def test_mixing_a_batch_smaller_than_k_mixes_all_of_it():
     mixed = mix.activations({"a": F.one_hot(y, 3).float().view(3, 3, 1, 1)})["a"]
     assert mixed.shape == (3, 3, 1, 1) and torch.allclose(mixed.view(3, 3), mix.labels({"y": y})["y"], atol=1e-6)
     assert mix._perm.shape == (3, 3) and mix.activations({"a": torch.ones(1, 2)})["a"].shape == (1, 2)
+
+
+def test_defence_registry_holds_installers_and_a_new_defence_is_one_spec(monkeypatch):
+    from medsplit.attacks.profiles import PROFILES
+    from medsplit.attacks.tap import crossing_key
+    from medsplit.attacks.targets import apply_defence, build_target
+    from medsplit.attacks.tasks import ATTACK_TASKS, TaskData
+    from medsplit.defences import DEFENCES, DefenceSpec
+
+    assert list(DEFENCES) == ["none", "nopeek", "laplace", "mixing", "proxy", "dpsgd"]  # the help texts' order
+    assert all(isinstance(s, DefenceSpec) and callable(s.install) for s in DEFENCES.values())
+    # where a defence applies is data on its spec, asked of the task
+    assert "U-shaped" in DEFENCES["mixing"].applies_to(ATTACK_TASKS["lungs"])
+    assert DEFENCES["mixing"].applies_to(ATTACK_TASKS["retinopathy"]) is None
+    assert DEFENCES["nopeek"].applies_to(ATTACK_TASKS["lungs"]) is None
+    calls = []
+
+    def install(model, strength, setting):
+        calls.append((strength, setting.part, setting.sent_key, setting.batch_size, setting.train_size))
+        return {"k": strength}, "hook"
+
+    monkeypatch.setitem(DEFENCES, "scale", DefenceSpec("scale", "a test defence", install))
+    p = PROFILES["tiny"]
+    model = build_target("lungs", p, 1, 1)
+    data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
+    assert apply_defence(model, "lungs", "scale", 3.0, data, p, torch.Generator()) == ({"k": 3.0}, "hook")
+    assert calls == [(3.0, model.chain[0][0].name, crossing_key(model), p.batch_size, 8)]

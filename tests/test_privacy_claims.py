@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from medsplit.attacks.fsha import FSHAConfig, FSHAServer, HijackedSplitModel, run_fsha_protocol
+from medsplit.attacks.fsha import FSHAConfig, FSHAServer
+from medsplit.attacks.fsha_protocol import HijackedSplitModel, run_fsha_protocol
+from medsplit.attacks.profiles import PROFILES
 from medsplit.attacks.tap import Recorder, crossing_key
+from medsplit.attacks.targets import apply_defence, build_target, train_target
+from medsplit.attacks.tasks import TaskData
 from medsplit.defences import LaplaceMechanism
 from medsplit.defences.sampling import poisson_batch
-from medsplit.privacy_eval import PROFILES, TaskData, apply_defence, build_target, train_target
 
 torch.set_num_threads(1)
 
@@ -139,7 +142,7 @@ def test_u_shaped_fsha_hijacks_only_the_encoder_gradient_and_the_skips_still_pul
 
 
 def test_harness_runs_lung_fsha_in_the_u_shaped_protocol(shared_data):
-    from medsplit.privacy_eval import evaluate
+    from medsplit.attacks.harness import evaluate
     from medsplit.split import channel as channel_module
 
     kinds = []

@@ -1,20 +1,23 @@
-"""Attacks on split learning; each observes only what crosses a Channel."""
+"""Attacks on split learning; each observes only what crosses a Channel.
 
-#: name -> threat model in one line
-ATTACKS = {
-    "fsha": "malicious server hijacks the client's feature space (Pasquini et al. 2021)",
-    "inversion": "adversarial reconstruction attack (ADRA, model inversion): honest-but-curious server + one "
-                 "colluding hospital trains a decoder from activations to images",
-    "label-leakage": "honest-but-curious server scores the gradients it receives in label-private training (Li et al. 2022)",
-    "sdar": "honest-but-curious server, no colluder: simulator, decoder and adversarial regularisation from the "
-            "traffic and auxiliary data (Zhu et al. 2025)",
+``ATTACKS`` maps each name to its :class:`~medsplit.attacks.registry.AttackSpec` (runner,
+threat model, display name, default defences). A new attack is one module defining ``SPEC``
+and one entry in the tuple below; the order is the order of ``--attacks``' default.
+"""
+
+from medsplit.attacks import fsha_protocol, inversion, label_leakage, sdar
+from medsplit.attacks.registry import AttackContext, AttackSpec
+
+#: name -> spec
+ATTACKS: dict[str, AttackSpec] = {
+    spec.name: spec for spec in (fsha_protocol.SPEC, inversion.SPEC, label_leakage.SPEC, sdar.SPEC)
 }
 
 #: other names users look for -> the attack's name here
-ALIASES = {"adra": "inversion", "model-inversion": "inversion"}
+ALIASES = {alias: spec.name for spec in ATTACKS.values() for alias in spec.aliases}
 
 #: how reports title each attack
-DISPLAY_NAMES = {"inversion": "ADRA (model inversion)", "fsha": "FSHA", "sdar": "SDAR", "label-leakage": "label leakage"}
+DISPLAY_NAMES = {name: spec.display_name for name, spec in ATTACKS.items()}
 
 
 def resolve_attack_names(names: list[str]) -> list[str]:
@@ -31,4 +34,5 @@ def check_attack_names(names: list[str]) -> None:
                          f"(aliases: {', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
 
 
-__all__ = ["ALIASES", "ATTACKS", "DISPLAY_NAMES", "check_attack_names", "resolve_attack_names"]
+__all__ = ["ALIASES", "ATTACKS", "DISPLAY_NAMES", "AttackContext", "AttackSpec", "check_attack_names",
+           "resolve_attack_names"]

@@ -19,8 +19,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from medsplit.attacks.registry import UNDEFENDED, AttackContext, AttackSpec
+from medsplit.attacks.tap import Recorder
+from medsplit.attacks.targets import parts_on
 from medsplit.models.stages import PartSpec, StageTable
-from medsplit.split.cut import Part, cut as cut_table
+from medsplit.split import two_party
+from medsplit.split.cut import Part
+from medsplit.split.cut import cut as cut_table
 
 
 def label_private_parts(table: StageTable, cut: int) -> list[Part]:
@@ -74,3 +79,35 @@ def leakage_scores(gradients: list[torch.Tensor], labels: list[torch.Tensor], po
     out = {"norm_auc": _auc(yn, np.concatenate(norms)), "examples": int(len(yn)), "positive_rate": float(yn.mean())}
     out["cosine_auc"] = _auc(np.concatenate(y_cos), np.concatenate(cosines)) if cosines else None
     return out
+
+
+# ------------------------------------------------------------------ in the attack harness
+
+
+def label_leakage_row(ctx: AttackContext) -> dict:
+    """Train the label-private split (no defence) and score every gradient the server received."""
+    data, profile = ctx.data, ctx.profile
+    torch.manual_seed(ctx.seed)
+    g = torch.Generator().manual_seed(ctx.seed)
+    table = ctx.task.table(profile, data.x_train.shape[1], data.num_classes)
+    parts = parts_on(label_private_parts(table, ctx.task.cut(profile)), data.device)
+    make = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    model = two_party(parts, ctx.task.loss, make_optimizer=make)
+    grads, labels = [], []
+    x, y = torch.cat([data.x_train, data.x_aux]), torch.cat([data.y_train, data.y_aux])
+    with Recorder(model.channel, "gradient", receiver="server") as rec:
+        for _ in range(profile.label_steps):
+            i = torch.randint(0, x.shape[0], (profile.batch_size,), generator=g).to(x.device)
+            model.train_step(x[i], y[i])
+            grads.append(next(iter(rec.transfers[-1].tensors.values())))
+            labels.append(y[i])
+    counts = torch.bincount(y, minlength=2)
+    positive = int(counts.argmin())
+    return {"attack": "label-leakage", "defence": "none", "seed": ctx.seed, "positive_class": positive,
+            **leakage_scores(grads, labels, positive)}
+
+
+SPEC = AttackSpec(
+    "label-leakage",
+    "honest-but-curious server scores the gradients it receives in label-private training (Li et al. 2022)",
+    "label leakage", UNDEFENDED, label_leakage_row, needs_per_example_labels=True)

@@ -46,6 +46,11 @@ from torch import nn
 
 from medsplit.attacks.nets import decoder, discriminator
 from medsplit.attacks.quality import reconstruction_quality
+from medsplit.attacks.registry import SHARED, AttackContext, AttackSpec
+from medsplit.attacks.tap import activation_shape, crossing_key, observed_activations
+from medsplit.attacks.targets import DefendedTarget, privacy_columns, privacy_notes, validator_score
+from medsplit.defences import DEFENCES
+from medsplit.split import SplitModel, cut
 
 
 @dataclass
@@ -275,3 +280,57 @@ def run_sdar(attack: SDARAttack, x_aux: torch.Tensor, y_aux: torch.Tensor, z_see
     recon, labels = attack.reconstruct(victim_z)
     mean = x_aux.mean(0, keepdim=True).expand_as(victim_images)
     return SDARResult(history, recon, history[-1], reconstruction_quality(mean, victim_images), labels, asdict(cfg))
+
+
+# ------------------------------------------------------------------ in the attack harness
+
+
+def build_sdar(ctx: AttackContext, model: SplitModel, architecture_change: Callable[[nn.Module], None] | None = None
+               ) -> SDARAttack:
+    """SDAR's networks: fresh client parts of the target's architecture (the attacker knows the
+    architecture, as in the paper, including a defence's change to it: ``architecture_change``),
+    the server's own trained parts, decoder and critics."""
+    task, data, profile = ctx.task, ctx.data, ctx.profile
+    fresh = cut(task.table(profile, data.x_train.shape[1], data.num_classes), task.cut(profile))
+    if architecture_change is not None:  # e.g. the target's architecture under DP-SGD: GroupNorm everywhere
+        for part in fresh:
+            architecture_change(part)
+    simulated = {p.name: p.to(data.device) for p in fresh if p.role == "client"}
+    client = model.data_owner
+    server_parts = {p.name: p for p, owner in model.chain if owner is not client}
+    key = crossing_key(model)
+    return SDARAttack(simulated, server_parts, [p.name for p in fresh], key, model.output_key, task.loss,
+                      task.label_channels(data.num_classes), tuple(data.x_train.shape[1:]),
+                      activation_shape(model, data.x_train), profile.sdar)
+
+
+def sdar_row(ctx: AttackContext, name: str, strength: float, target: DefendedTarget) -> tuple[dict, dict]:
+    """SDAR: a passive server, no colluder. What it learns from: the activations that crossed when the
+    private hospitals (not the colluder's share: there is no colluder) ran their training images
+    through the trained model (unpaired, labels inferred by its own ``g`` or simulated decoder),
+    its own trained parts and its auxiliary labelled images. Judged on the held-out victims."""
+    data = ctx.data
+    g = torch.Generator().manual_seed(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    model = target.model
+    attack = build_sdar(ctx, model, DEFENCES[name].architecture_change)
+    z_seen = observed_activations(model, data.x_train)
+    vic_act = observed_activations(model, data.x_test)
+    res = run_sdar(attack, data.x_aux, data.y_aux, z_seen, None, vic_act, data.x_test, ctx.profile.sdar, g)
+    row = {"attack": "sdar", "defence": name, "strength": strength, "seed": ctx.seed, "utility": target.utility,
+           **{k: v for k, v in res.final.items() if k != "iteration"},
+           "baseline_mse": res.baseline["mse"], "baseline_ssim": res.baseline["ssim"],
+           "validator_on_recon": validator_score(ctx.validator, ctx.task, res.reconstructions, data.y_test),
+           **privacy_columns(target.facts), **ctx.task.inferred_label_scores(res.inferred_labels, data)}
+    return row, {"history": res.history, "recon": res.reconstructions[:6].cpu(),
+                 "privacy_notes": privacy_notes(target.facts)}
+
+
+SPEC = AttackSpec(
+    "sdar",
+    "honest-but-curious server, no colluder: simulator, decoder and adversarial regularisation from the traffic and "
+    "auxiliary data (Zhu et al. 2025)",
+    "SDAR", SHARED, sdar_row,
+    # each SDAR run trains four networks: a profile may run it at fewer strengths than ADRA
+    strengths=lambda profile: profile.sdar_strengths or profile.strengths,
+    summary="ssim {ssim:.3f} mse {mse:.4f}")

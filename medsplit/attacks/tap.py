@@ -62,3 +62,20 @@ def observed_activations(model: SplitModel, x: torch.Tensor, batch_size: int = 6
             if key in t.tensors:
                 out.append(t.tensors[key].detach())
     return torch.cat(out)
+
+
+def activation_shape(model: SplitModel, x: torch.Tensor) -> tuple[int, int, int]:
+    """Shape (without the batch) of what the first part sends for images like ``x`` (a forward pass of two)."""
+    with torch.no_grad():
+        return tuple(model.chain[0][0]({"x": x[:2]})[crossing_key(model)].shape[1:])
+
+
+def gradient_to_first_part(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A round without a step (a detector's fake round); the gradient the first part received."""
+    first = model.chain[0][0].name
+    with Recorder(model.channel, "gradient", receiver=model.data_owner.name) as rec:
+        for party in model.parties:
+            party.zero_grad()
+        model.forward_backward(x, y)
+    grads = [t for t in rec.transfers if t.link.endswith(f"->{first}")]
+    return next(iter(grads[-1].tensors.values())).detach()

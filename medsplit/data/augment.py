@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsplit.data.images import DataError
+from medsplit.data.errors import DataError
 
 __all__ = ["BatchAugment", "to_float", "standardize", "channel_stats"]
 

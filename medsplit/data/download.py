@@ -1,5 +1,6 @@
-"""Fetch public retinopathy data. The only module of the data layer that uses the network;
-called by ``make data`` / ``python -m medsplit data``, never during training or tests.
+"""Fetch public data sets: RetinaMNIST (Zenodo), Kaggle's resized EyePACS retinopathy set and
+Kaggle's Montgomery + Shenzhen lung masks. The only module of the data layer that uses the
+network; called by ``make data`` / ``python -m medsplit data``, never during training or tests.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from medsplit.data.images import DataError
+from medsplit.data.errors import DataError
+from medsplit.data.lung_folder import KAGGLE_DIR as KAGGLE_LUNGS_DIR
+from medsplit.data.lung_folder import KAGGLE_LUNGS_DATASET, find_set_root
 
-__all__ = ["RETINAMNIST_URLS", "RETINAMNIST_MD5", "KAGGLE_DATASET", "download_retinamnist", "download_kaggle_retinopathy"]
+__all__ = ["RETINAMNIST_URLS", "RETINAMNIST_MD5", "KAGGLE_DATASET", "KAGGLE_LUNGS_DATASET", "download_retinamnist",
+           "download_kaggle_retinopathy", "download_kaggle_lungs"]
 
 # MedMNIST v2's Zenodo record (newest first; older records hold the same bytes).
 RETINAMNIST_URLS = (
@@ -111,6 +115,46 @@ def download_kaggle_retinopathy(data_root: Path) -> Path:
     _unzip_all(target)
     if not any(target.glob("*.csv")):
         raise DataError(f"the Kaggle download in {target} holds no labels CSV; remove the folder and run `make data` again")
+    return target
+
+
+def download_kaggle_lungs(data_root: Path) -> Path:
+    """Download Montgomery + Shenzhen lung masks from Kaggle into ``data_root/lungs/kaggle-lungs``.
+
+    Uses the ``kaggle`` package (dataset ``nikhilpandey360/chest-xray-masks-and-labels``); needs
+    ``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``/``KAGGLE_KEY`` (or ``KAGGLE_API_TOKEN``).
+    Returns at once when the set is already there.
+
+    Args:
+        data_root: the data folder; the set lands in ``data_root/lungs/kaggle-lungs``.
+
+    Raises:
+        DataError: no ``kaggle`` package, no credentials, no network, or an unexpected archive layout.
+    """
+    target = Path(data_root) / "lungs" / KAGGLE_LUNGS_DIR
+    if find_set_root(target) is not None:
+        return target
+    how = f"or download {KAGGLE_LUNGS_DATASET} by hand and unzip it into {target}"
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as error:
+        # a broken install (e.g. kaggle 2.x without its `six` dependency) lands here too: name the cause
+        raise DataError(f"the Kaggle download needs a working `kaggle` package (pip install kaggle; import failed: {error}), {how}") from error
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except (Exception, SystemExit) as error:  # the kaggle package calls exit(1) without credentials
+        raise DataError(
+            "Kaggle credentials not found: put kaggle.json in ~/.kaggle/ (or set KAGGLE_USERNAME and KAGGLE_KEY, "
+            f"or KAGGLE_API_TOKEN), {how}"
+        ) from error
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        api.dataset_download_files(KAGGLE_LUNGS_DATASET, path=str(target), unzip=True, quiet=False)
+    except (Exception, SystemExit) as error:
+        raise DataError(f"downloading {KAGGLE_LUNGS_DATASET} failed ({type(error).__name__}: {error}); check the network, {how}") from error
+    if find_set_root(target) is None:
+        raise DataError(f"{target} holds no folder with CXR_png/ (or images/) and masks/ after the download; {how}")
     return target
 
 

@@ -13,7 +13,7 @@ import hashlib
 from collections import defaultdict
 from pathlib import Path
 
-from medsplit.data.images import DataError
+from medsplit.data.errors import DataError
 
 POLICIES = ("error", "drop")
 

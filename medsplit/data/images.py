@@ -1,23 +1,20 @@
-"""In-memory image sets and a decode-once image loader.
+"""The decode-once image loader.
 
-Every source in :mod:`medsplit.data` ends up as an :class:`ImageSet`: uint8 images decoded
-once and kept in memory, so that training reads tensors (on the CPU or moved to a GPU)
-instead of re-decoding JPEGs every epoch. On a GPU the data pipeline, not the model, sets
-the speed, which is why decoding happens exactly once and augmentation works on batches
-(:mod:`medsplit.data.augment`).
+Every source in :mod:`medsplit.data` ends up as uint8 images decoded once and kept in memory
+(an :class:`~medsplit.data.sets.ImageSet` or :class:`~medsplit.data.sets.SegmentationSet`),
+so that training reads tensors (on the CPU or moved to a GPU) instead of re-decoding JPEGs
+every epoch. On a GPU the data pipeline, not the model, sets the speed, which is why
+decoding happens exactly once and augmentation works on batches (:mod:`medsplit.data.augment`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,11 @@ from tqdm.auto import tqdm
 
 from medsplit.data.cache import read_cached, read_cached_metadata, write_cached
 
-__all__ = ["DataError", "ImageSet", "decode_images", "utf8_csv"]
+# Re-exported: they lived here before sets.py and errors.py existed, and callers import them from here.
+from medsplit.data.errors import DataError, utf8_csv
+from medsplit.data.sets import ImageSet
+
+__all__ = ["DataError", "ImageSet", "decode_images", "pad_to_square", "utf8_csv"]
 
 # Bump when the decode pipeline changes, so stale caches are never reused.
 _PIPELINE_VERSION = "monai-pil-draft-squarepad-v3-16bit-stretch"
@@ -35,110 +36,6 @@ _CHANNEL_MODES = {1: "L", 3: "RGB"}
 # PIL modes of single-channel images deeper than 8 bits (16-bit PNG/TIFF X-rays, 32-bit integer or
 # float TIFFs). PIL's convert("L") clips them at 255, which turned 16-bit chest X-rays all white.
 _DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-class DataError(ValueError):
-    """Bad input to the data layer; the message names the file, row, field or value at fault."""
-
-
-@contextlib.contextmanager
-def utf8_csv(path: Path):
-    """Around reading a CSV as UTF-8: a file in another encoding (Latin-1 from a spreadsheet,
-    say) stops with an error naming it and the encoding expected, not a bare codec message."""
-    try:
-        yield
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position {error.start} "
-                        "cannot be decoded); save it as UTF-8 (with or without a BOM), e.g. "
-                        f"iconv -f latin1 -t utf-8 {path.name} > fixed.csv") from error
-
-
-@dataclass
-class ImageSet:
-    """Decoded images with their labels and provenance.
-
-    Attributes:
-        images: uint8 ``(N, C, H, W)``, decoded once and kept in memory.
-        labels: int64 ``(N,)``, the task target.
-        ids: image names, e.g. ``"10_left"``.
-        patients: patient id per image (splits and partitions never separate a patient).
-        grades: int64 ``(N,)`` original 0-4 DR grade, when known.
-        groups: per-image group such as image source or site, for non-IID partitions.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    ids: list[str]
-    patients: list[str]
-    grades: torch.Tensor | None = None
-    groups: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = self.images.shape[0]
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise DataError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (n,):
-            raise DataError(f"ImageSet.labels must be int64 ({n},), got {self.labels.dtype} {tuple(self.labels.shape)}")
-        if self.grades is not None and (self.grades.dtype != torch.int64 or self.grades.shape != (n,)):
-            raise DataError(f"ImageSet.grades must be int64 ({n},), got {self.grades.dtype} {tuple(self.grades.shape)}")
-        for name in ("ids", "patients", "groups"):
-            value = getattr(self, name)
-            if value is not None and len(value) != n:
-                raise DataError(f"ImageSet.{name} has {len(value)} entries for {n} images")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSet:
-        """Rows ``idx`` (integer indices or a boolean mask) as a new ImageSet.
-
-        Args:
-            idx: integer positions or a boolean mask of length ``len(self)``.
-        """
-        index = torch.as_tensor(np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx))
-        if index.dtype == torch.bool:
-            if index.shape != (len(self),):
-                raise DataError(f"boolean mask of shape {tuple(index.shape)} for an ImageSet of {len(self)} images")
-            index = index.nonzero().flatten()
-        index = index.to(torch.int64).flatten()
-        if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
-            raise DataError(f"subset index out of range for an ImageSet of {len(self)} images")
-        rows = index.tolist()
-        return ImageSet(
-            images=self.images[index.to(self.images.device)],
-            labels=self.labels[index.to(self.labels.device)],
-            ids=[self.ids[i] for i in rows],
-            patients=[self.patients[i] for i in rows],
-            grades=None if self.grades is None else self.grades[index.to(self.grades.device)],
-            groups=None if self.groups is None else [self.groups[i] for i in rows],
-        )
-
-    def class_counts(self, num_classes: int) -> list[int]:
-        """Number of images per class ``0..num_classes-1``.
-
-        Args:
-            num_classes: number of target classes; a label outside the range is an error.
-        """
-        if len(self) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= num_classes):
-            raise DataError(
-                f"labels range {int(self.labels.min())}..{int(self.labels.max())} does not fit num_classes={num_classes}"
-            )
-        return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
-
-    def to(self, device: torch.device | str) -> ImageSet:
-        """The same set with its tensors on ``device`` (lists are shared, not copied).
-
-        Args:
-            device: target device, e.g. ``"cuda"``.
-        """
-        return ImageSet(
-            images=self.images.to(device),
-            labels=self.labels.to(device),
-            ids=self.ids,
-            patients=self.patients,
-            grades=None if self.grades is None else self.grades.to(device),
-            groups=self.groups,
-        )
 
 
 def decode_images(files: list[Path], size: int, channels: int, cache_dir: Path | None,
@@ -235,7 +132,7 @@ class _DecodePipeline:
             [
                 LoadImaged("image", reader=reader, image_only=True),
                 EnsureChannelFirstd("image", channel_dim=-1 if channels == 3 else "no_channel"),
-                Lambdad("image", _pad_to_square),
+                Lambdad("image", pad_to_square),
             ]
         )
         self.size = size
@@ -298,14 +195,21 @@ def _stretch_to_8bit(image: Any) -> Any:
     return Image.fromarray(np.round(array).astype(np.uint8), mode="L")
 
 
-def _pad_to_square(img: Any) -> Any:
+def pad_to_square(t: torch.Tensor) -> torch.Tensor:
+    """Zero-pad a ``(C, H, W)`` image symmetrically to a square (fundus discs and lungs are not
+    squashed by the resize that follows); the one padding every image and mask goes through.
+
+    Args:
+        t: channel-first image or mask.
+    """
     from monai.transforms import SpatialPad
 
-    h, w = img.shape[-2:]
+    h, w = t.shape[-2:]
     if h == w:
-        return img
+        return t
     side = max(h, w)
-    return SpatialPad((side, side), method="symmetric")(img)
+    out = SpatialPad((side, side), method="symmetric")(t)
+    return out.as_tensor() if hasattr(out, "as_tensor") else out
 
 
 def _root_cause(error: BaseException) -> str:

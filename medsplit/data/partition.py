@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from medsplit.data.images import DataError
+from medsplit.data.errors import DataError
 
 __all__ = ["SCHEMES", "LABEL_SKEW_MAJORITY", "partition", "patient_split", "patient_subset"]
 

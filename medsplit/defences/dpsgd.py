@@ -27,16 +27,20 @@ reads full-resolution skips and the masks and trains with plain Adam (:meth:`DPS
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from torch import nn
 
+from medsplit.defences.registry import DefenceSetting, DefenceSpec
 from medsplit.defences.sampling import poisson_batch  # noqa: F401  (re-exported: the sampling DP-SGD needs)
 from medsplit.split.engine import SplitModel
+
+if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer
+
+# opacus is imported where it is used: importing it takes over a second, and the defence
+# registry (medsplit.defences) imports this module for its SPEC.
 
 
 def _residual_forward(block: nn.Module):
@@ -54,6 +58,8 @@ def _residual_forward(block: nn.Module):
 
 def _fix_stage_modules(part: nn.Module) -> None:
     """Replace BatchNorm by GroupNorm in every stage of ``part`` (stages hold the modules)."""
+    from opacus.validators import ModuleValidator
+
     for stage in part.stages:
         stage.module = ModuleValidator.fix(nn.Sequential(stage.module))[0]
         for m in stage.module.modules():  # opacus' hooks forbid in-place ops on hooked outputs
@@ -80,6 +86,11 @@ class DPSGDClient:
 
     def __init__(self, model: SplitModel, part_name: str, noise_multiplier: float, max_grad_norm: float,
                  sample_rate: float, delta: float, lr: float, batch_size: int):
+        from opacus import GradSampleModule
+        from opacus.accountants import RDPAccountant
+        from opacus.optimizers import DPOptimizer
+        from opacus.validators import ModuleValidator
+
         index = next((i for i, (p, _) in enumerate(model.chain) if p.name == part_name), None)
         if index is None:
             raise ValueError(f"no part {part_name!r} in the model; parts are {[p.name for p, _ in model.chain]}")
@@ -166,3 +177,24 @@ class _Both:
 
     def state_dict(self) -> dict:
         return {"dp": self.dp.state_dict(), "other": self.other.state_dict() if self.other else None}
+
+
+def install(model: SplitModel, strength: float, setting: DefenceSetting) -> tuple[dict, DPSGDClient]:
+    """DP-SGD on the client's first part: sigma = ``strength``, clip 1.0, delta 1e-5, q = batch / training images."""
+    n, b = setting.train_size, setting.batch_size
+    hook = DPSGDClient(model, setting.part, strength, 1.0, b / n, 1e-5, setting.lr, b)
+    return {"sigma": strength, "max_grad_norm": 1.0, "delta": 1e-5, "sample_rate": b / n,
+            "sampling": "Poisson (each image joins a batch with probability q)", **hook.scope()}, hook
+
+
+def _epsilon(hook: DPSGDClient) -> dict:
+    return {"epsilon": hook.epsilon(), "steps": hook.steps}
+
+
+def groupnorm_everywhere(part: nn.Module) -> None:
+    """DP-SGD's change to a part's architecture: every BatchNorm becomes a GroupNorm."""
+    _fix_stage_modules(part)
+
+
+SPEC = DefenceSpec("dpsgd", "noise multiplier sigma", install, poisson_batches=True, final_facts=_epsilon,
+                   architecture_change=groupnorm_everywhere)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from medsplit.defences.registry import DefenceSetting, DefenceSpec
+
 
 class LaplaceMechanism:
     """Clip per-sample L1 norm to ``sensitivity / 2``, add Laplace noise of ``scale``.
@@ -105,3 +107,13 @@ class LaplaceMechanism:
                          f"{self.training_epsilon(batch_size):.4g} per batch release (B = {batch_size}); releases "
                          "compose over epochs; gradients are not noised (in the U-shape the client decoder's "
                          "gradients to the server cross in the clear)"}
+
+
+def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, LaplaceMechanism]:
+    """Clip and noise what the client's first part sends; the facts are :meth:`LaplaceMechanism.describe`'s."""
+    hook = LaplaceMechanism(setting.laplace_c, strength, setting.generator)
+    model.send_transforms[setting.part] = hook
+    return hook.describe(setting.batch_size), hook
+
+
+SPEC = DefenceSpec("laplace", "Laplace scale b (C fixed; epsilon per release = C / b)", install)

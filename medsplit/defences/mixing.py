@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import torch
 
+from medsplit.defences.registry import DefenceNotApplicable, DefenceSetting, DefenceSpec
+
+#: why mixing cannot apply to a U-shaped split (the error and the report's reason)
+U_SHAPED_REFUSAL = ("mixing cannot apply to a U-shaped split: the server's output returns to the client decoder, "
+                    "which needs un-mixed features, and the masks never cross")
+
 
 class Mixing:
     """k-way mixing shared between an activation transform and a label transform.
@@ -66,3 +72,16 @@ class Mixing:
             soft = torch.nn.functional.one_hot(y.long(), self.num_classes).float() if not y.is_floating_point() else y
             out[k] = soft if self.k == 1 else self._mix(soft)
         return out
+
+
+def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, Mixing]:
+    """Mix what the client's first part sends and, with the same weights, the labels the data owner sends."""
+    if len(model.chain) > 2:  # the task may allow it, the cut does not: the output returns to the client
+        raise DefenceNotApplicable(U_SHAPED_REFUSAL)
+    hook = Mixing(int(strength), setting.num_classes, setting.generator)
+    model.send_transforms[setting.part] = hook.activations
+    model.send_transforms["data"] = hook.labels
+    return {"k": int(strength)}, hook
+
+
+SPEC = DefenceSpec("mixing", "k, samples per mixture", install, needs_labels_crossing=True, refusal=U_SHAPED_REFUSAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from medsplit.defences.dcor import distance_correlation
+from medsplit.defences.registry import DefenceSetting, DefenceSpec
 
 
 class NoPeek:
@@ -31,3 +32,13 @@ class NoPeek:
         d = distance_correlation(inputs[self.input_key], z)
         self.last_dcor = float(d.detach())
         return self.alpha * d
+
+
+def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, NoPeek]:
+    """NoPeek on the client's first part, over the tensor it sends (not the skips it keeps)."""
+    hook = NoPeek(strength, sent_keys=(setting.sent_key,))
+    model.regularizers[setting.part] = hook
+    return {"alpha": strength}, hook
+
+
+SPEC = DefenceSpec("nopeek", "alpha, weight of dCor(x, activation)", install)

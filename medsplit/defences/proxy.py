@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsplit.defences.registry import DefenceSetting, DefenceSpec
+
 
 class ProxyAdversary:
     """A :data:`~medsplit.split.engine.Regularizer` that trains and fools a proxy decoder.
@@ -57,3 +59,26 @@ class ProxyAdversary:
             for p in self.decoder.parameters():
                 p.requires_grad_(True)
         return -self.lam * torch.clamp(mse, max=self.max_loss)
+
+
+def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, ProxyAdversary]:
+    """A proxy decoder (16 channels wide) from what the client's first part sends back to its images."""
+    # the attack package's networks and taps; imported here because medsplit.attacks imports this package
+    from medsplit.attacks.nets import decoder
+    from medsplit.attacks.tap import activation_shape
+
+    shape = activation_shape(model, setting.images)
+    proxy = decoder(shape, setting.images.shape[1], setting.img_size, 16).to(setting.images.device)
+    hook = ProxyAdversary(proxy, strength, sent_key=setting.sent_key)
+    model.regularizers[setting.part] = hook
+    return {"lambda": strength}, hook
+
+
+def _proxy_mse(hook: ProxyAdversary) -> dict:
+    # what the client's own proxy reached: set beside the fresh attacker's MSE it shows
+    # whether the defence fooled only the proxy it trained against
+    return {"proxy_mse": hook.last_proxy_mse}
+
+
+SPEC = DefenceSpec("proxy", "lambda, weight of the proxy's negated reconstruction loss", install,
+                   diagnostics=_proxy_mse)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from nvflare.collab import collab
 
-from medsplit.flare.transport import FlareTransport, Inbox
+from medsplit.flare.inbox_site import InboxSite
+from medsplit.flare.transport import FlareTransport
 
 
-class PingServer:
+class PingServer(InboxSite):
     """Args:
         sizes: payload sizes in bytes.
         rounds: round trips per size.
@@ -27,12 +28,7 @@ class PingServer:
 
     def __init__(self, sizes: list, rounds: int, out: str):
         self.sizes, self.rounds, self.out = sizes, rounds, out
-        self.inbox = Inbox()
-
-    @collab.publish
-    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
-        self.inbox.put(sender, seq, payload)
-        return True
+        super().__init__()
 
     @collab.main
     def main(self):
@@ -58,14 +54,9 @@ class PingServer:
         return rows
 
 
-class PingHospital:
+class PingHospital(InboxSite):
     def __init__(self):
-        self.inbox = Inbox()
-
-    @collab.publish
-    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
-        self.inbox.put(sender, seq, payload)
-        return True
+        super().__init__()
 
     @collab.publish
     def echo(self, n: int) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from medsplit.config import Config
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import job_description
-from medsplit.flare.policy import POLICY_FILE
+from medsplit.flare.policy import write_site_kits
 
 
 def _tls_of(poc_ws: Path, sites: list[str]) -> dict[str, str]:
@@ -47,14 +47,9 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     poc_ws = out_dir / "poc-workspace"
-    kits = out_dir / "site-kits"
-    for folder in (poc_ws, kits):
-        if folder.exists():
-            shutil.rmtree(folder)
-    for site, src in (policies or {}).items():
-        dest = kits / site / POLICY_FILE
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+    if poc_ws.exists():
+        shutil.rmtree(poc_ws)
+    kits = write_site_kits(out_dir, policies)
     job = job_description(cfg, sites, defences=defences, out_dir=str(out_dir), timeout_s=timeout_s)
     job["job_timeout_s"] = float(job_timeout_s)
     job["sites_root"] = str(out_dir / "sites")

@@ -21,11 +21,14 @@ Pure Python and YAML: works without NVIDIA FLARE installed.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from medsplit.yaml_file import read_yaml_mapping
 
 #: Where a site keeps its policy, relative to its FLARE workspace / start-up kit root.
 POLICY_FILE = Path("local") / "medsplit_policy.yaml"
@@ -144,6 +147,25 @@ class SitePolicy:
 _REQUIRE_KEYS = ("hijack_detector", "laplace_min_scale", "nopeek_min_alpha")
 
 
+def write_site_kits(out_dir: Path, policies: dict[str, str | Path] | None) -> Path:
+    """Copy each site's policy file to ``out_dir/site-kits/<site>/local/`` (a fresh folder) and
+    return that folder: the simulator and POC runs point their sites at it through
+    ``MEDSPLIT_SITE_KITS``, as a provisioned site finds its own ``local/`` folder.
+
+    Args:
+        out_dir: the run's output folder.
+        policies: site -> policy file to copy (``None``: no site has a policy).
+    """
+    kits = Path(out_dir) / "site-kits"
+    if kits.exists():
+        shutil.rmtree(kits)
+    for site, src in (policies or {}).items():
+        dest = kits / site / POLICY_FILE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return kits
+
+
 def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
     """Read a site policy file; unknown keys, bad values and a site-name mismatch name the file and key.
 
@@ -152,14 +174,7 @@ def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
         site: the site reading it; the file's ``site:`` must match (a copied file is caught).
     """
     path = Path(path)
-    if not path.exists():
-        raise PolicyError(f"site policy {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PolicyError(f"site policy {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise PolicyError(f"site policy {path} must hold a mapping with 'site' and 'require'")
+    raw = read_yaml_mapping(path, "site policy", PolicyError, "with 'site' and 'require'")
     unknown = sorted(set(raw) - {"site", "require"})
     if unknown:
         raise PolicyError(f"site policy {path}: unknown key {unknown[0]!r}; valid keys are ['require', 'site']")

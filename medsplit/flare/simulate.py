@@ -10,7 +10,7 @@ from pathlib import Path
 from medsplit.config import Config
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import job_description
-from medsplit.flare.policy import POLICY_FILE
+from medsplit.flare.policy import write_site_kits
 
 
 def build_recipe(job: dict):
@@ -61,13 +61,7 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
         shutil.rmtree(job_ws)
     # Each site's own policy, in a kit-like folder per site: FLARE's simulator recreates the site
     # workspaces when it starts, so the sites find these through MEDSPLIT_SITE_KITS instead.
-    kits = out_dir / "site-kits"
-    if kits.exists():
-        shutil.rmtree(kits)
-    for site, src in (policies or {}).items():
-        dest = kits / site / POLICY_FILE
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+    kits = write_site_kits(out_dir, policies)
     recipe = build_recipe(job)
     env = SimEnv(clients=list(sites), workspace_root=str(workspace), num_threads=len(sites))
     result_file = out_dir / "medsplit_result.json"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from nvflare.collab import collab
 
-from medsplit.flare.transport import FlareTransport, Inbox
+from medsplit.flare.inbox_site import InboxSite
+from medsplit.flare.transport import FlareTransport
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
 POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
@@ -55,7 +56,7 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
-class MedsplitServer:
+class MedsplitServer(InboxSite):
     """The server site: runs the server's parts and the aggregator, drives the job, writes the report.
 
     Args:
@@ -65,12 +66,7 @@ class MedsplitServer:
 
     def __init__(self, job: dict):
         self.job = job
-        self.inbox = Inbox()
-
-    @collab.publish
-    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
-        self.inbox.put(sender, seq, payload)
-        return True
+        super().__init__()
 
     @collab.main
     def main(self):
@@ -145,7 +141,7 @@ class MedsplitServer:
         return {"status": "ok", "out": str(out)}
 
 
-class MedsplitHospital:
+class MedsplitHospital(InboxSite):
     """A hospital site: checks the job against its own policy, then trains its own parts on its own data.
 
     Args:
@@ -154,12 +150,7 @@ class MedsplitHospital:
 
     def __init__(self, job: dict):
         self.job = job
-        self.inbox = Inbox()
-
-    @collab.publish
-    def deliver(self, sender: str, seq: int, payload: bytes) -> bool:
-        self.inbox.put(sender, seq, payload)
-        return True
+        super().__init__()
 
     @collab.publish
     def stop(self, site: str, why: str) -> bool:

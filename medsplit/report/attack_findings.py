@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from medsplit.attacks.tasks import attack_task
+
 # Pasquini et al. 2021 ("Unleashing the Tiger"), NoPeek against FSHA on MNIST.
 PAPER_FSHA_NOPEEK_MSE = {"without NoPeek": 0.0193, "with NoPeek": 0.0267}
 
@@ -64,14 +66,17 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
     the reduced scale's learning rates its quality can fall again after the peak.
     """
     out = []
+    t = attack_task(task)
     inv = _by_setting(rows, "inversion")
     base = inv.get(("none", 0))
     if base:
         out.append(f"ADRA (model inversion) without a defence: SSIM {base['ssim']:.3f} on held-out images, against "
                    f"{base['baseline_ssim']:.3f} for the mean auxiliary image; target utility {base['utility']:.3f}.")
-        if task == "retinopathy" and base.get("utility") is not None and base["utility"] < 0.6:
-            out.append(f"The undefended target reached only AUC {base['utility']:.3f} (0.5 is chance) at this scale, "
-                       "so the utility column cannot show what a defence costs; read the privacy columns only.")
+        chance = t.chance_level
+        if chance is not None and base.get("utility") is not None and base["utility"] < chance + 0.1:
+            out.append(f"The undefended target reached only {t.metric_label} {base['utility']:.3f} ({chance:g} is "
+                       "chance) at this scale, so the utility column cannot show what a defence costs; read the "
+                       "privacy columns only.")
     sd = _by_setting(rows, "sdar")
     s0 = sd.get(("none", 0))
     if s0:
@@ -95,11 +100,11 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
                 peak = max(hist, key=lambda h: h["ssim"])
                 out.append(f"Its best logged point ({run}): SSIM {peak['ssim']:.3f} at iteration {peak['iteration']}; "
                            "the attacker cannot pick that point without the private images.")
-        if task == "lungs" and f0.get("utility") is not None:
+        if not t.labels_may_cross and f0.get("utility") is not None:  # the U-shaped split
             out.append("The lung FSHA runs the real U-shaped protocol: the server hijacks only the gradient it returns "
                        "to the client encoder, while the client decoder trains on the masks (which never cross) and "
-                       f"its skip gradient pulls the encoder toward the task; the hijacked client still reached Dice "
-                       f"{f0['utility']:.3f}.")
+                       f"its skip gradient pulls the encoder toward the task; the hijacked client still reached "
+                       f"{t.metric_label} {f0['utility']:.3f}.")
         for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
             eps = v.get("privacy.epsilon")
             eps_text = "n/a" if eps is None else f"{eps:.3g}"

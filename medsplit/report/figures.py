@@ -392,13 +392,7 @@ def line_plot(
             ax.plot(xs_arr, y, marker="o", markersize=4, linewidth=1.6, label=name)
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+    _finish_axes(ax, xlabel, ylabel, title, legend=bool(series))
     return fig
 
 
@@ -462,11 +456,16 @@ def scatter_frontier(
         ax.plot(fx, fy, linestyle="--", color="#555", linewidth=1.2, label="Pareto frontier", zorder=0)
     if not usable:
         _empty(ax)
-    ax.set_xlabel(f"{x} ({x_better} is better)")
-    ax.set_ylabel(f"{y} ({y_better} is better)")
+    _finish_axes(ax, f"{x} ({x_better} is better)", f"{y} ({y_better} is better)", title, legend=bool(usable))
+    return fig
+
+
+def _finish_axes(ax, xlabel: str, ylabel: str, title: str | None, legend: bool) -> None:
+    """Labels, optional title, a light grid and (when there are lines) the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    if usable:
+    if legend:
         ax.legend(fontsize=8)
-    return fig

@@ -1,0 +1,146 @@
+"""The attack x defence harness behind ``python -m medsplit attack`` (and ``make attacks``).
+
+For every defence and strength: train the target split model with the defence once, then
+train *fresh* attackers against the defended client that see exactly what crossed the channel
+(noisy or mixed activations included): the adversarial reconstruction attack (ADRA, model
+inversion with a colluding hospital) and SDAR (passive, no collusion). Never judge a defence
+by a proxy it trained against. FSHA is an attack *during* training, so it runs from scratch,
+inside the real protocol (:class:`~medsplit.attacks.fsha_protocol.HijackedSplitModel`: in the
+lung U-Net the server can only hijack the gradient it returns to the client encoder), against a
+client that applies its defence. Everything is measured on held-out images.
+
+What runs is data: each attack's :class:`~medsplit.attacks.registry.AttackSpec` says how it
+meets its target and against which defences, each defence's
+:class:`~medsplit.defences.registry.DefenceSpec` how it is installed and where it applies, each
+task's :class:`~medsplit.attacks.tasks.AttackTask` its data, model and scores.
+
+DP-SGD runs: GroupNorm replaces every BatchNorm of every part and batches are Poisson-sampled,
+so the accountant's epsilon is valid (:mod:`medsplit.defences.dpsgd`).
+
+Device: one ``torch.device`` runs everything (data, target, validator, attacker, defences).
+Batch indices always come from CPU generators and are then moved, so a seed gives the same
+batches on every device; models are initialised on the CPU and moved, so the same weights too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from medsplit.attacks import ATTACKS, check_attack_names, resolve_attack_names
+from medsplit.attacks.profiles import PROFILES, Profile, customise, default_profile, resolve_device
+from medsplit.attacks.registry import OWN, SHARED, UNDEFENDED, AttackContext
+from medsplit.attacks.targets import CPU, train_defended_target, train_validator
+from medsplit.attacks.tasks import attack_task
+from medsplit.config import default_data_root
+from medsplit.defences import DEFENCES, DefenceNotApplicable, check_defence_names
+from medsplit.train import loop as train_loop
+
+
+def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], defences: list[str] | None,
+             log=print, device: torch.device = CPU, progress: bool = False) -> dict:
+    """Run every requested attack against every defence and strength of ``profile`` on ``device``.
+
+    ``progress`` shows a bar over the runs (one line per finished run is written either way).
+
+    Returned tensors (reconstructions, originals) are on the CPU whatever ``device`` is.
+    """
+    check_attack_names(attacks)
+    t = attack_task(task)
+    defences = list(profile.strengths) if defences is None else defences
+    check_defence_names(defences)
+    rows, extras, skipped = [], {}, []
+    specs = [spec for name, spec in ATTACKS.items() if name in attacks]  # registry order
+    shared = [spec for spec in specs if spec.target == SHARED]  # share one defended target per setting
+    target_runs = [(n, s) for n in defences for s in profile.strengths.get(n, [0])] if shared else []
+    own_runs = {spec.name: [(n, s) for n in defences if n in spec.strengths(profile) for s in spec.strengths(profile)[n]]
+                for spec in specs if spec.target == OWN}
+    undefended = [spec for spec in specs if spec.target == UNDEFENDED]
+    per_seed = 1 + len(target_runs) + sum(map(len, own_runs.values())) + len(undefended)  # 1: the validator
+    bar = tqdm(total=per_seed * len(profile.seeds), desc=f"attacks on {task} ({profile.name})", unit="run",
+               disable=not progress)
+    say = bar.write if progress else log
+    for name in own_runs:
+        spec, chosen = ATTACKS[name], ATTACKS[name].strengths(profile)
+        for defence in [d for d in defences if d not in chosen]:
+            skipped.append({"attack": name, "defence": defence, "reason": f"profile {profile.name!r} runs "
+                            f"{spec.display_name} against {sorted(chosen)} only ({spec.limited_because})"})
+    # a defence that cannot apply (to this task or cut) is tried once, not at every strength and seed
+    refused: dict[str, set[str]] = {SHARED: set(), **{name: set() for name in own_runs}}
+
+    def record(attack, name, s, seed, row, extra):
+        rows.append(row)
+        extras[f"{attack}/{name}/{s}/{seed}"] = extra
+        say(f"{attack} {name}={s} seed {seed}: " + ATTACKS[attack].summary.format(**row))
+
+    start = time.perf_counter()
+    for seed in profile.seeds:
+        data = t.load(profile, data_root, seed).to(device)
+        validator = train_validator(t, data, profile, torch.Generator().manual_seed(1000 + seed))
+        ctx = AttackContext(t, seed, data, profile, validator)
+        bar.update(1)
+        for name, s in target_runs:
+            bar.set_postfix_str(f"{'+'.join(spec.name for spec in shared)} {name}={s} seed {seed}")
+            if name not in refused[SHARED]:
+                try:
+                    target = train_defended_target(t, name, s, seed, data, profile)
+                except DefenceNotApplicable as e:
+                    skipped += [{"attack": spec.name, "defence": name, "reason": str(e)} for spec in shared]
+                    refused[SHARED].add(name)
+                else:
+                    for spec in shared:
+                        if spec.runs_at(profile, name, s):
+                            record(spec.name, name, s, seed, *spec.run(ctx, name, s, target))
+            bar.update(1)
+        for attack, runs in own_runs.items():
+            for name, s in runs:
+                bar.set_postfix_str(f"{attack} {name}={s} seed {seed}")
+                if name not in refused[attack]:
+                    try:
+                        record(attack, name, s, seed, *ATTACKS[attack].run(ctx, name, s))
+                    except DefenceNotApplicable as e:
+                        skipped.append({"attack": attack, "defence": name, "reason": str(e)})
+                        refused[attack].add(name)
+                bar.update(1)
+        for spec in undefended:
+            bar.set_postfix_str(f"{spec.display_name} seed {seed}")
+            reason = spec.applies_to(t)
+            if reason is None:
+                rows.append(spec.run(ctx))
+            elif seed == profile.seeds[0]:  # the task decides, not the seed
+                skipped.append({"attack": spec.name, "defence": "none", "reason": reason})
+            bar.update(1)
+    bar.close()
+    return {"task": task, "profile": profile.name, "rows": rows, "extras": extras, "skipped": skipped,
+            "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6].cpu(),
+            "profile_config": _jsonable(asdict(profile)), "device": train_loop.device_label(device)}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def run_attack_command(args) -> int:
+    """``python -m medsplit attack``: the options of :func:`medsplit.cli.add_attack_parser`."""
+    from medsplit.report.attack_report import write_attack_report
+
+    device = resolve_device(args.device)
+    profile = customise(PROFILES[args.profile or default_profile(device)], args.overrides)
+    attacks = resolve_attack_names([a.strip() for a in args.attacks.split(",") if a.strip()])
+    defences = [d for d in args.defences.split(",") if d] if args.defences else None
+    if defences is not None:
+        check_defence_names(defences)
+        for name in defences:  # refused before any training (evaluate would skip it and go on)
+            reason = DEFENCES[name].applies_to(attack_task(args.task))
+            if reason:
+                raise DefenceNotApplicable(f"--task {args.task} --defences {name}: {reason}")
+    root = Path(args.data_root) if args.data_root else default_data_root()
+    results = evaluate(args.task, profile, root, attacks, defences, device=device, progress=True)
+    html = write_attack_report(results, Path(args.out))
+    print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
+    return 0
