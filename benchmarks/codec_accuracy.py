@@ -31,6 +31,7 @@ from pathlib import Path
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
 from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -107,7 +108,7 @@ def main() -> int:
     base = load_config(args.config, args.overrides)  # fails here, naming the key, before any run starts
     task = base.task
     study = f"{task}-{args.tag}" if args.tag else task  # names the runs and the results file
-    metric = "auc" if task == "retinopathy" else "dice"
+    metric = TASKS[task].primary_metric
     threads = args.threads or threads_per_job(args.jobs)
     plan = []
     for codec in codecs:

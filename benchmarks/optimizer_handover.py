@@ -24,6 +24,7 @@ from codec_accuracy import _list, _mean_std, paired_ci95  # same directory: the 
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
 from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = "carry,reset,local"
@@ -87,7 +88,7 @@ def main() -> int:
                         "diff_points_per_seed": diffs, "diff_points_ci95": list(ci) if ci else None, "weights_mb_per_epoch": mb})
         lines.append(f"{mode:>6} | {' '.join(f'{v:.4f}' for v in values)} | {mean:.4f} +- {std:.4f} | "
                      f"{' '.join(f'{d:+6.2f}' for d in diffs)} | {f'[{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '':>16} | {mb:7.3f}")
-    metric = "auc" if base.task == "retinopathy" else "dice"
+    metric = TASKS[base.task].primary_metric
     print(f"\n{study}: test {metric} per seed; paired difference to {modes[0]} (points, 95% t-interval); weights MB/epoch")
     print("\n".join(lines))
     write_study(RESULTS / f"optimizer_handover-{study}.json",

@@ -24,6 +24,7 @@ from pathlib import Path
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, train_points
 from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = ("sequential", "splitfed", "centralised", "fedavg")
@@ -37,11 +38,13 @@ def run_scores(metrics: dict) -> dict[str, float]:
     """The test numbers a study keeps of one run: ``auc``/``accuracy`` (classification) or
     ``dice`` pooled and ``dice@<site>`` per site (segmentation)."""
     test = metrics["test"]
-    if metrics["task"] == "retinopathy":
-        return {"auc": float(test["auc"]), "accuracy": float(test["accuracy"])}
-    out = {"dice": float(test["dice"]["mean"])}
+    task = TASKS[metrics["task"]]
+    if not task.per_image_metric:  # classification: the index's columns (AUC, accuracy)
+        return {key: float(test[key]) for _, key in task.index_columns}
+    key = task.primary_metric  # segmentation: the per-image mean, pooled and per site
+    out = {key: float(test[key]["mean"])}
     for site, m in (metrics.get("test_by_group") or {}).items():
-        out[f"dice@{site}"] = float(m["dice"]["mean"])
+        out[f"{key}@{site}"] = float(m[key]["mean"])
     return out
 
 

@@ -26,9 +26,9 @@ import yaml
 
 from medsplit.config import config_from_dict
 from medsplit.data.augment import to_float
+from medsplit.tasks import task_class, task_model
 from medsplit.train.checkpoint import load_weights
 from medsplit.train.loop import resolve_device
-from medsplit.train.tasks import task_model
 
 
 def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64,
@@ -52,15 +52,10 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device, "--device {}")
-    if cfg.task == "retinopathy":
-        images, targets, ids, patients, source, metrics = _retinopathy(cfg, data, labels)
-        num_classes = metrics.num_classes
-    else:
-        if labels is not None:
-            raise ValueError("--labels is for fundus runs (a CSV of grades); a lung folder pairs images/ with masks/ by stem")
-        images, targets, ids, patients, source, metrics = _lungs(cfg, data)
-        num_classes = 1
-    table = task_model(cfg, num_classes)
+    task = task_class(cfg.task)
+    external = task.load_external(cfg, data, labels)
+    images, targets, ids, patients, metrics = external.images, external.targets, external.ids, external.patients, external.metrics
+    table = task_model(cfg, task.num_outputs(cfg))
     table.load_state_dict(load_weights(run_dir))
     table.to(dev).eval()
     norm = saved.get("normalisation")
@@ -70,20 +65,17 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
                 images[start : start + batch_size].to(dev).float() / 255.0
             y = targets[start : start + batch_size].to(dev)
             out_ = table(x).float()
-            if cfg.task == "retinopathy":
-                metrics.update(out_, y, ids[start : start + batch_size])
-            else:
-                metrics.update(out_, y.float(), ids[start : start + batch_size])
+            metrics.update(out_, task.as_target(y), ids[start : start + batch_size])
     from medsplit.uncertainty import test_intervals
 
     scored = metrics.aggregate()
-    result = {"run": str(run_dir), "data": source, "n": len(ids), "task": cfg.task, "metrics": scored,
+    result = {"run": str(run_dir), "data": external.source, "n": len(ids), "task": cfg.task, "metrics": scored,
               "intervals": test_intervals(scored, dict(zip(ids, patients)) if patients else None, seed=cfg.train.seed),
               "comparison": compare_to_internal(cfg.task, saved.get("test"), scored)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"scored {len(ids)} images from {source}; metrics written to {out}")
+    print(f"scored {len(ids)} images from {external.source}; metrics written to {out}")
     print(result["comparison"]["statement"])
     if report is not None:
         report = Path(report)
@@ -94,12 +86,13 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
 
 
 def headline(task: str, metrics: dict) -> tuple[str, float | None]:
-    """The metric a run is judged by: test AUC (classification) or mean Dice (segmentation)."""
-    if task == "retinopathy":
-        value = metrics.get("auc")
-        return "AUC", float(value) if isinstance(value, (int, float)) else None
-    value = (metrics.get("dice") or {}).get("mean")
-    return "mean Dice", float(value) if isinstance(value, (int, float)) else None
+    """The metric a run is judged by (test AUC for retinopathy, mean Dice for lungs): its name and value.
+
+    Args:
+        task: a task name (a key of :data:`medsplit.tasks.TASKS`).
+        metrics: a metrics dict (e.g. ``metrics.json["test"]``).
+    """
+    return task_class(task).judged_by(metrics)
 
 
 def compare_to_internal(task: str, internal: dict | None, external: dict) -> dict:
@@ -107,7 +100,7 @@ def compare_to_internal(task: str, internal: dict | None, external: dict) -> dic
     (internal minus external: positive when the model does worse outside) and one sentence.
 
     Args:
-        task: ``retinopathy`` or ``lungs``.
+        task: a task name (a key of :data:`medsplit.tasks.TASKS`).
         internal: the run's ``metrics.json["test"]`` (``None`` when the run has none).
         external: the metrics just computed on the external data.
     """
@@ -135,29 +128,3 @@ def _markdown(result: dict) -> str:
             f"| external data | {fmt(c['external'])} |\n| drop (internal - external) | {fmt(c['drop'])} |\n\n"
             f"{c['statement']}.\n")
 
-
-def _retinopathy(cfg, data: str, labels: str | None):
-    from medsplit.data.retinopathy import TARGETS, load_for_evaluation
-    from medsplit.metrics import ClassificationMetrics
-
-    spec = TARGETS[cfg.data.target]
-    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
-    return images.images, images.labels, images.ids, images.patients, source, ClassificationMetrics(spec.num_classes, list(spec.class_names))
-
-
-def _lungs(cfg, data: str):
-    from medsplit.data.lungs import load_lungs
-    from medsplit.metrics import SegmentationMetrics
-
-    # No split: every image of the folder is scored (test_fraction = val_fraction = 0 keeps all in "train").
-    d = load_lungs(data, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=0.0,
-                   val_fraction=0.0, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
-    if d.synthetic:
-        raise ValueError("external validation needs real data: pass a lung folder with --data, not the synthetic source")
-    parts = (d.train, d.val, d.test)
-    images = torch.cat([p.images for p in parts])
-    masks = torch.cat([p.masks for p in parts])
-    ids = [i for p in parts for i in p.ids]
-    patients = [q for p in parts for q in (p.patients or p.ids)]
-    return images, masks, ids, patients, d.source, SegmentationMetrics()

@@ -26,6 +26,7 @@ from typing import Any
 from markupsafe import escape
 
 from medsplit.report.html import Report, format_value
+from medsplit.tasks import task_of_record
 from medsplit.uncertainty import format_interval
 
 __all__ = ["write_index", "run_headline", "classify", "KINDS", "INDEX_NAME"]
@@ -58,9 +59,7 @@ def run_headline(record: dict) -> dict[str, float | None]:
         record: a run's ``metrics.json`` (or the report JSON copied from it).
     """
     test = record.get("test") or {}
-    if record.get("task") == "lungs" or "dice" in test:
-        return {"Dice": _mean_of(test.get("dice")), "Jaccard": _mean_of(test.get("jaccard"))}
-    return {"AUC": _number(test.get("auc")), "accuracy": _number(test.get("accuracy"))}
+    return {label: _mean_of(test.get(key)) for label, key in task_of_record(record).index_columns}
 
 
 def classify(stem: str, record: dict | None) -> str:

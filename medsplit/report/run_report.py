@@ -38,6 +38,7 @@ from typing import Any
 
 from medsplit.report import figures
 from medsplit.report.html import Report, format_value
+from medsplit.tasks import TASKS, task_of_record
 from medsplit.uncertainty import format_interval
 
 __all__ = ["write_run_report", "build_run_report", "HISTORY_METRICS"]
@@ -141,7 +142,7 @@ def _selection_metric(record: dict) -> str:
     select_on = ((record.get("config") or {}).get("train") or {}).get("select_on", "auto")
     if select_on and select_on != "auto":
         return str(select_on)
-    return "Dice" if record.get("task") == "lungs" else "AUC"
+    return task_of_record(record).metric_label
 
 
 def _class_columns(counts: Any, class_names: list[str]) -> dict[str, Any]:
@@ -500,13 +501,6 @@ def _communication_section(report: Report, rows: list[dict], record: dict | None
                       caption="Hand-overs per epoch (all clients together), and their time at 100 Mbit/s and 1 Gbit/s.")
 
 
-#: Settings that do nothing for a task, left out of the report's configuration listing.
-_NOT_USED_BY = {
-    "lungs": ("data.target",),
-    "retinopathy": ("data.aug_backend", "model.base_channels"),
-}
-
-
 def _resolved_settings(record: dict) -> dict[str, str]:
     """Dotted key -> what an ``auto`` (or empty) setting turned into in this run."""
     config = record.get("config") or {}
@@ -530,7 +524,9 @@ def _config_yaml(record: dict) -> tuple[str, list[str]]:
 
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in (record.get("config") or {}).items()}
     dropped = []
-    for key in _NOT_USED_BY.get(str(record.get("task")), ()):
+    task = TASKS.get(str(record.get("task")))
+    # settings that do nothing for the run's task are left out of the listing
+    for key in task.unused_settings if task else ():
         section, name = key.split(".")
         if name in (config.get(section) or {}):
             del config[section][name]

@@ -120,7 +120,9 @@ def check_cut(cfg: Config) -> None:
         return
     from medsplit.models import build_model
 
-    kwargs = {"num_classes": 2} if cfg.task == "retinopathy" else {"num_classes": 1, "in_channels": 1, "base_channels": cfg.model.base_channels}
+    from medsplit.tasks import TASKS
+
+    kwargs = TASKS[cfg.task].model_kwargs(cfg, TASKS[cfg.task].num_outputs(cfg))
     with torch.device("meta"):
         table = build_model(cfg.model.name, **kwargs)
     try:

@@ -7,8 +7,6 @@ import datetime
 import json
 from pathlib import Path
 
-import torch
-
 from medsplit import __version__
 from medsplit.atomic import write_atomic
 from medsplit.config import Config
@@ -35,8 +33,9 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
         "config_yaml": cfg.to_yaml(),
         "artifacts": run_artifacts(run_dir, reports / f"{name}.json"),
     })
-    if cfg.task == "lungs":
-        record["examples"] = segmentation_examples(task, model, result["test"])
+    examples = task.report_examples(model, result["test"])
+    if examples is not None:
+        record["examples"] = examples
     # Both written atomically: a kill mid-write leaves the previous report, never half of one.
     html = write_atomic(reports / f"{name}.html", build_run_report(record).render())
     if not quiet:
@@ -81,25 +80,3 @@ def _test_intervals(task, test: dict, seed: int) -> dict | None:
     patients = getattr(part, "patients", None)
     patient_of = dict(zip(part.ids, patients)) if patients else None
     return test_intervals(test, patient_of, seed=seed)
-
-
-@torch.no_grad()
-def segmentation_examples(task, model, test: dict, per_kind: int = 2) -> dict:
-    """Best, median and worst test images by Dice, with predicted and true masks."""
-    rows = sorted(test.get("per_image", []), key=lambda r: r["dice"])
-    if not rows:
-        return {}
-    picks = rows[-per_kind:][::-1] + rows[len(rows) // 2 - per_kind // 2 : len(rows) // 2 - per_kind // 2 + per_kind] + rows[:per_kind]
-    labels = ["best"] * per_kind + ["median"] * per_kind + ["worst"] * per_kind
-    part = task.split("test")
-    where = {i: n for n, i in enumerate(part.ids)}
-    idx = torch.tensor([where[r["id"]] for r in picks])
-    batch = task.batch("test", idx, train=False, generator=None)
-    model.eval()
-    pred = torch.sigmoid(model(batch.x).float()) > 0.5
-    return {
-        "images": batch.x[:, 0].float().cpu().numpy(),
-        "pred": pred[:, 0].cpu().numpy(),
-        "true": batch.y[:, 0].cpu().numpy() > 0.5,
-        "titles": [f"{lab}: {r['id']} Dice {r['dice']:.3f}" for lab, r in zip(labels, picks)],
-    }

@@ -40,7 +40,6 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -113,33 +112,23 @@ class Control:
 
 def batch_spec(cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes (meta tensors) of a batch of ``n`` images and targets: all the server knows of it."""
-    size = cfg.data.img_size
-    if cfg.task == "retinopathy":
-        return torch.empty(n, 3, size, size, device="meta"), torch.empty(n, dtype=torch.int64, device="meta")
-    return torch.empty(n, 1, size, size, device="meta"), torch.empty(n, 1, size, size, device="meta")
+    from medsplit.train.tasks import TASKS
+
+    return TASKS[cfg.task].batch_spec(cfg, n)
 
 
 def server_loss(cfg: Config):
     """The task's loss without its data (the server computes it when it holds the last part)."""
-    from medsplit.train.tasks import LungSegmentationTask, RetinopathyTask
+    from medsplit.train.tasks import TASKS
 
-    if cfg.task == "retinopathy":
-        return lambda output, target: RetinopathyTask.loss(None, output, target)
-    from monai.losses import DiceLoss
-
-    holder = SimpleNamespace(_dice=DiceLoss(sigmoid=True))
-    return lambda output, target: LungSegmentationTask.loss(holder, output, target)
+    return TASKS[cfg.task].loss_function(cfg)
 
 
 def server_table(cfg: Config):
     """The model the server builds (same seed, same init as every hospital), without data."""
-    from medsplit.train.tasks import task_model
+    from medsplit.train.tasks import TASKS, task_model
 
-    if cfg.task == "retinopathy":
-        from medsplit.data.retinopathy import TARGETS
-
-        return task_model(cfg, TARGETS[cfg.data.target].num_classes)
-    return task_model(cfg, 1)
+    return task_model(cfg, TASKS[cfg.task].num_outputs(cfg))
 
 
 def _fault_hook(name: str, epoch: int, step: int) -> str | None:
@@ -277,7 +266,9 @@ class _PartyRun:
         hosted = {SERVER, AGGREGATOR} if self.is_server else {self.name}
         self.channel = Channel(serialise=True, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients),
                                transport=self.transport, local=frozenset(hosted), device=str(self.device))
-        labels_may_cross = cfg.task == "retinopathy"
+        from medsplit.train.tasks import TASKS
+
+        labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg),
                                                       loss_fn, self.channel, optimizer_handover=cfg.split.optimizer_handover,
                                                       labels_may_cross=labels_may_cross)

@@ -1,0 +1,177 @@
+"""Lung segmentation on chest X-rays (four-part U-shaped split U-Net)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsplit.config import Config
+from medsplit.models import StageTable
+from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
+from medsplit.tasks.registry import register_task, task_model
+
+if TYPE_CHECKING:
+    from medsplit.data.lungs import SegmentationData
+
+
+@register_task
+class LungSegmentationTask(Task):
+    """Lung segmentation on chest X-rays (four-part U-shaped split U-Net).
+
+    Args:
+        cfg: the resolved config.
+        data: the chest X-rays and lung masks, from :meth:`load_data`.
+        device: where images, masks and batches live.
+    """
+
+    name = "lungs"
+    metric_label = "Dice"
+    primary_metric = "dice"
+    per_image_metric = True  # SegmentationMetrics summarise per-image values as {"mean": ...}
+    headline = ("dice", "jaccard", "hd95")
+    index_columns = (("Dice", "dice"), ("Jaccard", "jaccard"))
+    labels_may_cross = False  # U-shaped: the client keeps the last part, so the masks never cross
+    in_channels = 1
+    unused_settings = ("data.target",)
+    data: SegmentationData
+
+    def __init__(self, cfg: Config, data: SegmentationData, device: torch.device):
+        super().__init__(cfg, data, device)
+        from medsplit.data.seg_augment import SegAugment
+
+        self._move_to_device("images", "masks")
+        self.augment = SegAugment(backend=cfg.data.aug_backend, seed=cfg.train.seed) if cfg.data.augment else None
+        self._loss = self.loss_function(cfg)
+
+    @classmethod
+    def load_data(cls, cfg: Config) -> SegmentationData:
+        from medsplit.data.lungs import load_lungs
+
+        return load_lungs(
+            cfg.data.source, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed,
+            test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
+            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            synthetic_size=cfg.data.synthetic_size, max_images=cfg.data.max_images, duplicates=cfg.data.duplicates,
+        )
+
+    @classmethod
+    def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
+        """A lung set name, a combined source, or any folder with ``images/`` and ``masks/``
+        sharing stems; every image is scored (see :mod:`medsplit.evaluate`)."""
+        if labels is not None:
+            raise ValueError("--labels is for fundus runs (a CSV of grades); a lung folder pairs images/ with masks/ by stem")
+        from medsplit.data.lungs import load_lungs
+        from medsplit.metrics import SegmentationMetrics
+
+        # No split: every image of the folder is scored (test_fraction = val_fraction = 0 keeps all in "train").
+        d = load_lungs(data, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=0.0,
+                       val_fraction=0.0, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+        if d.synthetic:
+            raise ValueError("external validation needs real data: pass a lung folder with --data, not the synthetic source")
+        parts = (d.train, d.val, d.test)
+        images = torch.cat([p.images for p in parts])
+        masks = torch.cat([p.masks for p in parts])
+        ids = [i for p in parts for i in p.ids]
+        patients = [q for p in parts for q in (p.patients or p.ids)]
+        return ExternalSet(images, masks, ids, patients, d.source, SegmentationMetrics())
+
+    @classmethod
+    def num_outputs(cls, cfg: Config) -> int:
+        return 1  # one lung-mask channel
+
+    @classmethod
+    def model_kwargs(cls, cfg: Config, num_classes: int) -> dict[str, Any]:
+        return {"num_classes": num_classes, "in_channels": cls.in_channels, "base_channels": cfg.model.base_channels}
+
+    @classmethod
+    def batch_spec(cls, cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = cfg.data.img_size
+        return torch.empty(n, 1, size, size, device="meta"), torch.empty(n, 1, size, size, device="meta")
+
+    @classmethod
+    def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        from monai.losses import DiceLoss
+
+        dice = DiceLoss(sigmoid=True)
+
+        def dice_plus_bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            output = output.float()
+            return dice(output, target) + F.binary_cross_entropy_with_logits(output, target)
+
+        return dice_plus_bce
+
+    @classmethod
+    def as_target(cls, stored: torch.Tensor) -> torch.Tensor:
+        return stored.float()  # masks are stored as uint8 {0, 1}
+
+    def partition_labels(self) -> np.ndarray:
+        # Partition over image groups (source/view) when asked; otherwise one pseudo-class.
+        return np.zeros(len(self.data.train), dtype=np.int64)
+
+    def batch(self, split: str, idx: torch.Tensor, train: bool, generator: torch.Generator | None) -> Batch:
+        part = self.split(split)
+        idx = idx.to(part.images.device)
+        x = part.images[idx].float() / 255.0
+        y = self.as_target(part.masks[idx])
+        if train and self.augment is not None:
+            x, y = self.augment(x, y, generator=generator)
+            x, y = x.to(self.device), y.to(self.device)
+        ids = [part.ids[i] for i in idx.tolist()]
+        return Batch(x, y, ids)
+
+    def build_table(self) -> StageTable:
+        return task_model(self.cfg, self.num_outputs(self.cfg))
+
+    def new_metrics(self) -> TaskMetrics:
+        from medsplit.metrics import SegmentationMetrics
+
+        return SegmentationMetrics()
+
+    def update_metrics(self, metrics: TaskMetrics, output: torch.Tensor, batch: Batch) -> None:
+        metrics.update(output, batch.y, batch.ids)
+
+    def summarise(self, metrics: dict) -> dict[str, float]:
+        out = {}
+        for k in self.headline:
+            v = metrics.get(k)
+            if isinstance(v, dict) and isinstance(v.get("mean"), (int, float)):
+                out[k] = v["mean"]
+        return out
+
+    def report_examples(self, model: torch.nn.Module, test: dict) -> dict:
+        """Best, median and worst test images by Dice, with predicted and true masks."""
+        return segmentation_examples(self, model, test)
+
+
+@torch.no_grad()
+def segmentation_examples(task: Task, model: torch.nn.Module, test: dict, per_kind: int = 2) -> dict:
+    """Best, median and worst test images by Dice, with predicted and true masks.
+
+    Args:
+        task: the run's lung task (its test split).
+        model: the tested model.
+        test: the test metrics, with ``per_image`` Dice.
+        per_kind: images of each kind.
+    """
+    rows = sorted(test.get("per_image", []), key=lambda r: r["dice"])
+    if not rows:
+        return {}
+    picks = rows[-per_kind:][::-1] + rows[len(rows) // 2 - per_kind // 2 : len(rows) // 2 - per_kind // 2 + per_kind] + rows[:per_kind]
+    labels = ["best"] * per_kind + ["median"] * per_kind + ["worst"] * per_kind
+    part = task.split("test")
+    where = {i: n for n, i in enumerate(part.ids)}
+    idx = torch.tensor([where[r["id"]] for r in picks])
+    batch = task.batch("test", idx, train=False, generator=None)
+    model.eval()
+    pred = torch.sigmoid(model(batch.x).float()) > 0.5
+    return {
+        "images": batch.x[:, 0].float().cpu().numpy(),
+        "pred": pred[:, 0].cpu().numpy(),
+        "true": batch.y[:, 0].cpu().numpy() > 0.5,
+        "titles": [f"{lab}: {r['id']} Dice {r['dice']:.3f}" for lab, r in zip(labels, picks)],
+    }

@@ -1,0 +1,124 @@
+"""Diabetic-retinopathy grading from colour fundus photographs (split ResNet)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsplit.config import Config
+from medsplit.models import StageTable
+from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
+from medsplit.tasks.registry import register_task, task_model
+
+if TYPE_CHECKING:
+    from medsplit.data.retinopathy import RetinopathyData
+
+
+def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # The model emits logits; cross_entropy applies log-softmax once (no double softmax).
+    return F.cross_entropy(output.float(), target)
+
+
+@register_task
+class RetinopathyTask(Task):
+    """Diabetic-retinopathy grading from colour fundus photographs (split ResNet).
+
+    Args:
+        cfg: the resolved config.
+        data: the fundus images and grades, from :meth:`load_data`.
+        device: where images, labels and batches live.
+    """
+
+    name = "retinopathy"
+    metric_label = "AUC"
+    primary_metric = "auc"
+    labels_may_cross = True  # the two-part classification split: the server holds the labels
+    headline = ("auc", "accuracy", "kappa", "sensitivity", "specificity")
+    index_columns = (("AUC", "auc"), ("accuracy", "accuracy"))
+    in_channels = 3
+    unused_settings = ("data.aug_backend", "model.base_channels")
+    data: RetinopathyData
+
+    def __init__(self, cfg: Config, data: RetinopathyData, device: torch.device):
+        super().__init__(cfg, data, device)
+        from medsplit.data.augment import BatchAugment, channel_stats
+
+        self._move_to_device("images", "labels")
+        self.mean, self.std = channel_stats(self.data.train.images)
+        self.augment = BatchAugment().to(device) if cfg.data.augment else None
+        self._loss = self.loss_function(cfg)
+
+    @classmethod
+    def load_data(cls, cfg: Config) -> RetinopathyData:
+        from medsplit.data.retinopathy import load_retinopathy
+
+        return load_retinopathy(
+            cfg.data.source, cfg.data_root(), target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
+            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+            max_images=cfg.data.max_images, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            synthetic_size=cfg.data.synthetic_size, duplicates=cfg.data.duplicates,
+        )
+
+    @classmethod
+    def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
+        """A fundus folder with a labels CSV, an image folder whose CSV is ``labels``, or a
+        RetinaMNIST ``.npz`` (its official test split); see :mod:`medsplit.evaluate`."""
+        from medsplit.data.retinopathy import TARGETS, load_for_evaluation
+        from medsplit.metrics import ClassificationMetrics
+
+        spec = TARGETS[cfg.data.target]
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+        images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
+        return ExternalSet(images.images, images.labels, images.ids, images.patients, source,
+                           ClassificationMetrics(spec.num_classes, list(spec.class_names)))
+
+    @classmethod
+    def num_outputs(cls, cfg: Config) -> int:
+        from medsplit.data.retinopathy import TARGETS
+
+        return TARGETS[cfg.data.target].num_classes
+
+    @classmethod
+    def batch_spec(cls, cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = cfg.data.img_size
+        return torch.empty(n, 3, size, size, device="meta"), torch.empty(n, dtype=torch.int64, device="meta")
+
+    @classmethod
+    def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return _cross_entropy
+
+    def partition_labels(self) -> np.ndarray:
+        return self.data.train.labels.cpu().numpy()
+
+    def normalisation(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def batch(self, split: str, idx: torch.Tensor, train: bool, generator: torch.Generator | None) -> Batch:
+        from medsplit.data.augment import to_float
+
+        part = self.split(split)
+        idx = idx.to(part.images.device)
+        x = to_float(part.images[idx], self.mean, self.std)
+        if train and self.augment is not None:
+            x = self.augment(x, generator=generator)
+        ids = [part.ids[i] for i in idx.tolist()]
+        return Batch(x, part.labels[idx], ids)
+
+    def build_table(self) -> StageTable:
+        return task_model(self.cfg, self.data.num_classes)
+
+    def new_metrics(self) -> TaskMetrics:
+        from medsplit.metrics import ClassificationMetrics
+
+        return ClassificationMetrics(self.data.num_classes, self.data.class_names)
+
+    def update_metrics(self, metrics: TaskMetrics, output: torch.Tensor, batch: Batch) -> None:
+        metrics.update(output, batch.y, batch.ids)  # ids let the test interval resample patients
+
+    def summarise(self, metrics: dict) -> dict[str, float]:
+        return {k: metrics[k] for k in self.headline if isinstance(metrics.get(k), (int, float))}
