@@ -32,7 +32,7 @@ TINY = ["data.source=synthetic", "data.synthetic_size=40", "data.img_size=32", "
 
 #: Files where task names may still be compared: the task modules themselves, and sweep.py, which
 #: helper "sweep" of issue 16 splits (the coordinator removes it from this list after that merge).
-ALLOWED = {"tasks", "sweep.py"}
+ALLOWED = {"tasks"}
 
 
 def _cfg(tmp_path, task, *extra):
