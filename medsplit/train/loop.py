@@ -21,7 +21,7 @@ from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.console import announce_data
-from medsplit.train.protocols import PROTOCOLS
+from medsplit.train.protocols import protocol_class
 from medsplit.train.tasks import Task, make_task
 
 
@@ -116,7 +116,7 @@ def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> 
 def check_cut(cfg: Config) -> None:
     """Reject an illegal ``split.cut`` from the model's stage table built on the meta device (no
     memory, no weights read), before any image is decoded."""
-    if cfg.split.protocol in ("centralised", "fedavg"):
+    if not protocol_class(cfg.split.protocol).split:  # the unsplit baselines have no cut
         return
     from medsplit.models import build_model
 
@@ -193,9 +193,9 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     if device.type == "cuda" and cfg.train.channels_last:
         table = table.to(memory_format=torch.channels_last)
     channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
-    protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
-                                                 optimizer_handover=cfg.split.optimizer_handover,
-                                                 labels_may_cross=task.labels_may_cross)
+    protocol = protocol_class(cfg.split.protocol)(table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
+                                                      optimizer_handover=cfg.split.optimizer_handover,
+                                                      labels_may_cross=task.labels_may_cross)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
@@ -216,9 +216,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         t0 -= ck["elapsed_s"]
     writer = _tensorboard(run_dir, cfg)
 
-    # Centralised training pools every client's rows in row order, so its batches do not depend
-    # on how many clients the config names and equal those of a one-client split run.
-    pooled = [np.sort(np.concatenate(clients))] if not protocol.split and protocol.n_party_clients() == 1 else clients
+    pooled = protocol.training_rows(clients)  # one array per training party (centralised pools them)
     epochs = tqdm(range(start_epoch, cfg.train.epochs), desc=f"{cfg.run_name()}", unit="epoch", disable=quiet, initial=start_epoch, total=cfg.train.epochs)
     for epoch in epochs:
         t_epoch = time.time()
@@ -251,8 +249,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         scores = task.summarise(val)
         seconds = time.time() - t_epoch
         for k, ls in losses.items():
-            name = f"client{k}" if len(pooled) > 1 else ("all" if not protocol.split else "client0")
-            history.append({"epoch": epoch + 1, "client": name, "train_loss": float(np.mean(ls)) if ls else None})
+            history.append({"epoch": epoch + 1, "client": protocol.history_name(k, len(pooled)), "train_loss": float(np.mean(ls)) if ls else None})
         history.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
         score = scores.get(task.select_metric, -val_loss)
         if score is not None and score > best["score"]:
