@@ -16,10 +16,15 @@ from medsplit.config import CHOICES, PROCESS_PROTOCOLS, ConfigError, load_config
 from medsplit.models import build_model
 from medsplit.split import Channel
 from medsplit.split.wire import encoded_size
-from medsplit.train.protocols import PROTOCOL_NAMES, PROTOCOLS, SplitFed, SplitFedV1, protocol_class
+from medsplit.train.protocols import (
+    PROTOCOL_NAMES,
+    PROTOCOLS,
+    SplitFed,
+    SplitFedV1,
+    protocol_class,
+)
 from medsplit.train.protocols.base import weighted_average
 from medsplit.train.protocols.splitfed import interleaved
-
 
 # ---- the registry ------------------------------------------------------------------------
 
@@ -87,7 +92,7 @@ def setting():
 
 
 def _make(cls, table, n_clients, handover="carry"):
-    make = lambda params: torch.optim.Adam(params, lr=1e-2)  # noqa: E731
+    make = lambda params: torch.optim.Adam(params, lr=1e-2)
     return cls(copy.deepcopy(table), 2, n_clients, make, F.cross_entropy, Channel(), optimizer_handover=handover)
 
 
@@ -174,7 +179,7 @@ def test_one_hospital_sfl_v1_trains_exactly_as_sfl_v2(setting, handover):
     o1, o2 = v1.servers[0].optimizer_tensors(), v2.server.optimizer_tensors()
     assert set(o1) == set(o2) and all(torch.equal(o1[k], o2[k]) for k in o1)
     # the same bytes cross the cut and go to the fed server; V1 also averages its one server copy
-    cut_rows = lambda p: sorted((r["epoch"], r["kind"], r["link"], r["bytes"]) for r in p.channel.byte_rows()  # noqa: E731
+    cut_rows = lambda p: sorted((r["epoch"], r["kind"], r["link"], r["bytes"]) for r in p.channel.byte_rows()
                                 if not r["link"].startswith("server "))
     assert cut_rows(v1) == cut_rows(v2)
     assert any(r["link"] == "server weights" for r in v1.channel.byte_rows())
@@ -230,10 +235,10 @@ def test_one_hospital_splitfed_v1_run_equals_splitfed(tmp_path):
     runs = {p: json.loads((train(_cfg(tmp_path, "retinopathy", f"split.protocol={p}", "split.clients=1"), quiet=True)
                            / "metrics.json").read_text()) for p in ("splitfed", "splitfed-v1")}
     a, b = runs["splitfed"], runs["splitfed-v1"]
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
     assert strip(a["history"]) == strip(b["history"]) and a["test"] == b["test"] and a["selected_epoch"] == b["selected_epoch"]
     rename = {"server": "server0"}
-    cut = lambda rows: sorted((r["epoch"], rename.get(r["sender"], r["sender"]), rename.get(r["receiver"], r["receiver"]),  # noqa: E731
+    cut = lambda rows: sorted((r["epoch"], rename.get(r["sender"], r["sender"]), rename.get(r["receiver"], r["receiver"]),
                                r["kind"], r["link"], r["bytes"]) for r in rows if not r["link"].startswith("server "))
     assert cut(a["bytes"]) == cut(b["bytes"]) and cut(a["bytes_eval"]) == cut(b["bytes_eval"])
 

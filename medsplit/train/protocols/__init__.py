@@ -12,16 +12,23 @@ import importlib
 import pkgutil
 
 from medsplit.config import ConfigError
-from medsplit.train.protocols.base import HANDOVERS, REGISTRY, Protocol, StepFn, optimizer_state_check, register
+from medsplit.train.protocols.base import (
+    HANDOVERS,
+    REGISTRY,
+    Protocol,
+    StepFn,
+    optimizer_state_check,
+    register,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-from medsplit.train.protocols.centralised import Centralised  # noqa: E402
-from medsplit.train.protocols.fedavg import FedAvg  # noqa: E402
-from medsplit.train.protocols.sequential import SequentialRelay  # noqa: E402
-from medsplit.train.protocols.splitfed import SplitFed  # noqa: E402
-from medsplit.train.protocols.splitfed_v1 import SplitFedV1  # noqa: E402
+from medsplit.train.protocols.centralised import Centralised
+from medsplit.train.protocols.fedavg import FedAvg
+from medsplit.train.protocols.sequential import SequentialRelay
+from medsplit.train.protocols.splitfed import SplitFed
+from medsplit.train.protocols.splitfed_v1 import SplitFedV1
 
 #: name -> protocol class, in listing order (split protocols first, then the baselines).
 PROTOCOLS: dict[str, type[Protocol]] = dict(sorted(REGISTRY.items(), key=lambda item: (item[1].order, item[0])))
@@ -37,5 +44,18 @@ def protocol_class(name: str) -> type[Protocol]:
         raise ConfigError(f"unknown protocol {name!r} (config key 'split.protocol'); valid choices are {list(PROTOCOL_NAMES)}") from None
 
 
-__all__ = ["HANDOVERS", "PROTOCOLS", "PROTOCOL_NAMES", "Protocol", "StepFn", "protocol_class", "optimizer_state_check",
-           "register", "SequentialRelay", "SplitFed", "SplitFedV1", "Centralised", "FedAvg"]
+__all__ = [
+    "HANDOVERS",
+    "PROTOCOLS",
+    "PROTOCOL_NAMES",
+    "Centralised",
+    "FedAvg",
+    "Protocol",
+    "SequentialRelay",
+    "SplitFed",
+    "SplitFedV1",
+    "StepFn",
+    "optimizer_state_check",
+    "protocol_class",
+    "register",
+]

@@ -10,7 +10,7 @@ protocol names.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,10 +21,10 @@ HANDOVERS = ("carry", "reset", "local")
 StepFn = Callable[[SplitModel, int, torch.Tensor], None]  # (model, client index, batch indices)
 
 #: name -> protocol class; filled by :func:`register` as each protocol module is imported.
-REGISTRY: dict[str, type["Protocol"]] = {}
+REGISTRY: dict[str, type[Protocol]] = {}
 
 
-def register(cls: type["Protocol"]) -> type["Protocol"]:
+def register(cls: type[Protocol]) -> type[Protocol]:
     """Class decorator: make ``cls`` a choice of ``split.protocol`` under ``cls.name``."""
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"two protocols named {cls.name!r}: {REGISTRY[cls.name].__name__} and {cls.__name__}")
