@@ -69,7 +69,8 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     protocol: str = "sequential"
-    """sequential (relay, as in the original study) | splitfed | centralised | fedavg."""
+    """sequential (relay, as in the original study) | splitfed (SFL-V2: one shared server model) |
+    splitfed-v1 (SFL-V1: one server copy per hospital, averaged each round) | centralised | fedavg."""
     cut: int = 3
     clients: int = 2
     serialise: bool = False
@@ -150,7 +151,9 @@ class Config:
     def run_name(self) -> str:
         if self.output.name:
             return self.output.name
-        where = "whole" if self.split.protocol in ("centralised", "fedavg") else f"cut{self.split.cut}"
+        from medsplit.train.protocols import protocol_class  # torch: imported when a run is named, not with the config
+
+        where = f"cut{self.split.cut}" if protocol_class(self.split.protocol).split else "whole"
         return f"{self.task}-{self.split.protocol}-{where}-clients{self.split.clients}-seed{self.train.seed}"
 
     def to_dict(self) -> dict:
@@ -166,7 +169,9 @@ CHOICES = {
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
     "data.aug_backend": ("monai", "albumentations"),
     "data.duplicates": ("error", "drop"),
-    "split.protocol": ("sequential", "splitfed", "centralised", "fedavg"),
+    # Kept literal (not imported from medsplit.train.protocols, which needs torch) so loading a
+    # config needs no torch; tests/test_protocols.py checks it equals PROTOCOL_NAMES.
+    "split.protocol": ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg"),
     # Kept literal (not imported from medsplit.split.codecs) so loading a config needs no torch;
     # tests/test_codecs.py checks both lists agree.
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
@@ -292,6 +297,10 @@ TASK_MODELS = {
 # matching size, so its image side must be a multiple of 2 ** 4. (smp's decoder resizes each
 # upsampled map to its skip, so unet-smp takes any size: 16..128 px checked, including 20 and 100.)
 IMAGE_MULTIPLE = {"unet-classic": 16}
+# The protocols whose parties can run as separate processes (split.transport=gloo | flare): those
+# with ``runs_as_processes`` in medsplit.train.protocols, kept literal so loading a config needs no
+# torch; tests/test_protocols.py checks both agree.
+PROCESS_PROTOCOLS = ("sequential", "splitfed")
 
 
 def validate(cfg: Config) -> None:
@@ -321,8 +330,8 @@ def validate(cfg: Config) -> None:
         ("data.synthetic_size", d.synthetic_size >= 10, "must be >= 10"),
         ("model.base_channels", cfg.model.base_channels >= 1, "must be >= 1"),
         ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
-        ("split.protocol", cfg.split.transport == "inprocess" or cfg.split.protocol in ("sequential", "splitfed"),
-         "runs in one process only (split.transport=gloo supports sequential and splitfed)"),
+        ("split.protocol", cfg.split.transport == "inprocess" or cfg.split.protocol in PROCESS_PROTOCOLS,
+         f"runs in one process only (split.transport={cfg.split.transport} supports {' and '.join(PROCESS_PROTOCOLS)})"),
     ]
     for key, ok, why in checks:
         if not ok:

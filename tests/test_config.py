@@ -25,7 +25,7 @@ def test_resolved_config_round_trips():
         ("colour=red", r"unknown config key 'colour'"),
         ("split.cut=three", r"config key 'split.cut' must be int, got 'three'"),
         ("train.amp=3", r"config key 'train.amp' must be bool"),
-        ("split.protocol=ring", r"config key 'split.protocol' is 'ring'; valid choices are \['sequential', 'splitfed', 'centralised', 'fedavg'\]"),
+        ("split.protocol=ring", r"config key 'split.protocol' is 'ring'; valid choices are \['sequential', 'splitfed', 'splitfed-v1', 'centralised', 'fedavg'\]"),
         ("split.clients=0", r"'split.clients' = 0 must be >= 1"),
         ("nonsense", r"must look like key=value"),
     ],

@@ -15,7 +15,7 @@ TASKS = {
     "lungs": ["task=lungs", "data.source=synthetic", "data.synthetic_size=40", "data.img_size=32", "model.name=unet-classic",
               "model.base_channels=4", "train.batch_size=4", "split.cut=1"],
 }
-CASES = [(task, protocol, ()) for task in TASKS for protocol in ("sequential", "splitfed", "centralised", "fedavg")]
+CASES = [(task, protocol, ()) for task in TASKS for protocol in ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")]
 # codecs and the serialising channel on the path too
 CASES.append(("lungs", "sequential", ("split.compress_activations=int8", "split.compress_gradients=fp16", "split.serialise=true")))
 

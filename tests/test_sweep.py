@@ -222,7 +222,7 @@ def test_finished_run_of_another_config_is_not_reused(base, tmp_path):
 
 @pytest.mark.parametrize("kw,match", [
     ({"axis": "depth"}, r"valid axes are \['cut', 'clients'\]"),
-    ({"protocols": ["fedavg"]}, r"valid protocols are \['sequential', 'splitfed'\] \(baselines run by default"),
+    ({"protocols": ["fedavg"]}, r"valid protocols are \['sequential', 'splitfed', 'splitfed-v1'\] \(baselines run by default"),
     ({"partitions": ["skewed"]}, r"valid partitions are \['iid', 'dirichlet', 'label_skew', 'group'\]"),
     ({"overrides": ["split.cut=5"]}, r"sets a key the sweep sets per point; use --values"),
     ({"overrides": ["train.seed=5"]}, r"use --seeds"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,80 +20,15 @@ from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.console import announce_data
-from medsplit.train.protocols import PROTOCOLS
+from medsplit.train.device import device_label, resolve_device
+from medsplit.train.protocols import protocol_class
+from medsplit.train.schedule import augmentation_generator, client_indices, epoch_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
 
-
-def resolve_device(name: str, setting: str = "train.device={}") -> torch.device:
-    """A device name to a device: ``auto`` is cuda when a GPU is present; cuda without one is an error.
-
-    Args:
-        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        setting: how the user wrote the choice, as a format string (``"--device {}"`` for a flag),
-            so the error names the key or flag to change.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{setting.format(name)} was requested but no CUDA GPU is available "
-                           f"(torch.cuda.is_available() is False); use {setting.format('cpu')} or {setting.format('auto')}")
-    return device
-
-
-def make_optimizer_factory(cfg: Config):
-    t = cfg.train
-
-    def make(params):
-        # Fused kernels: on a 2-core CPU the per-parameter Adam loop cost 2.2 s per
-        # ResNet-34 step, the fused one 0.27 s (measured); on CUDA it is also the fastest.
-        if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        if t.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, fused=True)
-
-    return make
-
-
-def learning_rate(cfg: Config, epoch: int) -> float:
-    """The learning rate of ``epoch`` (counted from 0) under ``train.schedule``."""
-    if cfg.train.schedule == "cosine":
-        # half a cosine from lr to 0: the late epochs take small steps, so where training ends
-        # depends less on the last few batches (what makes short from-scratch runs noisy)
-        return cfg.train.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
-    return cfg.train.lr
-
-
-def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
-    """Each hospital's training rows (patient-grouped); the centralised baseline pools them."""
-    from medsplit.data.partition import partition
-
-    train = task.split("train")
-    parts = partition(
-        task.partition_labels(), cfg.split.clients, scheme=cfg.data.partition, alpha=cfg.data.alpha, seed=cfg.train.seed,
-        groups=getattr(train, "groups", None), patients=getattr(train, "patients", None),
-    )
-    return parts
-
-
-def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, client: int) -> list[torch.Tensor]:
-    """Shuffled batches that depend only on (seed, epoch, client): resumable and identical
-    across protocols, so split and centralised runs see the same batches."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + client)
-    order = torch.as_tensor(indices)[torch.randperm(len(indices), generator=g)]
-    batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one sample
-        batches.pop()
-    return batches
-
-
-def augmentation_generator(cfg: Config, epoch: int, hospital: int, device: torch.device) -> torch.Generator:
-    """Hospital ``hospital``'s augmentation generator for ``epoch``: a function of (seed, epoch,
-    hospital) only, so it is the same whether the hospitals share a process or not, and on resume.
-    Hospital 0's equals the one generator every hospital shared before 2026-12 (centralised runs,
-    which pool everyone as hospital 0, are unchanged)."""
-    return torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch + 1_000_003 * hospital)
+# parties.py, the FLARE sites, evaluate.py and privacy_eval.py import the schedule and device
+# helpers (now in medsplit.train.schedule and .device) from here too.
+__all__ = ["augmentation_generator", "check_cut", "client_indices", "device_label", "epoch_batches", "evaluate_split",
+           "learning_rate", "make_optimizer_factory", "resolve_device", "train"]
 
 
 @torch.no_grad()
@@ -116,7 +50,7 @@ def evaluate_split(model, task: Task, split: str, batch_size: int, autocast) -> 
 def check_cut(cfg: Config) -> None:
     """Reject an illegal ``split.cut`` from the model's stage table built on the meta device (no
     memory, no weights read), before any image is decoded."""
-    if cfg.split.protocol in ("centralised", "fedavg"):
+    if not protocol_class(cfg.split.protocol).split:  # the unsplit baselines have no cut
         return
     from medsplit.models import build_model
 
@@ -195,9 +129,9 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     if device.type == "cuda" and cfg.train.channels_last:
         table = table.to(memory_format=torch.channels_last)
     channel = Channel(serialise=cfg.split.serialise, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients))
-    protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
-                                                 optimizer_handover=cfg.split.optimizer_handover,
-                                                 labels_may_cross=task.labels_may_cross)
+    protocol = protocol_class(cfg.split.protocol)(table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
+                                                      optimizer_handover=cfg.split.optimizer_handover,
+                                                      labels_may_cross=task.labels_may_cross)
     use_amp = cfg.train.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
@@ -218,9 +152,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         t0 -= ck["elapsed_s"]
     writer = _tensorboard(run_dir, cfg)
 
-    # Centralised training pools every client's rows in row order, so its batches do not depend
-    # on how many clients the config names and equal those of a one-client split run.
-    pooled = [np.sort(np.concatenate(clients))] if not protocol.split and protocol.n_party_clients() == 1 else clients
+    pooled = protocol.training_rows(clients)  # one array per training party (centralised pools them)
     epochs = tqdm(range(start_epoch, cfg.train.epochs), desc=f"{cfg.run_name()}", unit="epoch", disable=quiet, initial=start_epoch, total=cfg.train.epochs)
     for epoch in epochs:
         t_epoch = time.time()
@@ -253,8 +185,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         scores = task.summarise(val)
         seconds = time.time() - t_epoch
         for k, ls in losses.items():
-            name = f"client{k}" if len(pooled) > 1 else ("all" if not protocol.split else "client0")
-            history.append({"epoch": epoch + 1, "client": name, "train_loss": float(np.mean(ls)) if ls else None})
+            history.append({"epoch": epoch + 1, "client": protocol.history_name(k, len(pooled)), "train_loss": float(np.mean(ls)) if ls else None})
         history.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
         score = scores.get(task.select_metric, -val_loss)
         if score is not None and score > best["score"]:
@@ -335,15 +266,6 @@ def _data_summary(task: Task, clients, pooled) -> dict:
             row["groups"] = dict(sorted(Counter(groups[i] for i in idx).items()))
         summary["clients"].append(row)
     return summary
-
-
-def device_label(device: torch.device) -> str:
-    """What a report says ran the work: the GPU model, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _tensorboard(run_dir: Path, cfg: Config):

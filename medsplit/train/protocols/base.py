@@ -1,20 +1,35 @@
-"""Who trains what: sequential relay, SplitFed, centralised and FedAvg baselines.
+"""What every protocol shares: building the parties around one stage table, handing client
+weights (and optimiser state) over the channel, and averaging them the way FedAvg does.
 
-All four run on the same data, partitions, seeds, batches and metrics; they differ
-only in which party owns which part and how client weights are shared.
+A protocol module subclasses :class:`Protocol`, sets the class attributes that describe it
+(``name``, ``split``, ``baseline``, ``pooled``, ``runs_as_processes``, ``order``) and
+registers itself with :func:`register`; nothing outside the protocol package compares
+protocol names.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from medsplit.split import Channel, Party, SplitModel, cut
 
 HANDOVERS = ("carry", "reset", "local")
 StepFn = Callable[[SplitModel, int, torch.Tensor], None]  # (model, client index, batch indices)
+
+#: name -> protocol class; filled by :func:`register` as each protocol module is imported.
+REGISTRY: dict[str, type[Protocol]] = {}
+
+
+def register(cls: type[Protocol]) -> type[Protocol]:
+    """Class decorator: make ``cls`` a choice of ``split.protocol`` under ``cls.name``."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two protocols named {cls.name!r}: {REGISTRY[cls.name].__name__} and {cls.__name__}")
+    REGISTRY[cls.name] = cls
+    return cls
 
 
 class Protocol:
@@ -42,14 +57,22 @@ class Protocol:
     """
 
     name = "protocol"
+    #: the model is cut between hospital and server (``False``: each party trains the whole model)
     split = True
+    #: an unsplit reference the split protocols are compared with (sweeps run it once per setting)
+    baseline = False
+    #: all hospitals' training rows pooled into one party (no partition between hospitals)
+    pooled = False
+    #: can run with every party in its own process (``split.transport=gloo`` or ``flare``)
+    runs_as_processes = False
+    #: position in listings (``split.protocol`` choices, CLI help): lower comes first
+    order = 100
 
     def __init__(self, table, cut_at: int | None, n_clients: int, make_optimizer, loss_fn, channel: Channel,
                  optimizer_handover: str = "carry", labels_may_cross: bool = True):
         if optimizer_handover not in HANDOVERS:
             raise ValueError(f"optimizer_handover={optimizer_handover!r}; valid choices are {HANDOVERS}")
         self.optimizer_handover = optimizer_handover
-        self.table = table
         self.channel = channel
         self.loss_fn = loss_fn
         self.n_clients = n_clients
@@ -61,12 +84,12 @@ class Protocol:
             Party(f"client{k}", client_parts if k == 0 else copy.deepcopy(client_parts), make_optimizer)
             for k in range(self.n_party_clients())
         ]
-        self.server = Party("server", server_parts, make_optimizer) if server_parts else None
+        self.servers = self._make_servers(server_parts, make_optimizer) if server_parts else []
         for party in self.parties:
             if not channel.hosts(party.name):
                 party.to("meta")  # held by another process; only its shapes are needed here
                 party.optimizer = None
-        self.models = [self._chain_for(c) for c in self.clients]
+        self.models = [self._chain_for(k) for k in range(len(self.clients))]
         if self.split:
             for model in self.models:
                 model.declare_crossings(tuple(table.inputs), labels_may_cross)
@@ -74,16 +97,45 @@ class Protocol:
             channel.declare("weights", "weights", None)
             channel.declare("optimizer state", "weights", None)
 
+    # ---- who the parties are -----------------------------------------------------------
     def n_party_clients(self) -> int:
+        """How many hospital parties train (one per hospital; the pooled baseline has one)."""
         return self.n_clients
 
-    def _chain_for(self, client: Party) -> SplitModel:
-        return SplitModel.from_roles(self.parts, {"client": client, "server": self.server}, self.channel, self.loss_fn)
+    def _make_servers(self, server_parts: dict, make_optimizer) -> list[Party]:
+        """The server-side parties: one server that every hospital's chain shares."""
+        return [Party("server", server_parts, make_optimizer)]
+
+    def _server_for(self, k: int) -> Party | None:
+        """The server party of hospital ``k``'s chain."""
+        return self.servers[0] if self.servers else None
+
+    @property
+    def server(self) -> Party | None:
+        """The server of hospital 0's chain (the only server, where there is one)."""
+        return self._server_for(0)
+
+    def _chain_for(self, k: int) -> SplitModel:
+        return SplitModel.from_roles(self.parts, {"client": self.clients[k], "server": self._server_for(k)},
+                                     self.channel, self.loss_fn)
 
     @property
     def parties(self) -> list[Party]:
-        return self.clients + ([self.server] if self.server is not None else [])
+        return self.clients + self.servers
 
+    @classmethod
+    def training_rows(cls, clients: list[np.ndarray]) -> list[np.ndarray]:
+        """The training rows of each hospital party, from each hospital's rows (the partition):
+        one array per party, in the order of ``run_epoch``'s ``batches_per_client``."""
+        return clients
+
+    @classmethod
+    def history_name(cls, k: int, n_trainers: int) -> str:
+        """How hospital party ``k`` of ``n_trainers`` is named in a run's history: ``client<k>``;
+        ``all`` for the one party of an unsplit protocol (everyone's data, or the only hospital)."""
+        return "all" if not cls.split and n_trainers == 1 else f"client{k}"
+
+    # ---- training ------------------------------------------------------------------------
     def eval_model(self) -> SplitModel:
         """The model that validation and test use after an epoch."""
         return self.models[0]
@@ -91,14 +143,15 @@ class Protocol:
     def run_epoch(self, batches_per_client: list[list[torch.Tensor]], step: StepFn) -> None:
         raise NotImplementedError
 
-    # weight sharing helpers --------------------------------------------------------
-    def _send_weights(self, sender: Party, receiver: str) -> dict[str, torch.Tensor]:
-        return self.channel.send(sender.name, receiver, "weights", dict(sender.parts.state_dict()), link="weights")
+    # ---- weight sharing helpers --------------------------------------------------------
+    def _send_weights(self, sender: Party, receiver: str, link: str = "weights") -> dict[str, torch.Tensor]:
+        return self.channel.send(sender.name, receiver, "weights", dict(sender.parts.state_dict()), link=link)
 
-    def _send_optimizer_state(self, sender: str, receiver: str, state: dict[str, torch.Tensor], like: Party) -> dict[str, torch.Tensor]:
+    def _send_optimizer_state(self, sender: str, receiver: str, state: dict[str, torch.Tensor], like: Party,
+                              link: str = "optimizer state") -> dict[str, torch.Tensor]:
         """Optimiser state as a message; the receiver checks it against ``like``'s parameters
         (it cannot know in advance which moments the sender holds)."""
-        return self.channel.send(sender, receiver, "weights", state, link="optimizer state", expect=optimizer_state_check(like))
+        return self.channel.send(sender, receiver, "weights", state, link=link, expect=optimizer_state_check(like))
 
     def _hand_over(self, sender: Party, receiver: Party) -> None:
         """``receiver`` continues from ``sender``'s client weights (and, with ``carry``, its
@@ -118,33 +171,41 @@ class Protocol:
         """Average client parts (weighted by sample count) and give every client the average;
         with ``carry`` the optimiser states are averaged the same way. The aggregator lives with
         the server in a multi-process run."""
-        aggregator_here = self.channel.hosts("aggregator")
-        uploads = [self._send_weights(c, "aggregator") for c in self.clients]
-        # Elsewhere only the shapes matter (what each hospital expects back).
-        avg = _weighted_average(uploads, weights) if aggregator_here else dict(self.clients[0].parts.state_dict())
-        for c in self.clients:
-            received = self.channel.send("aggregator", c.name, "weights", avg, link="weights")
+        self._average(self.clients, weights, "aggregator")
+
+    def _average(self, members: list[Party], weights: list[float], aggregator: str, links: str = "") -> None:
+        """FedAvg over ``members``: each uploads its parts to ``aggregator``, which sends back the
+        weighted average (and, with ``carry``, averages the optimiser states the same way).
+        ``links`` prefixes the link names (``""``: ``weights`` and ``optimizer state``)."""
+        weights_link, state_link = f"{links}weights", f"{links}optimizer state"
+        aggregator_here = self.channel.hosts(aggregator)
+        uploads = [self._send_weights(c, aggregator, weights_link) for c in members]
+        # Elsewhere only the shapes matter (what each member expects back).
+        avg = weighted_average(uploads, weights) if aggregator_here else dict(members[0].parts.state_dict())
+        for c in members:
+            received = self.channel.send(aggregator, c.name, "weights", avg, link=weights_link)
             if self.channel.hosts(c.name):
                 c.parts.load_state_dict(received)
         if self.optimizer_handover == "reset":
-            for c in self.clients:
+            for c in members:
                 c.clear_optimizer_state()
         elif self.optimizer_handover == "carry":
-            states = [self._send_optimizer_state(c.name, "aggregator", c.optimizer_tensors(), c) for c in self.clients]
-            # A hospital that has not stepped yet has no state to contribute.
+            states = [self._send_optimizer_state(c.name, aggregator, c.optimizer_tensors(), c, state_link) for c in members]
+            # A member that has not stepped yet has no state to contribute.
             kept = [(s, w) for s, w in zip(states, weights) if s]
             if aggregator_here and kept:
-                avg_state = _weighted_average([s for s, _ in kept], [w for _, w in kept])
+                avg_state = weighted_average([s for s, _ in kept], [w for _, w in kept])
             else:
                 avg_state = {}
-            # Across processes a hospital cannot know whether the others had state, so the
+            # Across processes a member cannot know whether the others had state, so the
             # aggregator always answers (an empty message when nobody had any).
             if kept or self.channel.distributed:
-                for c in self.clients:
-                    received = self._send_optimizer_state("aggregator", c.name, avg_state, c)
+                for c in members:
+                    received = self._send_optimizer_state(aggregator, c.name, avg_state, c, state_link)
                     if self.channel.hosts(c.name) and received:
                         c.load_optimizer_tensors(received)
 
+    # ---- checkpoints and evaluation ----------------------------------------------------
     @property
     def local_parties(self) -> list[Party]:
         """The parties this process runs (all of them in one process)."""
@@ -171,83 +232,6 @@ class Protocol:
         return self.models.index(self.eval_model())
 
 
-class SequentialRelay(Protocol):
-    """The original study's protocol: clients take turns against one server, each
-    starting from the previous client's client-side weights (sent as ``weights`` bytes)."""
-
-    name = "sequential"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.last = 0  # index of the client that trained most recently
-
-    def run_epoch(self, batches_per_client, step):
-        for k, batches in enumerate(batches_per_client):
-            if k != self.last:
-                self._hand_over(self.clients[self.last], self.clients[k])
-            for idx in batches:
-                step(self.models[k], k, idx)
-            self.last = k
-
-    def eval_model(self):
-        return self.models[self.last]
-
-    def state(self):
-        return {**super().state(), "last": self.last}
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.last = int(state["last"])
-
-
-class SplitFed(Protocol):
-    """SplitFed, variant SFL-V2 (Thapa et al. 2022): clients train in parallel against one
-    shared server model, which every client's batch updates in turn (batches interleaved
-    round-robin, as they would arrive); client parts are averaged (FedAvg) every round.
-    (SFL-V1 would keep one server copy per client and average those too; not implemented.)"""
-
-    name = "splitfed"
-
-    def run_epoch(self, batches_per_client, step):
-        iters = [iter(b) for b in batches_per_client]
-        active = list(range(len(iters)))
-        while active:
-            for k in list(active):
-                idx = next(iters[k], None)
-                if idx is None:
-                    active.remove(k)
-                    continue
-                step(self.models[k], k, idx)
-        self._fedavg(_sample_counts(batches_per_client))
-
-
-class Centralised(Protocol):
-    """Baseline: one party trains the whole model on everyone's training data."""
-
-    name = "centralised"
-    split = False
-
-    def n_party_clients(self) -> int:
-        return 1
-
-    def run_epoch(self, batches_per_client, step):
-        for idx in batches_per_client[0]:
-            step(self.models[0], 0, idx)
-
-
-class FedAvg(Protocol):
-    """Baseline: every client trains the whole model locally; weights averaged each round."""
-
-    name = "fedavg"
-    split = False
-
-    def run_epoch(self, batches_per_client, step):
-        for k, batches in enumerate(batches_per_client):
-            for idx in batches:
-                step(self.models[k], k, idx)
-        self._fedavg(_sample_counts(batches_per_client))
-
-
 def optimizer_state_check(party: Party):
     """A check for received optimiser state: every tensor named ``"<param index>.<slot>"`` for a
     parameter of ``party``, shaped like it (or a scalar step count), floating point, finite."""
@@ -267,7 +251,7 @@ def optimizer_state_check(party: Party):
     return check
 
 
-def _weighted_average(tensors: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+def weighted_average(tensors: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """Per-key weighted mean (in float64; integer buffers such as BatchNorm's counter rounded back)."""
     total = float(sum(weights))
     avg = {}
@@ -277,8 +261,6 @@ def _weighted_average(tensors: list[dict[str, torch.Tensor]], weights: list[floa
     return avg
 
 
-def _sample_counts(batches_per_client) -> list[int]:
+def sample_counts(batches_per_client) -> list[int]:
+    """Training images per hospital in this epoch's batches: FedAvg's weights."""
     return [sum(len(idx) for idx in batches) for batches in batches_per_client]
-
-
-PROTOCOLS = {p.name: p for p in (SequentialRelay, SplitFed, Centralised, FedAvg)}
