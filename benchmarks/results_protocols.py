@@ -23,11 +23,12 @@ from pathlib import Path
 
 from medsplit.config import load_config
 from medsplit.sweep import check_run_matches, train_points
+from medsplit.train.protocols import PROTOCOL_NAMES
 from medsplit.sweep.study_file import exit_code, write_study
 from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROTOCOLS = ("sequential", "splitfed", "centralised", "fedavg")
+PROTOCOLS = PROTOCOL_NAMES
 
 
 def _list(text: str) -> list[str]:

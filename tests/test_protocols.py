@@ -4,7 +4,6 @@ SFL-V1 (Thapa et al., AAAI 2022): one server copy per hospital; each round ends 
 the hospital parts and of the server copies, weighted by sample counts.
 """
 
-import argparse
 import copy
 import json
 
@@ -244,9 +243,11 @@ def test_one_hospital_splitfed_v1_run_equals_splitfed(tmp_path):
 
 
 def test_sweeps_accept_splitfed_v1(tmp_path):
-    from medsplit.sweep import add_sweep_parser, plan_points
+    from medsplit.cli import add_sweep_parser
+    from medsplit.cli_args import CommandParser
+    from medsplit.sweep import plan_points
 
-    parser = argparse.ArgumentParser(prog="medsplit")
+    parser = CommandParser(prog="medsplit")
     add_sweep_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", "base.yaml", "--axis", "cut", "--values", "1", "--protocols", "splitfed,splitfed-v1"])
     assert args.protocols == ["splitfed", "splitfed-v1"]

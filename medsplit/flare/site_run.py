@@ -20,9 +20,7 @@ import torch
 from medsplit.config import Config, config_from_dict
 from medsplit.flare.policy import HospitalGuard
 from medsplit.train.parties import AGGREGATOR, SERVER, _PartyRun, party_names
-
-SPLIT_PROTOCOLS = ("sequential", "splitfed")
-
+from medsplit.train.protocols import PROTOCOLS
 
 def client_party(k: int) -> str:
     return f"client{k}"
@@ -34,9 +32,10 @@ def party_sites(sites: list[str]) -> dict[str, str]:
 
 
 def check_flare_config(cfg: Config) -> None:
-    if cfg.split.protocol not in SPLIT_PROTOCOLS:
-        raise ValueError(f"a FLARE job runs the split protocols {list(SPLIT_PROTOCOLS)}; "
-                         f"split.protocol={cfg.split.protocol!r} (a whole-model baseline) runs in-process only")
+    runnable = [name for name, cls in PROTOCOLS.items() if cls.runs_as_processes]
+    if cfg.split.protocol not in runnable:
+        raise ValueError(f"a FLARE job runs the protocols {runnable}; "
+                         f"split.protocol={cfg.split.protocol!r} runs in-process only")
 
 
 def with_outputs(cfg: Config, root: Path) -> Config:

@@ -39,6 +39,7 @@ from typing import Any
 from medsplit.report import figures
 from medsplit.report.html import Report, format_value
 from medsplit.tasks import TASKS, task_of_record
+from medsplit.train.protocols import PROTOCOLS
 from medsplit.uncertainty import format_interval
 
 __all__ = ["write_run_report", "build_run_report", "HISTORY_METRICS"]
@@ -209,7 +210,8 @@ def _summary_section(report: Report, record: dict) -> None:
         facts["synthetic data"] = bool(data["synthetic"])
     if facts:
         report.kv(facts)
-    if record.get("protocol") == "centralised":
+    protocol = PROTOCOLS.get(str(record.get("protocol")))
+    if protocol is not None and protocol.pooled:
         report.text("Centralised baseline: the whole model trains in one place; nothing crosses a cut.")
 
 
@@ -424,6 +426,11 @@ def _link_explanations(links: set[str]) -> list[str]:
     if "weights" in links or "optimizer state" in links:
         notes.append("weights and optimizer state: a hospital's model part (and its Adam moments) handed to the next "
                      "hospital (relay) or averaged through the server (SplitFed, FedAvg), once per epoch and client.")
+    if "server weights" in links or "server optimizer state" in links:
+        notes.append("server weights and server optimizer state (SplitFed V1): the server's per-hospital copies "
+                     "averaged at the end of each round. In the paper the copies live on the main server, so these "
+                     "bytes cross a network only if the copies run on separate machines; they are counted on their "
+                     "own links so that they can be left out of a comparison.")
     return notes
 
 

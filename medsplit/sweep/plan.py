@@ -28,18 +28,9 @@ def _protocol_flags() -> dict[str, tuple[bool, bool]]:
     ``pooled``: it pools every hospital's data into one party, so neither the partition nor
     the number of clients changes it.
     """
-    from medsplit.train.protocols import PROTOCOLS, Protocol
+    from medsplit.train.protocols import PROTOCOLS
 
-    flags = {}
-    for name, cls in PROTOCOLS.items():
-        # Until the registry states `baseline` and `pooled` itself (issue 16, helper "protocols"),
-        # they follow from what the classes say now: the unsplit protocols are the baselines, and
-        # the one that trains a single party (its own n_party_clients) pools the data.
-        baseline = cls.baseline if hasattr(cls, "baseline") else not cls.split
-        pooled = cls.pooled if hasattr(cls, "pooled") else (
-            baseline and cls.n_party_clients is not Protocol.n_party_clients)
-        flags[name] = (bool(baseline), bool(pooled))
-    return flags
+    return {name: (bool(cls.baseline), bool(cls.pooled)) for name, cls in PROTOCOLS.items()}
 
 
 def baseline_protocols() -> tuple[str, ...]:
