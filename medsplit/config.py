@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pkgutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -163,15 +164,29 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+#: Listing order of the built-in protocols (split ones first); a protocol added as a new module
+#: follows them in name order.
+_PROTOCOL_ORDER = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
+
+
+def protocol_module_names() -> tuple[str, ...]:
+    """The ``split.protocol`` choices: one per module of ``medsplit/train/protocols/`` (a
+    protocol's module is named after it, ``-`` written ``_``; ``register`` enforces this), so a
+    new protocol is one new file and loading a config still imports no torch."""
+    folder = Path(__file__).resolve().parent / "train" / "protocols"
+    found = {m.name.replace("_", "-") for m in pkgutil.iter_modules([str(folder)]) if m.name != "base"}
+    return tuple(n for n in _PROTOCOL_ORDER if n in found) + tuple(sorted(found - set(_PROTOCOL_ORDER)))
+
+
 CHOICES = {
     "task": ("retinopathy", "lungs"),
     "data.target": ("any", "referable", "grade"),
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
     "data.aug_backend": ("monai", "albumentations"),
     "data.duplicates": ("error", "drop"),
-    # Kept literal (not imported from medsplit.train.protocols, which needs torch) so loading a
-    # config needs no torch; tests/test_protocols.py checks it equals PROTOCOL_NAMES.
-    "split.protocol": ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg"),
+    # Every module of medsplit/train/protocols/ (read from the file names: loading a config
+    # needs no torch); tests/test_protocols.py checks it equals PROTOCOL_NAMES.
+    "split.protocol": protocol_module_names(),
     # Kept literal (not imported from medsplit.split.codecs) so loading a config needs no torch;
     # tests/test_codecs.py checks both lists agree.
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
@@ -303,6 +318,16 @@ IMAGE_MULTIPLE = {"unet-classic": 16}
 PROCESS_PROTOCOLS = ("sequential", "splitfed")
 
 
+def _runs_as_processes(protocol: str) -> bool:
+    """Whether ``protocol``'s parties can be separate processes: the literal list for the built-in
+    ones (no torch), the class itself for a protocol added as a new module."""
+    if protocol in _PROTOCOL_ORDER:
+        return protocol in PROCESS_PROTOCOLS
+    from medsplit.train.protocols import PROTOCOLS
+
+    return bool(PROTOCOLS[protocol].runs_as_processes)
+
+
 def validate(cfg: Config) -> None:
     """Check choices and ranges that types alone do not express, and the pairs of keys that must
     agree; everything that can be known without reading data is checked here, so a bad config
@@ -330,7 +355,7 @@ def validate(cfg: Config) -> None:
         ("data.synthetic_size", d.synthetic_size >= 10, "must be >= 10"),
         ("model.base_channels", cfg.model.base_channels >= 1, "must be >= 1"),
         ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
-        ("split.protocol", cfg.split.transport == "inprocess" or cfg.split.protocol in PROCESS_PROTOCOLS,
+        ("split.protocol", cfg.split.transport == "inprocess" or _runs_as_processes(cfg.split.protocol),
          f"runs in one process only (split.transport={cfg.split.transport} supports {' and '.join(PROCESS_PROTOCOLS)})"),
     ]
     for key, ok, why in checks:

@@ -26,6 +26,11 @@ REGISTRY: dict[str, type[Protocol]] = {}
 
 def register(cls: type[Protocol]) -> type[Protocol]:
     """Class decorator: make ``cls`` a choice of ``split.protocol`` under ``cls.name``."""
+    module = cls.__module__.rsplit(".", 1)[-1]
+    if cls.__module__.startswith("medsplit.train.protocols.") and module != cls.name.replace("-", "_"):
+        # medsplit.config lists the choices from the module names (no torch import), so they must agree
+        raise ValueError(f"protocol {cls.name!r} must live in medsplit/train/protocols/{cls.name.replace('-', '_')}.py, "
+                         f"not {module}.py")
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"two protocols named {cls.name!r}: {REGISTRY[cls.name].__name__} and {cls.__name__}")
     REGISTRY[cls.name] = cls
