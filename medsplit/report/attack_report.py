@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from medsplit.attacks import DISPLAY_NAMES
+from medsplit.attacks import ATTACKS, DISPLAY_NAMES
 from medsplit.report.attack_findings import defence_table, findings
 from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
 from medsplit.report.html import Report
@@ -81,8 +81,12 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
                                  "passive, no colluder): SSIM lower is more private; changes are against the "
                                  "undefended run.", float_fmt="{:.4g}")
     rep.section("Threat models")
-    for name, text in THREAT_MODELS.items():
-        rep.text(f"{DISPLAY_NAMES.get(name, name)}: {text}")
+    run_attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    for name in [*THREAT_MODELS, *(a for a in run_attacks if a not in THREAT_MODELS)]:
+        # the built-ins' long texts; an attack added as a plug-in states its threat model on its spec
+        text = THREAT_MODELS.get(name) or (ATTACKS[name].description if name in ATTACKS else None)
+        if text:
+            rep.text(f"{DISPLAY_NAMES.get(name, name)}: {text}")
     rep.section("What each privacy number covers")
     for text in GUARANTEES:
         rep.text(text)
@@ -96,15 +100,20 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
              "NoPeek trains with, which tends to 1 in high dimension even for pure noise, so it ranks defences but "
              "does not measure leakage.")
     originals = results["originals"].numpy()
-    for attack in ("inversion", "sdar", "fsha"):
-        recon = {k.split("/", 1)[1]: v["recon"].numpy() for k, v in results["extras"].items() if k.startswith(attack + "/")}
+    # the built-ins in their usual order, then any other attack that returned reconstructions
+    for attack in dict.fromkeys(("inversion", "sdar", "fsha", *run_attacks)):
+        recon = {k.split("/", 1)[1]: v["recon"].numpy() for k, v in results["extras"].items()
+                 if k.startswith(attack + "/") and v.get("recon") is not None}
         if not recon:
             continue
         title = DISPLAY_NAMES.get(attack, attack)
         rep.section(f"{title}: reconstructions", "First row: held-out originals; then one row per defence/strength/seed.")
         n = min(originals.shape[0], next(iter(recon.values())).shape[0])
         rep.figure(reconstruction_grid(originals[:n], {k: v[:n] for k, v in recon.items()}))
-        curves = {k.split("/", 1)[1]: v["history"] for k, v in results["extras"].items() if k.startswith(attack + "/")}
+        curves = {k.split("/", 1)[1]: v["history"] for k, v in results["extras"].items()
+                  if k.startswith(attack + "/") and v.get("history")}
+        if not curves:
+            continue
         xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
         for metric in ("ssim", "mse"):
             series = {name: [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs] for name, hs in curves.items()}
@@ -132,7 +141,7 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
             headline["label leakage norm AUC"] = r.get("norm_auc")
     record = {"kind": "attack", "task": task, "profile": profile, "device": results["device"], "headline": headline, "rows": rows,
               "skipped": results["skipped"], "detectors": detectors, "seconds": results["seconds"],
-              "histories": {k: v["history"] for k, v in results["extras"].items()}, "profile_config": results["profile_config"]}
+              "histories": {k: v["history"] for k, v in results["extras"].items() if v.get("history")}, "profile_config": results["profile_config"]}
     html.with_suffix(".json").write_text(json.dumps(record, indent=1, default=_json_default))
     return html
 
