@@ -22,15 +22,14 @@ Prints a table and writes ``benchmarks/results/codec_accuracy-<task>[-<tag>].jso
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
-from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.sweep import summarise_run, threads_per_job
+from medsplit.sweep.study_file import exit_code, plan_run, train_study, write_study
 from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,34 +109,16 @@ def main() -> int:
     study = f"{task}-{args.tag}" if args.tag else task  # names the runs and the results file
     metric = TASKS[task].primary_metric
     threads = args.threads or threads_per_job(args.jobs)
-    plan = []
-    for codec in codecs:
-        for seed in seeds:
-            name = run_name(study, codec, seed)
-            overrides = [*args.overrides, f"split.compress_activations={codec}", f"split.compress_gradients={codec}",
-                         f"train.seed={seed}", f"output.name={name}", f"output.runs_dir={args.runs_dir}",
-                         f"train.threads={threads}"]
-            run_dir = Path(args.runs_dir) / name
-            cfg = load_config(args.config, overrides)
-            try:
-                check_run_matches(run_dir, cfg, remedy="pass another --runs-dir")
-            except RuntimeError as e:
-                print(f"codec_accuracy: {e}", file=sys.stderr)
-                return 2
-            plan.append((codec, seed, run_dir, cfg))
+    try:
+        plan = [plan_run(args.config, [*args.overrides, f"split.compress_activations={codec}",
+                                       f"split.compress_gradients={codec}"], codec, seed, run_name(study, codec, seed),
+                         args.runs_dir, threads) for codec in codecs for seed in seeds]
+    except RuntimeError as e:
+        print(f"codec_accuracy: {e}", file=sys.stderr)
+        return 2
 
     start = time.time()
-    # The sweeps' runner: resumes an interrupted run, reads a finished one back, runs --jobs at once.
-    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=threads):
-        codec, seed, run_dir, _ = plan[k]
-        print(f"{codec:>8} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
-
-    runs = []
-    for codec, seed, run_dir, _ in plan:
-        path = run_dir / "metrics.json"
-        if not path.exists():
-            continue
-        runs.append(run_row(codec, seed, run_dir, json.loads(path.read_text()), metric))
+    runs = [run_row(r.setting, r.seed, r.run_dir, m, metric) for r, m in train_study(plan, args.jobs, threads)]
     ref_codec = codecs[0]
     ref = {r["seed"]: r for r in runs if r["codec"] == ref_codec}
     summary = []

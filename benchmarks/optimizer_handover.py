@@ -13,7 +13,6 @@ Prints a table and writes ``benchmarks/results/optimizer_handover-<task>[-<tag>]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 from codec_accuracy import _list, _mean_std, paired_ci95  # same directory: the codec study's statistics
 
 from medsplit.config import load_config
-from medsplit.sweep import check_run_matches, summarise_run, threads_per_job, train_points
-from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.sweep import summarise_run, threads_per_job
+from medsplit.sweep.study_file import exit_code, plan_run, train_study, write_study
 from medsplit.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,33 +45,20 @@ def main() -> int:
     base = load_config(args.config, args.overrides)
     study = f"{base.task}-{args.tag}" if args.tag else base.task
     threads = args.threads or threads_per_job(args.jobs)
-    plan = []
-    for mode in modes:
-        for seed in seeds:
-            name = f"handover-{study}-{mode}-seed{seed}"
-            cfg = load_config(args.config, [*args.overrides, f"split.optimizer_handover={mode}", f"train.seed={seed}",
-                                            f"output.name={name}", f"output.runs_dir={args.runs_dir}", f"train.threads={threads}"])
-            try:
-                check_run_matches(Path(args.runs_dir) / name, cfg, remedy="pass another --runs-dir")
-            except RuntimeError as e:
-                print(f"optimizer_handover: {e}", file=sys.stderr)
-                return 2
-            plan.append((mode, seed, Path(args.runs_dir) / name, cfg))
+    try:
+        plan = [plan_run(args.config, [*args.overrides, f"split.optimizer_handover={mode}"], mode, seed,
+                         f"handover-{study}-{mode}-seed{seed}", args.runs_dir, threads) for mode in modes for seed in seeds]
+    except RuntimeError as e:
+        print(f"optimizer_handover: {e}", file=sys.stderr)
+        return 2
 
     start = time.time()
-    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=threads):
-        mode, seed, run_dir, _ = plan[k]
-        print(f"{mode:>6} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
-
     runs = []
-    for mode, seed, run_dir, _ in plan:
-        path = run_dir / "metrics.json"
-        if path.exists():
-            m = json.loads(path.read_text())
-            by_kind = summarise_run(m)["bytes_per_epoch_by_kind"]
-            runs.append({"mode": mode, "seed": seed, "run": str(run_dir), "metric": summarise_run(m)["metric"],
-                         "weights_mb_per_epoch": by_kind.get("weights", 0.0) / 1e6, "selected_epoch": m["selected_epoch"],
-                         "wall_time_s": m["wall_time_s"]})
+    for r, m in train_study(plan, args.jobs, threads):
+        summary_row = summarise_run(m)
+        runs.append({"mode": r.setting, "seed": r.seed, "run": str(r.run_dir), "metric": summary_row["metric"],
+                     "weights_mb_per_epoch": summary_row["bytes_per_epoch_by_kind"].get("weights", 0.0) / 1e6,
+                     "selected_epoch": m["selected_epoch"], "wall_time_s": m["wall_time_s"]})
     ref = {r["seed"]: r["metric"] for r in runs if r["mode"] == modes[0]}
     summary, lines = [], []
     for mode in modes:

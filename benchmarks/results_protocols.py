@@ -15,17 +15,15 @@ site (``test_by_group``, when the data source combines sites). Prints a table an
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep import check_run_matches, train_points
-from medsplit.train.protocols import PROTOCOL_NAMES
-from medsplit.sweep.study_file import exit_code, write_study
+from medsplit.sweep.study_file import exit_code, plan_run, train_study, write_study
 from medsplit.tasks import TASKS
+from medsplit.train.protocols import PROTOCOL_NAMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = PROTOCOL_NAMES
@@ -106,32 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_config(args.config, args.overrides)  # a bad key fails here, named, before any run starts
     pairs = [(pr, s) for s in seeds for pr in protocols] if args.order == "seed" else [(pr, s) for pr in protocols for s in seeds]
-    plan = []
-    for protocol, seed in pairs:
-        name = f"results-{args.tag}-{protocol}-seed{seed}"
-        cfg = load_config(args.config, [*args.overrides, f"split.protocol={protocol}", f"train.seed={seed}",
-                                        f"output.name={name}", f"output.runs_dir={args.runs_dir}", f"train.threads={args.threads}"])
-        run_dir = Path(args.runs_dir) / name
-        try:
-            check_run_matches(run_dir, cfg, remedy="pass another --runs-dir")
-        except RuntimeError as e:
-            print(f"results_protocols: {e}", file=sys.stderr)
-            return 2
-        plan.append((protocol, seed, run_dir, cfg))
+    try:
+        plan = [plan_run(args.config, [*args.overrides, f"split.protocol={protocol}"], protocol, seed,
+                         f"results-{args.tag}-{protocol}-seed{seed}", args.runs_dir, args.threads) for protocol, seed in pairs]
+    except RuntimeError as e:
+        print(f"results_protocols: {e}", file=sys.stderr)
+        return 2
 
     start = time.time()
-    for k, (status, _, error) in train_points([cfg for *_, cfg in plan], jobs=args.jobs, threads=args.threads):
-        protocol, seed, run_dir, _ = plan[k]
-        print(f"{protocol:>11} seed {seed}: {'FAILED ' + error[0] if error else status} ({run_dir})", flush=True)
-
-    runs = []
-    for protocol, seed, run_dir, _ in plan:
-        path = run_dir / "metrics.json"
-        if path.exists():
-            m = json.loads(path.read_text())
-            runs.append({"protocol": protocol, "seed": seed, "run": str(run_dir), "scores": run_scores(m),
-                         "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
-                         "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]})
+    runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m),
+             "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
+             "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]}
+            for r, m in train_study(plan, args.jobs, args.threads)]
     summary = summarise(runs, protocols)
     text = table(summary)
     print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")

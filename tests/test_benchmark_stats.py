@@ -38,3 +38,17 @@ def test_a_lungs_run_is_scored_by_its_mean_dice():
     row = codec_accuracy.run_row("int8", 0, Path("runs/x"), record, "dice")
     assert row["dice"] == 0.91
     assert row["bytes_per_epoch"] == 200  # activations + gradients over 2 epochs; weight hand-offs are not the cut's
+
+
+def test_a_study_refuses_a_run_folder_of_another_config_naming_the_remedy(tmp_path):
+    from medsplit.config import load_config
+    from medsplit.sweep.study_file import plan_run
+
+    config = str(_PATH.parent.parent / "configs" / "retinopathy.yaml")
+    base = ["data.source=synthetic", "train.epochs=1"]
+    ok = plan_run(config, base, "sequential", 0, "study-seed0", str(tmp_path), threads=1)
+    assert ok.run_dir == tmp_path / "study-seed0" and ok.cfg.train.seed == 0 and ok.cfg.train.threads == 1
+    ok.run_dir.mkdir()
+    (ok.run_dir / "config.yaml").write_text(load_config(config, [*base, "train.epochs=7"]).to_yaml())
+    with pytest.raises(RuntimeError, match=r"differs in .*train\.epochs.*pass another --runs-dir"):
+        plan_run(config, base, "sequential", 0, "study-seed0", str(tmp_path), threads=1)
