@@ -26,7 +26,7 @@ from medsplit.tasks import (
     task_of_record,
 )
 from medsplit.train.loop import check_cut, evaluate_split
-from medsplit.train.parties import batch_spec, server_loss, server_table
+from medsplit.train.server_view import batch_spec, server_loss, server_table
 
 TINY = ["data.source=synthetic", "data.synthetic_size=40", "data.img_size=32", "train.epochs=1", "output.tensorboard=false"]
 

@@ -16,7 +16,7 @@ from medsplit.split.channel import CrossingError, MessageError, NonFiniteError
 from medsplit.split.codecs import codecs_for
 from medsplit.split.engine import SplitModel
 from medsplit.split.party import Party
-from medsplit.train.parties import config_hash
+from medsplit.train.party_plan import config_hash
 from medsplit.transport import TRANSPORTS, InProcessHub, TransportError
 
 

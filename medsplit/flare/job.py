@@ -14,7 +14,7 @@ from pathlib import Path
 from medsplit.config import Config
 from medsplit.flare.policy import JobDefences
 from medsplit.flare.site_run import check_flare_config
-from medsplit.train.parties import config_hash
+from medsplit.train.party_plan import config_hash
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -1,4 +1,4 @@
-"""What one FLARE site runs: issue 12's party runner (:mod:`medsplit.train.parties`) with the
+"""What one FLARE site runs: issue 12's party runner (:class:`medsplit.train.party_run.PartyRun`) with the
 ``flare`` transport under its Channel.
 
 The runner is the one ``serve``/``join`` use over gloo: every party walks the same schedule from the
@@ -19,8 +19,10 @@ import torch
 
 from medsplit.config import Config, config_from_dict
 from medsplit.flare.policy import HospitalGuard
-from medsplit.train.parties import AGGREGATOR, SERVER, _PartyRun, party_names
+from medsplit.train.party_plan import AGGREGATOR, SERVER, party_names
+from medsplit.train.party_run import PartyRun
 from medsplit.train.protocols import PROTOCOLS
+
 
 def client_party(k: int) -> str:
     return f"client{k}"
@@ -63,7 +65,7 @@ def install_guard(protocol, party: str, guard: HospitalGuard) -> None:
                 break  # the hospital's first part is the one whose activations leave it
 
 
-class _FlareParty(_PartyRun):
+class _FlareParty(PartyRun):
     """The party runner with the hospital's guard installed once the protocol exists, and, when
     the job runs the hijack detector, the hospital's probe rounds in its schedule."""
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from medsplit.config import Config
-from medsplit.train.parties import party_names
+from medsplit.train.party_plan import party_names
 
 
 def local_address(cfg: Config) -> str:
