@@ -29,7 +29,7 @@ from medsplit.train.protocols.splitfed import interleaved
 
 
 def test_config_choices_come_from_the_registry():
-    """config.py keeps its lists literal (loading a config needs no torch); they must name exactly
+    """medsplit.config keeps its lists torch-free (loading a config needs no torch); they must name exactly
     the registered protocols, in the registry's order."""
     assert CHOICES["split.protocol"] == PROTOCOL_NAMES == tuple(PROTOCOLS)
     assert PROCESS_PROTOCOLS == tuple(n for n, p in PROTOCOLS.items() if p.runs_as_processes)

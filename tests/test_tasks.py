@@ -208,7 +208,7 @@ def test_a_registered_task_runs_through_make_task_and_the_loop(tmp_path, monkeyp
     with pytest.raises(ValueError, match="registered twice"):
         register_task(type("Other", (_TwoSquares,), {}))
     cfg = _cfg(tmp_path, "retinopathy", "split.cut=3")
-    cfg.task = "dummy"  # the config's list of task choices is config.py's (checked by train())
+    cfg.task = "dummy"  # the config's list of task choices is medsplit.config's (checked by train())
     task = make_task(cfg, torch.device("cpu"))
     assert isinstance(task, _TwoSquares) and task.select_metric == "accuracy"
     check_cut(cfg)  # the cut is checked on the dummy's own model

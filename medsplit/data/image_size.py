@@ -9,7 +9,7 @@ from medsplit.data.errors import DataError
 
 __all__ = ["MIN_IMAGE_SIZE", "check_image_size"]
 
-# The bound config.py has always enforced for data.img_size (and the lung loader for itself); the
+# The bound medsplit.config has always enforced for data.img_size (and the lung loader for itself); the
 # retinopathy loader used to accept 8 px when called directly, which no config could ask for.
 MIN_IMAGE_SIZE = 16
 

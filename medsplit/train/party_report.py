@@ -5,13 +5,12 @@ forwards the server mirrors), and the console's transport summary."""
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from medsplit.atomic import write_atomic
 from medsplit.split import Channel
 from medsplit.train.checkpoint import save_weights
 from medsplit.train.party_control import Control
@@ -66,7 +65,7 @@ def write_party_report(run: PartyRun, final, test, reports: list[dict]) -> dict:
             "control_bytes_sent": sum(r["control_bytes_sent"] for r in reports),
         },
     }
-    _atomic_write(run.run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
+    write_atomic(run.run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
     model = _MirroredModel(final, run.control)
     try:
         write_outputs(cfg, run.run_dir, result, run.task, model, quiet=run.quiet)
@@ -98,12 +97,6 @@ class _MirroredModel:
 
     def done(self) -> None:
         self.control.send(SERVER, forward=0)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def transport_summary(info: dict) -> str:
