@@ -121,6 +121,7 @@ def test_model_inversion_beats_mean_image():
     assert small.final["mse"] < res.baseline["mse"] and small.final["mse"] == pytest.approx(res.final["mse"], rel=0.15)
 
 
+@pytest.mark.slow
 def test_label_leakage_norm_attack_on_imbalanced_labels():
     table = build_model("resnet18", num_classes=2, in_channels=3)
     parts = label_private_parts(table, 3)
@@ -150,6 +151,7 @@ def test_unknown_attack_lists_valid_ones_and_adra_is_the_inversion():
         resolve_attack_names(["adr"])
 
 
+@pytest.mark.slow
 def test_tiny_profile_writes_report_and_json(tmp_path):
     if not (DATA / "lungs" / "covid-cxr-v7").exists():
         pytest.skip("real lung data not found")
@@ -180,6 +182,7 @@ def _numbers(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
 
 
+@pytest.mark.slow
 def test_evaluate_on_explicit_cpu_equals_default(shared_data):
     from medsplit.attacks.harness import evaluate
     from medsplit.attacks.profiles import PROFILES

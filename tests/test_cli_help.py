@@ -43,6 +43,7 @@ def test_help_and_config_errors_do_not_import_torch():
     assert out.stdout.strip().endswith("NO TORCH 2"), out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_console_names_the_data_and_ends_with_epoch_and_interval(tmp_path, capsys):
     """Issue 18 item 7: no synthetic banner before a settings error; the data named; the last
     line gives the tested epoch and the 95% interval."""

@@ -85,6 +85,7 @@ def test_the_dataset_script_writes_a_folder_the_lung_loader_reads(tmp_path):
     assert set(data.train.groups) == {"my-hospital"}
 
 
+@pytest.mark.slow
 def test_the_model_example_splits_and_trains(tmp_path, monkeypatch):
     import medsplit.config as config
     from medsplit.models import registry

@@ -14,6 +14,7 @@ from medsplit.train.loop import train
 SITES = "covid-cxr-v7+shenzhen"
 
 
+@pytest.mark.slow
 def test_combined_source_keeps_each_sites_own_split_and_names_the_site(shared_data, tmp_path) -> None:
     both = load_lungs(SITES, shared_data, img_size=32, seed=3, cache_dir=tmp_path)
     assert both.source == SITES and not both.synthetic
@@ -34,6 +35,7 @@ def test_combined_source_keeps_each_sites_own_split_and_names_the_site(shared_da
     assert other.test.ids != both.test.ids
 
 
+@pytest.mark.slow
 def test_group_partition_makes_one_hospital_per_site(shared_data, tmp_path) -> None:
     train_set = load_lungs(SITES, shared_data, img_size=32, seed=0, cache_dir=tmp_path).train
     import numpy as np

@@ -40,6 +40,7 @@ def _client_weights(protocol):
     return protocol.clients[protocol.last].parts.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("handover, same", [("carry", True), ("reset", False), ("local", False)])
 def test_relay_with_carried_state_equals_one_hospital(setting, handover, same):
     table, data, b = setting

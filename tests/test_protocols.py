@@ -108,6 +108,7 @@ def _equal(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_server_copies_differ_within_a_round_and_agree_after_the_weighted_average(setting):
     table, data = setting
     sfl = _make(SplitFedV1, table, 2)
@@ -161,6 +162,7 @@ def test_optimizer_handover_applies_to_the_server_copies(setting, handover):
     assert not any(r["link"] == "server optimizer state" for r in sfl.channel.byte_rows())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("handover", ["carry", "local"])
 def test_one_hospital_sfl_v1_trains_exactly_as_sfl_v2(setting, handover):
     """With one hospital the averages change nothing: the same weights, losses and cut traffic."""
@@ -184,6 +186,7 @@ def test_one_hospital_sfl_v1_trains_exactly_as_sfl_v2(setting, handover):
     assert any(r["link"] == "server weights" for r in v1.channel.byte_rows())
 
 
+@pytest.mark.slow
 def test_state_covers_every_server_copy(setting):
     table, data = setting
     sfl = _make(SplitFedV1, table, 2)
@@ -212,6 +215,7 @@ def _cfg(tmp_path, task, *extra):
         f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache", *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["retinopathy", "lungs"])
 def test_splitfed_v1_trains_end_to_end(tmp_path, task):
     from medsplit.train.loop import train
@@ -228,6 +232,7 @@ def test_splitfed_v1_trains_end_to_end(tmp_path, task):
     assert {r["epoch"] for r in m["bytes"] if r["link"] == "server weights"} == {0, 1}  # once per round
 
 
+@pytest.mark.slow
 def test_one_hospital_splitfed_v1_run_equals_splitfed(tmp_path):
     from medsplit.train.loop import train
 

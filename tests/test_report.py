@@ -115,6 +115,7 @@ def segmentation_record() -> dict:
     }
 
 
+@pytest.mark.slow
 def test_classification_run_report(tmp_path):
     path = write_run_report(classification_record(), tmp_path / "nested" / "run.html")
     assert path.exists()
@@ -133,6 +134,7 @@ def test_classification_run_report(tmp_path):
     assert "Run directory: runs/r1" in html
 
 
+@pytest.mark.slow
 def test_run_report_says_which_epoch_was_tested_with_intervals(tmp_path):
     """Issue 18: the selected epoch is named and marked; intervals shown; auto settings resolved."""
     from medsplit.uncertainty import format_interval, test_intervals
@@ -155,6 +157,7 @@ def test_run_report_says_which_epoch_was_tested_with_intervals(tmp_path):
     assert "label label" not in html and "weights weights" not in html
 
 
+@pytest.mark.slow
 def test_segmentation_report_words(tmp_path):
     record = segmentation_record()
     record["history"] = [dict(r, client="all") for r in record["history"] if r["client"] == "client0"]
@@ -167,6 +170,7 @@ def test_segmentation_report_words(tmp_path):
     assert figures.metric_label("val_new_thing") == "validation new thing"
 
 
+@pytest.mark.slow
 def test_segmentation_run_report(tmp_path):
     html = write_run_report(segmentation_record(), tmp_path / "seg.html").read_text(encoding="utf-8")
     assert_self_contained(html)

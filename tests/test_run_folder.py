@@ -119,6 +119,7 @@ def test_new_run_refuses_an_occupied_folder_unless_overwrite(tmp_path, interrupt
         loop.train(_cfg(tmp_path, "output.name=r"), quiet=True)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_old_run_without_mixing(tmp_path, interrupted):
     (interrupted / "stale.txt").write_text("left by the old run")
     run_dir = loop.train(_cfg(tmp_path, "output.name=r", "train.epochs=1"), overwrite=True, quiet=True)
@@ -141,6 +142,7 @@ def test_resume_refuses_another_config_and_lists_the_keys(tmp_path, interrupted,
         loop.train(_cfg(tmp_path, "output.name=r", "split.clients=3"), resume=interrupted, allow_change=("split.clients",), quiet=True)
 
 
+@pytest.mark.slow
 def test_allow_change_continues_with_more_epochs_from_the_cli(tmp_path, interrupted, capsys):
     assert main(["train", "--resume", str(interrupted), "train.epochs=3"]) == 2
     assert "needs --allow-change" in capsys.readouterr().err
@@ -173,6 +175,7 @@ def test_malformed_saved_config_names_the_file(tmp_path, interrupted, capsys):
     assert f"{interrupted / 'config.yaml'}: unknown config key 'split.cutt'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_kept_checkpoint_lets_a_finished_run_continue_exactly(tmp_path):
     three = json.loads((loop.train(_cfg(tmp_path, "output.name=three", "train.epochs=3"), quiet=True) / "metrics.json").read_text())
     run = loop.train(_cfg(tmp_path, "output.name=two", "output.keep_checkpoint=true"), quiet=True)
@@ -200,6 +203,7 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     assert path.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_no_output_is_written_in_place(tmp_path, monkeypatch):
     """metrics.json, config.yaml, the report and its JSON go through a temporary file and a rename:
     a kill mid-write (which once left metrics.json empty) leaves the old file or the new one."""
@@ -221,6 +225,7 @@ def test_no_output_is_written_in_place(tmp_path, monkeypatch):
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_kill_during_the_test_step_then_resume_counts_test_bytes_under_the_last_epoch(tmp_path, monkeypatch):
     full = json.loads((loop.train(_cfg(tmp_path, "output.name=full"), quiet=True) / "metrics.json").read_text())
     real = loop.evaluate_split

@@ -84,6 +84,7 @@ def test_plan_covers_the_grid_and_the_baselines():
     assert len(plan_points("lungs", "cut", [1, 2, 3], [0], ["sequential", "splitfed"], ["iid", "dirichlet"], True)) == 12 + 1 + 2
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_point_once_then_skips_finished_ones(base, tmp_path):
     train = FakeTrain()
     html, summary = _sweep(base, tmp_path, train)
@@ -109,6 +110,7 @@ def test_sweep_runs_every_point_once_then_skips_finished_ones(base, tmp_path):
     assert [p["status"] for p in summary["points"]] == ["skipped"] * 4
 
 
+@pytest.mark.slow
 def test_unreadable_metrics_is_named_and_its_point_retrained(base, tmp_path, capsys):
     """A kill mid-write once left metrics.json empty: the sweep took the point for finished and
     later died with 'Expecting value: line 1 column 1', naming no file."""
@@ -318,6 +320,7 @@ def test_index_links_every_report_grouped_with_headline_numbers(base, tmp_path):
     assert index_main([str(reports)]) == 0 and index_main([str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow
 def test_real_tiny_sweep_trains_each_point_and_reads_back_its_metrics(base, tmp_path):
     """The real training loop, 2 points of 1 epoch on 60 synthetic 32 px images: the sweep reads
     what ``train`` really writes, and a finished real run is recognised as the same config."""
@@ -333,6 +336,7 @@ def test_real_tiny_sweep_trains_each_point_and_reads_back_its_metrics(base, tmp_
     assert [p["status"] for p in again["points"]] == ["skipped", "skipped"]
 
 
+@pytest.mark.slow
 def test_run_saved_before_a_config_key_existed_still_counts_as_finished(base, tmp_path):
     _, first = _sweep(base, tmp_path, FakeTrain(), values=[1], baselines=False)
     saved = Path(first["points"][0]["run_dir"]) / "config.yaml"
@@ -348,6 +352,7 @@ def test_run_saved_before_a_config_key_existed_still_counts_as_finished(base, tm
     assert "split.compress_activations" in summary["points"][0]["error"]
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_serial_results_and_report_a_worker_failure(base, tmp_path):
     """--jobs 2 trains real points in two spawned workers: the numbers equal a serial sweep's
     (same seeds, one thread each), and a point that raises inside a worker is reported failed."""

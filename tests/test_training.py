@@ -23,6 +23,7 @@ def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_one_client_split_equals_centralised(tmp_path):
     """Same seed, one client, same data: split and centralised curves agree to rounding."""
     split = _metrics(train(_cfg(tmp_path, "split.protocol=sequential", "split.clients=1", "split.cut=3"), quiet=True))
@@ -40,6 +41,7 @@ def test_one_client_split_equals_centralised(tmp_path):
     assert central["bytes"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["sequential", "splitfed", "fedavg"])
 def test_multi_client_protocols_run_and_report(tmp_path, protocol):
     run = train(_cfg(tmp_path, f"split.protocol={protocol}", "split.clients=2", "split.cut=2"), quiet=True)
@@ -55,6 +57,7 @@ def test_multi_client_protocols_run_and_report(tmp_path, protocol):
     assert "Synthetic" in html or "synthetic" in html
 
 
+@pytest.mark.slow
 def test_resume_reaches_same_result_under_a_cosine_schedule(tmp_path):
     cosine = ("train.epochs=3", "train.schedule=cosine")
     full = _metrics(train(_cfg(tmp_path, *cosine, "output.name=full"), quiet=True))
@@ -98,6 +101,7 @@ def _eyepacs_folder(shared_data, tmp_path, n=24):
     return folder, len(pos + neg)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_run_on_an_external_folder(tmp_path, shared_data):
     from medsplit.cli import main
 
@@ -111,6 +115,7 @@ def test_evaluate_scores_a_run_on_an_external_folder(tmp_path, shared_data):
     assert sum(map(sum, result["metrics"]["confusion"])) == n
 
 
+@pytest.mark.slow
 def test_evaluate_segmentation_run(tmp_path, shared_data):
     from medsplit.evaluate import evaluate_run
 

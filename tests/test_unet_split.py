@@ -85,6 +85,7 @@ def smp_pair() -> tuple[smp.Unet, StageTable]:
     return model, stage_table_from_smp(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", LEGAL)
 def test_smp_split_equals_smp_unet(smp_pair, n: int) -> None:
     model, table = smp_pair
@@ -100,6 +101,7 @@ def test_smp_split_equals_smp_unet(smp_pair, n: int) -> None:
     assert len(grads) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", LEGAL)
 def test_classic_split_equals_whole_table(n: int) -> None:
     table = _classic_table()

@@ -135,6 +135,7 @@ def _check(payload: bytes, original: dict[str, torch.Tensor] | None = None) -> N
             assert back[k].dtype == t.dtype and torch.equal(back[k], t)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tensor_dicts(), st.dictionaries(st.text(max_size=4), _json_meta, max_size=3))
 def test_fuzz_round_trip(tensors, meta):
@@ -145,6 +146,7 @@ def test_fuzz_round_trip(tensors, meta):
     _check(payload, tensors)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tensor_dicts(), st.data())
 def test_fuzz_mutated_messages_decode_correctly_or_raise_wire_format_error(tensors, data):
