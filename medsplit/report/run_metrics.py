@@ -15,7 +15,7 @@ from medsplit.report.run_summary import (
 )
 from medsplit.uncertainty import format_interval
 
-__all__ = ["HISTORY_METRICS", "curves_section", "test_section"]
+__all__ = ["HISTORY_METRICS", "curves_section", "evaluation_section"]
 
 #: History keys drawn as learning curves, in panel order (others starting with train_/val_ follow).
 HISTORY_METRICS = (
@@ -171,8 +171,8 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None, interv
 
 
 
-def test_section(report: Report, record: dict) -> None:
-    """The test metrics of the tested model: tables, figures and what the intervals cover.
+def evaluation_section(report: Report, record: dict) -> None:
+    """The Test metrics section: the tested model's metrics, tables, figures and what the intervals cover.
 
     Args:
         report: the report to add the section to.

@@ -41,7 +41,7 @@ from pathlib import Path
 from medsplit.report.html import Report
 from medsplit.report.run_communication import communication_section, transport_section
 from medsplit.report.run_facts import artifacts_section, config_section, data_section
-from medsplit.report.run_metrics import curves_section, test_section
+from medsplit.report.run_metrics import curves_section, evaluation_section
 from medsplit.report.run_summary import summary_section
 
 __all__ = ["build_run_report", "write_run_report"]
@@ -78,7 +78,7 @@ def build_run_report(record: dict) -> Report:
         curves_section(report, list(record["history"]), record.get("selected_epoch"))
     test = record.get("test")
     if isinstance(test, dict) and test:
-        test_section(report, record)
+        evaluation_section(report, record)
     if record.get("bytes"):
         communication_section(report, list(record["bytes"]), record)
     if record.get("transport"):

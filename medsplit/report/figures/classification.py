@@ -18,6 +18,10 @@ def roc_figure(roc: Mapping[str, Any], auc: Any = None) -> Figure:
 
     ``roc`` is either binary (``{"fpr": [...], "tpr": [...]}``) or per class
     (``{name: {"fpr", "tpr", "auc"}}``); ``auc`` is the headline (macro) AUC or ``None``.
+
+    Args:
+        roc: the curve(s), as above.
+        auc: the headline AUC, or ``None`` when undefined.
     """
     fig = Figure(figsize=(5.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
@@ -49,6 +53,10 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
 
     Cells show counts and the row percentage; the colour is the row-normalised fraction so a
     rare class's errors are as visible as a common class's.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = true class.
+        class_names: one name per class; indices when ``None``.
     """
     cm = np.asarray(confusion, dtype=np.int64)
     k = cm.shape[0]

@@ -27,7 +27,11 @@ METRIC_LABELS = {
 
 
 def metric_label(key: str) -> str:
-    """``"val_hd95"`` -> ``"validation HD95 (pixels)"``; unknown keys lose their prefix underscore."""
+    """``"val_hd95"`` -> ``"validation HD95 (pixels)"``; unknown keys lose their prefix underscore.
+
+    Args:
+        key: a history key such as ``"val_auc"``.
+    """
     if key in METRIC_LABELS:
         return METRIC_LABELS[key]
     for prefix, word in (("val_", "validation "), ("train_", "training "), ("test_", "test ")):
@@ -42,6 +46,11 @@ def learning_curves(history: list[dict], metrics: list[str], selected_epoch: int
     Rows lacking a metric, or holding ``None``/NaN for it, are skipped, so training-only
     and validation rows can share one history list. ``selected_epoch`` (the epoch whose
     model was tested) is drawn as a dashed vertical line in every panel.
+
+    Args:
+        history: rows with ``"epoch"``, optionally ``"client"``, and metric values.
+        metrics: history keys to draw, one panel each, in order.
+        selected_epoch: the tested epoch (1-based), or ``None``.
     """
     metrics = list(metrics)
     rows, cols = grid_shape(len(metrics), 3)

@@ -27,6 +27,14 @@ def line_plot(
 
     ``None``/NaN values leave gaps. ``yerr`` maps a series name to symmetric errors (e.g. a
     standard deviation over seeds).
+
+    Args:
+        xs: the shared x values.
+        series: ``{name: y values}``, one line each.
+        xlabel, ylabel: axis labels.
+        title: optional title.
+        logx: logarithmic x axis.
+        yerr: optional ``{name: symmetric errors}``.
     """
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()

@@ -17,6 +17,9 @@ def bytes_figure(bytes_rows: list[dict]) -> Figure:
     """Megabytes (10^6 bytes) per epoch for every ``link`` + ``kind`` pair.
 
     Grouped bars for up to 12 epochs, lines (one per link+kind) beyond that.
+
+    Args:
+        bytes_rows: the run record's ``bytes`` rows (``epoch``, ``link``, ``kind``, ``bytes``).
     """
     totals: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     for row in bytes_rows:
