@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from medsplit.metrics import ClassificationMetrics, SegmentationMetrics
 from medsplit.report import Report, figures, write_run_report
+from medsplit.report.figures import tradeoffs
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
@@ -244,7 +245,7 @@ def test_figures_return_figures():
         figures.overlay_grid(np.zeros((1, 8, 8)), np.zeros((1, 8, 8), bool), np.ones((1, 8, 8), bool), ["x"]),
     ]
     assert all(isinstance(f, Figure) for f in made)
-    assert figures._pareto([(0.9, 0.8), (0.5, 0.75), (0.3, 0.6), (0.6, 0.5)], "lower", "higher") == [
+    assert tradeoffs._pareto([(0.9, 0.8), (0.5, 0.75), (0.3, 0.6), (0.6, 0.5)], "lower", "higher") == [
         (0.3, 0.6), (0.5, 0.75), (0.9, 0.8)
     ]
 
