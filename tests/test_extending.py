@@ -124,9 +124,10 @@ def test_the_protocol_example_is_a_choice_and_alternates_direction(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_defence_and_attack_examples_run_in_the_harness(tmp_path):
+def test_the_defence_and_attack_examples_run_in_the_harness(tmp_path, shared_data):
     with installed("medsplit/defences/quantise.py", "medsplit/attacks/nearest_neighbour.py"):
-        run_medsplit(["attack", "--profile", "tiny", "--task", "retinopathy", "--attacks", "nearest-neighbour",
+        run_medsplit(["attack", "--profile", "tiny", "--task", "retinopathy", "--data-root", str(shared_data),
+                      "--attacks", "nearest-neighbour",
                       "--defences", "none,quantise", "--set", "strengths.quantise=[4]", "--out", str(tmp_path / "out")],
                      cwd=tmp_path)
     summary = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
