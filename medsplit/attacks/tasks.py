@@ -68,20 +68,30 @@ class AttackTask:
     """The base of the harness's task adapters; a subclass fills in every attribute and method.
 
     Attributes:
-        name: the ``--task`` name.
-        labels_may_cross: the task's split lets the labels cross to the server (a two-part
-            classification split); False for the U-shaped segmentation split.
-        metric_label: display name of the utility metric ("Dice", "AUC").
+        name: the ``--task`` name (a task of :data:`medsplit.tasks.TASKS`, which says whether its
+            labels may cross and how its metric is called).
         chance_level: the utility a constant answer scores (``None``: no such level).
         label_note: why per-example labels are unavailable to a label-leakage attack (``None``:
             they are available).
     """
 
     name: str
-    labels_may_cross: bool
-    metric_label: str
     chance_level: float | None = None
     label_note: str | None = None
+
+    @property
+    def labels_may_cross(self) -> bool:
+        """The task's split lets the labels cross to the server (the training task says)."""
+        from medsplit.tasks import TASKS
+
+        return bool(TASKS[self.name].labels_may_cross)
+
+    @property
+    def metric_label(self) -> str:
+        """Display name of the utility metric ("Dice", "AUC"), the training task's."""
+        from medsplit.tasks import TASKS
+
+        return TASKS[self.name].metric_label
 
     def load_splits(self, profile: Profile, data_root: Path, seed: int) -> tuple[Any, Any, torch.Tensor,
                                                                                  torch.Tensor, int, str]:
@@ -131,8 +141,6 @@ class LungSegmentation(AttackTask):
     """covid-cxr-v7 lung masks, the classic U-Net cut U-shaped (the masks never leave the hospital)."""
 
     name = "lungs"
-    labels_may_cross = False
-    metric_label = "Dice"
     label_note = "the lung task's labels are pixel masks that never leave the hospital"
 
     def load_splits(self, profile, data_root, seed):
@@ -170,8 +178,6 @@ class FundusClassification(AttackTask):
     """EyePACS referable retinopathy (a profile-sized subset), a ResNet-18 cut in two (the labels cross)."""
 
     name = "retinopathy"
-    labels_may_cross = True
-    metric_label = "AUC"
     chance_level = 0.5
 
     def load_splits(self, profile, data_root, seed):
