@@ -28,7 +28,7 @@ from medsplit.config import config_from_dict
 from medsplit.data.augment import to_float
 from medsplit.tasks import task_class, task_model
 from medsplit.train.checkpoint import load_weights
-from medsplit.train.loop import resolve_device
+from medsplit.train.device import resolve_device
 
 
 def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64,

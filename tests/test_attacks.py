@@ -17,7 +17,7 @@ from medsplit.defences import HijackDetector
 from medsplit.models import build_model
 from medsplit.split import Channel, cut, two_party
 from medsplit.split.channel import NonFiniteError
-from medsplit.train.loop import device_label
+from medsplit.train.device import device_label
 
 torch.set_num_threads(1)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

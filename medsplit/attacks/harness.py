@@ -39,7 +39,7 @@ from medsplit.attacks.targets import CPU, train_defended_target, train_validator
 from medsplit.attacks.tasks import attack_task
 from medsplit.config import default_data_root
 from medsplit.defences import DEFENCES, DefenceNotApplicable, check_defence_names
-from medsplit.train import loop as train_loop
+from medsplit.train import device as train_device
 
 
 def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], defences: list[str] | None,
@@ -118,7 +118,7 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
     bar.close()
     return {"task": task, "profile": profile.name, "rows": rows, "extras": extras, "skipped": skipped,
             "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6].cpu(),
-            "profile_config": _jsonable(asdict(profile)), "device": train_loop.device_label(device)}
+            "profile_config": _jsonable(asdict(profile)), "device": train_device.device_label(device)}
 
 
 def _jsonable(obj):

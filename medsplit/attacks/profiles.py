@@ -112,9 +112,9 @@ def resolve_device(name: str) -> torch.device:
     """``--device`` to a device, as training resolves ``train.device``; the harness knows only DEVICES."""
     if name not in DEVICES:
         raise ValueError(f"unknown --device {name!r}; valid devices are {list(DEVICES)}")
-    from medsplit.train import loop as train_loop
+    from medsplit.train import device as train_device
 
-    return train_loop.resolve_device(name, setting="--device {}")
+    return train_device.resolve_device(name, setting="--device {}")
 
 
 def default_profile(device: torch.device) -> str:

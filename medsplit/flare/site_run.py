@@ -92,7 +92,7 @@ class _FlareParty(PartyRun):
         job ends naming this site. The server trains on the fake batches too (the price of a
         probe the server cannot recognise), so a run with the detector is not the in-process run.
         """
-        from medsplit.train.loop import augmentation_generator, epoch_batches
+        from medsplit.train.schedule import augmentation_generator, epoch_batches
 
         cfg, K, det = self.cfg, self.cfg.split.clients, self.guard.detector
         own = epoch_batches(self.indices, cfg.train.batch_size, cfg.train.seed, epoch, self.k)
@@ -159,7 +159,7 @@ def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_dat
         resume: continue from this party's last checkpoint.
         guard: the hospital's defences (hospitals only).
     """
-    from medsplit.train.loop import resolve_device
+    from medsplit.train.device import resolve_device
 
     check_flare_config(cfg)
     cfg = with_outputs(cfg, Path(root))

@@ -25,10 +25,7 @@ from medsplit.train.protocols import protocol_class
 from medsplit.train.schedule import augmentation_generator, client_indices, epoch_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
 
-# parties.py, the FLARE sites, evaluate.py and privacy_eval.py import the schedule and device
-# helpers (now in medsplit.train.schedule and .device) from here too.
-__all__ = ["augmentation_generator", "check_cut", "client_indices", "device_label", "epoch_batches", "evaluate_split",
-           "learning_rate", "make_optimizer_factory", "resolve_device", "train"]
+__all__ = ["check_cut", "evaluate_split", "train"]
 
 
 @torch.no_grad()

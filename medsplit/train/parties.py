@@ -53,7 +53,7 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
         resume: continue from this party's last checkpoint.
         quiet: no console output beyond errors.
     """
-    from medsplit.train.loop import resolve_device
+    from medsplit.train.device import resolve_device
     from medsplit.transport.gloo import GlooTransport
 
     names = party_names(cfg.split.clients)

@@ -32,7 +32,8 @@ def write_party_report(run: PartyRun, final, test, reports: list[dict]) -> dict:
     Returns:
         The run record written to ``metrics.json``.
     """
-    from medsplit.train.loop import _data_summary, _json_default, device_label
+    from medsplit.train.loop import _data_summary, _json_default
+    from medsplit.train.device import device_label
     from medsplit.train.outputs import write_outputs
 
     cfg = run.cfg

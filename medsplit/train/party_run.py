@@ -84,7 +84,7 @@ class PartyRun:
 
     def _load_data(self):
         """A hospital's task and training rows; the server has neither."""
-        from medsplit.train.loop import client_indices
+        from medsplit.train.schedule import client_indices
         from medsplit.train.tasks import make_task
 
         task = make_task(self.cfg, self.device)
@@ -95,7 +95,7 @@ class PartyRun:
 
     # ---- the run ---------------------------------------------------------------------
     def run(self) -> dict | None:
-        from medsplit.train.loop import learning_rate, make_optimizer_factory
+        from medsplit.train.schedule import learning_rate, make_optimizer_factory
 
         cfg = self.cfg
         ck = load_checkpoint(self.party_dir) if self.resume else None
@@ -150,7 +150,7 @@ class PartyRun:
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> dict[int, list[float]]:
-        from medsplit.train.loop import augmentation_generator, epoch_batches
+        from medsplit.train.schedule import augmentation_generator, epoch_batches
 
         cfg = self.cfg
         K = cfg.split.clients
