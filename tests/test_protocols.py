@@ -258,3 +258,19 @@ def test_sweeps_accept_splitfed_v1(tmp_path):
     assert args.protocols == ["splitfed", "splitfed-v1"]
     points = plan_points("lungs", "cut", [1], [0], ["splitfed-v1"], ["iid"], False)
     assert [p.protocol for p in points] == ["splitfed-v1"]
+
+
+@pytest.mark.slow
+def test_splitfed_v1_with_two_hospitals_equals_fedavg(tmp_path):
+    """Each hospital trains the whole model (its part and its own server copy) and both halves are
+    averaged with the same weights each round: SFL-V1 makes exactly FedAvg's updates (measured on
+    the two-site lung study too, to every digit); only who computes which layers, and so what
+    crosses, differs."""
+    from medsplit.train.loop import train
+
+    runs = {p: json.loads((train(_cfg(tmp_path, "retinopathy", f"split.protocol={p}", "split.clients=2"), quiet=True)
+                           / "metrics.json").read_text()) for p in ("fedavg", "splitfed-v1")}
+    fedavg, v1 = runs["fedavg"], runs["splitfed-v1"]
+    assert [r.get("train_loss") for r in v1["history"]] == [r.get("train_loss") for r in fedavg["history"]]
+    assert v1["test"]["auc"] == fedavg["test"]["auc"] and v1["selected_epoch"] == fedavg["selected_epoch"]
+    assert any(r["kind"] == "activation" for r in v1["bytes"]) and not any(r["kind"] == "activation" for r in fedavg["bytes"])
