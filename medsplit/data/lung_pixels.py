@@ -34,11 +34,7 @@ def _native_size(path: Path) -> tuple[int, int]:
         if is_nifti(path):
             import nibabel as nib
 
-            shape = nib.load(str(path)).shape  # header only
-            plane = tuple(d for d in shape if d != 1)
-            if len(plane) != 2:
-                raise DataError(f"{path} has shape {shape}; expected a 2-D image or a single slice")
-            return plane  # type: ignore[return-value]
+            return _plane_shape(nib.load(str(path)).shape, path)  # header only
         from PIL import Image
 
         with Image.open(path) as im:
@@ -49,11 +45,16 @@ def _native_size(path: Path) -> tuple[int, int]:
         raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
 
 
+def _plane_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+    """``(H, W)`` of a stored shape once its size-1 axes are dropped (a 2-D image or one slice)."""
+    plane = tuple(d for d in shape if d != 1)
+    if len(plane) != 2:
+        raise DataError(f"{path} has shape {shape}; expected a 2-D image or a single slice")
+    return plane  # type: ignore[return-value]
+
+
 def _as_2d(array: np.ndarray, path: Path) -> np.ndarray:
-    squeezed = np.squeeze(array)
-    if squeezed.ndim != 2:
-        raise DataError(f"{path} has shape {array.shape}; expected a 2-D image or a single slice")
-    return squeezed
+    return array.reshape(_plane_shape(array.shape, path))
 
 
 def _read_array(path: Path, what: str) -> np.ndarray:
