@@ -158,7 +158,7 @@ class Config:
 
 #: Listing order of the built-in protocols (split ones first); a protocol added as a new module
 #: follows them in name order.
-_PROTOCOL_ORDER = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
+BUILTIN_PROTOCOLS = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
 
 
 def protocol_module_names() -> tuple[str, ...]:
@@ -167,7 +167,7 @@ def protocol_module_names() -> tuple[str, ...]:
     new protocol is one new file and loading a config still imports no torch."""
     folder = Path(__file__).resolve().parents[1] / "train" / "protocols"
     found = {m.name.replace("_", "-") for m in pkgutil.iter_modules([str(folder)]) if m.name != "base"}
-    return tuple(n for n in _PROTOCOL_ORDER if n in found) + tuple(sorted(found - set(_PROTOCOL_ORDER)))
+    return tuple(n for n in BUILTIN_PROTOCOLS if n in found) + tuple(sorted(found - set(BUILTIN_PROTOCOLS)))
 
 
 CHOICES = {

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 # torch-free, like this package: loading a config must not import torch
-from medsplit.config.schema import _PROTOCOL_ORDER, CHOICES, Config, ConfigError
+from medsplit.config.schema import BUILTIN_PROTOCOLS, CHOICES, Config, ConfigError
 from medsplit.data.image_size import MIN_IMAGE_SIZE
 
 
@@ -32,7 +32,7 @@ PROCESS_PROTOCOLS = ("sequential", "splitfed")
 def _runs_as_processes(protocol: str) -> bool:
     """Whether ``protocol``'s parties can be separate processes: the literal list for the built-in
     ones (no torch), the class itself for a protocol added as a new module."""
-    if protocol in _PROTOCOL_ORDER:
+    if protocol in BUILTIN_PROTOCOLS:
         return protocol in PROCESS_PROTOCOLS
     from medsplit.train.protocols import PROTOCOLS
 
