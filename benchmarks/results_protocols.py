@@ -26,7 +26,6 @@ from medsplit.tasks import TASKS
 from medsplit.train.protocols import PROTOCOL_NAMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROTOCOLS = PROTOCOL_NAMES
 
 
 def _list(text: str) -> list[str]:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--tag", required=True, help="names the runs and benchmarks/results/results-<tag>.json")
-    p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--protocols", default=",".join(PROTOCOL_NAMES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--order", choices=("seed", "protocol"), default="seed",
                    help="seed: every protocol of seed 0 first, so a cut-short study still compares protocols")
@@ -98,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     protocols, seeds = _list(args.protocols), [int(s) for s in _list(args.seeds)]
-    bad = [x for x in protocols if x not in PROTOCOLS]
+    bad = [x for x in protocols if x not in PROTOCOL_NAMES]
     if bad:
-        print(f"results_protocols: unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}", file=sys.stderr)
+        print(f"results_protocols: unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOL_NAMES)}", file=sys.stderr)
         return 2
     load_config(args.config, args.overrides)  # a bad key fails here, named, before any run starts
     pairs = [(pr, s) for s in seeds for pr in protocols] if args.order == "seed" else [(pr, s) for pr in protocols for s in seeds]
