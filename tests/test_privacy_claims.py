@@ -196,3 +196,25 @@ def test_attack_summary_states_sdar_the_u_shaped_fsha_and_fsha_against_dpsgd():
     assert "epsilon 63 for the client's first part" in text and "Gawron and Stubbings" in text
     table = {r["defence"]: r for r in defence_table(rows)}
     assert table["nopeek"]["SDAR SSIM change"] == pytest.approx(-0.1) and table["nopeek"]["ADRA SSIM"] is None
+
+
+def test_dpsgd_refuses_an_expected_batch_larger_than_the_training_set():
+    data = _data("lungs")
+    model = build_target("lungs", TINY, data.x_train.shape[1], data.num_classes)
+    n = data.x_train.shape[0]
+    with pytest.raises(ValueError, match=rf"expected batch size \({n + 1}\).*training images \({n}\)"):
+        apply_defence(model, "lungs", "dpsgd", 1.0, data, TINY, torch.Generator().manual_seed(0),
+                      batch_size=n + 1, train_size=n)
+
+
+def test_fsha_against_dpsgd_with_fewer_private_images_than_its_batch_samples_every_image():
+    from medsplit.attacks.fsha_protocol import fsha_row
+    from medsplit.attacks.registry import AttackContext
+    from medsplit.attacks.tasks import attack_task
+
+    data = _data("lungs")
+    n = data.x_train.shape[0]
+    profile = replace(TINY, fsha=replace(TINY.fsha, batch_size=n + 5, iterations=2, log_every=1))
+    row, extra = fsha_row(AttackContext(attack_task("lungs"), 0, data, profile, nn.Identity()), "dpsgd", 1.0)
+    assert row["privacy.sample_rate"] == 1.0 and row["privacy.epsilon"] > 0
+    assert f"expected batch is {n} (q = 1)" in extra["privacy_notes"]["batch_note"]

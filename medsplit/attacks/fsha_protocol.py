@@ -159,8 +159,16 @@ def fsha_row(ctx: AttackContext, name: str, strength: float) -> tuple[dict, dict
     torch.manual_seed(ctx.seed)
     cfg = profile.fsha
     model = build_target(task, profile, data.x_train.shape[1], data.num_classes, lr=cfg.lr_client, device=data.device)
+    n_private = data.x_train.shape[0]
+    # the client's expected batch cannot exceed its private images under Poisson sampling (q <= 1):
+    # with fewer images than the attack's batch, every image joins every DP-SGD batch (q = 1)
+    dp_batch = min(cfg.batch_size, n_private)
     facts, hook = apply_defence(model, task, name, strength, data, profile, g, lr=cfg.lr_client,
-                                batch_size=cfg.batch_size, train_size=data.x_train.shape[0])
+                                batch_size=dp_batch if spec.poisson_batches else cfg.batch_size,
+                                train_size=n_private)
+    if spec.poisson_batches and dp_batch < cfg.batch_size:
+        facts["batch_note"] = (f"the client holds {n_private} private images, fewer than the attack's batch of "
+                               f"{cfg.batch_size}: under DP-SGD its expected batch is {dp_batch} (q = 1)")
     first = model.chain[0][0]
     key = crossing_key(model)
     shape = activation_shape(model, data.x_train)

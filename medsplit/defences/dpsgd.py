@@ -182,6 +182,10 @@ class _Both:
 def install(model: SplitModel, strength: float, setting: DefenceSetting) -> tuple[dict, DPSGDClient]:
     """DP-SGD on the client's first part: sigma = ``strength``, clip 1.0, delta 1e-5, q = batch / training images."""
     n, b = setting.train_size, setting.batch_size
+    if not 0 < b <= n:
+        # Poisson sampling draws each image with probability q = b / n, so q must be a probability
+        raise ValueError(f"DP-SGD: the expected batch size ({b}) must be between 1 and the client's number of "
+                         f"training images ({n}); lower the batch size or give the client more images")
     hook = DPSGDClient(model, setting.part, strength, 1.0, b / n, 1e-5, setting.lr, b)
     return {"sigma": strength, "max_grad_norm": 1.0, "delta": 1e-5, "sample_rate": b / n,
             "sampling": "Poisson (each image joins a batch with probability q)", **hook.scope()}, hook
