@@ -46,6 +46,23 @@ def run_scores(metrics: dict) -> dict[str, float]:
     return out
 
 
+def run_intervals(metrics: dict) -> dict[str, dict]:
+    """The run's 95% bootstrap intervals over test patients (``test_intervals`` of its
+    ``metrics.json``), per metric: ``{"low", "high", "level", "n_patients"}``; empty if none."""
+    found = metrics.get("test_intervals") or {}
+    return {k: {"low": v["low"], "high": v["high"], "level": found.get("level"), "n_patients": found.get("n_patients")}
+            for k, v in found.items() if isinstance(v, dict) and v.get("low") is not None}
+
+
+def interval_lines(runs: list[dict], metric: str) -> str:
+    """One line per run: the metric and its bootstrap interval (when the runs have one)."""
+    lines = [f"- {r['protocol']} seed {r['seed']}: {metric} {r['scores'][metric]:.3f} "
+             f"(95% CI {r['intervals'][metric]['low']:.3f}-{r['intervals'][metric]['high']:.3f}, "
+             f"{r['intervals'][metric]['n_patients']} test patients)"
+             for r in runs if metric in r.get("intervals", {}) and metric in r["scores"]]
+    return "\n".join(lines)
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -111,16 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.time()
-    runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m),
+    runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m), "intervals": run_intervals(m),
              "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
              "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]}
             for r, m in train_study(plan, args.jobs, args.threads)]
     summary = summarise(runs, protocols)
     text = table(summary)
+    primary = TASKS[load_config(args.config, args.overrides).task].primary_metric
+    per_run = interval_lines(runs, primary)
     print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")
+    if per_run:
+        print(f"\nper run, with the bootstrap interval over test patients:\n{per_run}")
     write_study(Path(args.results_dir) / f"results-{args.tag}.json",
                 {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
-                 "runs": runs, "summary": summary, "table_markdown": text, "threads": args.threads, "jobs": args.jobs,
+                 "runs": runs, "summary": summary, "table_markdown": text, "per_run_intervals": per_run, "threads": args.threads, "jobs": args.jobs,
                  "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])},
                 start)
     return exit_code(len(runs), len(plan))

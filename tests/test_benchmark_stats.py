@@ -1,4 +1,5 @@
-"""The codec benchmark's statistics: the interval a "costs at most 1 point" claim rests on."""
+"""The benchmarks' statistics: the interval a "costs at most 1 point" claim rests on (codec study), the
+bootstrap intervals a results study keeps per run."""
 
 import importlib.util
 from pathlib import Path
@@ -52,3 +53,22 @@ def test_a_study_refuses_a_run_folder_of_another_config_naming_the_remedy(tmp_pa
     (ok.run_dir / "config.yaml").write_text(load_config(config, [*base, "train.epochs=7"]).to_yaml())
     with pytest.raises(RuntimeError, match=r"differs in .*train\.epochs.*pass another --runs-dir"):
         plan_run(config, base, "sequential", 0, "study-seed0", str(tmp_path), threads=1)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, _PATH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_study_keeps_each_runs_bootstrap_interval():
+    study = _load("results_protocols")
+    metrics = {"test_intervals": {"auc": {"estimate": 0.8, "low": 0.74, "high": 0.85, "undefined": 0},
+                                  "level": 0.95, "n_patients": 382, "method": "percentile bootstrap over patients"}}
+    got = study.run_intervals(metrics)
+    assert got == {"auc": {"low": 0.74, "high": 0.85, "level": 0.95, "n_patients": 382}}
+    assert study.run_intervals({"test": {}}) == {}
+    runs = [{"protocol": "centralised", "seed": 1, "scores": {"auc": 0.8}, "intervals": got},
+            {"protocol": "fedavg", "seed": 0, "scores": {"auc": 0.7}, "intervals": {}}]
+    assert study.interval_lines(runs, "auc") == "- centralised seed 1: auc 0.800 (95% CI 0.740-0.850, 382 test patients)"

@@ -41,6 +41,9 @@ class DataConfig:
     """iid | dirichlet | label_skew | group (clients = image source/view)."""
     alpha: float = 0.5
     augment: bool = True
+    preprocess: str = "none"
+    """Fundus photographs only: none | local-contrast (subtract each pixel's local average colour,
+    Graham 2015: lesions and vessels stay, the camera's illumination and colour cast go)."""
     aug_backend: str = "monai"
     """Segmentation augmentation: monai | albumentations."""
     cache_dir: str = ".cache/medsplit"
@@ -174,6 +177,7 @@ CHOICES = {
     "task": ("retinopathy", "lungs"),
     "data.target": ("any", "referable", "grade"),
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
+    "data.preprocess": ("none", "local-contrast"),  # = medsplit.data.fundus_contrast.PREPROCESSING (tested)
     "data.aug_backend": ("monai", "albumentations"),
     "data.duplicates": ("error", "drop"),
     # Every module of medsplit/train/protocols/ (read from the file names: loading a config

@@ -24,6 +24,16 @@ def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output.float(), target)
 
 
+def _preprocess(cfg: Config, images: torch.Tensor) -> torch.Tensor:
+    """``data.preprocess`` applied to decoded uint8 images: training, validation, test and
+    external images all go through it (a model trained on filtered images sees filtered ones)."""
+    if cfg.data.preprocess == "local-contrast":
+        from medsplit.data.fundus_contrast import local_contrast
+
+        return local_contrast(images)
+    return images
+
+
 @register_task
 class RetinopathyTask(Task):
     """Diabetic-retinopathy grading from colour fundus photographs (split ResNet).
@@ -57,12 +67,17 @@ class RetinopathyTask(Task):
     def load_data(cls, cfg: Config) -> RetinopathyData:
         from medsplit.data.retinopathy import load_retinopathy
 
-        return load_retinopathy(
+        data = load_retinopathy(
             cfg.data.source, cfg.data_root(), target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
             max_images=cfg.data.max_images, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
             synthetic_size=cfg.data.synthetic_size, duplicates=cfg.data.duplicates,
         )
+        for part in (data.train, data.val, data.test):
+            part.images = _preprocess(cfg, part.images)
+        if cfg.data.preprocess != "none":
+            data.notes["preprocess"] = cfg.data.preprocess
+        return data
 
     @classmethod
     def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
@@ -74,7 +89,7 @@ class RetinopathyTask(Task):
         spec = TARGETS[cfg.data.target]
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
         images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
-        return ExternalSet(images.images, images.labels, images.ids, images.patients, source,
+        return ExternalSet(_preprocess(cfg, images.images), images.labels, images.ids, images.patients, source,
                            ClassificationMetrics(spec.num_classes, list(spec.class_names)))
 
     @classmethod
