@@ -204,6 +204,31 @@ def test_augment_geometry_is_exact_for_flips():
     assert (spun - disc.float()).abs().mean() < 0.05  # a centred disc is rotation-invariant
 
 
+def test_right_angle_geometry_gives_all_eight_symmetries_without_resampling():
+    x = torch.rand(128, 3, 8, 8)
+    lossless = BatchAugment(right_angles=True, brightness=0.0, contrast=0.0)
+    out = lossless(x, torch.Generator().manual_seed(0))
+    symmetries = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+    symmetries += [s.transpose(-1, -2) for s in symmetries]
+    matched = [[torch.equal(out[i], s[i]) for s in symmetries] for i in range(128)]  # exact: no pixel resampled
+    assert all(any(m) for m in matched)
+    assert all(sum(m[k] for m in matched) > 5 for k in range(8))  # every symmetry occurs
+    assert torch.equal(lossless(x, torch.Generator().manual_seed(0)), out)  # reproducible
+    affine = BatchAugment(brightness=0.0, contrast=0.0)(x, torch.Generator().manual_seed(0))
+    assert not any(torch.equal(affine[0], s[0]) for s in symmetries)  # the default resamples
+
+
+def test_the_fundus_task_reads_the_rotation_setting(tmp_path):
+    from medsplit.config import load_config
+    from medsplit.tasks import TASKS
+
+    base = ["data.source=synthetic", "data.synthetic_size=40", "data.img_size=32", f"data.cache_dir={tmp_path}"]
+    for rotation, right_angles in (("any", False), ("right-angles", True)):
+        cfg = load_config(None, [*base, f"data.rotation={rotation}"])
+        task = TASKS["retinopathy"](cfg, TASKS["retinopathy"].load_data(cfg), torch.device("cpu"))
+        assert task.augment.right_angles is right_angles
+
+
 def test_to_float_standardize_and_channel_stats():
     images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
     images[:, 1] //= 2

@@ -44,6 +44,10 @@ class DataConfig:
     preprocess: str = "none"
     """Fundus photographs only: none | local-contrast (subtract each pixel's local average colour,
     Graham 2015: lesions and vessels stay, the camera's illumination and colour cast go)."""
+    rotation: str = "any"
+    """Fundus augmentation's geometry: any (an angle in [-180, 180] degrees and a 0.9-1.1 zoom,
+    bilinear resampling) | right-angles (the square's 8 rotations and flips by indexing: nothing
+    resampled, so one-pixel lesions stay sharp)."""
     aug_backend: str = "monai"
     """Segmentation augmentation: monai | albumentations."""
     cache_dir: str = ".cache/medsplit"
@@ -178,6 +182,7 @@ CHOICES = {
     "data.target": ("any", "referable", "grade"),
     "data.partition": ("iid", "dirichlet", "label_skew", "group"),
     "data.preprocess": ("none", "local-contrast"),  # = medsplit.data.fundus_contrast.PREPROCESSING (tested)
+    "data.rotation": ("any", "right-angles"),
     "data.aug_backend": ("monai", "albumentations"),
     "data.duplicates": ("error", "drop"),
     # Every module of medsplit/train/protocols/ (read from the file names: loading a config

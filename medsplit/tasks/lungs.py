@@ -37,7 +37,7 @@ class LungSegmentationTask(Task):
     index_columns = (("Dice", "dice"), ("Jaccard", "jaccard"))
     labels_may_cross = False  # U-shaped: the client keeps the last part, so the masks never cross
     in_channels = 1
-    unused_settings = ("data.target", "data.preprocess")
+    unused_settings = ("data.target", "data.preprocess", "data.rotation")
     data: SegmentationData
 
     def __init__(self, cfg: Config, data: SegmentationData, device: torch.device):

@@ -60,7 +60,8 @@ class RetinopathyTask(Task):
 
         self._move_to_device("images", "labels")
         self.mean, self.std = channel_stats(self.data.train.images)
-        self.augment = BatchAugment().to(device) if cfg.data.augment else None
+        right_angles = cfg.data.rotation == "right-angles"
+        self.augment = BatchAugment(right_angles=right_angles).to(device) if cfg.data.augment else None
         self._loss = self.loss_function(cfg)
 
     @classmethod
