@@ -147,3 +147,32 @@ def test_more_clients_than_the_data_allows_stops_before_training(tmp_path):
     with pytest.raises(DataError, match=r"12 clients need at least 96 samples.*at most \d+ client\(s\) fit: use split.clients=\d+ or fewer"):
         train(_cfg(tmp_path, "split.clients=12"), quiet=True)
     assert not (tmp_path / "runs").exists()  # and no run folder is left behind
+
+
+def test_class_balanced_batches_draw_each_class_equally_and_repeat():
+    import numpy as np
+
+    from medsplit.train.schedule import epoch_batches
+
+    rows = np.arange(100, 1100)
+    labels = (np.arange(1000) < 100).astype(np.int64)  # 10% positives, as in referable DR
+    batches = epoch_batches(rows, 32, 0, 3, 1, labels)
+    drawn = np.concatenate([b.numpy() for b in batches])
+    assert len(drawn) == 1000 and set(drawn) <= set(rows)
+    share = (drawn < 200).mean()  # rows 100..199 carry the positives
+    assert 0.45 < share < 0.55  # each class half of the draws, not 10%
+    again = np.concatenate([b.numpy() for b in epoch_batches(rows, 32, 0, 3, 1, labels)])
+    assert np.array_equal(drawn, again)  # a function of (seed, epoch, hospital): resumable
+    shuffled = np.concatenate([b.numpy() for b in epoch_batches(rows, 32, 0, 3, 1)])
+    assert sorted(shuffled) == list(rows)  # the default still visits every row once
+
+
+def test_class_balanced_sampling_needs_class_labels():
+    from medsplit.config import ConfigError
+    from medsplit.config.validation import CLASSIFICATION_TASKS
+    from medsplit.tasks import TASKS
+
+    assert load_config(None, ["train.sampling=class-balanced"]).train.sampling == "class-balanced"
+    with pytest.raises(ConfigError, match="'train.sampling'.*needs class labels"):
+        load_config(None, ["task=lungs", "model.name=unet-smp", "train.sampling=class-balanced"])
+    assert set(CLASSIFICATION_TASKS) == {n for n, t in TASKS.items() if not t.per_image_metric}

@@ -104,6 +104,10 @@ class TrainConfig:
     schedule: str = "constant"
     """constant | cosine: the learning rate of epoch e (from 0) is lr * (1 + cos(pi * e / epochs)) / 2,
     set on every party's optimiser as the epoch starts (no state, so a resumed run gets the same)."""
+    sampling: str = "shuffle"
+    """shuffle (every training image once per epoch) | class-balanced (classification only: each
+    hospital draws as many rows as it holds, with replacement, each class of its own labels equally
+    often; a model cannot then score well by predicting the majority class)."""
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     seed: int = 0
@@ -196,4 +200,5 @@ CHOICES = {
     "split.transport": ("inprocess", "gloo", "flare"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
+    "train.sampling": ("shuffle", "class-balanced"),
 }

@@ -19,6 +19,9 @@ TASK_MODELS = {
     "retinopathy": ("resnet18", "resnet34", "resnet50"),
     "lungs": ("unet-smp", "unet-classic"),
 }
+# Tasks whose targets are one class per image (train.sampling=class-balanced balances them); kept
+# literal so loading a config needs no torch; tests/test_training.py checks it against the tasks.
+CLASSIFICATION_TASKS = ("retinopathy",)
 # The classic U-Net halves the image in each of its 4 encoder blocks and concatenates skips of
 # matching size, so its image side must be a multiple of 2 ** 4. (smp's decoder resizes each
 # upsampled map to its skip, so unet-smp takes any size: 16..128 px checked, including 20 and 100.)
@@ -66,6 +69,8 @@ def validate(cfg: Config) -> None:
         ("data.synthetic_size", d.synthetic_size >= 10, "must be >= 10"),
         ("model.base_channels", cfg.model.base_channels >= 1, "must be >= 1"),
         ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
+        ("train.sampling", cfg.train.sampling == "shuffle" or cfg.task in CLASSIFICATION_TASKS,
+         f"needs class labels (task={cfg.task} segments; use shuffle)"),
         ("split.protocol", cfg.split.transport == "inprocess" or _runs_as_processes(cfg.split.protocol),
          f"runs in one process only (split.transport={cfg.split.transport} supports {' and '.join(PROCESS_PROTOCOLS)})"),
     ]

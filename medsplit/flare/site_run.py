@@ -92,10 +92,10 @@ class _FlareParty(PartyRun):
         job ends naming this site. The server trains on the fake batches too (the price of a
         probe the server cannot recognise), so a run with the detector is not the in-process run.
         """
-        from medsplit.train.schedule import augmentation_generator, epoch_batches
+        from medsplit.train.schedule import augmentation_generator, hospital_batches
 
         cfg, K, det = self.cfg, self.cfg.split.clients, self.guard.detector
-        own = epoch_batches(self.indices, cfg.train.batch_size, cfg.train.seed, epoch, self.k)
+        own = hospital_batches(cfg, self.task, self.indices, epoch, self.k)
         plan: list[tuple[torch.Tensor, bool, int]] = []  # (rows, fake round?, the hospital's step number)
         for idx in own:
             self._regular_steps = getattr(self, "_regular_steps", 0) + 1

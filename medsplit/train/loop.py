@@ -22,7 +22,7 @@ from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoi
 from medsplit.train.console import announce_data
 from medsplit.train.device import device_label, resolve_device
 from medsplit.train.protocols import protocol_class
-from medsplit.train.schedule import augmentation_generator, client_indices, epoch_batches, learning_rate, make_optimizer_factory
+from medsplit.train.schedule import augmentation_generator, client_indices, hospital_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
 
 __all__ = ["check_cut", "evaluate_split", "train"]
@@ -158,7 +158,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         for party in protocol.parties:
             for group in party.optimizer.param_groups if party.optimizer else []:
                 group["lr"] = lr
-        batches = [epoch_batches(idx, cfg.train.batch_size, cfg.train.seed, epoch, k) for k, idx in enumerate(pooled)]
+        batches = [hospital_batches(cfg, task, idx, epoch, k) for k, idx in enumerate(pooled)]
         # Every random draw of an epoch is a function of (seed, epoch, hospital): each hospital
         # augments from its own generator, anything on torch's global generator (dropout, say)
         # draws from this reseed, so a resumed run replays the epochs an uninterrupted one trains,

@@ -150,7 +150,7 @@ class PartyRun:
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> dict[int, list[float]]:
-        from medsplit.train.schedule import augmentation_generator, epoch_batches
+        from medsplit.train.schedule import augmentation_generator, hospital_batches
 
         cfg = self.cfg
         K = cfg.split.clients
@@ -164,7 +164,7 @@ class PartyRun:
                                        f"integer in 1..{limit} (train.batch_size)")
                 batches.append([torch.empty(n) for n in sizes])
         else:
-            own = epoch_batches(self.indices, cfg.train.batch_size, cfg.train.seed, epoch, self.k)
+            own = hospital_batches(cfg, self.task, self.indices, epoch, self.k)
             self.control.send(SERVER, batches=[len(b) for b in own])
             batches = [own if k == self.k else [] for k in range(K)]
         # The same draws as the in-process loop: this hospital's own augmentation generator and

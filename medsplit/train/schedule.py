@@ -53,15 +53,34 @@ def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
     return parts
 
 
-def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, client: int) -> list[torch.Tensor]:
+def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, client: int,
+                  labels: np.ndarray | None = None) -> list[torch.Tensor]:
     """Shuffled batches that depend only on (seed, epoch, client): resumable and identical
-    across protocols, so split and centralised runs see the same batches."""
+    across protocols, so split and centralised runs see the same batches.
+
+    Args:
+        labels: the class of each row of ``indices`` for class-balanced sampling: then
+            ``len(indices)`` rows are drawn with replacement, each class with equal total
+            probability; ``None`` shuffles every row once.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + client)
-    order = torch.as_tensor(indices)[torch.randperm(len(indices), generator=g)]
+    if labels is None:
+        order = torch.as_tensor(indices)[torch.randperm(len(indices), generator=g)]
+    else:
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        weight = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
+        order = torch.as_tensor(indices)[torch.multinomial(weight, len(indices), replacement=True, generator=g)]
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one sample
         batches.pop()
     return batches
+
+
+def hospital_batches(cfg: Config, task: Task, indices: np.ndarray, epoch: int, hospital: int) -> list[torch.Tensor]:
+    """Hospital ``hospital``'s batches of ``epoch`` under ``train.sampling`` (its own rows and, for
+    class-balanced sampling, its own labels: nothing about other hospitals' data is needed)."""
+    labels = task.partition_labels()[indices] if cfg.train.sampling == "class-balanced" else None
+    return epoch_batches(indices, cfg.train.batch_size, cfg.train.seed, epoch, hospital, labels)
 
 
 def augmentation_generator(cfg: Config, epoch: int, hospital: int, device: torch.device) -> torch.Generator:
