@@ -72,3 +72,14 @@ def test_results_study_keeps_each_runs_bootstrap_interval():
     runs = [{"protocol": "centralised", "seed": 1, "scores": {"auc": 0.8}, "intervals": got},
             {"protocol": "fedavg", "seed": 0, "scores": {"auc": 0.7}, "intervals": {}}]
     assert study.interval_lines(runs, "auc") == "- centralised seed 1: auc 0.800 (95% CI 0.740-0.850, 382 test patients)"
+
+
+def test_signal_probe_features_are_disc_shares_per_channel_and_level():
+    import torch
+
+    probe = _load("eyepacs_signal_probe")
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    images[0, :, 4:12, 4:12] = 255  # image 0: a white disc; image 1: all surround
+    f = probe.features(images, filtered=False)
+    assert f.shape == (2, 24)
+    assert (f[0] == 1).all() and (f[1] == 0).all()  # the disc is above every level; no disc, no share
