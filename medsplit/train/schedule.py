@@ -67,7 +67,7 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, c
     if labels is None:
         order = torch.as_tensor(indices)[torch.randperm(len(indices), generator=g)]
     else:
-        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         weight = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
         order = torch.as_tensor(indices)[torch.multinomial(weight, len(indices), replacement=True, generator=g)]
     batches = list(order.split(batch_size))
