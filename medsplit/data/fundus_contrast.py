@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from medsplit.data.errors import DataError
 
-__all__ = ["local_contrast", "PREPROCESSING"]
+__all__ = ["PREPROCESSING", "local_contrast"]
 
 #: ``data.preprocess`` choices: what is applied to decoded fundus images (kept in sync with the config).
 PREPROCESSING = ("none", "local-contrast")
