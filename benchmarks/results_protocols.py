@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep.study_file import exit_code, plan_run, train_study, write_study
+from medsplit.sweep.study_file import exit_code, finished_runs, plan_run, train_study, write_study
 from medsplit.tasks import TASKS
 from medsplit.train.protocols import PROTOCOL_NAMES
 
@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per training")
     p.add_argument("--runs-dir", default="runs/results")
     p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--finished-only", action="store_true",
+                   help="summarise the planned runs that have finished and train nothing (a study cut short); "
+                        "exits non-zero while some are missing")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args(argv)
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m), "intervals": run_intervals(m),
              "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
              "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]}
-            for r, m in train_study(plan, args.jobs, args.threads)]
+            for r, m in (finished_runs(plan) if args.finished_only else train_study(plan, args.jobs, args.threads))]
     summary = summarise(runs, protocols)
     text = table(summary)
     primary = TASKS[load_config(args.config, args.overrides).task].primary_metric
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     write_study(Path(args.results_dir) / f"results-{args.tag}.json",
                 {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
                  "runs": runs, "summary": summary, "table_markdown": text, "per_run_intervals": per_run, "threads": args.threads, "jobs": args.jobs,
+                 "finished": f"{len(runs)} of {len(plan)} planned runs",
                  "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])},
                 start)
     return exit_code(len(runs), len(plan))

@@ -83,3 +83,23 @@ def test_signal_probe_features_are_disc_shares_per_channel_and_level():
     f = probe.features(images, filtered=False)
     assert f.shape == (2, 24)
     assert (f[0] == 1).all() and (f[1] == 0).all()  # the disc is above every level; no disc, no share
+
+
+def test_results_study_summarises_a_study_cut_short_without_training(tmp_path):
+    import json
+
+    study = _load("results_protocols")
+    run = tmp_path / "runs" / "results-cut-centralised-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "task": "retinopathy", "test": {"auc": 0.71, "accuracy": 0.52}, "wall_time_s": 60.0, "selected_epoch": 3,
+        "device": "cpu", "data": {}, "test_intervals": {"auc": {"low": 0.66, "high": 0.76}, "n_patients": 400}}))
+    argv = ["--config", str(_PATH.parents[1] / "configs" / "results-retinamnist.yaml"), "--tag", "cut",
+            "--protocols", "centralised,fedavg", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results"), "--finished-only"]
+    assert study.main(argv) == 1  # one of two planned runs: the study is not complete
+    record = json.loads((tmp_path / "results" / "results-cut.json").read_text())
+    assert record["finished"] == "1 of 2 planned runs"
+    assert [r["protocol"] for r in record["runs"]] == ["centralised"]
+    assert record["runs"][0]["intervals"]["auc"]["low"] == 0.66
+    assert not (tmp_path / "runs" / "results-cut-fedavg-seed0").exists()  # nothing was trained

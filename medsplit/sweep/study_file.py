@@ -62,6 +62,11 @@ def train_study(plan: list[StudyRun], jobs: int, threads: int) -> list[tuple[Stu
     for k, (status, _, error) in train_points([r.cfg for r in plan], jobs=jobs, threads=threads):
         r = plan[k]
         print(f"{r.setting:>{width}} seed {r.seed}: {'FAILED ' + error[0] if error else status} ({r.run_dir})", flush=True)
+    return finished_runs(plan)
+
+
+def finished_runs(plan: list[StudyRun]) -> list[tuple[StudyRun, dict]]:
+    """The planned runs that have finished (their ``metrics.json`` exists), with it; trains nothing."""
     finished = []
     for r in plan:
         path = r.run_dir / "metrics.json"
