@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from medsplit.atomic import write_atomic
 from medsplit.config import Config, load_config
