@@ -21,13 +21,7 @@ import time
 from pathlib import Path
 
 from medsplit.config import load_config
-from medsplit.sweep.study_file import (
-    exit_code,
-    finished_runs,
-    plan_run,
-    train_study,
-    write_study,
-)
+from medsplit.sweep.study_file import exit_code, finished_runs, plan_run, train_study, write_study
 from medsplit.tasks import TASKS
 from medsplit.train.protocols import PROTOCOL_NAMES
 
