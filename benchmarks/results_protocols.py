@@ -93,7 +93,9 @@ def table(summary: list[dict]) -> str:
     lines = ["| protocol | seeds | " + " | ".join(keys) + " | wall time per run |",
              "|---" * (len(keys) + 3) + "|"]
     for row in summary:
-        cells = [f"{row[k]['mean']:.3f} +- {row[k]['std']:.3f}" if k in row else "" for k in keys]
+        # one seed has no spread to show: "+- 0.000" would claim one
+        cells = [("" if k not in row else f"{row[k]['mean']:.3f} +- {row[k]['std']:.3f}" if len(row[k]["values"]) > 1
+                  else f"{row[k]['mean']:.3f} (one seed)") for k in keys]
         lines.append(f"| {row['protocol']} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {row['wall_time_s_mean'] / 60:.1f} min |")
     return "\n".join(lines)
 

@@ -103,3 +103,4 @@ def test_results_study_summarises_a_study_cut_short_without_training(tmp_path):
     assert [r["protocol"] for r in record["runs"]] == ["centralised"]
     assert record["runs"][0]["intervals"]["auc"]["low"] == 0.66
     assert not (tmp_path / "runs" / "results-cut-fedavg-seed0").exists()  # nothing was trained
+    assert "| centralised | 1 | 0.710 (one seed) | 0.520 (one seed) |" in record["table_markdown"]  # no "+- 0.000"
