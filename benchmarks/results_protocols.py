@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"results_protocols: unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOL_NAMES)}", file=sys.stderr)
         return 2
-    load_config(args.config, args.overrides)  # a bad key fails here, named, before any run starts
+    cfg = load_config(args.config, args.overrides)  # a bad key fails here, named, before any run starts
     pairs = [(pr, s) for s in seeds for pr in protocols] if args.order == "seed" else [(pr, s) for pr in protocols for s in seeds]
     try:
         plan = [plan_run(args.config, [*args.overrides, f"split.protocol={protocol}"], protocol, seed,
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for r, m in (finished_runs(plan) if args.finished_only else train_study(plan, args.jobs, args.threads))]
     summary = summarise(runs, protocols)
     text = table(summary)
-    primary = TASKS[load_config(args.config, args.overrides).task].primary_metric
+    primary = TASKS[cfg.task].primary_metric
     per_run = interval_lines(runs, primary)
     print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")
     if per_run:

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "codec_accuracy.py"
-_spec = importlib.util.spec_from_file_location("codec_accuracy", _PATH)
-codec_accuracy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(codec_accuracy)
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    """A benchmark script (not a package module) loaded by path."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+codec_accuracy = _load("codec_accuracy")
 
 
 def test_paired_interval_is_the_student_t_interval_of_the_mean():
@@ -45,7 +53,7 @@ def test_a_study_refuses_a_run_folder_of_another_config_naming_the_remedy(tmp_pa
     from medsplit.config import load_config
     from medsplit.sweep.study_file import plan_run
 
-    config = str(_PATH.parent.parent / "configs" / "retinopathy.yaml")
+    config = str(BENCHMARKS.parent / "configs" / "retinopathy.yaml")
     base = ["data.source=synthetic", "train.epochs=1"]
     ok = plan_run(config, base, "sequential", 0, "study-seed0", str(tmp_path), threads=1)
     assert ok.run_dir == tmp_path / "study-seed0" and ok.cfg.train.seed == 0 and ok.cfg.train.threads == 1
@@ -53,13 +61,6 @@ def test_a_study_refuses_a_run_folder_of_another_config_naming_the_remedy(tmp_pa
     (ok.run_dir / "config.yaml").write_text(load_config(config, [*base, "train.epochs=7"]).to_yaml())
     with pytest.raises(RuntimeError, match=r"differs in .*train\.epochs.*pass another --runs-dir"):
         plan_run(config, base, "sequential", 0, "study-seed0", str(tmp_path), threads=1)
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, _PATH.parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_results_study_keeps_each_runs_bootstrap_interval():
@@ -94,7 +95,7 @@ def test_results_study_summarises_a_study_cut_short_without_training(tmp_path):
     (run / "metrics.json").write_text(json.dumps({
         "task": "retinopathy", "test": {"auc": 0.71, "accuracy": 0.52}, "wall_time_s": 60.0, "selected_epoch": 3,
         "device": "cpu", "data": {}, "test_intervals": {"auc": {"low": 0.66, "high": 0.76}, "n_patients": 400}}))
-    argv = ["--config", str(_PATH.parents[1] / "configs" / "results-retinamnist.yaml"), "--tag", "cut",
+    argv = ["--config", str(BENCHMARKS.parent / "configs" / "results-retinamnist.yaml"), "--tag", "cut",
             "--protocols", "centralised,fedavg", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
             "--results-dir", str(tmp_path / "results"), "--finished-only"]
     assert study.main(argv) == 1  # one of two planned runs: the study is not complete
