@@ -176,3 +176,17 @@ def test_class_balanced_sampling_needs_class_labels():
     with pytest.raises(ConfigError, match="'train.sampling'.*needs class labels"):
         load_config(None, ["task=lungs", "model.name=unet-smp", "train.sampling=class-balanced"])
     assert set(CLASSIFICATION_TASKS) == {n for n, t in TASKS.items() if not t.per_image_metric}
+
+
+@pytest.mark.slow
+def test_cpu_amp_trains_under_bf16_and_sends_half_the_activation_bytes(tmp_path):
+    """train.cpu_amp puts the forward passes under bf16 autocast on CPU: the cut's activations travel
+    as bf16 (half of float32's bytes) and the curve moves off float32's; the default stays float32."""
+    common = ("split.protocol=sequential", "split.clients=1", "split.cut=3", "train.epochs=1")
+    fp32 = _metrics(train(_cfg(tmp_path, *common, "output.name=fp32"), quiet=True))
+    bf16 = _metrics(train(_cfg(tmp_path, *common, "train.cpu_amp=true", "output.name=bf16"), quiet=True))
+    sent = lambda m: sum(r["bytes"] for r in m["bytes"] if r["kind"] == "activation")  # noqa: E731
+    assert 0.45 < sent(bf16) / sent(fp32) < 0.55
+    loss = lambda m: [r["train_loss"] for r in m["history"] if "train_loss" in r]  # noqa: E731
+    assert all(0.0 < v < 10.0 for v in loss(bf16))
+    assert loss(bf16) != pytest.approx(loss(fp32), rel=1e-6)

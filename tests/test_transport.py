@@ -57,6 +57,22 @@ def test_wrong_shape_names_peer_link_and_step():
         b.send("client0", "server", "activation", {"h": torch.empty(4, 9, device="meta")}, link="enc->srv")
 
 
+@pytest.mark.parametrize("sent,compute_dtype,accepted", [(torch.bfloat16, torch.bfloat16, True),
+                                                         (torch.bfloat16, None, False),  # no autocast: float32 only
+                                                         (torch.float16, torch.bfloat16, False),
+                                                         (torch.float64, torch.bfloat16, False)])
+def test_a_float32_slot_takes_the_autocast_dtype_only_when_the_parties_compute_in_it(sent, compute_dtype, accepted):
+    """The receiver infers what it expects on the meta device, where autocast does not apply (float32)."""
+    _, a, b = _pair(compute_dtype=compute_dtype)
+    a.send("client0", "server", "activation", {"h": torch.randn(4, 8).to(sent)}, link="enc->srv")
+    expected = {"h": torch.empty(4, 8, device="meta")}
+    if accepted:
+        assert b.send("client0", "server", "activation", expected, link="enc->srv")["h"].dtype == sent
+    else:
+        with pytest.raises(MessageError, match=rf"tensor 'h' has dtype {sent} \(expected torch.float32\)"):
+            b.send("client0", "server", "activation", expected, link="enc->srv")
+
+
 def test_malformed_message_names_peer_and_link():
     hub, _, b = _pair()
     hub.transport("client0").send("server", b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")

@@ -61,7 +61,9 @@ def _party_pids(run_dir):
 @pytest.mark.parametrize("task,protocol,extra", [("retinopathy", "sequential", ()), ("retinopathy", "splitfed", ()),
                                                   ("lungs", "sequential", ()),
                                                   # each hospital balances its own labels in its own process
-                                                  ("retinopathy", "splitfed", ("train.sampling=class-balanced",))])
+                                                  ("retinopathy", "splitfed", ("train.sampling=class-balanced",)),
+                                                  # bf16 activations and gradients cross the real wire
+                                                  ("retinopathy", "sequential", ("train.cpu_amp=true",))])
 def test_processes_equal_the_in_process_run(tmp_path, task, protocol, extra):
     base = _tiny(tmp_path, task, protocol, *extra)
     ref = _metrics(train(load_config(None, base + ["output.name=inprocess"]), quiet=True))

@@ -91,6 +91,10 @@ class Channel:
         device: where received tensors are placed in a multi-process run.
         max_message_bytes: the largest message a receiver accepts when it cannot compute
             the size of what it expects.
+        compute_dtype: the lower-precision float dtype the parties compute in under autocast
+            (``torch.bfloat16``), or ``None``. A process that does not compute a part infers its
+            outputs on the meta device, where autocast does not apply, so it expects float32;
+            a float32 slot then also accepts this dtype (smaller, so the size limit still holds).
     """
 
     serialise: bool = False
@@ -104,6 +108,7 @@ class Channel:
     local: frozenset[str] | None = None
     device: str = "cpu"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    compute_dtype: torch.dtype | None = None
     _bytes: dict = field(default_factory=lambda: defaultdict(int))
     # Declared crossings: link -> (kind, tensor names or None for any); None: nothing declared.
     _plan: dict | None = None
@@ -270,7 +275,7 @@ class Channel:
                 received = codec.decode(received)
             except Exception as e:  # noqa: BLE001
                 raise MessageError(f"{kind} message {where} does not decode with the {type(codec).__name__}: {e}") from e
-        problem = expect(received) if expect is not None else _mismatch(received, expected)
+        problem = expect(received) if expect is not None else _mismatch(received, expected, self.compute_dtype)
         if problem:
             raise MessageError(f"unexpected {kind} message {where}: {problem}")
         return received, len(payload)
@@ -308,14 +313,16 @@ def _placeholders(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in tensors.items()}
 
 
-def _mismatch(received: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
-    """Why ``received`` is not what ``expected`` describes (names, shapes, dtypes), or None."""
+def _mismatch(received: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+              compute_dtype: torch.dtype | None = None) -> str | None:
+    """Why ``received`` is not what ``expected`` describes (names, shapes, dtypes), or None. A float32
+    slot also takes ``compute_dtype`` (see :class:`Channel`)."""
     if sorted(received) != sorted(expected):
         return f"tensor names {sorted(received)} (expected {sorted(expected)})"
     for name, want in expected.items():
         got = received[name]
         if tuple(got.shape) != tuple(want.shape):
             return f"tensor {name!r} has shape {tuple(got.shape)} (expected {tuple(want.shape)})"
-        if got.dtype != want.dtype:
+        if got.dtype != want.dtype and not (want.dtype == torch.float32 and got.dtype == compute_dtype):
             return f"tensor {name!r} has dtype {got.dtype} (expected {want.dtype})"
     return None

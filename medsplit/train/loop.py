@@ -3,7 +3,6 @@ checkpoint; then test the selected model once and write the run's outputs."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import time
@@ -21,6 +20,7 @@ from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.console import announce_data
 from medsplit.train.device import device_label, resolve_device
+from medsplit.train.precision import autocast_for
 from medsplit.train.protocols import protocol_class
 from medsplit.train.schedule import augmentation_generator, client_indices, hospital_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
@@ -129,8 +129,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     protocol = protocol_class(cfg.split.protocol)(table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), task.loss, channel,
                                                       optimizer_handover=cfg.split.optimizer_handover,
                                                       labels_may_cross=task.labels_may_cross)
-    use_amp = cfg.train.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    autocast = autocast_for(cfg.train, device)
 
     # Data, partition and cut are good: only now is anything written (an overwritten run is cleared first, so its
     # files and the new run's never mix).

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -22,6 +21,7 @@ from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import load_checkpoint, save_checkpoint
 from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
+from medsplit.train.precision import autocast_for, compute_dtype
 from medsplit.train.party_report import write_party_report
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.server_view import batch_spec, server_loss, server_table
@@ -115,15 +115,15 @@ class PartyRun:
             loss_fn = self.task.loss
         hosted = {SERVER, AGGREGATOR} if self.is_server else {self.name}
         self.channel = Channel(serialise=True, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients),
-                               transport=self.transport, local=frozenset(hosted), device=str(self.device))
+                               transport=self.transport, local=frozenset(hosted), device=str(self.device),
+                               compute_dtype=compute_dtype(cfg.train, self.device))
         from medsplit.train.tasks import TASKS
 
         labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.protocol = PROTOCOLS[cfg.split.protocol](table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg),
                                                       loss_fn, self.channel, optimizer_handover=cfg.split.optimizer_handover,
                                                       labels_may_cross=labels_may_cross)
-        use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+        self.autocast = autocast_for(cfg.train, self.device)
         self.history, self.best, self.best_weights = [], {"epoch": -1, "score": -float("inf")}, None
         if ck:
             self.protocol.load_state(ck["protocol"])
