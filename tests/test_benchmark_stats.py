@@ -2,6 +2,7 @@
 bootstrap intervals a results study keeps per run."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,14 @@ def test_results_study_summarises_a_study_cut_short_without_training(tmp_path):
     assert record["runs"][0]["intervals"]["auc"]["low"] == 0.66
     assert not (tmp_path / "runs" / "results-cut-fedavg-seed0").exists()  # nothing was trained
     assert "| centralised | 1 | 0.710 (one seed) | 0.520 (one seed) |" in record["table_markdown"]  # no "+- 0.000"
+
+
+def test_cpu_bf16_benchmark_times_both_precisions_and_saves_them(tmp_path):
+    cpu_bf16 = _load("cpu_bf16")
+    out = tmp_path / "cpu-bf16.json"
+    assert cpu_bf16.main(["--steps", "1", "--warmup", "0", "--models", "unet-smp", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    (row,) = saved["rows"]
+    assert row["model"] == "unet-smp" and row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0
+    assert row["speedup"] == row["fp32_s_per_step"] / row["bf16_s_per_step"]
+    assert isinstance(saved["native_bf16"], bool)
