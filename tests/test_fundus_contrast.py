@@ -56,3 +56,26 @@ def test_training_and_external_images_are_filtered_alike(tmp_path):
     filtered = task.load_data(cfg)
     assert torch.equal(filtered.test.images, local_contrast(plain.test.images))
     assert filtered.summary()["preprocess"] == "local-contrast"
+
+
+def test_filtered_images_are_cached_by_content_and_a_bad_cache_file_is_recomputed(tmp_path, monkeypatch):
+    import medsplit.data.fundus_contrast as fc
+
+    img, _ = _disc()
+    first = fc.local_contrast_cached(img, tmp_path)
+    assert torch.equal(first, local_contrast(img))
+    (cached,) = tmp_path.glob("local-contrast-*.safetensors")
+
+    def refuse(images):
+        raise AssertionError("filtered again although the cache holds these images")
+
+    monkeypatch.setattr(fc, "local_contrast", refuse)
+    assert torch.equal(fc.local_contrast_cached(img, tmp_path), first)  # read back, not recomputed
+    other = img.clone()
+    other[0, 0, 5, 5] = 7  # one pixel differs: another key
+    with pytest.raises(AssertionError, match="filtered again"):
+        fc.local_contrast_cached(other, tmp_path)
+    monkeypatch.undo()
+    cached.write_bytes(b"half-written")
+    assert torch.equal(fc.local_contrast_cached(img, tmp_path), first)  # unreadable: filtered and rewritten
+    assert len(list(tmp_path.glob("local-contrast-*.safetensors"))) == 1

@@ -7,17 +7,25 @@ lesions do. Applied once to the decoded uint8 images, before the channel statist
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from medsplit.data.cache import read_cached, write_cached
 from medsplit.data.errors import DataError
 
-__all__ = ["PREPROCESSING", "local_contrast"]
+__all__ = ["PREPROCESSING", "local_contrast", "local_contrast_cached"]
 
 #: ``data.preprocess`` choices: what is applied to decoded fundus images (kept in sync with the config).
 PREPROCESSING = ("none", "local-contrast")
+
+#: Names the filter's output in cache keys: change it whenever ``local_contrast``'s defaults or
+#: arithmetic change, so no run reads images filtered the old way.
+FILTER_VERSION = "graham2015-v1"
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -59,7 +67,9 @@ def local_contrast(images: torch.Tensor, sigma_fraction: float = 1 / 60, gain: f
     # the dark surround grows by the blur's radius: there the filter sees the black surround and rings
     rim = 2 * math.ceil(3 * sigma) + 1
     out = torch.empty_like(images)
-    for i in range(0, images.shape[0], batch):
+    starts = range(0, images.shape[0], batch)
+    for i in tqdm(starts, desc=f"local contrast on {images.shape[0]} images", unit="batch", leave=False,
+                  disable=len(starts) < 4):
         x = images[i:i + batch].float()
         y = gain * (x - _blur(x, sigma)) + 128
         outside = (x.amax(1, keepdim=True) <= background_level).float()
@@ -67,3 +77,24 @@ def local_contrast(images: torch.Tensor, sigma_fraction: float = 1 / 60, gain: f
         y = torch.where(outside, torch.full_like(y, 128.0), y)
         out[i:i + batch] = y.round().clamp(0, 255).to(torch.uint8)
     return out
+
+
+def local_contrast_cached(images: torch.Tensor, cache_dir: Path | None) -> torch.Tensor:
+    """:func:`local_contrast` with its defaults, kept beside the decoded images in ``cache_dir``.
+
+    Filtering 3,000 fundus photographs at 128 px takes 13 s or more on one CPU thread, at every run's
+    start; hashing them takes a tenth of a second. The key is the images' own bytes and shape with
+    :data:`FILTER_VERSION`, so any change to the decoded images (another size, split or file) or to
+    the filter misses the cache. ``None`` filters without caching.
+    """
+    if cache_dir is None:
+        return local_contrast(images)
+    digest = hashlib.sha256(f"{FILTER_VERSION}|{tuple(images.shape)}|{images.dtype}".encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    path = Path(cache_dir) / f"local-contrast-{digest.hexdigest()[:32]}.safetensors"
+    cached = read_cached(path, "images", tuple(images.shape))
+    if cached is not None:
+        return cached
+    filtered = local_contrast(images)
+    write_cached(path, "images", filtered, {"filter": FILTER_VERSION})
+    return filtered

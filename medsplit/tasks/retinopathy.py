@@ -28,9 +28,9 @@ def _preprocess(cfg: Config, images: torch.Tensor) -> torch.Tensor:
     """``data.preprocess`` applied to decoded uint8 images: training, validation, test and
     external images all go through it (a model trained on filtered images sees filtered ones)."""
     if cfg.data.preprocess == "local-contrast":
-        from medsplit.data.fundus_contrast import local_contrast
+        from medsplit.data.fundus_contrast import local_contrast_cached
 
-        return local_contrast(images)
+        return local_contrast_cached(images, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     return images
 
 
