@@ -27,6 +27,8 @@ def test_resolved_config_round_trips():
         ("train.amp=3", r"config key 'train.amp' must be bool"),
         ("split.protocol=ring", r"config key 'split.protocol' is 'ring'; valid choices are \['sequential', 'splitfed', 'splitfed-v1', 'centralised', 'fedavg'\]"),
         ("split.clients=0", r"'split.clients' = 0 must be >= 1"),
+        ("train.label_smoothing=1.0", r"'train.label_smoothing' = 1.0 must be in \[0, 1\)"),
+        ("train.label_smoothing=-0.1", r"'train.label_smoothing' = -0.1 must be in \[0, 1\)"),
         ("nonsense", r"must look like key=value"),
     ],
 )
@@ -40,3 +42,20 @@ def test_shipped_configs_are_valid():
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_label_smoothing_needs_class_labels_and_reaches_the_loss():
+    import torch
+    import torch.nn.functional as F
+
+    from medsplit.tasks import TASKS
+
+    with pytest.raises(ConfigError, match=r"'train.label_smoothing' = 0.1 needs class labels \(task=lungs"):
+        load_config(None, ["task=lungs", "train.label_smoothing=0.1"])
+    logits, target = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
+    loss = TASKS["retinopathy"].loss_function(load_config(None, ["train.label_smoothing=0.3"]))(logits, target)
+    plain = TASKS["retinopathy"].loss_function(load_config(None, []))(logits, target)
+    # by hand: the target is 0.8 on the true class and 0.1 on each other one
+    log_p = F.log_softmax(logits, 1)[0]
+    assert float(loss) == pytest.approx(float(-(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])), rel=1e-6)
+    assert float(plain) == pytest.approx(float(-log_p[0]), rel=1e-6)

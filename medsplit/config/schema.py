@@ -108,6 +108,9 @@ class TrainConfig:
     """shuffle (every training image once per epoch) | class-balanced (classification only: each
     hospital draws as many rows as it holds, with replacement, each class of its own labels equally
     often; a model cannot then score well by predicting the majority class)."""
+    label_smoothing: float = 0.0
+    """Classification only: cross-entropy against (1 - s) * one-hot + s / classes (Szegedy et al. 2016),
+    so the model is not pushed towards ever more confident logits; 0 is plain cross-entropy."""
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     seed: int = 0

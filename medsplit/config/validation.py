@@ -71,6 +71,9 @@ def validate(cfg: Config) -> None:
         ("split.timeout_s", cfg.split.timeout_s > 0, "must be > 0"),
         ("train.sampling", cfg.train.sampling == "shuffle" or cfg.task in CLASSIFICATION_TASKS,
          f"needs class labels (task={cfg.task} segments; use shuffle)"),
+        ("train.label_smoothing", math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.label_smoothing", t.label_smoothing == 0 or cfg.task in CLASSIFICATION_TASKS,
+         f"needs class labels (task={cfg.task} segments; use 0)"),
         ("split.protocol", cfg.split.transport == "inprocess" or _runs_as_processes(cfg.split.protocol),
          f"runs in one process only (split.transport={cfg.split.transport} supports {' and '.join(PROCESS_PROTOCOLS)})"),
     ]

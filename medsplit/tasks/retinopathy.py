@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +20,9 @@ if TYPE_CHECKING:
     from medsplit.data.retinopathy import RetinopathyData
 
 
-def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     # The model emits logits; cross_entropy applies log-softmax once (no double softmax).
-    return F.cross_entropy(output.float(), target)
+    return F.cross_entropy(output.float(), target, label_smoothing=label_smoothing)
 
 
 def _preprocess(cfg: Config, images: torch.Tensor) -> torch.Tensor:
@@ -106,6 +107,8 @@ class RetinopathyTask(Task):
 
     @classmethod
     def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if cfg.train.label_smoothing:
+            return functools.partial(_cross_entropy, label_smoothing=cfg.train.label_smoothing)
         return _cross_entropy
 
     def partition_labels(self) -> np.ndarray:
