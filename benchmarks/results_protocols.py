@@ -54,6 +54,14 @@ def run_intervals(metrics: dict) -> dict[str, dict]:
             for k, v in found.items() if isinstance(v, dict) and v.get("low") is not None}
 
 
+def run_validation(metrics: dict) -> dict[str, float]:
+    """The validation numbers of the epoch the run selected (what a recipe is chosen on, never the
+    test split): each ``val_<metric>`` of that epoch for the metrics the study scores."""
+    wanted = {k for k in run_scores(metrics) if "@" not in k}
+    row = next((r for r in metrics.get("history", []) if r.get("epoch") == metrics.get("selected_epoch") and "val_loss" in r), {})
+    return {k: float(row[f"val_{k}"]) for k in sorted(wanted) if isinstance(row.get(f"val_{k}"), (int, float))}
+
+
 def interval_lines(runs: list[dict], metric: str) -> str:
     """One line per run: the metric and its bootstrap interval (when the runs have one)."""
     lines = [f"- {r['protocol']} seed {r['seed']}: {metric} {r['scores'][metric]:.3f} "
@@ -77,6 +85,10 @@ def summarise(runs: list[dict], protocols: list[str]) -> list[dict]:
             continue
         keys = [k for k in rs[0]["scores"] if all(k in r["scores"] for r in rs)]
         row = {"protocol": protocol, "seeds": [r["seed"] for r in rs], "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in rs)}
+        validated = [r["validation"] for r in rs if r.get("validation")]
+        if len(validated) == len(rs):  # what recipes are compared on: the selected models' validation scores
+            row["validation_mean"] = {k: statistics.fmean(v[k] for v in validated) for k in validated[0]
+                                      if all(k in v for v in validated)}
         for k in keys:
             values = [r["scores"][k] for r in rs]
             m, s = mean_std(values)
@@ -89,7 +101,7 @@ def table(summary: list[dict]) -> str:
     """Markdown table: one row per protocol, ``mean +- std`` per metric."""
     if not summary:
         return "(no finished runs)"
-    keys = [k for k in summary[0] if isinstance(summary[0][k], dict)]
+    keys = [k for k, v in summary[0].items() if isinstance(v, dict) and "values" in v]  # the test metrics
     lines = ["| protocol | seeds | " + " | ".join(keys) + " | wall time per run |",
              "|---" * (len(keys) + 3) + "|"]
     for row in summary:
@@ -133,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.time()
-    runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m), "intervals": run_intervals(m),
+    runs = [{"protocol": r.setting, "seed": r.seed, "run": str(r.run_dir), "scores": run_scores(m), "validation": run_validation(m),
+             "intervals": run_intervals(m),
              "wall_time_s": m["wall_time_s"], "selected_epoch": m["selected_epoch"], "device": m["device"],
              "clients": [{k: c[k] for k in ("name", "n", "groups") if k in c} for c in m["data"].get("clients", [])]}
             for r, m in (finished_runs(plan) if args.finished_only else train_study(plan, args.jobs, args.threads))]
@@ -142,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     primary = TASKS[cfg.task].primary_metric
     per_run = interval_lines(runs, primary)
     print(f"\n{args.tag}: test metrics of the model selected on validation (mean +- std over seeds)\n{text}")
+    for row in summary:
+        if row.get("validation_mean"):
+            print(f"  {row['protocol']}: mean validation score of the selected models "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in row["validation_mean"].items()))
     if per_run:
         print(f"\nper run, with the bootstrap interval over test patients:\n{per_run}")
     write_study(Path(args.results_dir) / f"results-{args.tag}.json",

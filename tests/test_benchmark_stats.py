@@ -76,6 +76,21 @@ def test_results_study_keeps_each_runs_bootstrap_interval():
     assert study.interval_lines(runs, "auc") == "- centralised seed 1: auc 0.800 (95% CI 0.740-0.850, 382 test patients)"
 
 
+def test_results_study_keeps_the_validation_scores_of_the_selected_epoch():
+    study = _load("results_protocols")
+    history = [{"epoch": 1, "client": "client0", "train_loss": 0.9},
+               {"epoch": 1, "val_loss": 1.0, "val_auc": 0.60, "val_accuracy": 0.40},
+               {"epoch": 2, "val_loss": 0.9, "val_auc": 0.70, "val_accuracy": 0.50},
+               {"epoch": 3, "val_loss": 0.95, "val_auc": 0.65, "val_accuracy": 0.55}]
+    metrics = {"task": "retinopathy", "test": {"auc": 0.71, "accuracy": 0.52}, "history": history, "selected_epoch": 2}
+    assert study.run_validation(metrics) == {"auc": 0.70, "accuracy": 0.50}
+    runs = [{"protocol": "sequential", "seed": s, "scores": {"auc": 0.7}, "validation": {"auc": v}, "wall_time_s": 1.0}
+            for s, v in ((0, 0.70), (1, 0.80))]
+    (row,) = study.summarise(runs, ["sequential"])
+    assert row["validation_mean"] == {"auc": pytest.approx(0.75)}
+    assert "validation" not in study.table([row]).splitlines()[0]  # the table shows test metrics only
+
+
 def test_signal_probe_features_are_disc_shares_per_channel_and_level():
     import torch
 
