@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"tag": args.tag, "config": args.config, "overrides": args.overrides, "protocols": protocols, "seeds": seeds,
                  "runs": runs, "summary": summary, "table_markdown": text, "per_run_intervals": per_run, "threads": args.threads, "jobs": args.jobs,
                  "finished": f"{len(runs)} of {len(plan)} planned runs",
+                 **({"summarised_only": "trained nothing: wall_time_s is this summary's; each run keeps its own"}
+                    if args.finished_only else {}),
                  "command": "python benchmarks/results_protocols.py " + " ".join(argv if argv is not None else sys.argv[1:])},
                 start)
     return exit_code(len(runs), len(plan))

@@ -117,6 +117,7 @@ def test_results_study_summarises_a_study_cut_short_without_training(tmp_path):
     assert study.main(argv) == 1  # one of two planned runs: the study is not complete
     record = json.loads((tmp_path / "results" / "results-cut.json").read_text())
     assert record["finished"] == "1 of 2 planned runs"
+    assert "summarised_only" in record  # its wall_time_s is the summary's, not the study's
     assert [r["protocol"] for r in record["runs"]] == ["centralised"]
     assert record["runs"][0]["intervals"]["auc"]["low"] == 0.66
     assert not (tmp_path / "runs" / "results-cut-fedavg-seed0").exists()  # nothing was trained
