@@ -2,7 +2,9 @@
 # The measurements that need a GPU, in one command for a lent device (under 10 minutes on one GPU):
 #   1. throughput, split against whole, end to end: ResNet-34 224 px (cuts 1,3,5) and U-Net 256 px (cuts 1,2,3);
 #   2. one EyePACS epoch at 256 px (referable DR, split CUT 3, 2 hospitals): the epoch time;
-#   3. FSHA on lungs at 64 px for the paper's 10,000 iterations (no defence).
+#   3. FSHA on lungs at 64 px for the paper's 10,000 iterations (no defence);
+#   4. the server and 2 hospitals as separate processes (gloo) for one EyePACS epoch at 128 px under
+#      bf16 autocast: the party path on a GPU (the dry run takes it under train.cpu_amp on CPU).
 # Every step's JSON lands under --out (default benchmarks/results/gpu-suite/), with gpu_suite.json
 # listing each step, its command, exit status and seconds.
 #
@@ -65,11 +67,13 @@ if [[ $dry == 1 ]]; then
   tp_unet=(--model unet-smp --size 32 --batch 2 --steps 1 --warmup 1 --cuts 1 --cache-images 4)
   eyepacs=(data.img_size=32 train.batch_size=8 train.eval_batch_size=16 train.threads=1)
   fsha=(--profile tiny --set fsha.iterations=3 --set img_size=16)
+  parties=(data.img_size=32 train.batch_size=8 train.eval_batch_size=16 train.threads=1 train.cpu_amp=true)
 else
   tp_resnet=(--model resnet34 --size 224 --batch 64 --steps 30 --warmup 5 --cuts 1,3,5)
   tp_unet=(--model unet-smp --size 256 --batch 16 --steps 30 --warmup 5 --cuts 1,2,3)
   eyepacs=(data.img_size=256 train.batch_size=64)
   fsha=(--profile full --set fsha.iterations=10000 --set img_size=64)
+  parties=(data.img_size=128 train.batch_size=64 train.amp=true)
 fi
 
 steps_json="$out/steps.jsonl"
@@ -99,6 +103,9 @@ step eyepacs-epoch "$PYTHON" -m medsplit train "$repo/configs/eyepacs.yaml" "dat
   "output.reports_dir=$out/reports" "data.cache_dir=$out/cache" output.name=eyepacs-epoch
 step fsha-lungs "$PYTHON" -m medsplit attack --task lungs --attacks fsha --defences none "${fsha[@]}" \
   --device "$device" --data-root "$data" --out "$out/fsha"
+step parties-gloo "$PYTHON" -m medsplit train "$repo/configs/eyepacs.yaml" "data.root=$data" "${parties[@]}" \
+  split.transport=gloo train.epochs=1 "train.device=$device" output.tensorboard=false "output.runs_dir=$out/runs" \
+  "output.reports_dir=$out/reports" "data.cache_dir=$out/cache" output.name=parties-gloo
 
 "$PYTHON" - "$out" "$dry" <<'PY'
 import json, sys
@@ -112,6 +119,11 @@ if epoch.exists():
     m = json.loads(epoch.read_text())
     record["eyepacs_epoch_seconds"] = [r["seconds"] for r in m["history"] if "seconds" in r]
     record["eyepacs_device"] = m["device"]
+parties = out / "runs" / "parties-gloo" / "metrics.json"
+if parties.exists():
+    m = json.loads(parties.read_text())
+    record["parties_epoch_seconds"] = [r["seconds"] for r in m["history"] if "seconds" in r]
+    record["parties"] = [{k: p.get(k) for k in ("name", "pid", "data_loaded")} for p in m.get("transport", {}).get("parties", [])]
 (out / "gpu_suite.json").write_text(json.dumps(record, indent=1))
 print(f"wrote {out / 'gpu_suite.json'} ({record['total_seconds']} s in all)")
 PY

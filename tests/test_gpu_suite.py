@@ -1,4 +1,4 @@
-"""The GPU suite's --dry-run runs every step (throughput, an EyePACS epoch, FSHA) for a few
+"""The GPU suite's --dry-run runs every step (throughput, an EyePACS epoch, FSHA, parties as processes) for a few
 iterations on CPU, on a tiny re-encoded data folder, and leaves the committed results alone."""
 
 import json
@@ -35,12 +35,15 @@ def test_dry_run_runs_every_step_on_cpu(shared_data, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     record = json.loads((tmp_path / "suite" / "gpu_suite.json").read_text())
     assert record["dry_run"] is True
-    assert [s["step"] for s in record["steps"]] == ["throughput-resnet34", "throughput-unet", "eyepacs-epoch", "fsha-lungs"]
+    assert [s["step"] for s in record["steps"]] == ["throughput-resnet34", "throughput-unet", "eyepacs-epoch", "fsha-lungs",
+                                                        "parties-gloo"]
     assert all(s["rc"] == 0 for s in record["steps"])
     names = record["results"]
     assert any("throughput-resnet34" in n for n in names) and any("throughput-unet-smp" in n for n in names)
     assert "runs/eyepacs-epoch/metrics.json" in names and len(record["eyepacs_epoch_seconds"]) == 1
     assert any(n.startswith("fsha/") for n in names)
+    assert len(record["parties_epoch_seconds"]) == 1
+    assert [p["name"] for p in record["parties"]] == ["server", "client0", "client1"]
     # the dry run wrote nothing into the committed results
     after = {p: p.stat().st_mtime_ns for p in results.rglob("*")} if results.exists() else {}
     assert after == before
