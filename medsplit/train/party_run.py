@@ -21,8 +21,8 @@ from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import load_checkpoint, save_checkpoint
 from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
-from medsplit.train.precision import autocast_for, compute_dtype
 from medsplit.train.party_report import write_party_report
+from medsplit.train.precision import autocast_for, compute_dtype
 from medsplit.train.protocols import PROTOCOLS
 from medsplit.train.server_view import batch_spec, server_loss, server_table
 

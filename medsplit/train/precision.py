@@ -9,7 +9,6 @@ bf16, halving their bytes.
 import contextlib
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import torch
 
@@ -21,7 +20,7 @@ def compute_dtype(train_cfg, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if on else None
 
 
-def autocast_for(train_cfg, device: torch.device) -> Callable[[], AbstractContextManager]:
+def autocast_for(train_cfg, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for ``device`` in ``compute_dtype``, or of no-op contexts."""
     dtype = compute_dtype(train_cfg, device)
     if dtype is None:
