@@ -119,7 +119,7 @@ class TrainConfig:
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU: see cpu_amp)."""
     cpu_amp: bool = False
-    """bf16 autocast on CPU. About 1.8x faster for a ResNet-34 at 128 px on a CPU with AVX512-BF16 or
+    """bf16 autocast on CPU. About 2x faster for a ResNet-34 at 128 px on a CPU with AVX512-BF16 or
     AMX (benchmarks/cpu_bf16.py), slower where bf16 is emulated; it changes the numerics, so it is off
     by default and a run's config records it."""
     channels_last: bool = True
