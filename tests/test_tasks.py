@@ -77,12 +77,13 @@ def test_config_alone_gives_the_servers_model_batch_and_loss(tmp_path, task):
 
 def test_losses_are_the_documented_ones():
     logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
-    assert torch.equal(TASKS["retinopathy"].loss_function(None)(logits, labels), F.cross_entropy(logits, labels))
+    cfg = load_config(None, [])
+    assert torch.equal(TASKS["retinopathy"].loss_function(cfg)(logits, labels), F.cross_entropy(logits, labels))
     from monai.losses import DiceLoss
 
     out, masks = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     expected = DiceLoss(sigmoid=True)(out, masks) + F.binary_cross_entropy_with_logits(out, masks)
-    assert torch.equal(TASKS["lungs"].loss_function(None)(out, masks), expected)
+    assert torch.equal(TASKS["lungs"].loss_function(load_config(None, ["task=lungs", "model.name=unet-smp"]))(out, masks), expected)
 
 
 def test_records_find_their_task():
