@@ -141,6 +141,34 @@ def test_u_shaped_fsha_hijacks_only_the_encoder_gradient_and_the_skips_still_pul
     assert all(p.grad is not None for p in decoder.parameters())  # the client decoder trains on the masks
 
 
+def test_the_label_sharing_lung_control_gives_the_client_only_the_servers_gradient():
+    """``--task lungs-label-sharing`` (FSHA's own threat model on the lung data): one tensor crosses,
+    the masks go to the server, and the client's encoder trains on the hijacked gradient alone."""
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"CUT=2 is not a legal cut.*\[1\]"):
+        build_target("lungs-label-sharing", TINY, 1, 1)  # tiny cuts at 2: two skips would cross
+    model = build_target("lungs-label-sharing", replace(TINY, cut_lungs=1), 1, 1, lr=1e-3)
+    assert [(part.name, owner.name) for part, owner in model.chain] == [("client_encoder", "client0"), ("server", "server")]
+    key = crossing_key(model)
+    assert key == "enc1" and model.chain[0][0].sends == ("enc1",)  # the skip dec1 reads is the same tensor
+    shape = tuple(model.chain[0][0]({"x": torch.rand(2, 1, 16, 16)})[key].shape[1:])
+    cfg = FSHAConfig(iterations=6, batch_size=8, lr_client=1e-3, width=8, log_every=3)
+    hijacked = HijackedSplitModel(model, FSHAServer(1, 16, shape, cfg, nonnegative=True), key)
+    data = _data("lungs")
+    x, masks = data.x_train[:8], data.y_train[:8]
+    encoder = hijacked.chain[0][0]
+    with Recorder(hijacked.channel, "label") as labels:
+        for party in hijacked.parties:
+            party.zero_grad()
+        hijacked.forward_backward(x, masks)
+    assert labels.transfers  # the masks crossed: the server computes the loss
+    received = hijacked.fsha.client_gradient(hijacked.last_received)
+    z = encoder({"x": x})[key]
+    adversarial_only = torch.autograd.grad(z, list(encoder.parameters()), grad_outputs=received)
+    for p, a in zip(encoder.parameters(), adversarial_only):
+        assert torch.allclose(p.grad, a, atol=1e-6)  # no task gradient reaches the client
+
+
 def test_harness_runs_lung_fsha_in_the_u_shaped_protocol(shared_data):
     from medsplit.attacks.harness import evaluate
     from medsplit.split import channel as channel_module

@@ -68,8 +68,9 @@ class AttackTask:
     """The base of the harness's task adapters; a subclass fills in every attribute and method.
 
     Attributes:
-        name: the ``--task`` name (a task of :data:`medsplit.tasks.TASKS`, which says whether its
-            labels may cross and how its metric is called).
+        name: the ``--task`` name; unless :attr:`training_task` says otherwise, also a task of
+            :data:`medsplit.tasks.TASKS`, which says whether its labels may cross and how its
+            metric is called.
         chance_level: the utility a constant answer scores (``None``: no such level).
         label_note: why per-example labels are unavailable to a label-leakage attack (``None``:
             they are available).
@@ -80,18 +81,23 @@ class AttackTask:
     label_note: str | None = None
 
     @property
+    def training_task(self) -> str:
+        """The training task (of :data:`medsplit.tasks.TASKS`) whose data and metric this adapter uses."""
+        return self.name
+
+    @property
     def labels_may_cross(self) -> bool:
         """The task's split lets the labels cross to the server (the training task says)."""
         from medsplit.tasks import TASKS
 
-        return bool(TASKS[self.name].labels_may_cross)
+        return bool(TASKS[self.training_task].labels_may_cross)
 
     @property
     def metric_label(self) -> str:
         """Display name of the utility metric ("Dice", "AUC"), the training task's."""
         from medsplit.tasks import TASKS
 
-        return TASKS[self.name].metric_label
+        return TASKS[self.training_task].metric_label
 
     def load_splits(self, profile: Profile, data_root: Path, seed: int) -> tuple[Any, Any, torch.Tensor,
                                                                                  torch.Tensor, int, str]:
@@ -174,6 +180,29 @@ class LungSegmentation(AttackTask):
                 "mask_dice_baseline": thresholded_dice(mean_mask * 2 - 1, data.y_test)}  # the mean auxiliary mask
 
 
+class LungSegmentationLabelSharing(LungSegmentation):
+    """The lung task in FSHA's own threat model (a control for the U-shaped runs): the same data,
+    network and cut, but cut in two, so the server holds every later layer and the masks and the
+    client's only gradient is the one the server returns. Pasquini et al. (2021) attack this
+    setting; comparing it with ``lungs`` separates what the U-shape changes from what the attack
+    reaches on these images."""
+
+    name = "lungs-label-sharing"
+    training_task = "lungs"
+    label_note = "the lung task's labels are pixel masks, not per-example binary labels"
+
+    @property
+    def labels_may_cross(self) -> bool:
+        return True  # this plan sends the masks to the server (the paper's setting, not a training plan)
+
+    def table(self, profile, in_channels, num_classes):
+        from medsplit.models.unet_classic import two_part_plans
+
+        table = super().table(profile, in_channels, num_classes)
+        table.plans = two_part_plans(len(table.stages))
+        return table
+
+
 class FundusClassification(AttackTask):
     """EyePACS referable retinopathy (a profile-sized subset), a ResNet-18 cut in two (the labels cross)."""
 
@@ -217,7 +246,8 @@ class FundusClassification(AttackTask):
 
 
 #: task name -> adapter, in the order ``--task`` lists them
-ATTACK_TASKS: dict[str, AttackTask] = {t.name: t for t in (LungSegmentation(), FundusClassification())}
+ATTACK_TASKS: dict[str, AttackTask] = {t.name: t for t in (LungSegmentation(), FundusClassification(),
+                                                             LungSegmentationLabelSharing())}
 
 
 def attack_task(task: str | AttackTask) -> AttackTask:

@@ -58,6 +58,22 @@ def u_shape_plans(num_stages: int, skip_blocks: int, first_decoder: int) -> dict
     return plans
 
 
+def two_part_plans(num_stages: int) -> dict[int, list[PartSpec]]:
+    """The two-part plan (client: the first encoder block; server: everything else, head and loss
+    included) of the threat model of FSHA's paper (Pasquini et al. 2021), where the server
+    computes the loss, so the client's only gradient is the one the server returns.
+
+    Not a training plan: the masks must then cross to the server, which the lung task forbids;
+    the attack harness uses it (``--task lungs-label-sharing``) to measure FSHA on the lung data
+    with nothing but the server's gradient reaching the client. Only ``CUT=1`` is offered: there
+    one tensor crosses (``enc1`` is both the server's next input and the skip ``dec1`` reads);
+    deeper cuts would send every shallower skip too, each with an honest gradient coming back.
+    """
+    if num_stages < 2:
+        raise ValueError(f"a two-part plan needs at least two stages, got {num_stages}")
+    return {1: [PartSpec("client_encoder", "client", 1), PartSpec("server", "server", num_stages)]}
+
+
 class ConvBlock(nn.Sequential):
     """(conv3x3-BN-ReLU) x2, optionally preceded by a 2x2 max-pool (every block but the first).
 
