@@ -74,11 +74,14 @@ class AttackTask:
         chance_level: the utility a constant answer scores (``None``: no such level).
         label_note: why per-example labels are unavailable to a label-leakage attack (``None``:
             they are available).
+        split_note: how the target is split and what reaches the client's first part besides
+            the server's gradient (the reports' threat models print it).
     """
 
     name: str
     chance_level: float | None = None
     label_note: str | None = None
+    split_note: str
 
     @property
     def training_task(self) -> str:
@@ -148,6 +151,10 @@ class LungSegmentation(AttackTask):
 
     name = "lungs"
     label_note = "the lung task's labels are pixel masks that never leave the hospital"
+    split_note = ("the lung U-Net cut U-shaped: the masks never leave the hospital and the client decoder computes "
+                  "the loss, so a malicious server can hijack only the gradient it returns to the client encoder, "
+                  "while the client decoder's skip-path gradient keeps pulling that encoder toward the task; the "
+                  "server trains its own parts on the gradient the client decoder returns.")
 
     def load_splits(self, profile, data_root, seed):
         from medsplit.data.lungs import load_lungs
@@ -190,6 +197,9 @@ class LungSegmentationLabelSharing(LungSegmentation):
     name = "lungs-label-sharing"
     training_task = "lungs"
     label_note = "the lung task's labels are pixel masks, not per-example binary labels"
+    split_note = ("the lung U-Net cut in two after its first block, a control and not a training plan: the server "
+                  "holds every later layer, the masks and the loss, so the gradient it returns is the client "
+                  "encoder's only gradient, FSHA's own threat model (Pasquini et al. 2021).")
 
     @property
     def labels_may_cross(self) -> bool:
@@ -208,6 +218,8 @@ class FundusClassification(AttackTask):
 
     name = "retinopathy"
     chance_level = 0.5
+    split_note = ("the fundus ResNet-18 cut in two: the labels cross to the server, which computes the loss, so the "
+                  "gradient it returns is the client part's only gradient.")
 
     def load_splits(self, profile, data_root, seed):
         from medsplit.data.retinopathy import load_retinopathy

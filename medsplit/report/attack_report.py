@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from medsplit.attacks import ATTACKS, DISPLAY_NAMES
+from medsplit.attacks.tasks import attack_task
 from medsplit.report.attack_findings import defence_table, findings
 from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
 from medsplit.report.html import Report
@@ -18,11 +19,9 @@ THREAT_MODELS = {
     "fsha": "Malicious server (Feature-Space Hijacking, Pasquini et al. 2021), inside the real protocol. It returns "
             "to the client's first part the gradient of a WGAN-GP adversarial loss instead of the task gradient, and "
             "reconstructs with the inverse of a pilot encoder trained on auxiliary images (the patient-disjoint half "
-            "of the training split of the same source, never the victims' images). In the lung U-Net that gradient "
-            "is all it can hijack: the masks never leave the hospital, the client decoder computes the loss, and its "
-            "skip-path gradient keeps pulling the client encoder toward the task; the server trains its own parts "
-            "honestly on the gradient the client decoder returns. It sees exactly what crosses the channel (noisy "
-            "or mixed activations under those defences).",
+            "of the training split of the same source, never the victims' images). What else reaches the client "
+            "encoder depends on the split (see above). It sees exactly what crosses the channel (noisy or mixed "
+            "activations under those defences).",
     "inversion": "Adversarial reconstruction attack (ADRA, model inversion; `--attacks adra`): honest-but-curious "
                  "server colluding with one hospital. The target is trained honestly with the defence; the colluding "
                  "hospital hands the server (image, activation) pairs, the activation being what crossed the channel "
@@ -81,6 +80,7 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
                                  "passive, no colluder): SSIM lower is more private; changes are against the "
                                  "undefended run.", float_fmt="{:.4g}")
     rep.section("Threat models")
+    rep.text(f"Split: {attack_task(task).split_note}")
     run_attacks = list(dict.fromkeys(r["attack"] for r in rows))
     for name in [*THREAT_MODELS, *(a for a in run_attacks if a not in THREAT_MODELS)]:
         # the built-ins' long texts; an attack added as a plug-in states its threat model on its spec
