@@ -133,3 +133,32 @@ def test_cpu_bf16_benchmark_times_both_precisions_and_saves_them(tmp_path):
     assert row["model"] == "unet-smp" and row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0
     assert row["speedup"] == row["fp32_s_per_step"] / row["bf16_s_per_step"]
     assert isinstance(saved["native_bf16"], bool)
+
+
+def test_reproduce_check_compares_only_what_both_records_hold_and_fails_on_a_changed_digit(tmp_path, capsys):
+    check = _load("reproduce_check")
+
+    def run(protocol, seed, auc):
+        return {"protocol": protocol, "seed": seed, "scores": {"auc": auc}, "selected_epoch": 3, "wall_time_s": seed}
+
+    committed = {"runs": [run("sequential", 0, 0.7267517736504148), run("sequential", 1, 0.72)]}
+    rerun = {"runs": [{**run("sequential", 0, 0.7267517736504148), "wall_time_s": 99.0}]}  # seed 0 only, slower
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(committed))
+    b.write_text(json.dumps(rerun))
+    assert check.main([str(a), str(b), "--out", str(tmp_path / "c.json")]) == 0
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["compared"] == 2 and saved["agree"] == 2  # the AUC and the selected epoch; never the clock
+    rerun["runs"][0]["scores"]["auc"] = 0.7267517736504149  # one digit in the 16th place
+    b.write_text(json.dumps(rerun))
+    assert check.main([str(a), str(b)]) == 1
+    assert "DIFFERS  sequential/seed0/test auc" in capsys.readouterr().out
+    assert check.main([str(a), str(b), "--tolerance", "1e-12"]) == 0
+
+    long = {"histories": {"fsha/none/0/0": [{"iteration": i, "mse": 0.1 / (i + 1), "ssim": 0.1, "seconds": i}
+                                            for i in (0, 250, 500, 10000)]}}
+    short = {"histories": {"fsha/none/0/0": [{**p, "seconds": 5} for p in long["histories"]["fsha/none/0/0"][:3]]}}
+    assert check.compare(long, short)["compared"] == 6  # mse and ssim at the three shared iterations
+    a.write_text(json.dumps(long))
+    b.write_text(json.dumps(committed))
+    assert check.main([str(a), str(b)]) == 2  # nothing shared
