@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.attacks import check_attack_names, resolve_attack_names
-from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
+from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, evaluate, run_fsha
 from medsplit.attacks.inversion import InversionConfig, run_inversion
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
 from medsplit.attacks.tap import Recorder, observed_activations
@@ -71,6 +71,21 @@ def test_fsha_logs_quality_and_feature_space_moves_to_pilot():
     assert [h["iteration"] for h in result.history] == [0, 30, 60]
     assert all(0 <= h["mse"] < 1 for h in result.history)
     assert result.reconstructions.shape == x[36:].shape
+    # the server's diagnostics: its autoencoder learns on the auxiliary images (the ceiling rises)
+    assert {"pilot_mse", "pilot_ssim", "critic_gap"} <= set(result.history[0])
+    assert result.history[-1]["pilot_mse"] < result.history[0]["pilot_mse"]
+
+
+def test_fsha_ceiling_is_the_attack_when_the_client_sends_the_pilots_features():
+    _, session, _ = _fsha_session()
+    x = _images(12)
+    server = session.server
+    with torch.no_grad():
+        z = server.pilot(x)
+    quality = evaluate(server, z, x)
+    assert quality["mse"] == pytest.approx(quality["pilot_mse"]) and quality["ssim"] == pytest.approx(quality["pilot_ssim"])
+    assert quality["critic_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert evaluate(server, torch.zeros_like(z), x)["critic_gap"] != pytest.approx(0.0, abs=1e-6)
 
 
 def test_fsha_stops_on_non_finite_activation_naming_party_and_step():
@@ -311,3 +326,14 @@ def test_cli_refuses_a_defence_the_task_cannot_take_before_loading_data(capsys):
                  "--data-root", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "--task lungs --defences mixing" in err and "U-shaped" in err  # the spec's reason, not a data error
+
+
+def test_a_batch_norm_pilot_sends_the_per_channel_scale_a_batch_norm_client_block_is_pinned_to():
+    x = _images(16)
+    free = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8)).pilot(x)
+    pinned = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8, pilot_batch_norm=True)).pilot(x)
+    channels = pinned.transpose(0, 1).reshape(4, -1)
+    assert torch.allclose(channels.mean(1), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(channels.std(1), torch.ones(4), atol=0.1)  # BatchNorm's eps shaves a tiny variance
+    # a free pilot starts two orders of magnitude below that scale
+    assert (free.transpose(0, 1).reshape(4, -1).std(1) < 0.1).all()

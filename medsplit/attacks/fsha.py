@@ -41,6 +41,9 @@ class FSHAConfig:
         lr_discriminator: Adam for ``D`` (paper: 1e-4).
         gp_weight: WGAN gradient-penalty weight (paper: 500).
         width: hidden channels of the attacker's networks.
+        pilot_batch_norm: the pilot ends in a BatchNorm like the client's part (see
+            :func:`~medsplit.attacks.nets.pilot_encoder`); off by default, the form every
+            committed FSHA result used.
         log_every: evaluate reconstructions of held-out private images every this many iterations.
     """
 
@@ -53,6 +56,7 @@ class FSHAConfig:
     gp_weight: float = 500.0
     width: int = 32
     log_every: int = 500
+    pilot_batch_norm: bool = False
 
 
 class FSHAServer(nn.Module):
@@ -72,7 +76,7 @@ class FSHAServer(nn.Module):
         super().__init__()
         self.cfg = cfg
         # built on the CPU (the same initial weights on every device), moved before the optimisers exist
-        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width, nonnegative).to(device)
+        self.pilot = pilot_encoder(in_channels, image_size, act_shape, cfg.width, nonnegative, cfg.pilot_batch_norm).to(device)
         self.decoder = decoder(act_shape, in_channels, image_size, cfg.width).to(device)
         self.critic = discriminator(act_shape, 2 * cfg.width).to(device)
         self.opt_ae = torch.optim.Adam([{"params": self.pilot.parameters(), "lr": cfg.lr_pilot},
@@ -105,10 +109,27 @@ class FSHAServer(nn.Module):
         self.opt_d.step()
         return {"ae_loss": float(ae_loss.detach()), "d_loss": float(d_loss.detach())}
 
+    @torch.no_grad()
+    def diagnostics(self, x_eval: torch.Tensor, z_eval: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+        """Why the attack stands where it does, on the held-out victims ``x_eval`` whose activations
+        the server received as ``z_eval``:
+
+        * ``pilot_mse``, ``pilot_ssim``: the attacker's own autoencoder ``f~^-1(f~(x_eval))``, the
+          ceiling the attack reaches once the client's features match the pilot's;
+        * ``critic_gap``: ``mean D(f~(x_eval)) - mean D(z_eval)``, the critic's estimate of how far
+          the client's features still are from the pilot's (the WGAN distance, up to its scale).
+        """
+        pilot = torch.cat([self.pilot(x_eval[i:i + batch_size]) for i in range(0, x_eval.shape[0], batch_size)])
+        ceiling = reconstruction_quality(
+            torch.cat([self.decoder(pilot[i:i + batch_size]) for i in range(0, pilot.shape[0], batch_size)]), x_eval)
+        gap = float(self.critic(pilot).mean() - self.critic(z_eval).mean())
+        return {"pilot_mse": ceiling["mse"], "pilot_ssim": ceiling["ssim"], "critic_gap": gap}
+
 
 @dataclass
 class FSHAResult:
-    history: list[dict]  # {"iteration", "mse", "psnr", "ssim", "seconds"}
+    # {"iteration", "mse", "psnr", "ssim", "seconds"} and FSHAServer.diagnostics' keys
+    history: list[dict]
     reconstructions: torch.Tensor  # of the held-out private images, at the end
     final: dict
     detector: dict | None
@@ -176,6 +197,11 @@ class FSHAClientSession:
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """The server's reconstruction ``f~^-1(z)`` of what the client sends for ``x`` at inference."""
+        return decode(self.server, self.sent_features(x, batch_size), batch_size)
+
+    @torch.no_grad()
+    def sent_features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """What the server receives for ``x`` at inference (after the client's send transform)."""
         self.part.train(self.eval_batch_stats)
         phase, self.channel.phase = self.channel.phase, "eval"
         try:
@@ -184,12 +210,22 @@ class FSHAClientSession:
                 sent = {self.key: self.part({"x": x[i:i + batch_size]})[self.key]}
                 if self.send_transform is not None:
                     sent = self.send_transform(sent)
-                z = self.channel.send(self.client, self.server_name, "activation", sent, link=self.link)[self.key]
-                out.append(self.server.decoder(z))
+                out.append(self.channel.send(self.client, self.server_name, "activation", sent, link=self.link)[self.key])
             return torch.cat(out)
         finally:
             self.channel.phase = phase
             self.part.train()
+
+
+@torch.no_grad()
+def decode(server: FSHAServer, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``f~^-1(z)`` in batches."""
+    return torch.cat([server.decoder(z[i:i + batch_size]) for i in range(0, z.shape[0], batch_size)])
+
+
+def evaluate(server: FSHAServer, z_eval: torch.Tensor, x_eval: torch.Tensor) -> dict[str, float]:
+    """The attack's reconstruction quality on the held-out victims, with the server's diagnostics."""
+    return {**reconstruction_quality(decode(server, z_eval), x_eval), **server.diagnostics(x_eval, z_eval)}
 
 
 def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tensor, x_eval: torch.Tensor,
@@ -216,8 +252,8 @@ def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tens
     history = []
 
     def log(it: int) -> None:
-        q = reconstruction_quality(session.reconstruct(x_eval), x_eval)
-        history.append({"iteration": it, **q, "seconds": clock() - start})
+        history.append({"iteration": it, **evaluate(session.server, session.sent_features(x_eval), x_eval),
+                        "seconds": clock() - start})
 
     log(0)
     for it in range(1, cfg.iterations + 1):

@@ -10,8 +10,7 @@ from typing import Callable
 
 import torch
 
-from medsplit.attacks.fsha import FSHAConfig, FSHAResult, FSHAServer
-from medsplit.attacks.quality import reconstruction_quality
+from medsplit.attacks.fsha import FSHAConfig, FSHAResult, FSHAServer, decode, evaluate
 from medsplit.attacks.registry import OWN, AttackContext, AttackSpec
 from medsplit.attacks.tap import activation_shape, crossing_key, gradient_to_first_part
 from medsplit.attacks.targets import (
@@ -71,8 +70,14 @@ class HijackedSplitModel(SplitModel):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """``f~^-1`` of what the client sends for ``x`` (batch statistics, as in training: BatchNorm
-        running statistics lag far behind a client being hijacked), after its send transform."""
+        """``f~^-1`` of what the client sends for ``x``."""
+        return decode(self.fsha, self.sent_features(x, batch_size), batch_size)
+
+    @torch.no_grad()
+    def sent_features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """What the server receives for ``x`` from the client's first part, after its send transform
+        (batch statistics, as in training: BatchNorm running statistics lag far behind a client
+        being hijacked)."""
         first = self.chain[0][0]
         name = first.name
         phase, self.channel.phase = self.channel.phase, "eval"
@@ -85,7 +90,7 @@ class HijackedSplitModel(SplitModel):
                 if transform is not None:
                     sent = transform(sent)
                 z = self.channel.send(self.data_owner.name, "server", "activation", sent, link=f"{name}->server")
-                out.append(self.fsha.decoder(z[self.sent_key]))
+                out.append(z[self.sent_key])
             return torch.cat(out)
         finally:
             self.channel.phase = phase
@@ -122,8 +127,8 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
     history = []
 
     def log(it: int) -> None:
-        q = reconstruction_quality(model.reconstruct(x_eval), x_eval)
-        history.append({"iteration": it, **q, "seconds": clock() - start})
+        history.append({"iteration": it, **evaluate(model.fsha, model.sent_features(x_eval), x_eval),
+                        "seconds": clock() - start})
 
     model.train()
     log(0)

@@ -31,7 +31,7 @@ class _Resize(nn.Module):
 
 
 def pilot_encoder(in_channels: int, image_size: int, act_shape: tuple[int, int, int], width: int = 32,
-                  nonnegative: bool = False) -> nn.Module:
+                  nonnegative: bool = False, batch_norm: bool = False) -> nn.Module:
     """f~: image ``(in_channels, S, S)`` -> ``act_shape`` = ``(C, h, w)``, same downsampling as the client.
 
     Args:
@@ -40,12 +40,17 @@ def pilot_encoder(in_channels: int, image_size: int, act_shape: tuple[int, int, 
         width: channels of the hidden layers.
         nonnegative: end with a ReLU, as the client does when its part ends in one; otherwise
             the pilot's feature space holds values the client can never send.
+        batch_norm: put a BatchNorm (batch statistics always) before that end, as a client
+            block built of conv-BatchNorm-ReLU has: the client's per-channel scale is then pinned
+            by its BatchNorm, which a slow client cannot move toward a free pilot's scale.
     """
     c, h, w = act_shape
     layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2)]
     for _ in range(_halvings(image_size, h)):
         layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
     layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, c, 3, padding=1), _Resize((h, w))]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c, track_running_stats=False))
     if nonnegative:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)

@@ -116,8 +116,17 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
             continue
         xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
         for metric in ("ssim", "mse"):
-            series = {name: [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs] for name, hs in curves.items()}
+            series = {}
+            for name, hs in curves.items():
+                series[name] = [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs]
+                # FSHA's ceiling: the attacker's autoencoder on the same images through its own pilot
+                if any(f"pilot_{metric}" in h for h in hs):
+                    series[f"{name}: pilot ceiling"] = [next((h.get(f"pilot_{metric}") for h in hs if h["iteration"] == x), None)
+                                                        for x in xs]
             rep.figure(line_plot(xs, series, "iteration", metric, title=f"{title}: {metric} on held-out images"))
+            if any(k.endswith("pilot ceiling") for k in series):
+                rep.text(f"'pilot ceiling': f~^-1(f~(x)), the attacker's own autoencoder on the same held-out images, "
+                         f"the {metric} the attack reaches once the client's features match the pilot's.")
     inv = [r for r in rows if r["attack"] == "inversion"]
     if inv:
         rep.section("Privacy-utility frontier", "Utility (Dice or AUC on held-out images) against the fresh ADRA "
