@@ -179,6 +179,7 @@ def test_tiny_profile_writes_report_and_json(tmp_path):
     record = json.loads(html.with_suffix(".json").read_text())
     assert html.exists() and "Threat models" in html.read_text()
     assert "Split: the lung U-Net cut U-shaped" in html.read_text()  # the task states its own split
+    assert "pilot ceiling" in html.read_text()  # FSHA's curves beside the attacker's own autoencoder
     assert record["kind"] == "attack" and "inversion SSIM (no defence)" in record["headline"]
     inversion = {r["defence"]: r for r in record["rows"] if r["attack"] == "inversion"}
     assert set(inversion) == {"none", "nopeek", "laplace", "proxy"}
