@@ -120,8 +120,7 @@ class FSHAServer(nn.Module):
           the client's features still are from the pilot's (the WGAN distance, up to its scale).
         """
         pilot = torch.cat([self.pilot(x_eval[i:i + batch_size]) for i in range(0, x_eval.shape[0], batch_size)])
-        ceiling = reconstruction_quality(
-            torch.cat([self.decoder(pilot[i:i + batch_size]) for i in range(0, pilot.shape[0], batch_size)]), x_eval)
+        ceiling = reconstruction_quality(decode(self, pilot, batch_size), x_eval)
         gap = float(self.critic(pilot).mean() - self.critic(z_eval).mean())
         return {"pilot_mse": ceiling["mse"], "pilot_ssim": ceiling["ssim"], "critic_gap": gap}
 

@@ -115,14 +115,17 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
         if not curves:
             continue
         xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
+
+        def at_each_x(hs: list[dict], key: str) -> list:
+            return [next((h[key] for h in hs if h["iteration"] == x), None) for x in xs]
+
         for metric in ("ssim", "mse"):
             series = {}
             for name, hs in curves.items():
-                series[name] = [next((h[metric] for h in hs if h["iteration"] == x), None) for x in xs]
+                series[name] = at_each_x(hs, metric)
                 # FSHA's ceiling: the attacker's autoencoder on the same images through its own pilot
                 if any(f"pilot_{metric}" in h for h in hs):
-                    series[f"{name}: pilot ceiling"] = [next((h.get(f"pilot_{metric}") for h in hs if h["iteration"] == x), None)
-                                                        for x in xs]
+                    series[f"{name}: pilot ceiling"] = at_each_x(hs, f"pilot_{metric}")
             rep.figure(line_plot(xs, series, "iteration", metric, title=f"{title}: {metric} on held-out images"))
             if any(k.endswith("pilot ceiling") for k in series):
                 rep.text(f"'pilot ceiling': f~^-1(f~(x)), the attacker's own autoencoder on the same held-out images, "
