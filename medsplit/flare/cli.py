@@ -14,7 +14,13 @@ def add_flare_parser(sub) -> None:
     q.add_argument("--out", required=True, help="folder for project.yml and the kits")
     q.add_argument("--server-host", default="localhost", help="the server's host name as hospitals reach it (default localhost)")
     q.add_argument("--port", type=int, default=8102, help="server port for sites (default 8102; admin uses port+1)")
-    q.add_argument("--admin", default="admin@medsplit.local", help="admin user who submits jobs")
+    q.add_argument("--admin", default="admin@medsplit.local",
+                   help="e-mail of the consortium's admin who submits jobs (FLARE role 'lead': submit and manage "
+                        "own jobs, no bring-your-own-code)")
+    q.add_argument("--project", default="medsplit", help="the consortium's FLARE project name (default medsplit)")
+    q.add_argument("--org", default="consortium", help="the consortium's organisation (server and admin)")
+    q.add_argument("--remove-ca-state", action="store_true",
+                   help="delete FLARE's <project>/state/cert.json (the root CA's private key) once the kits are written")
 
     for name, helptext in (("job", "write the job folder an admin submits"),
                            ("simulate", "run a job in FLARE's simulator on this machine and write its report"),
@@ -43,11 +49,20 @@ def run_flare_command(args) -> int:
     if args.flare_command == "provision":
         from medsplit.flare.provision import provision
 
+        from medsplit.flare.provision import private_key_files
+
         kits = provision(args.sites.split(","), args.out, server_host=args.server_host, fed_port=args.port,
-                         admin_port=args.port + 1, admin=args.admin)
+                         admin_port=args.port + 1, admin=args.admin, project=args.project, org=args.org,
+                         remove_ca_state=args.remove_ca_state)
         print(f"start-up kits: {kits}")
         for kit in sorted(p for p in kits.iterdir() if p.is_dir()):
             print(f"  {kit.name}: {kit}")
+        print("files holding private keys (mode 0600; give each kit only to its participant):")
+        for path, holder in private_key_files(Path(args.out).resolve(), kits, args.project):
+            print(f"  {path}: {holder}")
+        if args.remove_ca_state:
+            print(f"removed {Path(args.out).resolve() / args.project / 'state' / 'cert.json'} (the root CA's key): "
+                  "adding a site later needs a new provisioning")
         return 0
     import yaml
 

@@ -3,7 +3,8 @@
 A job carries the resolved medsplit config, the hospital sites in client order (site k runs
 ``client<k>``), the defences every hospital applies (checked by each hospital against its OWN
 site policy), and timeouts. It never carries a site policy or a hospital's data location: those
-stay in each site's start-up kit / environment (``MEDSPLIT_DATA``).
+stay in each site's start-up kit / environment (``MEDSPLIT_DATA``); nor code: every site runs the
+medsplit installed there (the job folder has no ``app/custom``).
 """
 
 from __future__ import annotations
@@ -79,4 +80,21 @@ def write_job_folder(cfg: Config, sites: list[str], out: str | Path, defences: d
     folder = out / job["name"]
     if not (folder / "meta.json").exists():
         raise RuntimeError(f"FLARE's export did not write {folder / 'meta.json'}; see the files under {out}")
+    strip_job_code(folder)
     return folder
+
+
+def strip_job_code(folder: Path) -> list[Path]:
+    """Remove the code FLARE's Collab export copies into the job (``<app>/custom``); returns what went.
+
+    Every site runs the medsplit it has installed: a job carries data (the config, the defences),
+    never code. A job without a custom folder is not bring-your-own-code to FLARE, so its admin
+    needs only the right to submit jobs, and a hospital's guard
+    (:mod:`medsplit.flare.site_guard`) refuses any job that does ship code.
+    """
+    import shutil
+
+    removed = sorted(p for p in Path(folder).glob("*/custom") if p.is_dir())
+    for path in removed:
+        shutil.rmtree(path)
+    return removed

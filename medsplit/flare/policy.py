@@ -3,17 +3,39 @@
 A hospital's policy lives in its start-up kit / site workspace (``local/medsplit_policy.yaml``,
 next to FLARE's own ``local/resources.json``), never in the job: the server (or whoever wrote the
 job) cannot lower it. Each hospital compares its policy with the defences the job declares
-(:class:`JobDefences`) and refuses to train, with a message naming its policy file and the rule
-that failed, when the job falls short. The hospital then applies those defences itself
-(:class:`HospitalGuard`), so a job cannot declare a defence and skip it at the hospital.
+(:class:`JobDefences`) and refuses to train, with a message naming its policy file, the rule
+and the job field that failed, when the job falls short. The check runs twice, both times in
+code installed at the site: in FLARE's job process before any job component is built
+(:class:`medsplit.flare.site_guard.MedsplitJobGuard`, named in the site's ``local/`` FLARE
+configuration) and again when the hospital starts training. The hospital then applies those
+defences itself (:class:`HospitalGuard`), so a job cannot declare a defence and skip it.
+
+The policy bounds the guarantees a job actually gets, not only the raw knobs: a Laplace scale
+``b`` means nothing without the clip bound ``C`` (epsilon = C/b), and a detector that probes once
+in 10^9 steps or alarms below a threshold of -10^9 never fires.
 
 Example ``local/medsplit_policy.yaml``::
 
     site: hospital-a
     require:
-      hijack_detector: abort   # off | on | abort (on, and an alarm stops the hospital sending)
-      laplace_min_scale: 0.5   # Laplace noise on activations with b >= 0.5 (omit: not required)
-      nopeek_min_alpha: 0.1    # NoPeek with alpha >= 0.1 (omit: not required)
+      hijack_detector: abort          # off | on | abort (on, and an alarm stops the hospital sending)
+      detector_max_probe_every: 20    # a probe at least every 20 steps (default 20 when the detector is required)
+      detector_threshold_range: [0.01, 1.0]  # the alarm threshold must lie here (default when required)
+      laplace_min_scale: 0.5          # Laplace noise on activations with b >= 0.5 (omit: not required)
+      laplace_max_epsilon: 2.0        # epsilon per inference release C/b <= 2 (default 1 / laplace_min_scale)
+      laplace_max_epsilon_per_training_batch: 64  # B*C/b with B = the job's train.batch_size (omit: no bound)
+      nopeek_min_alpha: 0.1           # NoPeek with alpha >= 0.1 (omit: not required)
+    jobs:
+      allow_custom_code: false        # refuse jobs that ship code (app/custom, FLARE's BYOC); default false
+      allow_components: []            # classes a job may build besides the medsplit hospital (default none)
+
+Which Laplace epsilon is which (pure DP, delta = 0, one image replaced by any other): one
+**inference release** of an image is ``C/b``; one **training batch** is ``B*C/b`` (BatchNorm in
+training mode lets one image move all B clipped rows); **the whole training** is ``T*B*C/b`` over
+the ``T`` training batches the hospital sends (clipping bounds every release whatever the
+weights, and the weights carry an image into every later release, so basic composition over all
+T batches, not only over epochs). FLARE jobs run in training mode: the bound that covers a
+hospital's images is the whole-training one, which each hospital reports after the run.
 
 Pure Python and YAML: works without NVIDIA FLARE installed.
 """
@@ -21,6 +43,7 @@ Pure Python and YAML: works without NVIDIA FLARE installed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +57,9 @@ from medsplit.yaml_file import read_yaml_mapping
 POLICY_FILE = Path("local") / "medsplit_policy.yaml"
 DETECTOR_LEVELS = ("off", "on", "abort")
 ALARM_ACTIONS = ("abort", "warn")
+#: Bounds a required detector gets when the policy file does not state them.
+DEFAULT_MAX_PROBE_EVERY = 20
+DEFAULT_THRESHOLD_RANGE = (0.01, 1.0)
 
 
 class PolicyError(ValueError):
@@ -48,6 +74,31 @@ class HijackAbort(RuntimeError):
     """The hospital's hijack detector raised the alarm and its policy says abort: nothing more is sent."""
 
 
+def laplace_epsilons(sensitivity: float, scale: float, batch_size: int, training_batches: int | None = None) -> dict:
+    """The Laplace mechanism's epsilons (pure DP, one image replaced by any other), each named by
+    what it covers: one inference release ``C/b``, one training batch ``B*C/b``, and, given the
+    number ``T`` of training batches a hospital sent, the whole training ``T*B*C/b``."""
+    per_release = sensitivity / scale
+    out = {"C": sensitivity, "b": scale, "B": batch_size, "delta": 0.0,
+           "epsilon_per_inference_release": per_release,
+           "epsilon_per_training_batch": batch_size * per_release}
+    if training_batches is not None:
+        out["T"] = training_batches
+        out["epsilon_whole_training"] = training_batches * batch_size * per_release
+    return out
+
+
+def _finite(value: Any, what: str, *, integer: bool = False) -> float | int:
+    """A finite number (an integer where asked); ``what`` names the field in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PolicyError(f"{what}={value!r} must be a finite number")
+    if integer:
+        if value != int(value):
+            raise PolicyError(f"{what}={value!r} must be a whole number")
+        return int(value)
+    return float(value)
+
+
 @dataclass
 class JobDefences:
     """The defences a job runs at every hospital (written into the FLARE job by ``medsplit flare job``).
@@ -59,7 +110,8 @@ class JobDefences:
         probe_every: one fake round every this many steps.
         detector_threshold: alarm when the median probe score falls below this.
         laplace_scale: Laplace scale b on the activations a hospital sends (``None``: off).
-        laplace_sensitivity: the clip bound C of the Laplace mechanism (epsilon per release = C / b).
+        laplace_sensitivity: the clip bound C of the Laplace mechanism (epsilon C/b per inference
+            release, B*C/b per training batch; see the module docstring).
         nopeek_alpha: NoPeek weight on the hospital's sending part (``None``: off).
     """
 
@@ -72,14 +124,27 @@ class JobDefences:
     nopeek_alpha: float | None = None
 
     def __post_init__(self) -> None:
+        # Every number is checked for type and finiteness: NaN compares false with everything,
+        # so a NaN threshold or scale would pass any bound and switch the defence off.
+        if not isinstance(self.hijack_detector, bool):
+            raise PolicyError(f"job defences: hijack_detector={self.hijack_detector!r} must be true or false")
         if self.on_alarm not in ALARM_ACTIONS:
             raise PolicyError(f"job defences: on_alarm={self.on_alarm!r}; valid choices are {list(ALARM_ACTIONS)}")
+        self.probe_every = _finite(self.probe_every, "job defences: probe_every", integer=True)
         if self.probe_every < 1:
             raise PolicyError(f"job defences: probe_every={self.probe_every} must be >= 1")
-        if self.laplace_scale is not None and self.laplace_scale <= 0:
-            raise PolicyError(f"job defences: laplace_scale={self.laplace_scale} must be > 0 (or null for off)")
-        if self.nopeek_alpha is not None and self.nopeek_alpha < 0:
-            raise PolicyError(f"job defences: nopeek_alpha={self.nopeek_alpha} must be >= 0 (or null for off)")
+        self.detector_threshold = _finite(self.detector_threshold, "job defences: detector_threshold")
+        self.laplace_sensitivity = _finite(self.laplace_sensitivity, "job defences: laplace_sensitivity")
+        if self.laplace_sensitivity <= 0:
+            raise PolicyError(f"job defences: laplace_sensitivity={self.laplace_sensitivity} must be > 0")
+        if self.laplace_scale is not None:
+            self.laplace_scale = _finite(self.laplace_scale, "job defences: laplace_scale")
+            if self.laplace_scale <= 0:
+                raise PolicyError(f"job defences: laplace_scale={self.laplace_scale} must be > 0 (or null for off)")
+        if self.nopeek_alpha is not None:
+            self.nopeek_alpha = _finite(self.nopeek_alpha, "job defences: nopeek_alpha")
+            if self.nopeek_alpha < 0:
+                raise PolicyError(f"job defences: nopeek_alpha={self.nopeek_alpha} must be >= 0 (or null for off)")
 
     @classmethod
     def from_dict(cls, values: dict | None, where: str = "job defences") -> "JobDefences":
@@ -93,6 +158,11 @@ class JobDefences:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def laplace_epsilon_per_release(self) -> float | None:
+        """C/b, one inference release of one image (``None`` without Laplace noise)."""
+        return None if self.laplace_scale is None else self.laplace_sensitivity / self.laplace_scale
+
 
 @dataclass
 class SitePolicy:
@@ -105,6 +175,18 @@ class SitePolicy:
         laplace_min_scale: the job's Laplace scale b must be at least this (``None``: not required).
         nopeek_min_alpha: the job's NoPeek alpha must be at least this (``None``: not required).
         source: the file it was read from (named in refusals).
+        detector_max_probe_every: a required detector must probe at least every this many steps
+            (default :data:`DEFAULT_MAX_PROBE_EVERY` when the detector is required).
+        detector_threshold_range: ``(low, high)`` the detector's threshold must lie in (default
+            :data:`DEFAULT_THRESHOLD_RANGE` when the detector is required).
+        laplace_max_epsilon: epsilon per inference release C/b must be at most this (default
+            ``1 / laplace_min_scale`` when Laplace noise is required: C <= 1 at the minimum scale).
+        laplace_max_epsilon_per_training_batch: B*C/b, with B the job's ``train.batch_size``,
+            must be at most this (``None``: no bound).
+        allow_custom_code: accept jobs that ship their own code (FLARE's BYOC, an ``app/custom``
+            folder). Default false: only the medsplit installed at this site runs here.
+        allow_components: component classes a job may build besides the medsplit hospital and
+            FLARE's Collab executor (:mod:`medsplit.flare.site_guard`).
     """
 
     site: str
@@ -112,39 +194,97 @@ class SitePolicy:
     laplace_min_scale: float | None = None
     nopeek_min_alpha: float | None = None
     source: str = "<in memory>"
+    detector_max_probe_every: int | None = None
+    detector_threshold_range: tuple[float, float] | None = None
+    laplace_max_epsilon: float | None = None
+    laplace_max_epsilon_per_training_batch: float | None = None
+    allow_custom_code: bool = False
+    allow_components: tuple[str, ...] = ()
 
-    def violations(self, job: JobDefences) -> list[str]:
-        """Every rule of this policy the job breaks, as ``require.KEY=...: the job has ...`` lines."""
+    def __post_init__(self) -> None:
+        if self.hijack_detector in ("on", "abort"):
+            if self.detector_max_probe_every is None:
+                self.detector_max_probe_every = DEFAULT_MAX_PROBE_EVERY
+            if self.detector_threshold_range is None:
+                self.detector_threshold_range = DEFAULT_THRESHOLD_RANGE
+        if self.laplace_min_scale is not None and self.laplace_min_scale > 0 and self.laplace_max_epsilon is None:
+            self.laplace_max_epsilon = 1.0 / self.laplace_min_scale
+
+    def violations(self, job: JobDefences, batch_size: int | None = None) -> list[str]:
+        """Every rule of this policy the job breaks, as ``require.KEY=...: the job's FIELD=...`` lines.
+
+        Args:
+            job: the job's defences.
+            batch_size: the job's ``train.batch_size`` B (for the per-training-batch epsilon bound).
+        """
         out = []
-        if self.hijack_detector in ("on", "abort") and not job.hijack_detector:
+        detector_required = self.hijack_detector in ("on", "abort")
+        if detector_required and not job.hijack_detector:
             out.append(f"require.hijack_detector={self.hijack_detector}: the job runs without the hijack detector")
         if self.hijack_detector == "abort" and job.hijack_detector and job.on_alarm != "abort":
             out.append(f"require.hijack_detector=abort: the job's detector only does on_alarm={job.on_alarm!r}")
+        if detector_required and job.hijack_detector:
+            if self.detector_max_probe_every is not None and job.probe_every > self.detector_max_probe_every:
+                out.append(f"require.detector_max_probe_every={self.detector_max_probe_every}: the job's "
+                           f"probe_every={job.probe_every} probes less often")
+            if self.detector_threshold_range is not None:
+                low, high = self.detector_threshold_range
+                if not low <= job.detector_threshold <= high:
+                    out.append(f"require.detector_threshold_range=[{low}, {high}]: the job's "
+                               f"detector_threshold={job.detector_threshold:g} is outside it")
         if self.laplace_min_scale is not None and (job.laplace_scale is None or job.laplace_scale < self.laplace_min_scale):
             have = "no Laplace noise" if job.laplace_scale is None else f"Laplace scale b={job.laplace_scale}"
             out.append(f"require.laplace_min_scale={self.laplace_min_scale}: the job has {have}")
+        per_release = job.laplace_epsilon_per_release
+        if self.laplace_max_epsilon is not None:
+            if per_release is None:
+                if self.laplace_min_scale is None:  # not already named by laplace_min_scale
+                    out.append(f"require.laplace_max_epsilon={self.laplace_max_epsilon:g} (per inference release, C/b): "
+                               "the job has no Laplace noise")
+            elif per_release > self.laplace_max_epsilon:
+                out.append(f"require.laplace_max_epsilon={self.laplace_max_epsilon:g} (per inference release, C/b): "
+                           f"the job's laplace_sensitivity={job.laplace_sensitivity:g} and laplace_scale="
+                           f"{job.laplace_scale:g} give epsilon C/b={per_release:g} per inference release")
+        if self.laplace_max_epsilon_per_training_batch is not None and per_release is not None:
+            if batch_size is None:
+                out.append(f"require.laplace_max_epsilon_per_training_batch={self.laplace_max_epsilon_per_training_batch:g}: "
+                           "the job's train.batch_size is unknown")
+            elif batch_size * per_release > self.laplace_max_epsilon_per_training_batch:
+                out.append(f"require.laplace_max_epsilon_per_training_batch={self.laplace_max_epsilon_per_training_batch:g} "
+                           f"(B*C/b): the job's train.batch_size={batch_size}, laplace_sensitivity="
+                           f"{job.laplace_sensitivity:g} and laplace_scale={job.laplace_scale:g} give epsilon "
+                           f"B*C/b={batch_size * per_release:g} per training batch")
         if self.nopeek_min_alpha is not None and (job.nopeek_alpha is None or job.nopeek_alpha < self.nopeek_min_alpha):
             have = "no NoPeek" if job.nopeek_alpha is None else f"NoPeek alpha={job.nopeek_alpha}"
             out.append(f"require.nopeek_min_alpha={self.nopeek_min_alpha}: the job has {have}")
         return out
 
-    def enforce(self, job: JobDefences, job_name: str = "this job") -> None:
+    def enforce(self, job: JobDefences, job_name: str = "this job", batch_size: int | None = None) -> None:
         """Raise :class:`PolicyRefused` naming the policy file and every failed rule."""
-        broken = self.violations(job)
+        broken = self.violations(job, batch_size)
         if broken:
             raise PolicyRefused(f"site {self.site} refuses {job_name}: its site policy {self.source} is not met: "
                                 + "; ".join(broken))
 
+    def code_violation(self, job_name: str = "this job") -> str:
+        """The refusal of a job that ships its own code, naming the policy key that would allow it."""
+        return (f"site {self.site} refuses {job_name}: the job ships its own code (an app/custom folder: FLARE's "
+                f"bring-your-own-code), and its site policy {self.source} does not allow that "
+                "(jobs.allow_custom_code: false); only the medsplit installed at the site may run here")
+
     def to_yaml(self) -> str:
         require: dict[str, Any] = {"hijack_detector": self.hijack_detector}
-        if self.laplace_min_scale is not None:
-            require["laplace_min_scale"] = self.laplace_min_scale
-        if self.nopeek_min_alpha is not None:
-            require["nopeek_min_alpha"] = self.nopeek_min_alpha
-        return yaml.safe_dump({"site": self.site, "require": require}, sort_keys=False)
+        for key in _REQUIRE_KEYS[1:]:
+            value = getattr(self, key)
+            if value is not None:
+                require[key] = list(value) if isinstance(value, tuple) else value
+        jobs = {"allow_custom_code": self.allow_custom_code, "allow_components": list(self.allow_components)}
+        return yaml.safe_dump({"site": self.site, "require": require, "jobs": jobs}, sort_keys=False)
 
 
-_REQUIRE_KEYS = ("hijack_detector", "laplace_min_scale", "nopeek_min_alpha")
+_REQUIRE_KEYS = ("hijack_detector", "laplace_min_scale", "laplace_max_epsilon", "laplace_max_epsilon_per_training_batch",
+                 "detector_max_probe_every", "detector_threshold_range", "nopeek_min_alpha")
+_JOBS_KEYS = ("allow_custom_code", "allow_components")
 
 
 def write_site_kits(out_dir: Path, policies: dict[str, str | Path] | None) -> Path:
@@ -174,21 +314,22 @@ def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
         site: the site reading it; the file's ``site:`` must match (a copied file is caught).
     """
     path = Path(path)
-    raw = read_yaml_mapping(path, "site policy", PolicyError, "with 'site' and 'require'")
-    unknown = sorted(set(raw) - {"site", "require"})
+    raw = read_yaml_mapping(path, "site policy", PolicyError, "with 'site', 'require' and 'jobs'")
+    unknown = sorted(set(raw) - {"site", "require", "jobs"})
     if unknown:
-        raise PolicyError(f"site policy {path}: unknown key {unknown[0]!r}; valid keys are ['require', 'site']")
+        raise PolicyError(f"site policy {path}: unknown key {unknown[0]!r}; valid keys are ['jobs', 'require', 'site']")
     name = raw.get("site")
     if not isinstance(name, str) or not name:
         raise PolicyError(f"site policy {path}: 'site' must name the site it belongs to")
     if site is not None and name != site:
         raise PolicyError(f"site policy {path} belongs to site {name!r}, but site {site!r} is reading it")
-    require = raw.get("require") or {}
-    if not isinstance(require, dict):
-        raise PolicyError(f"site policy {path}: 'require' must be a mapping")
-    unknown = sorted(set(require) - set(_REQUIRE_KEYS))
-    if unknown:
-        raise PolicyError(f"site policy {path}: unknown key require.{unknown[0]}; valid keys are {list(_REQUIRE_KEYS)}")
+    require, jobs = raw.get("require") or {}, raw.get("jobs") or {}
+    for section, keys, values in (("require", _REQUIRE_KEYS, require), ("jobs", _JOBS_KEYS, jobs)):
+        if not isinstance(values, dict):
+            raise PolicyError(f"site policy {path}: {section!r} must be a mapping")
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise PolicyError(f"site policy {path}: unknown key {section}.{unknown[0]}; valid keys are {list(keys)}")
     detector = require.get("hijack_detector", "off")
     if detector is False:  # YAML reads a bare `off` as False
         detector = "off"
@@ -196,13 +337,35 @@ def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
         detector = "on"
     if detector not in DETECTOR_LEVELS:
         raise PolicyError(f"site policy {path}: require.hijack_detector={detector!r}; valid choices are {list(DETECTOR_LEVELS)}")
-    numbers = {}
-    for key in ("laplace_min_scale", "nopeek_min_alpha"):
+    numbers: dict[str, Any] = {}
+    for key in ("laplace_min_scale", "laplace_max_epsilon", "laplace_max_epsilon_per_training_batch",
+                "detector_max_probe_every", "nopeek_min_alpha"):
         value = require.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise PolicyError(f"site policy {path}: require.{key}={value!r} must be a number >= 0")
-        numbers[key] = None if value is None else float(value)
-    return SitePolicy(name, detector, numbers["laplace_min_scale"], numbers["nopeek_min_alpha"], str(path))
+        if value is not None:
+            value = _finite(value, f"site policy {path}: require.{key}", integer=key == "detector_max_probe_every")
+            positive = key in ("laplace_max_epsilon", "detector_max_probe_every")
+            if value < 0 or (positive and value == 0):
+                raise PolicyError(f"site policy {path}: require.{key}={value!r} must be {'> 0' if positive else '>= 0'}")
+        numbers[key] = value
+    threshold_range = require.get("detector_threshold_range")
+    if threshold_range is not None:
+        if not isinstance(threshold_range, list) or len(threshold_range) != 2:
+            raise PolicyError(f"site policy {path}: require.detector_threshold_range={threshold_range!r} must be [low, high]")
+        low, high = (_finite(v, f"site policy {path}: require.detector_threshold_range") for v in threshold_range)
+        if low > high:
+            raise PolicyError(f"site policy {path}: require.detector_threshold_range=[{low}, {high}]: low is above high")
+        threshold_range = (low, high)
+    allow_code = jobs.get("allow_custom_code", False)
+    if not isinstance(allow_code, bool):
+        raise PolicyError(f"site policy {path}: jobs.allow_custom_code={allow_code!r} must be true or false")
+    components = jobs.get("allow_components", [])
+    if not isinstance(components, list) or not all(isinstance(c, str) and c for c in components):
+        raise PolicyError(f"site policy {path}: jobs.allow_components={components!r} must be a list of class paths")
+    return SitePolicy(name, detector, numbers["laplace_min_scale"], numbers["nopeek_min_alpha"], str(path),
+                      detector_max_probe_every=numbers["detector_max_probe_every"],
+                      detector_threshold_range=threshold_range, laplace_max_epsilon=numbers["laplace_max_epsilon"],
+                      laplace_max_epsilon_per_training_batch=numbers["laplace_max_epsilon_per_training_batch"],
+                      allow_custom_code=allow_code, allow_components=tuple(components))
 
 
 def policy_for_site(site_root: str | Path, site: str) -> SitePolicy | None:
@@ -233,6 +396,7 @@ class HospitalGuard:
     laplace: Callable | None = None
     log: Callable[[str], None] = print
     _warned: bool = field(default=False, repr=False)
+    _training_releases: int = field(default=0, repr=False)
 
     @classmethod
     def build(cls, site: str, defences: JobDefences, seed: int = 0, log: Callable[[str], None] = print) -> "HospitalGuard":
@@ -269,7 +433,22 @@ class HospitalGuard:
 
     def send_transform(self, tensors: dict) -> dict:
         self.check_alarm()
-        return self.laplace(tensors) if self.laplace is not None else tensors
+        if self.laplace is None:
+            return tensors
+        import torch
+
+        # A release under autograd is a training batch (it will be stepped on, or is a probe the
+        # server answers like one); evaluation sends under no_grad. T counts the former.
+        if torch.is_grad_enabled():
+            self._training_releases += 1
+        return self.laplace(tensors)
+
+    def laplace_summary(self, batch_size: int) -> dict | None:
+        """The epsilons of the noise this hospital added, each named by what it covers (see
+        :func:`laplace_epsilons`), with T the training batches it released; ``None`` without noise."""
+        if self.laplace is None:
+            return None
+        return laplace_epsilons(self.laplace.sensitivity, self.laplace.scale, batch_size, self._training_releases)
 
     def regularizer(self, sent_keys: tuple[str, ...] | None = None):
         """The NoPeek regulariser for the hospital's sending part, or ``None`` when the job has none."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nvflare.collab import collab
 
-from medsplit.flare.inbox_site import InboxSite
+from medsplit.flare.inbox_site import InboxSite, only_from_server
 from medsplit.flare.transport import FlareTransport
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
@@ -134,6 +134,10 @@ class MedsplitServer(InboxSite):
                                                   **{s: {"payload_bytes": r["handed_bytes"]} for s, r in results.items()}}
         record["transport"]["policies"] = {s: r.get("policy") for s, r in results.items()}
         record["transport"]["detectors"] = {s: r.get("detector") for s, r in results.items() if r.get("detector")}
+        # Each hospital's Laplace epsilons, named by what they cover: C/b per inference release,
+        # B*C/b per training batch, T*B*C/b over the T training batches it sent (the bound that
+        # covers its images after a FLARE job, which trains).
+        record["transport"]["laplace"] = {s: r.get("laplace") for s, r in results.items() if r.get("laplace")}
         record["transport"]["job_wall_time_s"] = time.time() - t0
         write_report(cfg, record, out)
         (out / "medsplit_result.json").write_text(json.dumps({"status": "ok", "job": job["name"], "out": str(out)}))
@@ -154,14 +158,19 @@ class MedsplitHospital(InboxSite):
 
     @collab.publish
     def stop(self, site: str, why: str) -> bool:
+        """The server tells this hospital that ``site`` failed (only the server may)."""
+        only_from_server("stop")
         self.inbox.fail(site, why)
         return True
 
     @collab.publish
     def train(self) -> dict:
+        """Check the job against this site's policy, then train this hospital's parts (only the
+        server may start it)."""
         from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
         from medsplit.flare.site_run import client_party, run_site_party
 
+        only_from_server("train")
         job = self.job
         cfg, sites, site_of = _job_parts(job)
         site = collab.site_name
@@ -175,7 +184,7 @@ class MedsplitHospital(InboxSite):
             # under this folder instead (<root>/<site>/local/medsplit_policy.yaml).
             policy = policy_for_site(Path(os.environ[POLICY_ROOT_ENV]) / site, site)
         if policy is not None:
-            policy.enforce(defences, job_name=f"job {job['name']!r}")
+            policy.enforce(defences, job_name=f"job {job['name']!r}", batch_size=cfg.train.batch_size)
         guard = None
         if defences.hijack_detector or defences.laplace_scale is not None or defences.nopeek_alpha:
             guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
@@ -189,8 +198,10 @@ class MedsplitHospital(InboxSite):
             test.pop("per_image", None)  # image-level rows stay at the hospital (its own report has them)
             record["test"] = test
         detector = guard.detector.summary() if guard is not None and guard.detector is not None else None
+        laplace = guard.laplace_summary(cfg.train.batch_size) if guard is not None else None
         return _plain({"record": record, "handed_bytes": transport.handed_bytes,
-                       "policy": policy.source if policy is not None else None, "detector": detector})
+                       "policy": policy.source if policy is not None else None, "detector": detector,
+                       "laplace": laplace})
 
 
 def _root_message(e: BaseException) -> str:

@@ -1,0 +1,110 @@
+"""The hospital's job guard: code installed at the site that checks every FLARE job before any of
+the job's components is built, so a job cannot switch the site's policy off by shipping or naming
+other code.
+
+A site installs it by naming it in its own FLARE configuration, outside any job:
+``<site kit>/local/medsplit__j_resources.json`` (FLARE loads ``*__j_resources.json`` from the
+site's ``local/`` folder into every job process; ``medsplit flare provision`` writes it)::
+
+    {"format_version": 2,
+     "components": [{"id": "medsplit_job_guard", "path": "medsplit.flare.site_guard.MedsplitJobGuard", "args": {}}]}
+
+FLARE fires ``BEFORE_BUILD_COMPONENT`` to the site's components for each component of the job's
+``config_fed_client.json``, before building it. The guard then refuses, naming the site's policy
+file and the rule:
+
+* a job that ships its own code (an ``app/custom`` folder, which FLARE's server marks as BYOC in
+  the job's meta), unless the policy has ``jobs.allow_custom_code: true``;
+* a component other than the medsplit hospital (``medsplit.flare.sites.MedsplitHospital``) and
+  FLARE's Collab executor that hosts it, unless listed in ``jobs.allow_components``: pointing the
+  job's configuration at a replacement class does not get past it;
+* a medsplit hospital whose job defences fall short of the policy
+  (:meth:`medsplit.flare.policy.SitePolicy.enforce`, the same check ``train`` repeats).
+
+Without a policy file the site gets the defaults: no job code, only the medsplit hospital.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nvflare.apis.app_validation import AppValidationKey
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.fl_exception import UnsafeComponentError
+
+from medsplit.flare.policy import POLICY_FILE, JobDefences, PolicyError, SitePolicy, policy_for_site
+
+HOSPITAL_CLASS = "medsplit.flare.sites.MedsplitHospital"
+#: What a medsplit hospital's job configuration builds: the hospital and FLARE's Collab executor.
+HOSPITAL_COMPONENTS = (HOSPITAL_CLASS, "nvflare.collab.runtime.executor.CollabExecutor")
+#: The file a site names the guard in (FLARE loads ``local/*__j_resources.json`` into job processes).
+GUARD_RESOURCES_FILE = Path("local") / "medsplit__j_resources.json"
+GUARD_RESOURCES = {"format_version": 2,
+                   "components": [{"id": "medsplit_job_guard", "path": "medsplit.flare.site_guard.MedsplitJobGuard",
+                                   "args": {}}]}
+
+
+def site_policy_or_defaults(site_root: str | Path, site: str) -> SitePolicy:
+    """The site's policy file, or the defaults (no job code, no defence required) when it has none."""
+    policy = policy_for_site(site_root, site)
+    if policy is None:
+        policy = SitePolicy(site, source=f"{Path(site_root) / POLICY_FILE} (absent: the defaults)")
+    return policy
+
+
+def check_job_component(policy: SitePolicy, component: dict, job_meta: dict | None, job_name: str) -> str | None:
+    """Why the site refuses to build ``component`` of a job, or ``None`` when it may.
+
+    Args:
+        policy: the site's policy.
+        component: one component's configuration from the job (``path`` or ``class_path``, ``args``).
+        job_meta: the job's meta as FLARE's server validated it (``byoc`` when it ships code).
+        job_name: the job's name (named in the refusal).
+    """
+    if (job_meta or {}).get(AppValidationKey.BYOC) and not policy.allow_custom_code:
+        return policy.code_violation(job_name)
+    if not isinstance(component, dict):
+        return f"site {policy.site} refuses {job_name}: a component configuration is a {type(component).__name__}"
+    path = component.get("path") or component.get("class_path")
+    allowed = HOSPITAL_COMPONENTS + tuple(policy.allow_components)
+    if path not in allowed:
+        return (f"site {policy.site} refuses {job_name}: its configuration builds component {path!r}, which is not "
+                f"the medsplit hospital installed at this site (allowed: {list(allowed)}; a site adds others with "
+                f"jobs.allow_components in {policy.source})")
+    if path != HOSPITAL_CLASS:
+        return None
+    job = (component.get("args") or {}).get("job")
+    if not isinstance(job, dict):
+        return f"site {policy.site} refuses {job_name}: {HOSPITAL_CLASS} has no 'job' argument"
+    try:
+        defences = JobDefences.from_dict(job.get("defences"), where=f"job {job_name} defences")
+        batch_size = ((job.get("config") or {}).get("train") or {}).get("batch_size")
+        policy.enforce(defences, job_name=job_name, batch_size=batch_size if isinstance(batch_size, int) else None)
+    except (PolicyError, RuntimeError) as e:
+        return str(e)
+    return None
+
+
+class MedsplitJobGuard(FLComponent):
+    """The site-installed check of every job (see the module docstring); FLARE builds it from the
+    site's ``local/`` configuration in each job process."""
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type != EventType.BEFORE_BUILD_COMPONENT:
+            return
+        workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+        site = fl_ctx.get_identity_name() or fl_ctx.get_prop(FLContextKey.CLIENT_NAME)
+        meta = fl_ctx.get_prop(FLContextKey.JOB_META) or {}
+        job_name = f"job {meta.get('name') or fl_ctx.get_job_id()!r}"
+        try:
+            policy = site_policy_or_defaults(workspace.get_root_dir(), site)
+            error = check_job_component(policy, fl_ctx.get_prop(FLContextKey.COMPONENT_CONFIG), meta, job_name)
+        except PolicyError as e:  # an unreadable policy refuses every job, naming the file
+            error = f"site {site} refuses {job_name}: {e}"
+        if error:
+            self.log_error(fl_ctx, error, fire_event=False)
+            fl_ctx.set_prop(FLContextKey.COMPONENT_BUILD_ERROR, error, sticky=False, private=True)
+            raise UnsafeComponentError(error)
