@@ -1,0 +1,319 @@
+"""Hostile peers and hostile job authors on FLARE (issue 30, findings 7-10): a site's policy bounds
+the guarantees a job actually gets; the policy is checked by code the site installs in its own
+FLARE configuration, before FLARE builds any of a job's components, and jobs that ship code are
+refused; who sent a message is FLARE's authenticated caller; the inbox is bounded; provisioning
+uses the consortium's identity, gives its admin no bring-your-own-code right and says where the
+private keys are. Tests that need nvflare skip without it."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsplit.config import load_config
+from medsplit.flare.policy import JobDefences, PolicyError, PolicyRefused, load_policy
+
+torch.set_num_threads(1)
+
+SITES = ["hospital-a", "hospital-b"]
+RETINO = ["task=retinopathy", "data.synthetic_size=96", "model.name=resnet18", "split.cut=2"]
+POLICY = "site: hospital-a\nrequire:\n  hijack_detector: abort\n  laplace_min_scale: 0.5\n"
+#: The red team's job: meets `hijack_detector: abort` and `laplace_min_scale: 0.5` on paper only.
+ON_PAPER_ONLY = {"hijack_detector": True, "on_alarm": "abort", "probe_every": 10**9, "detector_threshold": -1e9,
+                 "laplace_scale": 0.5, "laplace_sensitivity": 1e9}
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, RETINO + [
+        "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=1", "train.batch_size=16",
+        "train.eval_batch_size=64", "train.threads=1", "output.tensorboard=false", "split.protocol=sequential",
+        "split.clients=2", f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports",
+        f"data.cache_dir={tmp_path}/cache", *extra])
+
+
+def _policy_file(tmp_path, text=POLICY) -> Path:
+    path = tmp_path / "policy-a.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- finding 7: the policy bounds the effective guarantees ----------------------------------
+
+def test_policy_refuses_a_job_that_meets_it_on_paper_only(tmp_path):
+    policy = load_policy(_policy_file(tmp_path), "hospital-a")
+    with pytest.raises(PolicyRefused) as e:
+        policy.enforce(JobDefences(**ON_PAPER_ONLY), job_name="job red-team", batch_size=16)
+    msg = str(e.value)
+    assert "site hospital-a refuses job red-team" in msg and "policy-a.yaml" in msg
+    # each loophole is named by the job field and the policy bound it breaks
+    assert "require.detector_max_probe_every=20: the job's probe_every=1000000000" in msg
+    assert "require.detector_threshold_range=[0.01, 1.0]: the job's detector_threshold=-1e+09 is outside it" in msg
+    assert ("require.laplace_max_epsilon=2 (per inference release, C/b): the job's laplace_sensitivity=1e+09 and "
+            "laplace_scale=0.5 give epsilon C/b=2e+09 per inference release") in msg
+    # an honest job with the same knobs passes; the bounds can be set in the file
+    policy.enforce(JobDefences(hijack_detector=True, probe_every=10, laplace_scale=0.5), batch_size=16)
+    strict = load_policy(_policy_file(tmp_path, POLICY + "  laplace_max_epsilon_per_training_batch: 8\n"
+                                      "  detector_max_probe_every: 5\n"), "hospital-a")
+    with pytest.raises(PolicyRefused, match=r"detector_max_probe_every=5: the job's probe_every=10.*"
+                                            r"laplace_max_epsilon_per_training_batch=8 \(B\*C/b\): the job's "
+                                            r"train.batch_size=16.*B\*C/b=32 per training batch"):
+        strict.enforce(JobDefences(hijack_detector=True, probe_every=10, laplace_scale=0.5), batch_size=16)
+
+
+def test_non_finite_or_fractional_job_numbers_are_refused_by_name():
+    # NaN compares false with every bound: it must never reach the comparison
+    with pytest.raises(PolicyError, match="detector_threshold=nan must be a finite number"):
+        JobDefences(hijack_detector=True, detector_threshold=float("nan"))
+    with pytest.raises(PolicyError, match="laplace_sensitivity=inf must be a finite number"):
+        JobDefences(laplace_scale=0.5, laplace_sensitivity=float("inf"))
+    with pytest.raises(PolicyError, match="probe_every=2.5 must be a whole number"):
+        JobDefences(probe_every=2.5)
+
+
+def test_laplace_epsilons_say_what_each_covers():
+    from medsplit.flare.policy import laplace_epsilons
+
+    eps = laplace_epsilons(1.0, 0.5, batch_size=16, training_batches=10)
+    assert eps["epsilon_per_inference_release"] == 2.0  # C/b
+    assert eps["epsilon_per_training_batch"] == 32.0  # B*C/b
+    assert eps["epsilon_whole_training"] == 320.0  # T*B*C/b
+    import medsplit.flare.policy as policy_module
+
+    doc = policy_module.__doc__
+    assert "epsilon per release = C/b" not in doc
+    assert "``T*B*C/b``" in doc and "``B*C/b``" in doc and "inference release" in doc
+
+
+# ---- finding 9, without FLARE: the inbox is bounded -------------------------------------------
+
+def test_inbox_is_bounded_and_refuses_replays_naming_the_sender():
+    from medsplit.flare.transport import Inbox, InboxOverflow, InboxRefused
+    from medsplit.transport.base import TransportError
+
+    inbox = Inbox("hospital-a", max_messages=4, max_bytes=100)
+    inbox.put("server", 0, b"x" * 10)
+    with pytest.raises(InboxRefused, match="message #0 from site server repeats a sequence number already waiting"):
+        inbox.put("server", 0, b"y")
+    with pytest.raises(InboxOverflow, match=r"site hospital-a: message #4 from site server is 4 ahead .* at most 4 messages"):
+        inbox.put("server", 4, b"z")
+    with pytest.raises(InboxOverflow, match="over its bound of 100 bytes"):
+        inbox.put("hospital-b", 0, b"w" * 95)
+    with pytest.raises(InboxRefused, match="sequence number '1', not an integer"):
+        inbox.put("server", "1", b"v")
+    assert inbox.take("server", 1.0, "client0") == b"x" * 10  # what was accepted is still delivered in order
+    # a refused message ends the site's waits, naming the sender (its link lost a message)
+    with pytest.raises(TransportError, match="client0: stopped because site server sent a message this site refused"):
+        inbox.take("server", 1.0, "client0")
+
+
+# ---- with NVIDIA FLARE ----------------------------------------------------------------------
+
+@pytest.fixture
+def nvflare():
+    return pytest.importorskip("nvflare")
+
+
+@pytest.mark.slow
+@pytest.mark.flare
+def test_flare_site_refuses_the_on_paper_only_job(tmp_path, nvflare):
+    from medsplit.flare.simulate import run_simulator
+
+    status = run_simulator(_cfg(tmp_path), SITES, tmp_path / "out", tmp_path / "ws", timeout_s=30,
+                           policies={"hospital-a": _policy_file(tmp_path)}, defences=ON_PAPER_ONLY)
+    assert status["status"] == "failed", status  # today's code: ok, with 0 probes
+    message = status["errors"]["hospital-a"]
+    assert "site hospital-a refuses job" in message
+    assert "the job's probe_every=1000000000" in message and "epsilon C/b=2e+09 per inference release" in message
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# ---- findings 8 and 10: provisioning, the site-installed guard --------------------------------
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory):
+    pytest.importorskip("nvflare")
+    from medsplit.flare.provision import provision
+
+    out = tmp_path_factory.mktemp("prov")
+    return out, provision(["server", "hospital-a", "hospital-b"], out, project="retina-consortium",
+                          org="Eye_Consortium", admin="lead@eyes.example")
+
+
+@pytest.mark.flare
+def test_provision_takes_the_consortium_identity_and_restricts_the_admin_and_the_keys(kits):
+    out, kits = kits
+    spec = json.loads(json.dumps(__import__("yaml").safe_load((out / "project.yml").read_text())))
+    assert spec["name"] == "retina-consortium" and kits.parent.name == "retina-consortium"
+    admin = next(p for p in spec["participants"] if p["type"] == "admin")
+    assert admin == {"name": "lead@eyes.example", "type": "admin", "org": "Eye_Consortium", "role": "lead"}
+    assert next(p for p in spec["participants"] if p["type"] == "server")["org"] == "Eye_Consortium"
+    # every site's own authorization: the admin's role may submit jobs but not bring its own code
+    for site in ("hospital-a", "hospital-b", "localhost"):
+        rights = json.loads((kits / site / "local" / "authorization.json").read_text())["permissions"]["lead"]
+        assert rights["submit_job"] == "any" and rights["byoc"] == "none" and rights["shell_commands"] == "none"
+    # the root CA's key (FLARE's state/cert.json) and every kit key: mode 0600, and named
+    from medsplit.flare.provision import private_key_files
+
+    listed = dict(private_key_files(out, kits, "retina-consortium"))
+    state = out / "retina-consortium" / "state" / "cert.json"
+    assert state in listed and "root CA" in listed[state]
+    assert kits / "hospital-a" / "startup" / "client.key" in listed
+    for path in listed:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+@pytest.mark.flare
+def test_provision_cli_prints_the_private_key_files_and_can_remove_the_ca_state(tmp_path, nvflare):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "medsplit", "flare", "provision", "--sites", "server,hospital-a",
+                          "--out", str(tmp_path), "--project", "lungs", "--org", "LungNet", "--admin", "a@lungs.example",
+                          "--remove-ca-state"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "files holding private keys" in run.stdout and "hospital-a/startup/client.key" in run.stdout
+    assert "removed" in run.stdout and "cert.json (the root CA's key)" in run.stdout
+    assert not (tmp_path / "lungs" / "state" / "cert.json").exists()
+    assert (tmp_path / "lungs" / "prod_00" / "hospital-a" / "startup" / "client.key").exists()
+
+
+def _job_folder(tmp_path, defences, ship_code=False) -> Path:
+    from medsplit.flare.job import write_job_folder
+    from medsplit.flare.simulate import build_recipe
+
+    cfg = _cfg(tmp_path)
+    if not ship_code:
+        return write_job_folder(cfg, SITES, tmp_path / "jobs", defences=defences)
+    from medsplit.flare.job import job_description
+
+    job = job_description(cfg, SITES, defences=defences)
+    build_recipe(job).export(str(tmp_path / "byoc"))
+    return tmp_path / "byoc" / job["name"]
+
+
+def _build_at_site(kit: Path, job_folder: Path, byoc: bool, edit=None) -> str:
+    """Deploy ``job_folder`` to ``kit``'s site and build its client app as FLARE's job process does
+    (worker_process -> ClientAppRunner.create_client_runner): the site's own ``local/`` configuration
+    gives the event handlers, FLARE's authorize_build_component checks every component. Returns
+    "" when every component was built, else FLARE's error."""
+    import argparse
+
+    from nvflare.apis.fl_constant import FLContextKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.app.fl_conf import FLClientStarterConfiger
+    from nvflare.private.fed.client.client_json_config import ClientJsonConfigurator
+    from nvflare.private.fed.utils.fed_utils import authorize_build_component
+
+    site, job_id = kit.name, "job-under-test"
+    app = kit / job_id / f"app_{site}"
+    shutil.rmtree(app.parent, ignore_errors=True)
+    shutil.copytree(job_folder / "app", app)
+    client_config = app / "config" / "config_fed_client.json"
+    if edit is not None:
+        client_config.write_text(json.dumps(edit(json.loads(client_config.read_text()))))
+    meta = json.loads((job_folder / "meta.json").read_text())
+    if byoc:
+        meta["byoc"] = True  # what FLARE's server records for a job with an app/custom folder
+    ws = Workspace(str(kit), site, "config")
+    args = argparse.Namespace(workspace=str(kit), startup=str(kit / "startup"), job_id=job_id, client_name=site,
+                              sp_target="localhost:8102", sp_scheme="grpc", parent_url="", parent_conn_sec="",
+                              fed_client="fed_client.json", token="t", token_signature="s", ssid="x",
+                              client_config="config/config_fed_client.json", env="config/environment.json",
+                              set=["uid=" + site, "secure_train=true", "config_folder=config"])
+    site_conf = FLClientStarterConfiger(workspace=ws, args=args, kv_list=list(args.set))
+    site_conf.configure()
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.CLIENT_NAME, site, private=False)
+    fl_ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, ws, private=True)
+    fl_ctx.set_prop(FLContextKey.CURRENT_JOB_ID, job_id, private=False, sticky=True)
+    fl_ctx.set_prop(FLContextKey.APP_ROOT, str(app), private=True, sticky=True)
+    fl_ctx.set_prop(FLContextKey.JOB_META, meta, private=True)
+    job_conf = ClientJsonConfigurator(workspace_obj=ws, config_file_name=str(client_config), args=args,
+                                      app_root=str(app), kv_list=list(args.set))
+    job_conf.set_component_build_authorizer(authorize_build_component, fl_ctx=fl_ctx, event_handlers=site_conf.handlers)
+    try:
+        job_conf.configure()
+    except Exception as e:
+        return str(e)
+    return ""
+
+
+def _replace_hospital(config: dict) -> dict:
+    """The job author points the hospital component at another class (one the site has installed)."""
+    for component in config["components"]:
+        if component["path"] == "medsplit.flare.sites.MedsplitHospital":
+            component["path"] = "medsplit.flare.pingpong.PingHospital"
+            component["args"] = {}
+    return config
+
+
+@pytest.mark.flare
+def test_site_guard_in_the_sites_own_config_checks_every_job_before_it_is_built(kits, tmp_path):
+    _, kits = kits
+    kit = kits / "hospital-a"
+    (kit / "local" / "medsplit_policy.yaml").write_text(POLICY)
+    honest = {"hijack_detector": True, "on_alarm": "abort", "probe_every": 10, "laplace_scale": 0.5}
+    folder = _job_folder(tmp_path / "honest", honest)
+    assert not list(folder.glob("*/custom"))  # a medsplit job ships no code: each site runs its installed medsplit
+    assert _build_at_site(kit, folder, byoc=False) == ""  # the job the policy allows is built
+    # the red team's job is refused before the hospital component exists, naming rule and field
+    error = _build_at_site(kit, _job_folder(tmp_path / "paper", ON_PAPER_ONLY), byoc=False)
+    assert "site hospital-a refuses job" in error and "medsplit_policy.yaml is not met" in error
+    assert "the job's probe_every=1000000000" in error and "epsilon C/b=2e+09 per inference release" in error
+    # a job that ships its own code (FLARE's BYOC) is refused unless the site's policy allows it
+    shipped = _job_folder(tmp_path / "shipped", honest, ship_code=True)
+    assert list(shipped.glob("*/custom"))
+    error = _build_at_site(kit, shipped, byoc=True)
+    assert "the job ships its own code" in error and "jobs.allow_custom_code: false" in error
+    # pointing config_fed_client.json at a replacement class does not disable the check, even
+    # where the site allows job code (FLARE's own class allow-list does not apply to BYOC jobs)
+    (kit / "local" / "medsplit_policy.yaml").write_text(POLICY + "jobs:\n  allow_custom_code: true\n")
+    assert _build_at_site(kit, shipped, byoc=True) == ""
+    error = _build_at_site(kit, shipped, byoc=True, edit=_replace_hospital)
+    assert "builds component 'medsplit.flare.pingpong.PingHospital', which is not the medsplit hospital" in error
+    (kit / "local" / "medsplit_policy.yaml").unlink()
+    # without a policy file the guard keeps the defaults: no job code
+    assert "the job ships its own code" in _build_at_site(kit, shipped, byoc=True)
+
+
+# ---- finding 9: message origin from FLARE's authenticated caller ------------------------------
+
+def _run_with_hostile_hospital(cfg, out: Path, workspace: Path) -> dict:
+    """run_simulator with hospital-b replaced by tests/flare_hostile_sites.py's hostile hospital."""
+    from nvflare.collab import CollabRecipe
+    from nvflare.recipe import SimEnv
+
+    from flare_hostile_sites import HostileHospital
+    from medsplit.flare.job import job_description
+    from medsplit.flare.sites import MedsplitServer
+
+    out.mkdir(parents=True, exist_ok=True)
+    job = job_description(cfg, SITES, out_dir=str(out), timeout_s=60)
+    job["sites_root"] = str(out / "sites")
+    recipe = CollabRecipe(job_name=job["name"], server=MedsplitServer(job), client=HostileHospital(job),
+                          min_clients=len(SITES), sync_task_timeout=60)
+    try:
+        recipe.run(SimEnv(clients=list(SITES), workspace_root=str(workspace), num_threads=len(SITES)))
+    except RuntimeError:
+        pass  # the server site's result file says what failed
+    return json.loads((out / "medsplit_result.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.flare
+def test_flare_hospital_cannot_pass_as_the_server_nor_stop_or_start_another(tmp_path, nvflare):
+    sys.path.insert(0, str(Path(__file__).parent))
+    status = _run_with_hostile_hospital(_cfg(tmp_path), tmp_path / "out", tmp_path / "ws")
+    tries = json.loads((tmp_path / "out" / "hostile_tries.json").read_text())
+    assert tries["forged_deliver"].startswith("refused") and "MessageOriginError" in tries["forged_deliver"]
+    assert "a message claiming to come from site 'server' was sent by site 'hospital-b'" in tries["forged_deliver"]
+    for method in ("stop", "train"):
+        assert tries[method].startswith("refused") and "CallerNotAllowed" in tries[method], tries
+        assert f"only the server may call {method}(); site 'hospital-b' called it" in tries[method]
+    # hospital-a never saw the forged message nor the forged stop: the run finished
+    assert status["status"] == "ok", status
