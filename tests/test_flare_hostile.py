@@ -83,6 +83,18 @@ def test_laplace_epsilons_say_what_each_covers():
     assert eps["epsilon_per_inference_release"] == 2.0  # C/b
     assert eps["epsilon_per_training_batch"] == 32.0  # B*C/b
     assert eps["epsilon_whole_training"] == 320.0  # T*B*C/b
+    # a hospital counts T as the releases it makes under autograd (training batches, probes),
+    # not the evaluation releases (no_grad)
+    from medsplit.flare.policy import HospitalGuard
+
+    guard = HospitalGuard.build("hospital-a", JobDefences(laplace_scale=0.5, laplace_sensitivity=1.0))
+    z = {"a": torch.ones(4, 8, requires_grad=True)}
+    guard.send_transform(z)
+    guard.send_transform(z)
+    with torch.no_grad():
+        guard.send_transform(z)
+    assert guard.laplace_summary(batch_size=4) == laplace_epsilons(1.0, 0.5, 4, training_batches=2)
+    assert guard.laplace_summary(batch_size=4)["epsilon_whole_training"] == 2 * 4 * 2.0
     import medsplit.flare.policy as policy_module
 
     doc = policy_module.__doc__
@@ -277,6 +289,13 @@ def test_site_guard_in_the_sites_own_config_checks_every_job_before_it_is_built(
     error = _build_at_site(kit, shipped, byoc=True, edit=_replace_hospital)
     assert "builds component 'medsplit.flare.pingpong.PingHospital', which is not the medsplit hospital" in error
     (kit / "local" / "medsplit_policy.yaml").unlink()
+    # nor may a job choose where the hospital writes its checkpoints
+
+    def elsewhere(config):
+        next(c for c in config["components"] if c["id"] == "_client")["args"]["job"]["sites_root"] = "/etc"
+        return config
+
+    assert "the job sets sites_root='/etc'" in _build_at_site(kit, folder, byoc=False, edit=elsewhere)
     # without a policy file the guard keeps the defaults: no job code
     assert "the job ships its own code" in _build_at_site(kit, shipped, byoc=True)
 

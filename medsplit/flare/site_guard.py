@@ -18,6 +18,7 @@ file and the rule:
 * a component other than the medsplit hospital (``medsplit.flare.sites.MedsplitHospital``) and
   FLARE's Collab executor that hosts it, unless listed in ``jobs.allow_components``: pointing the
   job's configuration at a replacement class does not get past it;
+* a job that chooses where the hospital writes (``sites_root``, for the simulator and POC only);
 * a medsplit hospital whose job defences fall short of the policy
   (:meth:`medsplit.flare.policy.SitePolicy.enforce`, the same check ``train`` repeats).
 
@@ -79,6 +80,11 @@ def check_job_component(policy: SitePolicy, component: dict, job_meta: dict | No
     job = (component.get("args") or {}).get("job")
     if not isinstance(job, dict):
         return f"site {policy.site} refuses {job_name}: {HOSPITAL_CLASS} has no 'job' argument"
+    if job.get("sites_root"):
+        # Where a hospital keeps its runs is its own business: sites_root is for the simulator and
+        # POC on one machine, which do not run this guard.
+        return (f"site {policy.site} refuses {job_name}: the job sets sites_root={job['sites_root']!r}, choosing where "
+                "this hospital writes its checkpoints and reports; a deployed hospital uses its own workspace")
     try:
         defences = JobDefences.from_dict(job.get("defences"), where=f"job {job_name} defences")
         batch_size = ((job.get("config") or {}).get("train") or {}).get("batch_size")
