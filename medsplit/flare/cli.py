@@ -81,7 +81,8 @@ def run_flare_command(args) -> int:
 
         folder = write_job_folder(cfg, sites, args.out, defences=defences, timeout_s=args.timeout,
                                   own_data=not args.shared_data, resume=args.resume)
-        print(f"job folder: {folder}\nsubmit it from the admin kit: nvflare job submit -j {folder}  (or submit_job in the admin console)")
+        print(f"job folder: {folder}  (no code: every site runs the medsplit installed there)\n"
+              f"submit it from the admin kit: nvflare job submit -j {folder}  (or submit_job in the admin console)")
         return 0
     out = Path(args.out)
     if args.flare_command == "poc":
