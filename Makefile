@@ -30,7 +30,7 @@ SWEEP_CLIENTS_unet        = 1,2,3,4,6
 JOBS       ?= 1
 SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS) --jobs $(JOBS)
 
-.PHONY: attacks setup test test-fast retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index
+.PHONY: attacks setup test test-fast retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index results docs
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,16 @@ sweep-clients: setup
 
 index: setup
 	$(PY) -m medsplit.report.index reports
+
+# The results leaderboard: every benchmarks/results/*.json as reports/results.html (offline) and
+# docs/results.md (the documentation site's page), with published baselines and reproduce commands.
+results: setup
+	$(PY) -m medsplit.results --html reports/results.html --markdown docs/results.md
+
+# The documentation site (mkdocs-material + mkdocstrings; pip install -e ".[docs]"), built offline
+# in strict mode into site/: a broken link or reference fails the build.
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 data: setup
 	$(PY) -m medsplit data

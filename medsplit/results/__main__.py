@@ -1,0 +1,5 @@
+import sys
+
+from medsplit.results.leaderboard import main
+
+sys.exit(main())

@@ -1,0 +1,441 @@
+"""Read every committed ``benchmarks/results/*.json`` into a :class:`Study`: a titled table of
+rows ready to render, the published baselines beside it and the facts needed to rerun it.
+
+Each results file says what it is by its shape, written by one benchmark script:
+
+- ``results_protocols.py`` (``summary`` rows with a ``protocol``): one row per protocol with
+  each test metric's mean +- std over seeds and the 95% t-interval of that mean;
+- ``medsplit attack`` (``kind: attack``): FSHA and friends, one row per file and defence,
+  with the attack's curve read from its history;
+- ``codec_accuracy.py`` / ``optimizer_handover.py`` (``summary`` rows with a ``codec`` or
+  ``mode``): paired differences against the reference;
+- ``reproduce_check.py`` (``compared`` / ``agree``): reruns checked number by number;
+- anything else with a ``rows`` list: a plain benchmark table.
+
+Nothing is computed that the file does not hold, except the interval of a mean over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsplit.results.baselines import FSHA_PAPER_MNIST_MSE, Baseline, baselines_for
+from medsplit.results.make_command import make_command
+
+__all__ = ["Study", "load_studies", "mean_interval", "format_seconds", "study_page", "STUDY_PAGES"]
+
+#: File-name prefix -> the docs page holding that study's narrative (relative to docs/).
+STUDY_PAGES = {
+    "results-retinamnist": "studies/retinamnist.md", "reproduce-retinamnist": "studies/retinamnist.md",
+    "results-lungs-sites": "studies/lungs-sites.md", "reproduce-lungs-sites": "studies/lungs-sites.md",
+    "results-eyepacs": "studies/eyepacs.md", "reproduce-eyepacs": "studies/eyepacs.md",
+    "eyepacs-signal-probe": "studies/eyepacs.md",
+    "fsha": "studies/fsha.md", "reproduce-fsha": "studies/fsha.md",
+    "codec_accuracy": "studies/synthetic.md", "optimizer_handover": "studies/synthetic.md",
+    "transport": "studies/transport.md", "link_time": "studies/transport.md",
+    "throughput": "studies/transport.md", "cpu-bf16": "studies/transport.md",
+}
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1); kept here so the page
+# needs no scipy and the numbers are reproducible by hand.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+@dataclass
+class Study:
+    """One results file as the leaderboard shows it."""
+
+    file: str
+    title: str
+    kind: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    facts: dict[str, str] = field(default_factory=dict)
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    page: str | None = None
+
+
+def study_page(file_name: str) -> str | None:
+    """The docs page (relative to docs/) that tells a results file's story, longest prefix first."""
+    stem = Path(file_name).stem
+    for prefix in sorted(STUDY_PAGES, key=len, reverse=True):
+        if stem.startswith(prefix):
+            return STUDY_PAGES[prefix]
+    return None
+
+
+def mean_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95% Student-t interval of the mean of ``values`` (seeds), ``None`` below 2 values."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    n = len(values)
+    if n < 2 or n - 1 not in _T95:
+        return None
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = _T95[n - 1] * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def format_seconds(seconds: Any) -> str:
+    """``3 min 15 s``, ``1 h 02 min``, ``42 s``; an em dash for a missing value."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "—"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def _pm(summary: dict, digits: int = 3) -> str:
+    if not isinstance(summary, dict) or summary.get("mean") is None:
+        return "—"
+    std = summary.get("std")
+    if len(summary.get("values") or []) < 2:  # one seed: no spread to show
+        std = None
+    return f"{summary['mean']:.{digits}f} ± {std:.{digits}f}" if isinstance(std, (int, float)) else f"{summary['mean']:.{digits}f}"
+
+
+def _interval(pair: Any, digits: int = 3) -> str:
+    if not pair:
+        return "—"
+    low, high = pair
+    return f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def _clean_command(command: str | None) -> str | None:
+    """The recorded command as a user reruns it: the project's venv, no machine-specific folders."""
+    if not command:
+        return None
+    words = shlex.split(command)
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--runs-dir", "--results-dir", "--data-root"):
+            skip = True
+            continue
+        if word in ("--finished-only",) or word.startswith(("--runs-dir=", "--results-dir=", "--data-root=")):
+            continue
+        out.append(word)
+    if out and out[0] in ("python", "python3"):
+        out[0] = ".venv/bin/python"
+    return " ".join(shlex.quote(w) for w in out)
+
+
+def _config_facts(root: Path, config: str, overrides: list[str]) -> dict[str, Any]:
+    """Data source, image size and epochs of a study's config with its overrides."""
+    from medsplit.config import load_config
+
+    try:
+        cfg = load_config(root / config, list(overrides))
+    except Exception:  # a moved or renamed config: the page still renders, without these facts
+        return {}
+    return {"task": cfg.task, "data": cfg.data.source, "img_size": cfg.data.img_size, "epochs": cfg.train.epochs,
+            "model": cfg.model.name, "cut": cfg.split.cut, "clients": cfg.split.clients, "batch": cfg.train.batch_size}
+
+
+_METRIC_LABELS = {"auc": "AUC", "accuracy": "ACC", "dice": "Dice"}
+
+
+def _metric_label(key: str) -> str:
+    if "@" in key:
+        metric, site = key.split("@", 1)
+        return f"{_METRIC_LABELS.get(metric, metric)} {site}"
+    return _METRIC_LABELS.get(key, key)
+
+
+def _protocol_study(path: Path, data: dict, root: Path) -> Study:
+    overrides = list(data.get("overrides") or [])
+    facts = _config_facts(root, data.get("config", ""), overrides)
+    summary = data.get("summary") or []
+    metrics = [k for k in (summary[0] if summary else {}) if isinstance(summary[0][k], dict) and "mean" in summary[0][k]]
+    runs = data.get("runs") or []
+    recipe = f"{facts.get('data', '?')} · {facts.get('img_size', '?')} px · {facts.get('epochs', '?')} epochs"
+    columns = ["protocol"]
+    for m in metrics:
+        columns.append(f"test {_metric_label(m)}: mean ± std [95% CI of the mean]")
+    columns += ["seeds", "selected epochs", "wall time per run", "data · size · epochs", "reproduce one run (SEED=0; 1, 2 likewise)"]
+    rows = []
+    for s in summary:
+        protocol = s.get("protocol")
+        row: dict[str, Any] = {"protocol": protocol}
+        for m in metrics:
+            interval = mean_interval(s[m].get("values") or [])
+            row[f"test {_metric_label(m)}: mean ± std [95% CI of the mean]"] = _pm(s[m]) + (f" [{_interval(interval)}]" if interval else "")
+        own = [r for r in runs if r.get("protocol") == protocol]
+        row["seeds"] = ", ".join(str(x) for x in s.get("seeds") or [])
+        row["selected epochs"] = ", ".join(str(r.get("selected_epoch")) for r in own) or "—"
+        row["wall time per run"] = format_seconds(s.get("wall_time_s_mean"))
+        row["data · size · epochs"] = recipe
+        row["reproduce one run (SEED=0; 1, 2 likewise)"] = make_command(
+            data.get("config", ""), [*overrides, f"split.protocol={protocol}"], root) or "—"
+        rows.append(row)
+    baselines = []
+    for b in baselines_for(str(facts.get("data", "")), str(facts.get("task", ""))):
+        line = {"protocol": f"published: {b.name}" if b.comparable else f"for reference: {b.name}"}
+        for m in metrics:
+            if m in b.values:
+                line[f"test {_metric_label(m)}: mean ± std [95% CI of the mean]"] = f"{b.values[m]:.3f}"
+        extra = {k: v for k, v in b.values.items() if k not in metrics}
+        if extra:
+            line["seeds"] = ", ".join(f"{k} {v:.2f}" for k, v in extra.items())
+        line["source"] = b.source
+        baselines.append(line)
+    intervals = [r for r in runs if r.get("intervals")]
+    notes = []
+    if intervals:
+        first = metrics[0] if metrics else ""
+        lows = [r["intervals"][first.split("@")[0]] for r in intervals if first.split("@")[0] in r["intervals"]]
+        if lows:
+            notes.append(f"Per-run 95% patient-bootstrap intervals of test {_metric_label(first)}: "
+                         + "; ".join(f"{r['protocol']} seed {r['seed']} {_interval((i['low'], i['high']))} "
+                                     f"({i.get('n_patients', '?')} patients)"
+                                     for r, i in zip(intervals, lows)) + ".")
+    command = _clean_command(data.get("command"))
+    facts_out = {"command": command or "—", "config": f"{data.get('config')} {' '.join(overrides)}".strip(),
+                 "data": str(facts.get("data", "?")), "image size": f"{facts.get('img_size', '?')} px",
+                 "epochs": str(facts.get("epochs", "?")), "model": f"{facts.get('model', '?')}, CUT {facts.get('cut', '?')}, "
+                                                                   f"{facts.get('clients', '?')} hospitals, batch {facts.get('batch', '?')}",
+                 "threads per run": str(data.get("threads", "?"))}
+    return Study(path.name, f"{_title(path.stem)}", "protocols", columns, rows, facts_out, baselines, notes, study_page(path.name))
+
+
+def _title(stem: str) -> str:
+    named = {
+        "results-retinamnist": "RetinaMNIST, 5 grades, 10 epochs",
+        "results-retinamnist-20ep": "RetinaMNIST, 5 grades, 20 epochs (the recipe validation chose)",
+        "results-retinamnist-20ep-ls01": "RetinaMNIST, 20 epochs, label smoothing 0.1 (rejected on validation)",
+        "results-lungs-sites": "Two-site lungs (covid-cxr-v7 + shenzhen), 64 px, 3 epochs",
+        "results-lungs-sites-v1": "Two-site lungs, SplitFed V1 (SFL-V1), 64 px, 3 epochs",
+        "results-lungs-sites-96px": "Two-site lungs, 96 px, 25 epochs (the CPU default recipe)",
+        "results-eyepacs": "EyePACS referable DR, recipe 1 (did not learn)",
+        "results-eyepacs-long": "EyePACS referable DR, recipe 5 (30 epochs)",
+        "results-eyepacs-partial": "EyePACS recipe 1, relay, stopped after 9 epochs",
+        "results-eyepacs-recipes": "EyePACS recipes 2-4 (centralised pilots)",
+    }
+    return named.get(stem, stem)
+
+
+def _history(data: dict) -> list[dict]:
+    histories = data.get("histories") or {}
+    return next(iter(histories.values()), []) if isinstance(histories, dict) else []
+
+
+def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
+    profile = data.get("profile_config") or {}
+    fsha = profile.get("fsha") or {}
+    variant = "control: label sharing (FSHA's threat model)" if "label-sharing" in str(data.get("task")) else "U-shaped lungs"
+    if fsha.get("pilot_batch_norm"):
+        variant += ", pilot ends in BatchNorm"
+    rows = []
+    for r in data.get("rows") or []:
+        curve = [h for h in _history(data) if isinstance(h.get("mse"), (int, float))]
+        lowest = min(curve, key=lambda h: h["mse"]) if curve else None
+        start = curve[0] if curve else None
+        rows.append({
+            "file": path.name,
+            "variant": variant,
+            "defence": r.get("defence") if not r.get("strength") else f"{r.get('defence')} ({r.get('strength')})",
+            "iterations": r.get("iterations"),
+            "MSE at iteration 0 (untrained attacker)": f"{start['mse']:.4f}" if start else "—",
+            "lowest MSE (iteration)": f"{lowest['mse']:.4f} ({lowest['iteration']})" if lowest else "—",
+            "final MSE": f"{r['mse']:.4f}" if isinstance(r.get("mse"), (int, float)) else "—",
+            "final SSIM": f"{r['ssim']:.3f}" if isinstance(r.get("ssim"), (int, float)) else "—",
+            "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
+            "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
+            "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
+            "wall time": format_seconds(r.get("seconds")),
+            "command": _clean_command(data.get("command")) or _derived_attack_command(path, data),
+        })
+    return rows
+
+
+def _derived_attack_command(path: Path, data: dict) -> str:
+    """The attack command for files that did not record one, from their task, profile and rows."""
+    fsha = (data.get("profile_config") or {}).get("fsha") or {}
+    defences = ",".join(dict.fromkeys(str(r.get("defence")) for r in data.get("rows") or []))
+    named = str(data.get("profile"))
+    base = max((p for p in ("tiny", "reduced", "paper-cpu", "full") if named.startswith(p)), key=len, default=named)
+    words = [".venv/bin/python -m medsplit attack", f"--task {data.get('task')}", f"--profile {base}",
+             "--attacks fsha", f"--defences {defences}"]
+    if fsha.get("pilot_batch_norm"):
+        words.append("--set fsha.pilot_batch_norm=true")
+    iterations = fsha.get("iterations")
+    if iterations and iterations != 10000:
+        words.append(f"--set fsha.iterations={iterations}")
+    if named != base:
+        words.append(f"--set name={named}")
+    return " ".join(words)
+
+
+def _attack_study(files: list[tuple[Path, dict]]) -> Study:
+    rows = [row for path, data in files for row in _attack_rows(path, data)]
+    rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
+    columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
+               "final SSIM", "attacker pilot MSE (ceiling)", "hijacked client's Dice", "data · size", "wall time"]
+    b = FSHA_PAPER_MNIST_MSE
+    baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
+    facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "
+                        "gradient penalty 500; classic U-Net width 8 cut after its first block",
+             "make target": 'make attacks PROFILE=paper-cpu ARGS="--attacks fsha --defences none"'}
+    for row in rows:
+        facts[f"command, {row['file']}"] = row["command"]
+    notes = ["MSE: lower is a better attack; SSIM: higher is a better attack. One seed per row. "
+             "The paper's figure is on MNIST, not chest X-rays."]
+    return Study(", ".join(p.name for p, _ in files), "FSHA at the paper's length (lungs, paper-cpu profile)", "attack", columns,
+                 rows, facts, baselines, notes, "studies/fsha.md")
+
+
+def _paired_study(path: Path, data: dict, root: Path) -> Study:
+    key = "codec" if "codec" in (data.get("summary") or [{}])[0] else "mode"
+    metric = data.get("metric", "metric")
+    runs = data.get("runs") or []
+    overrides = list(data.get("overrides") or [])
+    facts = _config_facts(root, data.get("config", ""), overrides)
+    columns = [key, f"test {metric} (mean ± std)", f"{metric} 95% CI of the mean", f"change vs {data.get('reference')} (points, 95% CI)",
+               "MB per epoch", "seeds", "selected epochs", "wall time per run", "data · size · epochs"]
+    rows = []
+    for s in data.get("summary") or []:
+        own = [r for r in runs if r.get(key) == s.get(key)]
+        walls = [r["wall_time_s"] for r in own if isinstance(r.get("wall_time_s"), (int, float))]
+        ci = s.get("diff_points_ci95")
+        rows.append({
+            key: s.get(key),
+            f"test {metric} (mean ± std)": _pm(s),
+            f"{metric} 95% CI of the mean": _interval(mean_interval(s.get("values") or [])),
+            f"change vs {data.get('reference')} (points, 95% CI)": (f"{ci[0]:+.2f} to {ci[1]:+.2f}" if ci else
+                                                                    ("reference" if s.get(key) == data.get("reference") else "—")),
+            "MB per epoch": f"{(s.get('mb_per_epoch') or s.get('weights_mb_per_epoch') or 0):.2f}",
+            "seeds": ", ".join(str(x) for x in s.get("seeds") or []),
+            "selected epochs": ", ".join(str(r.get("selected_epoch")) for r in own) or "—",
+            "wall time per run": format_seconds(sum(walls) / len(walls)) if walls else "—",
+            "data · size · epochs": f"{facts.get('data', '?')} · {facts.get('img_size', '?')} px · {facts.get('epochs', '?')} epochs",
+        })
+    script = "codec_accuracy.py" if key == "codec" else "optimizer_handover.py"
+    values = ",".join(str(s.get(key)) for s in data.get("summary") or [])
+    seeds = ",".join(str(x) for x in (data.get("summary") or [{}])[0].get("seeds") or [])
+    words = [f".venv/bin/python benchmarks/{script}", f"--config {data.get('config')}"]
+    if data.get("tag"):
+        words.append(f"--tag {data['tag']}")
+    words += [f"--{key}s {values}", f"--seeds {seeds}"]
+    if data.get("jobs"):
+        words.append(f"--jobs {data['jobs']}")
+    if data.get("threads_per_job"):
+        words.append(f"--threads {data['threads_per_job']}")
+    words += overrides
+    facts_out = {"command": " ".join(words), "data": str(facts.get("data", "?")), "image size": f"{facts.get('img_size', '?')} px",
+                 "epochs": str(facts.get("epochs", "?"))}
+    title = (f"Codec accuracy: {data.get('task')} {data.get('tag', '')}".strip() if key == "codec"
+             else f"Optimiser hand-over: {data.get('task')} {data.get('tag', '')}".strip())
+    return Study(path.name, title, "paired", columns, rows, facts_out, [], list(data.get("verdicts") or []), study_page(path.name))
+
+
+def _reproduce_rows(files: list[tuple[Path, dict]]) -> Study:
+    rows = [{"comparison": p.name, "committed": Path(str(d.get("committed", ""))).name, "numbers compared": d.get("compared"),
+             "agree": d.get("agree"), "tolerance": d.get("tolerance")} for p, d in files]
+    return Study(", ".join(p.name for p, _ in files), "Reruns on the final code against the committed results", "reproduce",
+                 ["comparison", "committed", "numbers compared", "agree", "tolerance"], rows,
+                 {"command": ".venv/bin/python benchmarks/reproduce_check.py COMMITTED.json RERUN.json"}, [], [], "studies/reproducibility.md")
+
+
+_SCALAR = (int, float, str, bool)
+
+
+def _recipes_study(path: Path, data: dict) -> Study:
+    """EyePACS recipes 2-4: one row per recipe with its per-epoch validation AUC."""
+    rows = []
+    for r in data.get("recipes") or []:
+        epochs = r.get("epochs") or []
+        rows.append({"recipe": r.get("recipe"), "config": f"{r.get('config')} {r.get('overrides') or ''}".strip(),
+                     "epochs run": len(epochs),
+                     "validation AUC per epoch": ", ".join(f"{e['val_auc']:.3f}" for e in epochs if isinstance(e.get("val_auc"), float)),
+                     "last training loss": f"{epochs[-1]['train_loss']:.3f}" if epochs and isinstance(epochs[-1].get("train_loss"), float) else "—",
+                     "wall time": format_seconds(sum(e.get("seconds") or 0 for e in epochs))})
+    return Study(path.name, "EyePACS recipes 2-4 (centralised pilots, stopped at chance)", "benchmark",
+                 ["recipe", "config", "epochs run", "validation AUC per epoch", "last training loss", "wall time"], rows,
+                 {"what": str(data.get("what", ""))}, [], [], study_page(path.name))
+
+
+def _benchmark_study(path: Path, data: dict) -> Study:
+    """Any other file: its top-level scalars as facts and its ``rows`` (or nested row lists) as tables."""
+    facts = {k: _short(v) for k, v in data.items() if isinstance(v, _SCALAR) and len(str(v)) <= 160}
+    rows: list[dict[str, Any]] = []
+    source = data.get("rows") or []
+    if not source:
+        for key, value in data.items():
+            if isinstance(value, dict):  # e.g. transport_flare-pingpong: {"simulator": [...], "poc": [...]}
+                for name, inner in value.items():
+                    if isinstance(inner, list):
+                        source += [{key: name, **r} for r in inner if isinstance(r, dict)]
+            elif isinstance(value, list) and value and isinstance(value[0], dict) and key not in ("rows",):
+                source += [r for r in value if isinstance(r, dict)]
+    for r in source:
+        rows.append({k: _short(v) for k, v in r.items() if isinstance(v, _SCALAR)})
+    columns: list[str] = []
+    for r in rows:
+        columns.extend(k for k in r if k not in columns)
+    return Study(path.name, path.stem, "benchmark", columns[:7], rows, facts, [], [], study_page(path.name))
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    return value
+
+
+def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]:
+    """Every ``*.json`` of ``results_dir`` as studies, in the order the page shows them.
+
+    Args:
+        results_dir: ``benchmarks/results``.
+        root: the repository root (config paths in the files are relative to it).
+    """
+    results_dir, root = Path(results_dir), Path(root)
+    files = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable JSON results file ({e})") from e
+        files.append((path, data))
+    protocols, attacks, paired, reproduce, other = [], [], [], [], []
+    for path, data in files:
+        summary = data.get("summary") if isinstance(data.get("summary"), list) else []
+        if summary and "protocol" in summary[0]:
+            protocols.append(_protocol_study(path, data, root))
+        elif data.get("kind") == "attack":
+            attacks.append((path, data))
+        elif summary and ("codec" in summary[0] or "mode" in summary[0]):
+            paired.append(_paired_study(path, data, root))
+        elif "compared" in data and "agree" in data:
+            reproduce.append((path, data))
+        elif "recipes" in data:
+            other.append(_recipes_study(path, data))
+        else:
+            other.append(_benchmark_study(path, data))
+    order = ["results-retinamnist-20ep.json", "results-retinamnist.json", "results-retinamnist-20ep-ls01.json",
+             "results-lungs-sites-96px.json", "results-lungs-sites.json", "results-lungs-sites-v1.json",
+             "results-eyepacs-long.json", "results-eyepacs.json"]
+    protocols.sort(key=lambda s: (order.index(s.file) if s.file in order else len(order), s.file))
+    studies = protocols
+    if attacks:
+        studies.append(_attack_study(attacks))
+    studies += paired
+    if reproduce:
+        studies.append(_reproduce_rows(reproduce))
+    return studies + other
+
+
+def slug(text: str) -> str:
+    """An anchor for a study title (shared by the HTML and the Markdown page)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
