@@ -57,9 +57,9 @@ def test_unknown_protocol_names_the_choices():
 
 def test_run_names_ask_the_protocol_whether_it_cuts():
     names = {p: load_config(None, [f"split.protocol={p}", "split.cut=2"]).run_name() for p in PROTOCOL_NAMES}
-    assert names["splitfed-v1"] == "retinopathy-splitfed-v1-cut2-clients2-seed0"
-    assert names["fedavg"] == "retinopathy-fedavg-whole-clients2-seed0"
-    assert names["centralised"] == "retinopathy-centralised-whole-clients2-seed0"
+    assert names["splitfed-v1"].startswith("retinopathy-splitfed-v1-cut2-clients2-seed0-128px-")
+    assert names["fedavg"].startswith("retinopathy-fedavg-whole-clients2-seed0-128px-")
+    assert names["centralised"].startswith("retinopathy-centralised-whole-clients2-seed0-128px-")
 
 
 def test_pooled_protocol_trains_one_party_on_every_row():
@@ -223,7 +223,7 @@ def test_splitfed_v1_trains_end_to_end(tmp_path, task):
     run = train(_cfg(tmp_path, task, "split.protocol=splitfed-v1", "split.clients=2"), quiet=True)
     m = json.loads((run / "metrics.json").read_text())
     cut = {"retinopathy": 2, "lungs": 1}[task]
-    assert run.name == f"{task}-splitfed-v1-cut{cut}-clients2-seed0" and m["protocol"] == "splitfed-v1"
+    assert run.name.startswith(f"{task}-splitfed-v1-cut{cut}-clients2-seed0-") and m["protocol"] == "splitfed-v1"
     assert {r["client"] for r in m["history"] if "train_loss" in r} == {"client0", "client1"}
     headline = m["test"]["auc"] if task == "retinopathy" else m["test"]["dice"]["mean"]
     assert 0.0 <= headline <= 1.0

@@ -160,12 +160,27 @@ class Config:
         return Path(self.data.root) if self.data.root else default_data_root()
 
     def run_name(self) -> str:
+        """``output.name``, else what was run plus a short hash of the rest of the config:
+        ``retinopathy-sequential-cut3-clients2-seed0-64px-1a2b3c``, so two runs that differ in any
+        trained setting (epochs aside: a resumed run may add epochs) get different folders."""
         if self.output.name:
             return self.output.name
         from medsplit.train.protocols import protocol_class  # torch: imported when a run is named, not with the config
 
         where = f"cut{self.split.cut}" if protocol_class(self.split.protocol).split else "whole"
-        return f"{self.task}-{self.split.protocol}-{where}-clients{self.split.clients}-seed{self.train.seed}"
+        return (f"{self.task}-{self.split.protocol}-{where}-clients{self.split.clients}-seed{self.train.seed}"
+                f"-{self.data.img_size}px-{self.name_hash()}")
+
+    def name_hash(self) -> str:
+        """Six hex digits of SHA-256 over every setting but :data:`NAME_HASH_SKIPS`."""
+        import hashlib
+        import json
+
+        values = self.to_dict()
+        for section, key in NAME_HASH_SKIPS:
+            values.get(section, {}).pop(key, None)
+        values.pop("output", None)
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,6 +188,14 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+
+#: Settings left out of a run name's hash: where each party's data and outputs live (a hospital may
+#: set them differently from the server: medsplit.train.party_plan.PER_PARTY_KEYS), the machine it
+#: runs on, and what --resume --allow-change may change (train.epochs, train.eval_batch_size), so
+#: every party of a run, and a resumed run, keep one name.
+NAME_HASH_SKIPS = {("data", "source"), ("data", "root"), ("data", "cache_dir"), ("split", "address"), ("split", "timeout_s"),
+                   ("split", "transport"), ("train", "device"), ("train", "threads"), ("train", "epochs"),
+                   ("train", "eval_batch_size")}
 
 #: Listing order of the built-in protocols (split ones first); a protocol added as a new module
 #: follows them in name order.

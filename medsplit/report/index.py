@@ -27,9 +27,10 @@ from markupsafe import escape
 
 from medsplit.report.html import Report, format_value
 from medsplit.tasks import task_of_record
+from medsplit.train.console import format_duration
 from medsplit.uncertainty import format_interval
 
-__all__ = ["write_index", "run_headline", "classify", "KINDS", "INDEX_NAME"]
+__all__ = ["write_index", "run_headline", "run_columns", "classify", "KINDS", "INDEX_NAME"]
 
 INDEX_NAME = "index.html"
 #: Groups on the page, in order, with the heading each gets.
@@ -77,9 +78,30 @@ def classify(stem: str, record: dict | None) -> str:
     return "other"
 
 
-def _round(value: Any) -> float | None:
-    number = _number(value)
-    return None if number is None else round(number, 1)
+def run_columns(record: dict) -> dict[str, Any]:
+    """What a run was and what it scored, as the index shows it: data, image size, epochs,
+    protocol, cut, clients, the selected epoch, the headline test metrics with the first one's
+    95% interval, the device and the wall time (``3 min 15 s``)."""
+    data = record.get("data") or {}
+    config = record.get("config") or {}
+    data_config, train_config = config.get("data") or {}, config.get("train") or {}
+    source = data.get("source") or data_config.get("source")
+    row: dict[str, Any] = {
+        "task": record.get("task"),
+        "data": ("SYNTHETIC" if not source or "synthetic" in str(source) else f"SYNTHETIC ({source})") if data.get("synthetic") else source,
+        "image size": f"{data_config['img_size']} px" if data_config.get("img_size") else None,
+        "epochs": train_config.get("epochs"),
+        "protocol": record.get("protocol"), "cut": record.get("cut"), "clients": record.get("clients"),
+        "selected epoch": record.get("selected_epoch"),
+    }
+    headline = run_headline(record)
+    row.update(headline)
+    name = next(iter(headline))  # AUC or Dice: its 95% patient-bootstrap interval, when the run has one
+    row[f"{name} 95% CI"] = format_interval((record.get("test_intervals") or {}).get(name.lower())) \
+        if record.get("test_intervals") else None
+    wall = _number(record.get("wall_time_s"))
+    row.update({"device": record.get("device"), "wall time": format_duration(wall) if wall is not None else None})
+    return row
 
 
 def _row(html: Path, record: dict | None, kind: str) -> dict[str, Any]:
@@ -88,16 +110,7 @@ def _row(html: Path, record: dict | None, kind: str) -> dict[str, Any]:
     if record is None:
         row["note"] = "no JSON record beside this report"
     elif kind == "runs":
-        data = record.get("data") or {}
-        row.update({"task": record.get("task"), "protocol": record.get("protocol"), "cut": record.get("cut"),
-                    "clients": record.get("clients")})
-        headline = run_headline(record)
-        row.update(headline)
-        name = next(iter(headline))  # AUC or Dice: its 95% patient-bootstrap interval, when the run has one
-        row[f"{name} 95% CI"] = format_interval((record.get("test_intervals") or {}).get(name.lower())) \
-            if record.get("test_intervals") else None
-        row.update({"data": "SYNTHETIC" if data.get("synthetic") else data.get("source"),
-                    "device": record.get("device"), "wall time (s)": _round(record.get("wall_time_s"))})
+        row.update(run_columns(record))
     elif isinstance(record.get("headline"), dict):
         row.update({k: v for k, v in record["headline"].items() if not isinstance(v, (dict, list))})
     else:  # an unknown record: show its first few scalars rather than nothing

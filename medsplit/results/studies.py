@@ -27,6 +27,7 @@ from typing import Any
 
 from medsplit.results.baselines import FSHA_PAPER_MNIST_MSE, Baseline, baselines_for
 from medsplit.results.make_command import make_command
+from medsplit.train.console import format_duration
 
 __all__ = ["Study", "load_studies", "mean_interval", "format_seconds", "study_page", "STUDY_PAGES"]
 
@@ -84,15 +85,10 @@ def mean_interval(values: list[float]) -> tuple[float, float] | None:
 
 
 def format_seconds(seconds: Any) -> str:
-    """``3 min 15 s``, ``1 h 02 min``, ``42 s``; an em dash for a missing value."""
+    """:func:`medsplit.train.console.format_duration`, or an em dash for a missing value."""
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return "—"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+    return format_duration(seconds)
 
 
 def _pm(summary: dict, digits: int = 3) -> str:

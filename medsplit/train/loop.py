@@ -18,7 +18,7 @@ from medsplit.config import Config, ConfigError, validate
 from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
-from medsplit.train.console import announce_data
+from medsplit.train.console import RunEstimate, announce_data
 from medsplit.train.device import device_label, resolve_device
 from medsplit.train.precision import autocast_for
 from medsplit.train.protocols import protocol_class
@@ -149,6 +149,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
     writer = _tensorboard(run_dir, cfg)
 
     pooled = protocol.training_rows(clients)  # one array per training party (centralised pools them)
+    estimate = None  # the run's size and estimated time, printed once after its first batches
     epochs = tqdm(range(start_epoch, cfg.train.epochs), desc=f"{cfg.run_name()}", unit="epoch", disable=quiet, initial=start_epoch, total=cfg.train.epochs)
     for epoch in epochs:
         t_epoch = time.time()
@@ -166,12 +167,16 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         torch.manual_seed(cfg.train.seed * 104_729 + epoch + 1)
         losses = {k: [] for k in range(len(pooled))}
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=quiet)
+        estimate = estimate or RunEstimate(sum(len(b) for b in batches), cfg.train.epochs - epoch, cfg.train.batch_size,
+                                           cfg.data.img_size, str(task.data.summary().get("source", cfg.data.source)),
+                                           out=None if quiet else tqdm.write)
 
         def step(model, k, idx):
             batch = task.batch("train", idx, train=True, generator=aug_gens[k])
             with autocast():
                 loss, _ = model.train_step(batch.x, batch.y)
             losses[k].append(loss)
+            estimate.batch_done()
             bar.update(1)
             bar.set_postfix(client=k, loss=f"{loss:.4f}")
 

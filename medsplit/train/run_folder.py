@@ -89,7 +89,8 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
     if held and not overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise RunFolderError(f"run folder {run_dir} already holds a run ({shown}); pass --resume {run_dir} to continue it, "
-                             "--overwrite to replace it, or choose another output.name")
+                             "--overwrite to replace it, or choose another output.name. Through make: "
+                             "make <target> ... NAME=<another name> to keep both, or make <target> ... ARGS=--overwrite to replace it")
 
 
 def clear(run_dir: Path) -> None:
