@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo ">>> first time: several minutes of downloads; the finished $(VENV) is about 6.2 GB on disk"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(PY) -m pip install --progress-bar on -e ".[dev,docs]"
 	touch $@
 	@echo ">>> set-up done; try: make retinopathy or make unet-seg (each wants about 2 GB of RAM), or make test"
 

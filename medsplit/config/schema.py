@@ -33,14 +33,21 @@ class DataConfig:
     target: str = "referable"
     """Retinopathy target: any (grade > 0) | referable (grade >= 2) | grade (5 classes)."""
     img_size: int = 128
+    """Side in pixels the images are resized to (square) before training."""
     val_fraction: float = 0.15
+    """Share of patients in the validation split (sets with official splits, RetinaMNIST, keep theirs)."""
     test_fraction: float = 0.2
+    """Share of patients in the test split, scored once by the model selected on validation."""
     max_images: int | None = None
+    """Train on a seeded, patient-level subset of at most this many images; null uses every image."""
     synthetic_size: int = 600
+    """Images the synthetic generator makes when the data is synthetic."""
     partition: str = "iid"
     """iid | dirichlet | label_skew | group (clients = image source/view)."""
     alpha: float = 0.5
+    """Dirichlet concentration of partition=dirichlet: smaller gives hospitals more skewed labels."""
     augment: bool = True
+    """Augment training images (each hospital from its own seeded generator); validation and test never are."""
     preprocess: str = "none"
     """Fundus photographs only: none | local-contrast (subtract each pixel's local average colour,
     Graham 2015: lesions and vessels stay, the camera's illumination and colour cast go)."""
@@ -51,6 +58,7 @@ class DataConfig:
     aug_backend: str = "monai"
     """Segmentation augmentation: monai | albumentations."""
     cache_dir: str = ".cache/medsplit"
+    """Folder for decoded images (uint8 tensors, never pickle), keyed by file list, size and modification times."""
     duplicates: str = "error"
     """Images of identical content (by hash) in a folder source: error (stop, naming both files) |
     drop (keep the first copy; the dropped ones are listed in the run's data summary)."""
@@ -72,7 +80,10 @@ class SplitConfig:
     """sequential (relay, as in the original study) | splitfed (SFL-V2: one shared server model) |
     splitfed-v1 (SFL-V1: one server copy per hospital, averaged each round) | centralised | fedavg."""
     cut: int = 3
+    """Where the model is cut, in the original study's numbering (ResNet: children 0..CUT stay at the hospital;
+    U-Net: the plan's four-part cut); the config check lists the legal cuts of each model."""
     clients: int = 2
+    """Number of hospitals."""
     serialise: bool = False
     """Encode/decode every message on the in-process channel (what a real transport does)."""
     compress_activations: str = "none"
@@ -99,8 +110,11 @@ class SplitConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 6
+    """Training epochs (each hospital's rows once per epoch)."""
     batch_size: int = 32
+    """Training batch size per hospital step."""
     lr: float = 1e-3
+    """Learning rate of every party's optimiser (the start of the schedule)."""
     schedule: str = "constant"
     """constant | cosine: the learning rate of epoch e (from 0) is lr * (1 + cos(pi * e / epochs)) / 2,
     set on every party's optimiser as the epoch starts (no state, so a resumed run gets the same)."""
@@ -112,8 +126,11 @@ class TrainConfig:
     """Classification only: cross-entropy against (1 - s) * one-hot + s / classes (Szegedy et al. 2016),
     so the model is not pushed towards ever more confident logits; 0 is plain cross-entropy."""
     optimizer: str = "adam"
+    """adam | adamw | sgd, the same for every party."""
     weight_decay: float = 1e-4
+    """Weight decay of every party's optimiser."""
     seed: int = 0
+    """Seeds the model init, the splits, the partition, the batches and the augmentation."""
     device: str = "auto"
     """auto (cuda when present) | cpu | cuda | cuda:N."""
     amp: bool = True
@@ -127,6 +144,7 @@ class TrainConfig:
     select_on: str = "auto"
     """Validation metric for picking the checkpoint that is tested: auto (auc / dice) or a metric name."""
     eval_batch_size: int = 128
+    """Batch size of validation and test passes (no effect on the numbers)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
 
@@ -136,8 +154,11 @@ class OutputConfig:
     name: str = ""
     """Run name; empty derives one from task, protocol, cut and clients."""
     runs_dir: str = "runs"
+    """Folder holding one folder per run (checkpoints, weights, metrics, TensorBoard)."""
     reports_dir: str = "reports"
+    """Folder for the HTML report and metrics JSON of every run."""
     tensorboard: bool = True
+    """Write TensorBoard scalars under runs/<name>/tb/."""
     keep_checkpoint: bool = False
     """Keep ``checkpoint.pt`` (all parties' weights and optimiser state: 341 MB for a two-hospital
     ResNet-34 relay, measured, against 85 MB for ``model.safetensors``)

@@ -84,15 +84,16 @@ def _md_cell(value) -> str:
 
 
 def _md_table(study: Study) -> list[str]:
+    """The rows, the baselines in italics under them, and the baselines' sources as a list (a
+    source column would make the site's table too wide)."""
     columns = list(study.columns)
-    if study.baselines and "source" not in columns:
-        columns.append("source")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in study.rows:
         lines.append("| " + " | ".join(_md_cell(row.get(c)) for c in columns) + " |")
     for row in study.baselines:
         lines.append("| " + " | ".join(f"*{_md_cell(row.get(c))}*" if row.get(c) not in (None, "") else "—" for c in columns) + " |")
-    return lines
+    sources = [f"- *{_md_cell(b.get(columns[0]))}*: {_md_cell(b['source'])}" for b in study.baselines if b.get("source")]
+    return lines + ([""] + sources if sources else [])
 
 
 def render_markdown(studies: list[Study]) -> str:

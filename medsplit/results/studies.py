@@ -100,11 +100,23 @@ def _pm(summary: dict, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}f} ± {std:.{digits}f}" if isinstance(std, (int, float)) else f"{summary['mean']:.{digits}f}"
 
 
-def _interval(pair: Any, digits: int = 3) -> str:
+def _interval(pair: Any, digits: int = 3, bounds: tuple[float, float] | None = None) -> str:
+    """``low–high``; ``bounds`` clamps an interval of a bounded metric (a t-interval over two
+    seeds can reach past 0 and 1)."""
     if not pair:
         return "—"
     low, high = pair
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     return f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+_MACHINE_OVERRIDES = ("output.runs_dir=", "output.reports_dir=", "data.root=", "data.cache_dir=")
+
+
+def _portable(text: str) -> str:
+    """A path into the author's data folder written as the user's: ``$MEDSPLIT_DATA/...``."""
+    return re.sub(r"(?:/[\w.-]+)*/shared/data", "$MEDSPLIT_DATA", text)
 
 
 def _clean_command(command: str | None) -> str | None:
@@ -120,8 +132,8 @@ def _clean_command(command: str | None) -> str | None:
         if word in ("--runs-dir", "--results-dir", "--data-root"):
             skip = True
             continue
-        if word in ("--finished-only",) or word.startswith(("--runs-dir=", "--results-dir=", "--data-root=")):
-            continue
+        if word in ("--finished-only",) or word.startswith(("--runs-dir=", "--results-dir=", "--data-root=", *_MACHINE_OVERRIDES)):
+            continue  # where the author's machine kept its files
         out.append(word)
     if out and out[0] in ("python", "python3"):
         out[0] = ".venv/bin/python"
@@ -140,6 +152,14 @@ def _config_facts(root: Path, config: str, overrides: list[str]) -> dict[str, An
             "model": cfg.model.name, "cut": cfg.split.cut, "clients": cfg.split.clients, "batch": cfg.train.batch_size}
 
 
+def _getting(source: str) -> str:
+    """How a user gets a study's data: ``make data`` fetches RetinaMNIST; the rest are folders."""
+    if source == "retinamnist":
+        return "make data (downloads RetinaMNIST into datasets/), or MEDSPLIT_DATA naming a folder with retinopathy/retinamnist/"
+    folders = " and ".join(f"lungs/{part}/" for part in source.split("+")) if "eyepacs" not in source else "retinopathy/eyepacs256/"
+    return f"your own {folders} under the folder MEDSPLIT_DATA names (or datasets/); make data does not download it (docs/data.md)"
+
+
 _METRIC_LABELS = {"auc": "AUC", "accuracy": "ACC", "dice": "Dice"}
 
 
@@ -151,7 +171,7 @@ def _metric_label(key: str) -> str:
 
 
 def _protocol_study(path: Path, data: dict, root: Path) -> Study:
-    overrides = list(data.get("overrides") or [])
+    overrides = [o for o in data.get("overrides") or [] if not o.startswith(_MACHINE_OVERRIDES)]
     facts = _config_facts(root, data.get("config", ""), overrides)
     summary = data.get("summary") or []
     metrics = [k for k in (summary[0] if summary else {}) if isinstance(summary[0][k], dict) and "mean" in summary[0][k]]
@@ -167,7 +187,8 @@ def _protocol_study(path: Path, data: dict, root: Path) -> Study:
         row: dict[str, Any] = {"protocol": protocol}
         for m in metrics:
             interval = mean_interval(s[m].get("values") or [])
-            row[f"test {_metric_label(m)}: mean ± std [95% CI of the mean]"] = _pm(s[m]) + (f" [{_interval(interval)}]" if interval else "")
+            row[f"test {_metric_label(m)}: mean ± std [95% CI of the mean]"] = \
+                _pm(s[m]) + (f" [{_interval(interval, bounds=(0.0, 1.0))}]" if interval else "")
         own = [r for r in runs if r.get("protocol") == protocol]
         row["seeds"] = ", ".join(str(x) for x in s.get("seeds") or [])
         row["selected epochs"] = ", ".join(str(r.get("selected_epoch")) for r in own) or "—"
@@ -183,12 +204,14 @@ def _protocol_study(path: Path, data: dict, root: Path) -> Study:
             if m in b.values:
                 line[f"test {_metric_label(m)}: mean ± std [95% CI of the mean]"] = f"{b.values[m]:.3f}"
         extra = {k: v for k, v in b.values.items() if k not in metrics}
-        if extra:
-            line["seeds"] = ", ".join(f"{k} {v:.2f}" for k, v in extra.items())
+        if extra:  # a figure on another metric (the lung anchor's Jaccard): named beside the baseline
+            line["protocol"] += ": " + ", ".join(f"{k} {v:.2f}" for k, v in extra.items())
         line["source"] = b.source
         baselines.append(line)
     intervals = [r for r in runs if r.get("intervals")]
     notes = []
+    if any(len(s.get("seeds") or []) == 2 for s in summary):
+        notes.append("With 2 seeds the 95% t-interval of the mean is wide (t = 12.7) and is clipped to the metric's range 0-1.")
     if intervals:
         first = metrics[0] if metrics else ""
         lows = [r["intervals"][first.split("@")[0]] for r in intervals if first.split("@")[0] in r["intervals"]]
@@ -199,7 +222,7 @@ def _protocol_study(path: Path, data: dict, root: Path) -> Study:
                                      for r, i in zip(intervals, lows)) + ".")
     command = _clean_command(data.get("command"))
     facts_out = {"command": command or "—", "config": f"{data.get('config')} {' '.join(overrides)}".strip(),
-                 "data": str(facts.get("data", "?")), "image size": f"{facts.get('img_size', '?')} px",
+                 "data": str(facts.get("data", "?")), "getting the data": _getting(str(facts.get("data", ""))), "image size": f"{facts.get('img_size', '?')} px",
                  "epochs": str(facts.get("epochs", "?")), "model": f"{facts.get('model', '?')}, CUT {facts.get('cut', '?')}, "
                                                                    f"{facts.get('clients', '?')} hospitals, batch {facts.get('batch', '?')}",
                  "threads per run": str(data.get("threads", "?"))}
@@ -386,7 +409,7 @@ def _benchmark_study(path: Path, data: dict) -> Study:
 def _short(value: Any) -> Any:
     if isinstance(value, float):
         return float(f"{value:.4g}")
-    return value
+    return _portable(value) if isinstance(value, str) else value
 
 
 def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]:

@@ -111,7 +111,9 @@ def estimate_line(seconds_per_batch: float, batches_per_epoch: int, epochs_left:
         seconds_per_batch: measured over the first batches (after a warm-up batch).
         batches_per_epoch: training batches per epoch, all hospitals together.
         epochs_left: epochs still to train in this run.
-        batch_size, img_size, data: what the run trains on, as the user set it.
+        batch_size: training batch size.
+        img_size: image side in pixels.
+        data: the data the run found (its source, as the data summary names it).
     """
     total = seconds_per_batch * batches_per_epoch * epochs_left
     line = (f"size: {epochs_left} epochs x {batches_per_epoch} batches of {batch_size} images at {img_size} px ({data}); "
@@ -130,7 +132,7 @@ class RunEstimate:
     and later calls cost one comparison.
 
     Args:
-        batches_per_epoch, epochs_left, batch_size, img_size, data: see :func:`estimate_line`.
+        batches_per_epoch: see :func:`estimate_line`, as are ``epochs_left``, ``batch_size``, ``img_size`` and ``data``.
         out: where the line goes (``tqdm.write`` keeps progress bars intact); ``None`` prints nothing.
         clock: the time source (a test passes a fake one).
     """
