@@ -94,13 +94,13 @@ class SplitConfig:
     """What happens to a hospital's optimiser state (Adam moments) when it takes in client weights:
     carry (the state travels with the weights: the relay hands it to the next hospital, the averaging
     protocols average it like the weights; counted as weights bytes) | reset (fresh state on every
-    handover) | local (each hospital keeps its own moments, as before 2026-12; they then belong to
+    handover) | local (each hospital keeps its own moments; they then belong to
     weights it no longer holds)."""
     transport: str = "inprocess"
     """inprocess (every party in this process) | gloo (each hospital and the server in its own
-    process, torch.distributed over TCP; sequential and splitfed only). See README "Parties as processes".
+    process, torch.distributed over TCP; sequential and splitfed only). See docs/parties.md.
     | flare (server and hospitals as NVIDIA FLARE sites in FLARE's simulator; needs the flare extra;
-    see README "Hospital deployment on NVIDIA FLARE")."""
+    see docs/flare.md)."""
     address: str = "127.0.0.1:0"
     """HOST:PORT of the server's rendezvous for transport=gloo; port 0 picks a free one (local runs)."""
     timeout_s: float = 120.0
