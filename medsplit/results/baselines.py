@@ -43,12 +43,17 @@ LUNG_ANCHOR = Baseline("original study's split U-Net (validation Jaccard, Montgo
 EYEPACS_TARGET = Baseline("target (project goal)", {"auc": 0.75}, "medsplit's study goal", comparable=False)
 
 
-def baselines_for(source: str, task: str) -> tuple[Baseline, ...]:
-    """The published figures a protocol study on ``source`` (``data.source``) is set beside."""
-    if source == "retinamnist":
-        return RETINAMNIST
-    if source.startswith("eyepacs"):
-        return (EYEPACS_TARGET,)
-    if task == "lungs":
-        return (LUNG_ANCHOR,)
+#: Results-file name prefix -> the figures its study is set beside (longest prefix wins).
+BY_STUDY = {
+    "results-retinamnist": RETINAMNIST,
+    "results-eyepacs": (EYEPACS_TARGET,),
+    "results-lungs": (LUNG_ANCHOR,),
+}
+
+
+def baselines_for(file_name: str) -> tuple[Baseline, ...]:
+    """The published figures a protocol study's results file is set beside."""
+    for prefix in sorted(BY_STUDY, key=len, reverse=True):
+        if file_name.startswith(prefix):
+            return BY_STUDY[prefix]
     return ()

@@ -32,7 +32,9 @@ MAKE_VARIABLES = {
     "train.epochs": "EPOCHS", "train.seed": "SEED", "data.img_size": "SIZE", "data.partition": "PARTITION",
     "data.alpha": "ALPHA", "train.batch_size": "BATCH", "train.lr": "LR",
 }
-_RETINO_ONLY = {"data.target": "TARGET", "model.name": "MODEL"}
+#: Variables only some targets forward, by target: every fundus target forwards the Makefile's
+#: RETINO list (TARGET, MODEL); unet-seg forwards UNET (its model comes through BACKBONE).
+_TARGET_ONLY = {target: {"data.target": "TARGET", "model.name": "MODEL"} for target in STOCK_TARGETS if target != "unet-seg"}
 
 #: Keys that do not change what a run trains or scores.
 _IGNORED_PREFIXES = ("output.", "split.transport", "split.address", "split.timeout_s")
@@ -99,7 +101,7 @@ def make_command(config: str, overrides: list[str], root: Path | str = ".") -> s
     if not candidates:
         return None
     _, target, diff = min(candidates)
-    variables = dict(MAKE_VARIABLES, **(_RETINO_ONLY if task == "retinopathy" else {}))
+    variables = {**MAKE_VARIABLES, **_TARGET_ONLY.get(target, {})}
     words, args = [f"make {target}"], []
     for key, value in diff.items():
         if key in variables:

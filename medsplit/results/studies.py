@@ -198,7 +198,7 @@ def _protocol_study(path: Path, data: dict, root: Path) -> Study:
             data.get("config", ""), [*overrides, f"split.protocol={protocol}"], root) or "—"
         rows.append(row)
     baselines = []
-    for b in baselines_for(str(facts.get("data", "")), str(facts.get("task", ""))):
+    for b in baselines_for(path.name):
         line = {"protocol": f"published: {b.name}" if b.comparable else f"for reference: {b.name}"}
         for m in metrics:
             if m in b.values:
