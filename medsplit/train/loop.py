@@ -168,7 +168,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         losses = {k: [] for k in range(len(pooled))}
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=quiet)
         estimate = estimate or RunEstimate(sum(len(b) for b in batches), cfg.train.epochs - epoch, cfg.train.batch_size,
-                                           cfg.data.img_size, str(task.data.summary().get("source", cfg.data.source)),
+                                           cfg.data.img_size, str(task.data.summary().get("source", cfg.data.source)).split(" (")[0],
                                            out=None if quiet else tqdm.write)
 
         def step(model, k, idx):
