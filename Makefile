@@ -3,6 +3,7 @@
 #   make unet-seg [CUT=1] [BACKBONE=smp|classic] [DATA=covid-cxr-v7|synthetic|PATH]
 #   TRANSPORT=gloo runs the server and each hospital as its own local process (split.transport)
 #   make test | make data | make setup | make clean (deletes runs/) | make check-reports
+#   make results (reports/results.html + docs/results.md) | make docs (site/) | make index (reports/index.html)
 
 PYTHON ?= python3
 VENV   ?= .venv
