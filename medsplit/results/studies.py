@@ -315,25 +315,37 @@ def _attack_study(files: list[tuple[Path, dict]]) -> Study:
                  rows, facts, baselines, notes, "studies/fsha.md")
 
 
+def _paired_change(summary: dict, reference: bool) -> str:
+    """The paired difference to the reference, in points: its 95% interval, else mean ± std."""
+    if reference:
+        return "reference"
+    ci = summary.get("diff_points_ci95")
+    if ci:
+        return f"{ci[0]:+.2f} to {ci[1]:+.2f}"
+    mean, std = summary.get("diff_points_mean"), summary.get("diff_points_std")
+    if isinstance(mean, (int, float)):
+        return f"{mean:+.2f} ± {std:.2f} (no interval recorded)" if isinstance(std, (int, float)) else f"{mean:+.2f}"
+    return "—"
+
+
 def _paired_study(path: Path, data: dict, root: Path) -> Study:
     key = "codec" if "codec" in (data.get("summary") or [{}])[0] else "mode"
     metric = data.get("metric", "metric")
     runs = data.get("runs") or []
     overrides = list(data.get("overrides") or [])
     facts = _config_facts(root, data.get("config", ""), overrides)
+    metric = _metric_label(metric)
     columns = [key, f"test {metric} (mean ± std)", f"{metric} 95% CI of the mean", f"change vs {data.get('reference')} (points, 95% CI)",
                "MB per epoch", "seeds", "selected epochs", "wall time per run", "data · size · epochs"]
     rows = []
     for s in data.get("summary") or []:
         own = [r for r in runs if r.get(key) == s.get(key)]
         walls = [r["wall_time_s"] for r in own if isinstance(r.get("wall_time_s"), (int, float))]
-        ci = s.get("diff_points_ci95")
         rows.append({
             key: s.get(key),
             f"test {metric} (mean ± std)": _pm(s),
-            f"{metric} 95% CI of the mean": _interval(mean_interval(s.get("values") or [])),
-            f"change vs {data.get('reference')} (points, 95% CI)": (f"{ci[0]:+.2f} to {ci[1]:+.2f}" if ci else
-                                                                    ("reference" if s.get(key) == data.get("reference") else "—")),
+            f"{metric} 95% CI of the mean": _interval(mean_interval(s.get("values") or []), bounds=(0.0, 1.0)),
+            f"change vs {data.get('reference')} (points, 95% CI)": _paired_change(s, s.get(key) == data.get("reference")),
             "MB per epoch": f"{(s.get('mb_per_epoch') or s.get('weights_mb_per_epoch') or 0):.2f}",
             "seeds": ", ".join(str(x) for x in s.get("seeds") or []),
             "selected epochs": ", ".join(str(r.get("selected_epoch")) for r in own) or "—",
