@@ -158,7 +158,14 @@ class OutputConfig:
     reports_dir: str = "reports"
     """Folder for the HTML report and metrics JSON of every run."""
     tensorboard: bool = True
-    """Write TensorBoard scalars under runs/<name>/tb/."""
+    """TensorBoard event files in ``<run directory>/tb``: per-epoch scalars, and at the end the
+    hyperparameters beside the test metrics (hparams tab), the 95% intervals and example images."""
+    mlflow: str = ""
+    """MLflow tracking URI (``http://host:5000``, ``file:///abs/path/mlruns``, ...); empty: no
+    MLflow. Logs the config as params, every epoch's metrics, the test metrics with their
+    intervals, and the report, metrics.json and weights as artifacts. Needs ``pip install
+    'medsplit[mlflow]'``; MLflow 3 refuses a file store unless ``MLFLOW_ALLOW_FILE_STORE=true``,
+    which medsplit sets for a ``file:`` URI (you named one)."""
     keep_checkpoint: bool = False
     """Keep ``checkpoint.pt`` (all parties' weights and optimiser state: 341 MB for a two-hospital
     ResNet-34 relay, measured, against 85 MB for ``model.safetensors``)

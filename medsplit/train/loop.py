@@ -24,6 +24,7 @@ from medsplit.train.precision import autocast_for
 from medsplit.train.protocols import protocol_class
 from medsplit.train.schedule import augmentation_generator, client_indices, hospital_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
+from medsplit.tracking import start_tracking
 
 __all__ = ["check_cut", "evaluate_split", "train"]
 
@@ -146,7 +147,7 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         channel.load_byte_rows(ck["bytes"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
         t0 -= ck["elapsed_s"]
-    writer = _tensorboard(run_dir, cfg)
+    tracker = start_tracking(cfg, run_dir)  # TensorBoard and/or MLflow (output.tensorboard, output.mlflow)
 
     pooled = protocol.training_rows(clients)  # one array per training party (centralised pools them)
     estimate = None  # the run's size and estimated time, printed once after its first batches
@@ -191,12 +192,13 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         score = scores.get(task.select_metric, -val_loss)
         if score is not None and score > best["score"]:
             best = {"epoch": epoch + 1, "score": float(score), "weights": copy.deepcopy(protocol.eval_state_dict())}
-        _log_epoch(writer, history, epoch + 1)
+        tracker.epoch(history, epoch + 1)
         epochs.set_postfix(val_loss=f"{val_loss:.4f}", **{task.select_metric: f"{scores.get(task.select_metric, float('nan')):.4f}"})
         save_checkpoint(run_dir, {"protocol": protocol.state(), "bytes": channel.byte_rows(None), "history": history,
                                   "best": best, "epoch": epoch, "elapsed_s": time.time() - t0,
                                   "config": cfg.to_dict(), "config_sha256": run_folder.config_hash(cfg.to_dict())})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.train.epochs:
+            tracker.close()
             return run_dir
 
     # Test once, with the model selected on validation; nothing before touched the test split.
@@ -221,13 +223,10 @@ def train(cfg: Config, resume: Path | None = None, stop_after_epoch: int | None 
         "config": cfg.to_dict(),
     }
     write_atomic(run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
-    if writer is not None:
-        for k, v in task.summarise(test).items():
-            writer.add_scalar(f"test/{k}", v, cfg.train.epochs)
-        writer.close()
     from medsplit.train.outputs import write_outputs
 
     write_outputs(cfg, run_dir, result, task, final, quiet=quiet)
+    tracker.finish(result, task.report_examples(final, test) if tracker.backends else None)  # after the report: MLflow stores it
     if not cfg.output.keep_checkpoint:
         # Finished: the weights are in model.safetensors; the checkpoint (every party's weights and
         # optimiser state) would only let the run continue, which output.keep_checkpoint asks for.
@@ -267,26 +266,6 @@ def _data_summary(task: Task, clients, pooled) -> dict:
             row["groups"] = dict(sorted(Counter(groups[i] for i in idx).items()))
         summary["clients"].append(row)
     return summary
-
-
-def _tensorboard(run_dir: Path, cfg: Config):
-    if not cfg.output.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tb"))
-
-
-def _log_epoch(writer, history: list[dict], epoch: int) -> None:
-    if writer is None:
-        return
-    for row in history:
-        if row["epoch"] != epoch:
-            continue
-        for k, v in row.items():
-            if k not in ("epoch", "client") and isinstance(v, (int, float)):
-                writer.add_scalar(f"{k}/{row['client']}", v, epoch)
-    writer.flush()
 
 
 def _json_default(o):

@@ -1,0 +1,93 @@
+"""MLflow backend (``output.mlflow=URI``): one MLflow run per medsplit run, in the experiment
+``medsplit-<task>``; the config as params, every epoch's metrics, the test metrics with their
+intervals, example images, and the report, metrics.json and weights as artifacts.
+
+Only MLflow's client is used (``mlflow-skinny`` is enough), so it runs beside a remote tracking
+server as well as a local file store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medsplit.config import Config, ConfigError
+from medsplit.tracking.readings import epoch_scalars, run_params, final_scalars, tracked_images
+
+__all__ = ["MlflowTracker"]
+
+#: MLflow's limits on one ``log_batch`` call (params, metrics).
+_BATCH = 100
+
+
+def _client(uri: str):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise ConfigError(f"config key 'output.mlflow' = {uri!r} needs MLflow, which is not installed: "
+                          "pip install 'medsplit[mlflow]' (or leave output.mlflow empty)") from None
+    if uri.startswith("file:") or "://" not in uri:
+        # MLflow 3 refuses its file store unless this is set; naming a file URI is asking for it.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(tracking_uri=uri)
+
+
+class MlflowTracker:
+    """Log one run to the MLflow tracking server or store at ``uri``.
+
+    Args:
+        uri: the tracking URI (``output.mlflow``).
+        cfg: the resolved config (params, experiment and run name, where the report goes).
+        run_dir: the run directory (weights and metrics.json are taken from it at the end).
+    """
+
+    def __init__(self, uri: str, cfg: Config, run_dir: Path) -> None:
+        self.client = _client(uri)  # first: it names the extra when MLflow is missing
+        from mlflow.entities import Param
+
+        self.run_dir = Path(run_dir)
+        self.report = Path(cfg.output.reports_dir) / f"{cfg.run_name()}.html"
+        name = f"medsplit-{cfg.task}"
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+            run = self.client.create_run(experiment_id, run_name=cfg.run_name(),
+                                         tags={"medsplit.task": cfg.task, "medsplit.run_dir": str(self.run_dir)})
+        except Exception as e:  # MLflow raises its own exception types for an unreachable or refused store
+            raise ConfigError(f"config key 'output.mlflow' = {uri!r}: MLflow cannot start a run there ({e})") from e
+        self.run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in run_params(cfg.to_dict()).items()]
+        for i in range(0, len(params), _BATCH):
+            self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
+        self.finished = False
+
+    def _metrics(self, values: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+
+    def epoch(self, history: list[dict], epoch: int) -> None:
+        self._metrics(epoch_scalars(history, epoch), epoch)
+
+    def finish(self, result: dict, images: dict | None) -> None:
+        self._metrics(final_scalars(result), int(result.get("selected_epoch") or 0))
+        for name, image in tracked_images(images).items():
+            self.client.log_image(self.run_id, image, artifact_file=f"images/{name}.png")
+        for path, folder in ((self.report, "report"), (self.run_dir / "metrics.json", None),
+                             (self.run_dir / "model.safetensors", "weights"), (self.run_dir / "config.yaml", None)):
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.finished = True
+
+    def close(self) -> None:
+        # A run that ends without finish() (interrupted by stop_after_epoch, or an error) is left
+        # unfinished in MLflow's terms, not marked as finished.
+        if not self.finished:
+            self.client.set_terminated(self.run_id, "KILLED")
+            self.finished = True
