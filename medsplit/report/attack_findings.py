@@ -11,6 +11,7 @@ import math
 import statistics
 
 from medsplit.attacks.tasks import attack_task
+from medsplit.report.attack_words import defence_words, run_words
 
 # Pasquini et al. 2021 ("Unleashing the Tiger"), NoPeek against FSHA on MNIST.
 PAPER_FSHA_NOPEEK_MSE = {"without NoPeek": 0.0193, "with NoPeek": 0.0267}
@@ -34,6 +35,10 @@ def _by_setting(rows: list[dict], attack: str) -> dict[tuple[str, float], dict]:
     return out
 
 
+#: The defence table's name for ``dcor2_unbiased`` (explained under the table).
+LEAKAGE = "leakage (dCor\u00b2)"
+
+
 def defence_table(rows: list[dict]) -> list[dict]:
     """One row per (defence, strength) of the honest-but-curious attacks: ADRA's (model
     inversion's) SSIM and MSE, SDAR's SSIM, leakage and utility, each beside its change from
@@ -47,7 +52,7 @@ def defence_table(rows: list[dict]) -> list[dict]:
         v, w = inv.get((defence, strength), {}), sdar.get((defence, strength), {})
         row = {"defence": defence, "strength": strength, "seeds": v.get("seeds", w.get("seeds")),
                "ADRA SSIM": v.get("ssim"), "ADRA MSE": v.get("mse"), "SDAR SSIM": w.get("ssim"),
-               "SDAR MSE": w.get("mse"), "dcor2_unbiased": v.get("dcor2_unbiased"),
+               "SDAR MSE": w.get("mse"), LEAKAGE: v.get("dcor2_unbiased"),
                "utility": v.get("utility", w.get("utility"))}
         if defence != "none":
             for col, cur, base, key in (("ADRA SSIM change", v, ref, "ssim"), ("SDAR SSIM change", w, sdar_ref, "ssim"),
@@ -60,72 +65,117 @@ def defence_table(rows: list[dict]) -> list[dict]:
 
 def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
              histories: dict[str, list[dict]] | None = None) -> list[str]:
-    """Plain sentences with the measured numbers the issue's targets ask about.
+    """The summary in plain words, one short paragraph per attack, with the measured numbers the
+    issue's targets ask about; runs are named in words ("FSHA, no defence, seed 0"), never by key.
 
     ``histories`` (run key -> logged iterations) adds where an undefended FSHA peaked, since at
     the reduced scale's learning rates its quality can fall again after the peak.
     """
-    out = []
     t = attack_task(task)
     inv = _by_setting(rows, "inversion")
+    paragraphs = [_adra(inv, t), _sdar(_by_setting(rows, "sdar")), _fsha(_by_setting(rows, "fsha"), t, histories or {}),
+                  _label_leakage(rows), _detector(detectors), _proxy(inv)]
+    return [p for p in paragraphs if p]
+
+
+def _others(settings: dict, text) -> str:
+    """``"DP-SGD (sigma 1) SSIM 0.501, NoPeek (alpha 1) SSIM 0.177"``: each defended setting, in order."""
+    return "; ".join(f"{defence_words(d, st)} {text(v)}" for (d, st), v in sorted(settings.items()) if d != "none")
+
+
+def _adra(inv: dict, t) -> str:
     base = inv.get(("none", 0))
-    if base:
-        out.append(f"ADRA (model inversion) without a defence: SSIM {base['ssim']:.3f} on held-out images, against "
-                   f"{base['baseline_ssim']:.3f} for the mean auxiliary image; target utility {base['utility']:.3f}.")
-        chance = t.chance_level
-        if chance is not None and base.get("utility") is not None and base["utility"] < chance + 0.1:
-            out.append(f"The undefended target reached only {t.metric_label} {base['utility']:.3f} ({chance:g} is "
-                       "chance) at this scale, so the utility column cannot show what a defence costs; read the "
-                       "privacy columns only.")
-    sd = _by_setting(rows, "sdar")
+    if not base:
+        return ""
+    out = (f"ADRA (model inversion, a server with a colluding hospital) without a defence: SSIM {base['ssim']:.3f} on "
+           f"held-out images (1 = identical), against {base['baseline_ssim']:.3f} for the mean auxiliary image; target "
+           f"utility {base['utility']:.3f}.")
+    chance = t.chance_level
+    if chance is not None and base.get("utility") is not None and base["utility"] < chance + 0.1:
+        out += (f" The undefended target reached only {t.metric_label} {base['utility']:.3f} ({chance:g} is chance) "
+                "at this scale, so the utility column cannot show what a defence costs; read the privacy columns only.")
+    return out
+
+
+def _sdar(sd: dict) -> str:
     s0 = sd.get(("none", 0))
-    if s0:
-        beats = "beats" if s0["mse"] < s0["baseline_mse"] else "does not beat"
-        out.append(f"SDAR without a defence (passive server, no colluder): SSIM {s0['ssim']:.3f}, MSE {s0['mse']:.4f} "
-                   f"on held-out images; the mean auxiliary image scores SSIM {s0['baseline_ssim']:.3f}, MSE "
-                   f"{s0['baseline_mse']:.4f}, so SDAR {beats} it on MSE.")
-        if s0.get("mask_dice") is not None:
-            out.append(f"SDAR's inferred lung masks (the masks never cross the channel): Dice {s0['mask_dice']:.3f} "
-                       f"against the true masks, vs {s0['mask_dice_baseline']:.3f} for the mean auxiliary mask.")
-        for (d, s), v in sorted((k, v) for k, v in sd.items() if k[0] != "none"):
-            out.append(f"SDAR against {d} ({s:g}): SSIM {v['ssim']:.3f} (undefended {s0['ssim']:.3f}), MSE "
-                       f"{v['mse']:.4f}.")
-    fsha = _by_setting(rows, "fsha")
+    if not s0:
+        return ""
+    beats = "beats" if s0["mse"] < s0["baseline_mse"] else "does not beat"
+    out = (f"SDAR without a defence (passive server, no colluder): SSIM {s0['ssim']:.3f}, MSE {s0['mse']:.4f} on "
+           f"held-out images; the mean auxiliary image scores SSIM {s0['baseline_ssim']:.3f}, MSE "
+           f"{s0['baseline_mse']:.4f}, so SDAR {beats} it on MSE.")
+    if s0.get("mask_dice") is not None:
+        out += (f" The lung masks SDAR infers (the masks never cross the channel) reach Dice {s0['mask_dice']:.3f} "
+                f"against the true masks, vs {s0['mask_dice_baseline']:.3f} for the mean auxiliary mask.")
+    defended = _others(sd, lambda v: f"SSIM {v['ssim']:.3f}")
+    if defended:
+        out += f" With a defence (undefended SSIM {s0['ssim']:.3f}): {defended}."
+    return out
+
+
+def _fsha(fsha: dict, t, histories: dict) -> str:
     f0 = next((v for (d, _), v in fsha.items() if d == "none"), None)
-    if f0:
-        out.append(f"FSHA without a defence: SSIM {f0['ssim']:.3f}, MSE {f0['mse']:.4f} after {f0['iterations']:.0f} "
-                   f"iterations (target: SSIM >= 0.5 at 64 px).")
-        for run, hist in sorted((histories or {}).items()):
-            if run.startswith("fsha/none/") and hist:
-                peak = max(hist, key=lambda h: h["ssim"])
-                out.append(f"Its best logged point ({run}): SSIM {peak['ssim']:.3f} at iteration {peak['iteration']}; "
-                           "the attacker cannot pick that point without the private images.")
-        if not t.labels_may_cross and f0.get("utility") is not None:  # the U-shaped split
-            out.append("The lung FSHA runs the real U-shaped protocol: the server hijacks only the gradient it returns "
-                       "to the client encoder, while the client decoder trains on the masks (which never cross) and "
-                       f"its skip gradient pulls the encoder toward the task; the hijacked client still reached "
-                       f"{t.metric_label} {f0['utility']:.3f}.")
-        for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
-            eps = v.get("privacy.epsilon")
-            eps_text = "n/a" if eps is None else f"{eps:.3g}"
-            out.append(f"FSHA against a DP-SGD client (sigma {s:g}, epsilon {eps_text} for the client's first part): "
-                       f"SSIM {v['ssim']:.3f}, MSE {v['mse']:.4f} vs {f0['ssim']:.3f}, {f0['mse']:.4f} without. "
-                       "Gawron and Stubbings (2022) report that FSHA still reconstructs at any epsilon: DP-SGD bounds "
-                       "what the client's parameters leak, not what its activations show.")
-        paper = PAPER_FSHA_NOPEEK_MSE
-        for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "nopeek"):
-            out.append(f"FSHA against NoPeek (alpha {s:g}): MSE {v['mse']:.4f} vs {f0['mse']:.4f} without "
-                       f"({v['mse'] / f0['mse']:.2f}x), SSIM {v['ssim']:.3f} vs {f0['ssim']:.3f}. The paper, on MNIST: "
-                       f"{paper['with NoPeek']} vs {paper['without NoPeek']} "
-                       f"({paper['with NoPeek'] / paper['without NoPeek']:.2f}x).")
+    if not f0:
+        return ""
+    out = [f"FSHA (a malicious server) without a defence: SSIM {f0['ssim']:.3f}, MSE {f0['mse']:.4f} after "
+           f"{f0['iterations']:.0f} iterations (target: SSIM >= 0.5 at 64 px)."]
+    for run, hist in sorted(histories.items()):
+        if run.startswith("fsha/none/") and hist:
+            peak = max(hist, key=lambda h: h["ssim"])
+            out.append(f"Its best logged point ({run_words(run)}): SSIM {peak['ssim']:.3f} at iteration "
+                       f"{peak['iteration']}, a point the attacker cannot pick without the private images.")
+    if not t.labels_may_cross and f0.get("utility") is not None:  # the U-shaped split
+        out.append("It runs the real U-shaped protocol: the server hijacks only the gradient it returns to the client "
+                   "encoder, while the client decoder trains on the masks (which never cross) and pulls the encoder "
+                   f"toward the task; the hijacked client still reached {t.metric_label} {f0['utility']:.3f}.")
+    for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
+        eps = v.get("privacy.epsilon")
+        eps_text = "n/a" if eps is None else f"{eps:.3g}"
+        out.append(f"Against a DP-SGD client (sigma {s:g}, epsilon {eps_text} for the client's first part): SSIM "
+                   f"{v['ssim']:.3f}, MSE {v['mse']:.4f} vs {f0['ssim']:.3f}, {f0['mse']:.4f} without; Gawron and "
+                   "Stubbings (2022) report that FSHA still reconstructs at any epsilon, since DP-SGD bounds what the "
+                   "client's parameters leak, not what its activations show.")
+    paper = PAPER_FSHA_NOPEEK_MSE
+    for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "nopeek"):
+        out.append(f"Against NoPeek (alpha {s:g}): MSE {v['mse']:.4f} vs {f0['mse']:.4f} without "
+                   f"({v['mse'] / f0['mse']:.2f}x), SSIM {v['ssim']:.3f} vs {f0['ssim']:.3f}; the paper, on MNIST: "
+                   f"{paper['with NoPeek']} vs {paper['without NoPeek']} "
+                   f"({paper['with NoPeek'] / paper['without NoPeek']:.2f}x).")
+    return " ".join(out)
+
+
+def _detector(detectors: dict) -> str:
+    if not detectors:
+        return ""
+    verdicts = []
     for run, det in sorted(detectors.items()):
         kind = "FSHA" if run.startswith("fsha/") else "honest training"
-        verdict = (f"alarm at step {det['flagged_at_step']}" if det.get("flagged") else "no alarm")
-        out.append(f"Hijack detector on {kind} ({run}): {verdict} after {det['probes']} probes, one every "
-                   f"{det['probe_every']} steps.")
+        seed = run.split("/")[-1]
+        verdict = f"alarm at step {det['flagged_at_step']}" if det.get("flagged") else "no alarm"
+        verdicts.append(f"on {kind} (seed {seed}) {verdict} after {det['probes']} probes, one every "
+                        f"{det['probe_every']} steps")
+    return "Hijack detector: " + "; ".join(verdicts) + "."
+
+
+def _proxy(inv: dict) -> str:
+    base = inv.get(("none", 0))
+    out = []
     for (d, s), v in sorted((k, v) for k, v in inv.items() if k[0] == "proxy"):
         if v.get("privacy.proxy_mse") is not None:
             undefended = f" (undefended: {base['mse']:.4f})" if base else ""
             out.append(f"Proxy-adversary training (lambda {s:g}): the client's own proxy ended at MSE "
                        f"{v['privacy.proxy_mse']:.4f}; a fresh attacker reached MSE {v['mse']:.4f}{undefended}.")
-    return out
+    return " ".join(out)
+
+
+def _label_leakage(rows: list[dict]) -> str:
+    leak = [r for r in rows if r.get("attack") == "label-leakage"]
+    if not leak:
+        return ""
+    norm, cosine = _mean(r.get("norm_auc") for r in leak), _mean(r.get("cosine_auc") for r in leak)
+    scores = "; ".join(f"{name} AUC {value:.3f}" for name, value in (("by gradient norm", norm),
+                                                                    ("by cosine to one known example", cosine))
+                       if value is not None)
+    return (f"Label leakage (an honest-but-curious server reading the hospital's labels off the gradients it "
+            f"receives): {scores} (0.5 = guessing, 1 = every label recovered).")

@@ -11,7 +11,8 @@ import torch
 
 from medsplit.attacks import ATTACKS, DISPLAY_NAMES
 from medsplit.attacks.tasks import attack_task
-from medsplit.report.attack_findings import defence_table, findings
+from medsplit.report.attack_findings import LEAKAGE, defence_table, findings
+from medsplit.report.attack_words import defence_words, run_words, setting_labels, without_empty_columns, without_empty_rows
 from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
 from medsplit.report.html import Report
 
@@ -74,31 +75,29 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
     histories = {k: v["history"] for k, v in results["extras"].items() if v.get("history")}
     for sentence in findings(rows, _detectors(results), task, histories):
         rep.text(sentence)
-    table = defence_table(rows)
+    table = without_empty_columns([{**r, "defence": defence_words(r["defence"])} for r in defence_table(rows)])
     if table:
         rep.table(table, caption="Each defence against fresh attackers (ADRA: model inversion with a colluder; SDAR: "
                                  "passive, no colluder): SSIM lower is more private; changes are against the "
                                  "undefended run.", float_fmt="{:.4g}")
-    rep.section("Threat models")
+    rep.section("Threat models", f"The attacks run on the {task} task, and who the attacker is in each.")
     rep.text(f"Split: {attack_task(task).split_note}")
     run_attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    for name in [*THREAT_MODELS, *(a for a in run_attacks if a not in THREAT_MODELS)]:
-        # the built-ins' long texts; an attack added as a plug-in states its threat model on its spec
-        text = THREAT_MODELS.get(name) or (ATTACKS[name].description if name in ATTACKS else None)
-        if text:
-            rep.text(f"{DISPLAY_NAMES.get(name, name)}: {text}")
+    for name, text in threat_models(run_attacks):
+        rep.text(f"{name}: {text}")
     rep.section("What each privacy number covers")
     for text in GUARANTEES:
         rep.text(text)
     notes = _privacy_notes(results)
     if notes:
-        rep.table(notes, caption="per defence and strength, as the runs state them")
+        rep.table(notes, caption="What each defence's privacy number covers in these runs, as the runs state it")
     rep.text("Defences are judged by a fresh attacker trained against the defended client, never by the proxy a "
              "defence trained against. "
-             "Leakage between held-out images and what crossed: dcor2_unbiased, the bias-corrected squared distance "
-             "correlation (Szekely and Rizzo 2014), about 0 for independent data; the dcor column is the V-statistic "
-             "NoPeek trains with, which tends to 1 in high dimension even for pure noise, so it ranks defences but "
-             "does not measure leakage.")
+             f"The {LEAKAGE} column measures how much of the held-out images is in what crossed the channel: the "
+             "bias-corrected squared distance correlation (Szekely and Rizzo 2014; dcor2_unbiased under 'Every "
+             "number'), about 0 when they are independent. The 'dcor' column under 'Every number' is the "
+             "V-statistic NoPeek trains with, which tends to 1 in high dimension even for pure noise, so it ranks "
+             "defences but does not measure leakage.")
     originals = results["originals"].numpy()
     # the built-ins in their usual order, then any other attack that returned reconstructions
     for attack in dict.fromkeys(("inversion", "sdar", "fsha", *run_attacks)):
@@ -106,12 +105,15 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
                  if k.startswith(attack + "/") and v.get("recon") is not None}
         if not recon:
             continue
+        labels = setting_labels(list(recon))
+        recon = {labels[k]: v for k, v in recon.items()}
         title = DISPLAY_NAMES.get(attack, attack)
-        rep.section(f"{title}: reconstructions", "First row: held-out originals; then one row per defence/strength/seed.")
+        rep.section(f"{title}: reconstructions", "First row: held-out originals; then one row per defence and strength.")
         n = min(originals.shape[0], next(iter(recon.values())).shape[0])
         rep.figure(reconstruction_grid(originals[:n], {k: v[:n] for k, v in recon.items()}))
         curves = {k.split("/", 1)[1]: v["history"] for k, v in results["extras"].items()
                   if k.startswith(attack + "/") and v.get("history")}
+        curves = {setting_labels(list(curves))[k]: v for k, v in curves.items()}
         if not curves:
             continue
         xs = sorted({h["iteration"] for hs in curves.values() for h in hs})
@@ -138,9 +140,13 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
     detectors = _detectors(results)
     if detectors:
         rep.section("Hijack detection", "Fake rounds with randomised targets; alarm when the returned gradient ignores them.")
-        rep.table([{"run": k, **v} for k, v in detectors.items()])
-    rep.section("Every number")
-    rep.table(rows)
+        rep.table([{"run": run_words(k), **v} for k, v in detectors.items()])
+    rep.section("Every number", "Every measured number, one table per attack, each quantity under the name the "
+                                "JSON beside this report uses.")
+    for attack in run_attacks:
+        rep.table(*_quantities_by_run([r for r in rows if r["attack"] == attack]),
+                  caption=f"{DISPLAY_NAMES.get(attack, attack)}: one column per defence, strength and seed",
+                  float_fmt="{:.4g}")
     if results["skipped"]:
         rep.table(results["skipped"], caption="not run, and why")
     rep.kv(results["profile_config"], caption="profile")
@@ -158,16 +164,56 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
     return html
 
 
+def _quantities_by_run(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """``(table rows, columns)``: one row per quantity, one column per run of one attack. Runs as
+    columns keep the table narrow: an attack has a few runs but up to twenty quantities, whose
+    long names would make a run-per-row table several screens wide."""
+    keys = [f"{r['defence']}/{r.get('strength', 0)}/{r.get('seed', 0)}" for r in rows]
+    labels = setting_labels(keys)
+    columns = [labels[k] for k in keys]
+    quantities = list(dict.fromkeys(q for r in rows for q in r if q not in ("attack", "defence", "strength", "seed")))
+    table = [{"quantity": q, **{col: r.get(q) for col, r in zip(columns, rows)}} for q in quantities]
+    return without_empty_rows(table), ["quantity", *columns]
+
+
+def threat_models(attacks: list[str]) -> list[tuple[str, str]]:
+    """``(display name, threat model)`` of each attack that ran, in the report's usual order; a
+    plug-in attack states its threat model on its spec."""
+    ordered = [*(a for a in THREAT_MODELS if a in attacks), *(a for a in attacks if a not in THREAT_MODELS)]
+    out = []
+    for name in ordered:
+        text = THREAT_MODELS.get(name) or (ATTACKS[name].description if name in ATTACKS else None)
+        if text:
+            out.append((DISPLAY_NAMES.get(name, name), text))
+    return out
+
+
+#: A defence's privacy fact -> how the notes table words it (facts not listed keep their key).
+_NOTE_WORDS = {"mechanism": "mechanism", "neighbouring": "neighbouring datasets", "scope": "epsilon",
+               "covers": "the epsilon covers", "not_covered": "it does not cover", "normalisation": "normalisation",
+               "sampling": "sampling"}
+
+
 def _privacy_notes(results: dict) -> list[dict]:
-    """One row per (attack, defence, strength) with what its privacy numbers cover (first seed)."""
-    out, seen = [], set()
+    """One row per (defence, strength): the attacks it was run against, and what its privacy number
+    covers in one paragraph ("the epsilon covers ...; it does not cover ..."), from the first seed.
+    One text column instead of one per fact: the facts differ per defence, so separate columns are
+    mostly empty and each narrow one wraps into a tower of lines."""
+    from medsplit.attacks import DISPLAY_NAMES
+
+    by_setting: dict[tuple[str, str], dict] = {}
     for key, extra in results["extras"].items():
         attack, defence, strength, _ = key.split("/")
-        if extra.get("privacy_notes") and (attack, defence, strength) not in seen:
-            seen.add((attack, defence, strength))
-            out.append({"attack": DISPLAY_NAMES.get(attack, attack), "defence": defence, "strength": strength,
-                        **extra["privacy_notes"]})
-    return out
+        if not extra.get("privacy_notes"):
+            continue
+        entry = by_setting.setdefault((defence, strength), {"attacks": [], "notes": extra["privacy_notes"]})
+        name = DISPLAY_NAMES.get(attack, attack)
+        if name not in entry["attacks"]:
+            entry["attacks"].append(name)
+    return [{"defence": defence_words(defence, strength), "attacks": ", ".join(entry["attacks"]),
+             "what its privacy number covers": "; ".join(f"{_NOTE_WORDS.get(k, k.replace('_', ' '))}: {v}"
+                                                         for k, v in entry["notes"].items())}
+            for (defence, strength), entry in by_setting.items()]
 
 
 def _detectors(results: dict) -> dict[str, dict]:

@@ -135,8 +135,8 @@ def artifacts_section(report: Report, artifacts: dict) -> None:
         report.kv(artifacts)
         return
     run_dir = artifacts.get("run_dir", "the run directory")
-    report.text(f"Run directory: {run_dir}. The files below are in it (paths relative to it), as they were when this "
-                "report was written." + (f" A copy of metrics.json sits beside this report: {artifacts['metrics_copy']}."
+    report.text(f"Run directory: {run_dir}. The files below are in it (paths relative to it), as the run left "
+                "them." + (f" A copy of metrics.json sits beside this report: {artifacts['metrics_copy']}."
                                          if artifacts.get("metrics_copy") else ""))
     report.table([{"file": name, "what it holds": info.get("what"), "size": _size(info.get("MB"))}
                   for name, info in files.items()])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medsplit.report import figures
+from medsplit.report.explain import hd95_unit
 from medsplit.report.html import Report, format_value
 from medsplit.report.run_summary import (
     format_duration,
@@ -36,27 +37,32 @@ def _history_metrics(history: list[dict]) -> list[str]:
     return ordered + extra
 
 
-def curves_section(report: Report, history: list[dict], selected: int | None = None) -> None:
+def curves_section(report: Report, history: list[dict], selected: int | None = None, test: dict | None = None) -> None:
     """Learning curves, and a table of the selected epoch beside the last one.
 
     Args:
         report: the report to add the section to.
         history: the record's ``history`` rows.
         selected: the tested epoch (1-based), marked in the figure and the table.
+        test: the record's test metrics (they say which unit HD95 is in).
     """
     report.section("Learning curves")
     metrics = _history_metrics(history)
     if not metrics:
         report.text("The history holds no metric values.")
         return
+    labels = {"val_hd95": f"validation HD95 ({hd95_unit(test or {})[0]})"}
     clients = list(dict.fromkeys(str(r.get("client", "all")) for r in history))
     per_client = len(clients) > 1
     caption = ("Training loss: one line per client (each hospital's own batches); validation metrics: the model "
                "after the epoch, on the shared validation split." if per_client else "x = epoch.")
     if selected:
         caption += f" Dashed vertical line: epoch {selected}, whose model was tested."
-    report.figure(figures.learning_curves(history, metrics, selected_epoch=selected), caption=caption)
     epochs = sorted({int(r["epoch"]) for r in history if isinstance(r.get("epoch"), int)})
+    if len(epochs) == 1:
+        caption += (" One epoch: each panel holds one point per line, its value written beside it; the curves "
+                    "need more epochs to show a trend.")
+    report.figure(figures.learning_curves(history, metrics, selected_epoch=selected, labels=labels), caption=caption)
     if not epochs:
         return
     last = epochs[-1]
@@ -75,7 +81,7 @@ def curves_section(report: Report, history: list[dict], selected: int | None = N
                 values.setdefault(label, {})[heads[e]] = r["train_loss"]
             for m in val_keys:
                 if m in r:
-                    values.setdefault(figures.metric_label(m), {})[heads[e]] = r[m]
+                    values.setdefault(labels.get(m) or figures.metric_label(m), {})[heads[e]] = r[m]
     rows = [{"quantity": name, **cells} for name, cells in values.items()]
     total = sum(float(r["seconds"]) for r in history if isinstance(r.get("seconds"), (int, float)))
     caption = "The selected epoch (its model produced the test metrics) beside the last epoch"
@@ -123,7 +129,7 @@ def _classification_test(report: Report, test: dict, intervals: dict | None = No
 def _segmentation_test(report: Report, test: dict, examples: dict | None, intervals: dict | None = None) -> None:
     intervals = intervals or {}
     rows = []
-    hd_unit = "pixels" if test.get("spacing") is None else f"physical units, spacing {test['spacing']:g}"
+    hd_unit, hd_words = hd95_unit(test)
     for key, label in (("dice", "Dice"), ("jaccard", "Jaccard (IoU)"), ("hd95", f"HD95 ({hd_unit})")):
         summary = test.get(key)
         if isinstance(summary, dict):
@@ -145,7 +151,7 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None, interv
         "Conventions: a pixel is foreground when its sigmoid probability is at least the threshold. "
         "When prediction and ground truth are both empty Dice and Jaccard are 1 and HD95 is 0; when exactly one "
         "is empty Dice and Jaccard are 0 and HD95 is undefined, so that image is excluded from the HD95 mean "
-        "(counted under 'excluded')."
+        f"(counted under 'excluded'). {hd_words}"
     )
     hd = test.get("hd95") if isinstance(test.get("hd95"), dict) else {}
     if isinstance(hd.get("miss_rate"), (int, float)):
@@ -154,8 +160,10 @@ def _segmentation_test(report: Report, test: dict, examples: dict | None, interv
                     "read the HD95 mean together with it, since a model that misses whole lungs is not penalised by it.")
     per_image = test.get("per_image") or []
     if per_image:
-        ranked = sorted(per_image, key=lambda r: (r.get("dice") is None, r.get("dice") or 0.0))
-        columns = ["id", "dice", "jaccard", "hd95"]
+        hd_column = f"hd95 ({hd_unit})"
+        ranked = [{**r, hd_column: r.get("hd95")} for r in
+                  sorted(per_image, key=lambda r: (r.get("dice") is None, r.get("dice") or 0.0))]
+        columns = ["id", "dice", "jaccard", hd_column]
         if len(ranked) <= 12:
             report.table(ranked, columns=columns, caption="Every test image, worst Dice first")
         else:

@@ -75,7 +75,7 @@ def build_run_report(record: dict) -> Report:
     if data:
         data_section(report, data)
     if record.get("history"):
-        curves_section(report, list(record["history"]), record.get("selected_epoch"))
+        curves_section(report, list(record["history"]), record.get("selected_epoch"), record.get("test"))
     test = record.get("test")
     if isinstance(test, dict) and test:
         evaluation_section(report, record)

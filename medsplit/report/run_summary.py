@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsplit.report.explain import KAPPA_WORDS, cut_words, degenerate_classifier, hd95_unit
 from medsplit.report.html import Report, format_value
 from medsplit.tasks import task_of_record
 from medsplit.train.protocols import PROTOCOLS
@@ -67,7 +68,7 @@ def _headline(test: dict) -> dict[str, str]:
     """The few test numbers a reader looks for first."""
     if is_segmentation(test):
         out = {}
-        hd_unit = "pixels" if test.get("spacing") is None else "physical units"
+        hd_unit = hd95_unit(test)[0]
         for key, label in (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", f"HD95 ({hd_unit})")):
             summary = test.get(key) or {}
             if isinstance(summary, dict) and summary.get("mean") is not None:
@@ -86,11 +87,16 @@ _INTERVAL_OF = {"test AUC": "auc", "test sensitivity": "sensitivity", "test spec
                 "test Dice": "dice"}
 
 
+#: Headline card label -> what the number means, where the label alone does not say.
+_MEANING_OF = {"test quadratic kappa": "agreement beyond chance: 0 = chance, 1 = perfect"}
+
+
 def _interval_notes(intervals: dict | None) -> dict[str, str]:
+    notes = dict(_MEANING_OF)
     if not intervals:
-        return {}
-    return {label: f"95% CI {format_interval(intervals.get(key))}" for label, key in _INTERVAL_OF.items()
-            if isinstance(intervals.get(key), dict)}
+        return notes
+    return notes | {label: f"95% CI {format_interval(intervals.get(key))}" for label, key in _INTERVAL_OF.items()
+                    if isinstance(intervals.get(key), dict)}
 
 
 def interval_text(intervals: dict) -> str:
@@ -144,6 +150,9 @@ def summary_section(report: Report, record: dict) -> None:
     """
     report.section("Summary")
     test = record.get("test") or {}
+    degenerate = degenerate_classifier(test) if isinstance(test, dict) and is_classification(test) else None
+    if degenerate:  # first, above the numbers it puts in doubt
+        report.banner(degenerate, level="warning")
     cards = _headline(test) if isinstance(test, dict) else {}
     notes = _interval_notes(record.get("test_intervals"))
     epoch, epochs = record.get("selected_epoch"), ((record.get("config") or {}).get("train") or {}).get("epochs")
@@ -156,6 +165,8 @@ def summary_section(report: Report, record: dict) -> None:
         report.cards(cards, notes=notes)
     if record.get("test_intervals"):
         report.text(interval_text(record["test_intervals"]))
+    if isinstance(test, dict) and test.get("kappa") is not None:
+        report.text(KAPPA_WORDS)
     selection = selection_text(record)
     if selection:
         report.text(selection)
@@ -180,6 +191,9 @@ def summary_section(report: Report, record: dict) -> None:
         facts["synthetic data"] = bool(data["synthetic"])
     if facts:
         report.kv(facts)
+    cut = cut_words(record)
+    if cut:
+        report.text(cut)
     protocol = PROTOCOLS.get(str(record.get("protocol")))
     if protocol is not None and protocol.pooled:
         report.text("Centralised baseline: the whole model trains in one place; nothing crosses a cut.")

@@ -19,6 +19,7 @@ from medsplit.original_study import (
     ORIGINAL_STUDY_CAVEATS,
     ORIGINAL_STUDY_REPO,
 )
+from medsplit.report.explain import KAPPA_WORDS, cut_list
 from medsplit.report.html import Report
 from medsplit.sweep.plan import baseline_protocols, pooled_protocols
 from medsplit.sweep.summarise import compare_to, seed_groups
@@ -176,6 +177,10 @@ def write_sweep_report(base: Config, axis: str, values: list[int], seeds: list[i
                "runs folder": str(out_dir / "runs"),
                "devices": join(sorted({r["device"] for r in results if r.get("device")})),
                "model": base.model.name, "image size": base.data.img_size, "epochs": base.train.epochs})
+    for sentence in cut_list(task, base.to_dict(), xs) if axis == "cut" else []:
+        report.text(sentence)
+    if "kappa" in f"{metric_name} {metric2_name}".lower():
+        report.text(KAPPA_WORDS)
 
     report.section(f"{metric_name} against {xlabel}")
     report.figure(_axis_figure(groups, xs, "metric", "metric_std", xlabel, f"test {metric_name}",

@@ -31,7 +31,8 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "medsplit_version": __version__,
         "config_yaml": cfg.to_yaml(),
-        "artifacts": run_artifacts(run_dir, reports / f"{name}.json"),
+        # listed as the run will leave its folder: a checkpoint it deletes at its end is not shown
+        "artifacts": run_artifacts(run_dir, reports / f"{name}.json", removed=() if cfg.output.keep_checkpoint else ("checkpoint.pt",)),
     })
     examples = task.report_examples(model, result["test"])
     if examples is not None:
@@ -53,15 +54,18 @@ RUN_FILES = {
     "metrics.json": "every number in the report: history, test metrics and intervals, bytes",
     "model.safetensors": "weights of the tested model (the selected epoch); what evaluate loads",
     "checkpoint.pt": "state after the last epoch, with optimiser state, for --resume",
-    "tb": "TensorBoard scalars (tensorboard --logdir <run directory>/tb)",
+    "tb": "TensorBoard logs: scalars per epoch, hparams, test metrics, example images (tensorboard --logdir <run directory>/tb)",
 }
 
 
-def run_artifacts(run_dir: Path, metrics_copy: Path) -> dict:
-    """The run directory and the files in it now (size in MB), named relative to it."""
+def run_artifacts(run_dir: Path, metrics_copy: Path, removed: tuple[str, ...] = ()) -> dict:
+    """The run directory and the files in it now (size in MB), named relative to it, less the
+    ``removed`` ones the run deletes before it ends."""
     files = {}
     for name, what in RUN_FILES.items():
         path = run_dir / name
+        if name in removed:
+            continue
         if path.is_dir():
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         elif path.exists():
