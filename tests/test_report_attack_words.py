@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import torch
 
 from medsplit.report.attack_report import write_attack_report
-from medsplit.report.attack_words import defence_words, run_words, setting_labels, without_empty_columns
+from medsplit.report.attack_words import defence_words, run_words, setting_labels
+from medsplit.report.tables import without_empty_columns
 
 RAW_KEY = re.compile(r"\b[a-z-]+/[a-z]+/[\d.]+/\d+\b")  # attack/defence/strength/seed, e.g. fsha/none/0/0
 FUNDUS_LABEL_LEAKAGE = "label-private (U-shaped) training of the fundus classifier"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from html import unescape
 
-import numpy as np
 import pytest
 
 from medsplit.metrics import ClassificationMetrics

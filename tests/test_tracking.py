@@ -150,7 +150,7 @@ def test_a_training_run_tracks_to_tensorboard_and_mlflow(tmp_path):
     no intervals) and knew no MLflow."""
     from medsplit.train.loop import train
 
-    mlflow = pytest.importorskip("mlflow")  # noqa: F841
+    pytest.importorskip("mlflow")
     store = f"file://{tmp_path}/mlruns"
     cfg = _cfg(tmp_path, "train.epochs=1", f"output.mlflow={store}")
     run_dir = train(cfg, quiet=True)

@@ -12,7 +12,8 @@ import torch
 from medsplit.attacks import ATTACKS, DISPLAY_NAMES
 from medsplit.attacks.tasks import attack_task
 from medsplit.report.attack_findings import LEAKAGE, defence_table, findings
-from medsplit.report.attack_words import defence_words, run_words, setting_labels, without_empty_columns, without_empty_rows
+from medsplit.report.attack_words import defence_words, run_words, setting_labels
+from medsplit.report.tables import without_empty_columns, without_empty_rows
 from medsplit.report.figures import line_plot, reconstruction_grid, scatter_frontier
 from medsplit.report.html import Report
 

@@ -1,11 +1,11 @@
-"""The attack report's names in words: a defence and its strength ("DP-SGD, sigma 1"), a run
-key ("fsha/none/0/0" -> "FSHA, no defence, seed 0"), and a table without columns nobody filled."""
+"""The attack report's names in words: a defence and its strength ("DP-SGD (sigma 1)"), a run
+key ("fsha/none/0/0" -> "FSHA, no defence, seed 0"), figure labels of settings."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["defence_words", "run_words", "setting_labels", "without_empty_columns", "without_empty_rows"]
+__all__ = ["defence_words", "run_words", "setting_labels"]
 
 #: Defence name -> (how a reader calls it, the symbol of its strength).
 DEFENCE_WORDS = {
@@ -54,18 +54,3 @@ def setting_labels(keys: list[str]) -> dict[str, str]:
             continue
         out[key] = defence_words(p[0], p[1]) + (f", seed {p[2]}" if len(seeds) > 1 else "")
     return out
-
-
-def _filled(value: Any) -> bool:
-    return value is not None and value != "" and value != "\u2014"
-
-
-def without_empty_columns(rows: list[dict]) -> list[dict]:
-    """The rows less every column that no row fills (a column of dashes tells a reader nothing)."""
-    keep = {k for row in rows for k, v in row.items() if _filled(v)}
-    return [{k: v for k, v in row.items() if k in keep} for row in rows]
-
-
-def without_empty_rows(rows: list[dict], label: str = "quantity") -> list[dict]:
-    """The rows that hold a value besides their ``label`` cell."""
-    return [row for row in rows if any(_filled(v) for k, v in row.items() if k != label)]

@@ -4,13 +4,12 @@ a classifier's decisions are degenerate (one predicted class for every image).""
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["KAPPA_WORDS", "cut_list", "cut_words", "degenerate_classifier", "hd95_unit"]
 
-KAPPA_WORDS = ("Quadratic kappa (Cohen's kappa with quadratic weights) measures how far predicted grades agree "
-               "with the true grades beyond what chance agreement would give: 0 = no better than chance, 1 = "
-               "perfect; a prediction two grades off costs four times one grade off.")
+KAPPA_WORDS = ("Quadratic kappa (Cohen's kappa with quadratic weights) measures how far the predicted classes agree "
+               "with the true ones beyond what chance agreement would give: 0 = no better than chance, 1 = perfect; "
+               "with ordered grades, a prediction two grades off costs four times one grade off.")
+
 
 _GENERAL_CUT = ("CUT=N says where the model is split between the hospital and the server: the hospital runs the "
                 "model's first layers, up to cut point N, on its own images, and the server receives only what "

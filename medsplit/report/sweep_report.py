@@ -19,6 +19,7 @@ from medsplit.original_study import (
     ORIGINAL_STUDY_CAVEATS,
     ORIGINAL_STUDY_REPO,
 )
+from medsplit.report.tables import without_empty_columns
 from medsplit.report.explain import KAPPA_WORDS, cut_list
 from medsplit.report.html import Report
 from medsplit.sweep.plan import baseline_protocols, pooled_protocols
@@ -199,13 +200,13 @@ def write_sweep_report(base: Config, axis: str, values: list[int], seeds: list[i
                           "network time (see benchmarks/link_time.py for link estimates).")
 
     report.section("Mean over seeds")
-    report.table([{"protocol": g["protocol"], "partition": g["partition"], axis: g["value"], "runs": g["seeds"],
+    report.table(without_empty_columns([{"protocol": g["protocol"], "partition": g["partition"], axis: g["value"], "runs": g["seeds"],
                    "finished": g["finished"], metric_name: g["metric"], "std": g["metric_std"],
                    "test-set CI \u00b1": g["ci_halfwidth"], "vs best split": compare_to(g, best),
                    metric2_name: g["metric2"], f"{metric2_name} std": g["metric2_std"],
                    "MB/epoch": g["mb_per_epoch"],
-                   "wall time (s)": g["wall_time_s"]} for g in groups],
-                 caption="std: sample standard deviation over seeds (empty with one seed): training randomness. "
+                   "wall time (s)": g["wall_time_s"]} for g in groups]),
+                 caption="std: sample standard deviation over seeds (left out with one seed): training randomness. "
                          "test-set CI \u00b1: half-width of each run's 95% patient-bootstrap interval, mean over "
                          "seeds: how much the test set alone leaves open. vs best split: difference to the best "
                          f"split point ({headline['best split at']}); 'within test-set CI' when it is smaller than "
