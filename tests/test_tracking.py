@@ -163,3 +163,35 @@ def test_a_training_run_tracks_to_tensorboard_and_mlflow(tmp_path):
     assert "test/dice" in run.data.metrics and "val_dice/all" in run.data.metrics
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "report", "weights", "images", "config.yaml"} <= files
+
+
+def _attack_results():
+    import torch
+
+    rows = [{"attack": "inversion", "defence": "none", "strength": 0, "seed": 0, "ssim": 0.3, "mse": 0.02, "flagged": True},
+            {"attack": "fsha", "defence": "nopeek", "strength": 1.0, "seed": 0, "ssim": 0.2, "mse": float("nan")}]
+    extras = {"inversion/none/0/0": {"recon": torch.rand(3, 1, 8, 8)}, "fsha/nopeek/1.0/0": {"recon": torch.rand(3, 1, 8, 8)}}
+    return {"task": "lungs", "profile": "tiny", "device": "cpu", "rows": rows, "extras": extras,
+            "originals": torch.rand(3, 1, 8, 8), "profile_config": {"name": "tiny", "fsha": {"iterations": 12}}}
+
+
+def test_an_attack_run_logs_its_numbers_and_reconstructions(tmp_path):
+    from medsplit.tracking.attack import attack_scalars, track_attack
+
+    results = _attack_results()
+    assert attack_scalars(results["rows"]) == {"inversion/none/0/seed0/ssim": 0.3, "inversion/none/0/seed0/mse": 0.02,
+                                               "fsha/nopeek/1.0/seed0/ssim": 0.2}  # no bool, no NaN
+    report = tmp_path / "attack-lungs-tiny.html"
+    report.write_text("<html></html>")
+    report.with_suffix(".json").write_text("{}")
+    mlflow = pytest.importorskip("mlflow")
+    store = f"file://{tmp_path}/mlruns"
+    track_attack(results, report, tensorboard_dir=tmp_path / "tb", mlflow_uri=store)
+    events = _tensorboard_events(tmp_path / "tb")
+    assert sorted(events.Tags()["images"]) == ["reconstruction/fsha/nopeek/1.0/0", "reconstruction/inversion/none/0/0"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    run = client.search_runs([client.get_experiment_by_name("medsplit-attack-lungs").experiment_id])[0]
+    assert run.data.metrics["inversion/none/0/seed0/ssim"] == pytest.approx(0.3)
+    assert run.data.params["profile.fsha.iterations"] == "12"
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "report")} == {
+        "report/attack-lungs-tiny.html", "report/attack-lungs-tiny.json"}

@@ -14,22 +14,38 @@ from pathlib import Path
 from medsplit.config import Config, ConfigError
 from medsplit.tracking.readings import epoch_scalars, run_params, final_scalars, tracked_images
 
-__all__ = ["MlflowTracker"]
+__all__ = ["MlflowTracker", "log_batches", "mlflow_client"]
 
-#: MLflow's limits on one ``log_batch`` call (params, metrics).
+#: Entries per ``log_batch`` call: MLflow takes at most 100 params (1,000 entries in all) in one.
 _BATCH = 100
 
 
-def _client(uri: str):
+def mlflow_client(uri: str, key: str = "config key 'output.mlflow'"):
+    """An MLflow client of ``uri``; ``key`` names the setting that asked for it in the error."""
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise ConfigError(f"config key 'output.mlflow' = {uri!r} needs MLflow, which is not installed: "
-                          "pip install 'medsplit[mlflow]' (or leave output.mlflow empty)") from None
+        raise ConfigError(f"{key} = {uri!r} needs MLflow, which is not installed: "
+                          "pip install 'medsplit[mlflow]' (or leave it empty)") from None
     if uri.startswith("file:") or "://" not in uri:
         # MLflow 3 refuses its file store unless this is set; naming a file URI is asking for it.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=uri)
+
+
+def log_batches(client, run_id: str, params: dict | None = None, metrics: dict | None = None, step: int = 0) -> None:
+    """Log ``params`` (as text) and ``metrics`` (at ``step``) in calls of at most MLflow's batch size."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    entries = [Param(k, str(v)) for k, v in (params or {}).items()]
+    entries += [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
+    for i in range(0, len(entries), _BATCH):
+        chunk = entries[i:i + _BATCH]
+        client.log_batch(run_id, params=[e for e in chunk if isinstance(e, Param)],
+                         metrics=[e for e in chunk if isinstance(e, Metric)])
 
 
 class MlflowTracker:
@@ -42,9 +58,7 @@ class MlflowTracker:
     """
 
     def __init__(self, uri: str, cfg: Config, run_dir: Path) -> None:
-        self.client = _client(uri)  # first: it names the extra when MLflow is missing
-        from mlflow.entities import Param
-
+        self.client = mlflow_client(uri)  # first: it names the extra when MLflow is missing
         self.run_dir = Path(run_dir)
         self.report = Path(cfg.output.reports_dir) / f"{cfg.run_name()}.html"
         name = f"medsplit-{cfg.task}"
@@ -56,26 +70,14 @@ class MlflowTracker:
         except Exception as e:  # MLflow raises its own exception types for an unreachable or refused store
             raise ConfigError(f"config key 'output.mlflow' = {uri!r}: MLflow cannot start a run there ({e})") from e
         self.run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in run_params(cfg.to_dict()).items()]
-        for i in range(0, len(params), _BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
+        log_batches(self.client, self.run_id, params=run_params(cfg.to_dict()))
         self.finished = False
 
-    def _metrics(self, values: dict[str, float], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
-
     def epoch(self, history: list[dict], epoch: int) -> None:
-        self._metrics(epoch_scalars(history, epoch), epoch)
+        log_batches(self.client, self.run_id, metrics=epoch_scalars(history, epoch), step=epoch)
 
     def finish(self, result: dict, images: dict | None) -> None:
-        self._metrics(final_scalars(result), int(result.get("selected_epoch") or 0))
+        log_batches(self.client, self.run_id, metrics=final_scalars(result), step=int(result.get("selected_epoch") or 0))
         for name, image in tracked_images(images).items():
             self.client.log_image(self.run_id, image, artifact_file=f"images/{name}.png")
         for path, folder in ((self.report, "report"), (self.run_dir / "metrics.json", None),

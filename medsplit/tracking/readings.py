@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["epoch_scalars", "overlay_image", "run_params", "final_scalars", "tracked_images"]
+__all__ = ["epoch_scalars", "final_scalars", "finite_number", "overlay_image", "run_params", "tracked_images"]
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool), else ``None``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
     value = float(value)
@@ -50,7 +51,7 @@ def epoch_scalars(history: list[dict], epoch: int) -> dict[str, float]:
         for key, value in row.items():
             if key in ("epoch", "client"):
                 continue
-            number = _number(value)
+            number = finite_number(value)
             if number is not None:
                 out[f"{key}/{row.get('client', 'all')}"] = number
     return out
@@ -63,16 +64,16 @@ def final_scalars(result: dict) -> dict[str, float]:
     out = {}
     test = result.get("test") or {}
     for key, value in test.items():
-        number = _number(value.get("mean")) if isinstance(value, dict) else _number(value)
+        number = finite_number(value.get("mean")) if isinstance(value, dict) else finite_number(value)
         if number is not None:
             out[f"test/{key}"] = number
-    loss = _number(result.get("test_loss"))
+    loss = finite_number(result.get("test_loss"))
     if loss is not None:
         out["test/loss"] = loss
     for key, interval in (result.get("test_intervals") or {}).items():
         if isinstance(interval, dict):
             for end in ("low", "high"):
-                number = _number(interval.get(end))
+                number = finite_number(interval.get(end))
                 if number is not None:
                     out[f"test/{key}_ci_{end}"] = number
     return out
