@@ -50,7 +50,7 @@ def _row(attack, defence, strength, **values):
     return {"attack": attack, "defence": defence, "strength": strength, "seed": 0, **values}
 
 
-def _results(task: str) -> dict:
+def attack_results(task: str) -> dict:
     base = {"ssim": 0.3, "mse": 0.02, "utility": 0.8, "baseline_ssim": 0.5, "baseline_mse": 0.03, "dcor": 0.9,
             "dcor2_unbiased": 0.4}
     rows = [_row("inversion", "none", 0, **base), _row("inversion", "laplace", 0.5, **base, **{"privacy.epsilon_per_release_inference": 2.0}),
@@ -89,7 +89,7 @@ def test_names_in_words():
 
 
 def test_the_summary_and_tables_hold_no_raw_keys_and_no_columns_of_dashes(tmp_path):
-    html = write_attack_report(_results("lungs"), tmp_path).read_text()
+    html = write_attack_report(attack_results("lungs"), tmp_path).read_text()
     summary = unescape(_section(html, "summary"))
     assert not RAW_KEY.search(summary), RAW_KEY.search(summary)
     for raw in ("dcor2_unbiased", "not_covered", "privacy_notes"):
@@ -108,10 +108,10 @@ def test_the_summary_and_tables_hold_no_raw_keys_and_no_columns_of_dashes(tmp_pa
 
 
 def test_each_task_s_report_states_the_threat_models_of_its_own_attacks(tmp_path):
-    lungs = unescape(write_attack_report(_results("lungs"), tmp_path).read_text())
+    lungs = unescape(write_attack_report(attack_results("lungs"), tmp_path).read_text())
     threats = _section(lungs, "threat-models")
     assert "the lung U-Net cut U-shaped" in threats and "Malicious server" in threats
     assert FUNDUS_LABEL_LEAKAGE not in lungs and "SDAR (Zhu" not in threats  # neither ran here
-    fundus = unescape(write_attack_report(_results("retinopathy"), tmp_path).read_text())
+    fundus = unescape(write_attack_report(attack_results("retinopathy"), tmp_path).read_text())
     assert FUNDUS_LABEL_LEAKAGE in _section(fundus, "threat-models")
     assert "Label leakage (an honest-but-curious server" in _section(fundus, "summary")

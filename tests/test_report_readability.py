@@ -14,7 +14,7 @@ from medsplit.report import build_run_report, figures
 from medsplit.report.explain import cut_list, cut_words, degenerate_classifier, hd95_unit
 
 
-def _binary_test(predict_positive: list[bool], labels: list[int]) -> dict:
+def binary_test(predict_positive: list[bool], labels: list[int]) -> dict:
     import torch
 
     metric = ClassificationMetrics(2, ["non-referable", "referable"])
@@ -31,7 +31,7 @@ def _summary(html: str) -> str:
 
 def test_a_classifier_that_predicts_negative_for_every_image_is_flagged_in_the_headline():
     labels = [0] * 80 + [1] * 10
-    test = _binary_test([False] * 90, labels)
+    test = binary_test([False] * 90, labels)
     assert test["sensitivity"] == 0 and test["auc"] > 0.9  # a good ranking, a constant decision
     flag = degenerate_classifier(test)
     assert "predicts negative (non-referable) for every one of the 90 test images" in flag
@@ -43,9 +43,9 @@ def test_a_classifier_that_predicts_negative_for_every_image_is_flagged_in_the_h
 
 def test_sensitivity_zero_with_two_predicted_classes_and_a_healthy_classifier():
     labels = [0] * 20 + [1] * 5
-    test = _binary_test([True] * 3 + [False] * 17 + [False] * 5, labels)  # flags 3 negatives, no positive
+    test = binary_test([True] * 3 + [False] * 17 + [False] * 5, labels)  # flags 3 negatives, no positive
     assert "sensitivity 0" in degenerate_classifier(test)
-    assert degenerate_classifier(_binary_test([False] * 20 + [True] * 5, labels)) is None
+    assert degenerate_classifier(binary_test([False] * 20 + [True] * 5, labels)) is None
 
 
 def test_one_epoch_learning_curves_have_an_epoch_wide_axis_and_written_values():
