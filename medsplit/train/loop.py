@@ -17,6 +17,7 @@ from medsplit.atomic import write_atomic
 from medsplit.config import Config, ConfigError, validate
 from medsplit.split import Channel
 from medsplit.split.codecs import codecs_for
+from medsplit.tracking import start_tracking
 from medsplit.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from medsplit.train.console import RunEstimate, announce_data
 from medsplit.train.device import device_label, resolve_device
@@ -24,7 +25,6 @@ from medsplit.train.precision import autocast_for
 from medsplit.train.protocols import protocol_class
 from medsplit.train.schedule import augmentation_generator, client_indices, hospital_batches, learning_rate, make_optimizer_factory
 from medsplit.train.tasks import Task, make_task
-from medsplit.tracking import start_tracking
 
 __all__ = ["check_cut", "evaluate_split", "train"]
 
