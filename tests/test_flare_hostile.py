@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from medsplit.config import load_config
-from medsplit.flare.policy import JobDefences, PolicyError, PolicyRefused, load_policy
+from medsplit.flare.job_defences import JobDefences, PolicyError
+from medsplit.flare.policy import PolicyRefused, load_policy
 
 torch.set_num_threads(1)
 
@@ -77,7 +78,7 @@ def test_non_finite_or_fractional_job_numbers_are_refused_by_name():
 
 
 def test_laplace_epsilons_say_what_each_covers():
-    from medsplit.flare.policy import laplace_epsilons
+    from medsplit.flare.job_defences import laplace_epsilons
 
     eps = laplace_epsilons(1.0, 0.5, batch_size=16, training_batches=10)
     assert eps["epsilon_per_inference_release"] == 2.0  # C/b
@@ -85,7 +86,7 @@ def test_laplace_epsilons_say_what_each_covers():
     assert eps["epsilon_whole_training"] == 320.0  # T*B*C/b
     # a hospital counts T as the releases it makes under autograd (training batches, probes),
     # not the evaluation releases (no_grad)
-    from medsplit.flare.policy import HospitalGuard
+    from medsplit.flare.hospital_guard import HospitalGuard
 
     guard = HospitalGuard.build("hospital-a", JobDefences(laplace_scale=0.5, laplace_sensitivity=1.0))
     z = {"a": torch.ones(4, 8, requires_grad=True)}
@@ -95,9 +96,9 @@ def test_laplace_epsilons_say_what_each_covers():
         guard.send_transform(z)
     assert guard.laplace_summary(batch_size=4) == laplace_epsilons(1.0, 0.5, 4, training_batches=2)
     assert guard.laplace_summary(batch_size=4)["epsilon_whole_training"] == 2 * 4 * 2.0
-    import medsplit.flare.policy as policy_module
+    import medsplit.flare.job_defences as defences_module
 
-    doc = policy_module.__doc__
+    doc = defences_module.__doc__
     assert "epsilon per release = C/b" not in doc
     assert "``T*B*C/b``" in doc and "``B*C/b``" in doc and "inference release" in doc
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
-from medsplit.flare.policy import (POLICY_FILE, HijackAbort, HospitalGuard, JobDefences, PolicyError, PolicyRefused,
-                                   load_policy, policy_for_site)
+from medsplit.flare.hospital_guard import HijackAbort, HospitalGuard
+from medsplit.flare.job_defences import JobDefences, PolicyError
+from medsplit.flare.policy import POLICY_FILE, PolicyRefused, load_policy, policy_for_site
 from medsplit.models import build_model
 from medsplit.split import Channel, cut, two_party
 
@@ -125,3 +126,19 @@ def test_install_guard_noises_what_the_hospital_sends_and_only_that():
     (name,) = seen[0]
     # what crossed is the clipped, noised activation, not what the part computed
     assert not torch.allclose(seen[0][name], clean[name].detach(), atol=1e-3)
+
+
+def test_policy_names_stay_importable_from_policy_and_flare_modules_stay_small():
+    """policy.py was split by concept (site policy / job defences / hospital guard): the names the
+    sites import from medsplit.flare.policy are the same objects, and no FLARE module is over 400 lines."""
+    import medsplit.flare as flare
+    import medsplit.flare.policy as policy
+    from medsplit.flare import hospital_guard, job_defences
+
+    for name in ("JobDefences", "PolicyError", "laplace_epsilons"):
+        assert getattr(policy, name) is getattr(job_defences, name)
+    for name in ("HospitalGuard", "HijackAbort"):
+        assert getattr(policy, name) is getattr(hospital_guard, name)
+    too_long = {p.name: n for p in Path(flare.__file__).parent.glob("*.py")
+                if (n := len(p.read_text().splitlines())) > 400}
+    assert not too_long, f"modules over 400 lines: {too_long}"

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from medsplit.config import Config
-from medsplit.flare.policy import JobDefences
+from medsplit.flare.job_defences import JobDefences
 from medsplit.flare.site_run import check_flare_config
 from medsplit.train.party_plan import config_hash
 

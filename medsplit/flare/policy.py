@@ -3,12 +3,13 @@
 A hospital's policy lives in its start-up kit / site workspace (``local/medsplit_policy.yaml``,
 next to FLARE's own ``local/resources.json``), never in the job: the server (or whoever wrote the
 job) cannot lower it. Each hospital compares its policy with the defences the job declares
-(:class:`JobDefences`) and refuses to train, with a message naming its policy file, the rule
-and the job field that failed, when the job falls short. The check runs twice, both times in
+(:class:`~medsplit.flare.job_defences.JobDefences`) and refuses to train, with a message naming
+its policy file, the rule and the job field that failed, when the job falls short. The check runs twice, both times in
 code installed at the site: in FLARE's job process before any job component is built
 (:class:`medsplit.flare.site_guard.MedsplitJobGuard`, named in the site's ``local/`` FLARE
 configuration) and again when the hospital starts training. The hospital then applies those
-defences itself (:class:`HospitalGuard`), so a job cannot declare a defence and skip it.
+defences itself (:class:`~medsplit.flare.hospital_guard.HospitalGuard`), so a job cannot declare
+a defence and skip it.
 
 The policy bounds the guarantees a job actually gets, not only the raw knobs: a Laplace scale
 ``b`` means nothing without the clip bound ``C`` (epsilon = C/b), and a detector that probes once
@@ -29,139 +30,41 @@ Example ``local/medsplit_policy.yaml``::
       allow_custom_code: false        # refuse jobs that ship code (app/custom, FLARE's BYOC); default false
       allow_components: []            # classes a job may build besides the medsplit hospital (default none)
 
-Which Laplace epsilon is which (pure DP, delta = 0, one image replaced by any other): one
-**inference release** of an image is ``C/b``; one **training batch** is ``B*C/b`` (BatchNorm in
-training mode lets one image move all B clipped rows); **the whole training** is ``T*B*C/b`` over
-the ``T`` training batches the hospital sends (clipping bounds every release whatever the
-weights, and the weights carry an image into every later release, so basic composition over all
-T batches, not only over epochs). FLARE jobs run in training mode: the bound that covers a
-hospital's images is the whole-training one, which each hospital reports after the run.
+The epsilons the Laplace bounds refer to (per inference release ``C/b``, per training batch
+``B*C/b``, whole training ``T*B*C/b``) are defined in :mod:`medsplit.flare.job_defences`.
 
 Pure Python and YAML: works without NVIDIA FLARE installed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+# JobDefences, PolicyError, laplace_epsilons, HospitalGuard and HijackAbort live in their own
+# modules; they stay importable from here, where the site's code has always imported them.
+from medsplit.flare.hospital_guard import HijackAbort, HospitalGuard
+from medsplit.flare.job_defences import JobDefences, PolicyError, finite_number, laplace_epsilons
 from medsplit.yaml_file import read_yaml_mapping
+
+__all__ = ["POLICY_FILE", "DETECTOR_LEVELS", "DEFAULT_MAX_PROBE_EVERY", "DEFAULT_THRESHOLD_RANGE", "PolicyRefused",
+           "SitePolicy", "load_policy", "policy_for_site", "write_site_kits",
+           "HijackAbort", "HospitalGuard", "JobDefences", "PolicyError", "laplace_epsilons"]
 
 #: Where a site keeps its policy, relative to its FLARE workspace / start-up kit root.
 POLICY_FILE = Path("local") / "medsplit_policy.yaml"
 DETECTOR_LEVELS = ("off", "on", "abort")
-ALARM_ACTIONS = ("abort", "warn")
 #: Bounds a required detector gets when the policy file does not state them.
 DEFAULT_MAX_PROBE_EVERY = 20
 DEFAULT_THRESHOLD_RANGE = (0.01, 1.0)
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message names the file and key."""
-
-
 class PolicyRefused(RuntimeError):
     """A hospital refuses a job that does not meet its site policy (message names policy and rule)."""
-
-
-class HijackAbort(RuntimeError):
-    """The hospital's hijack detector raised the alarm and its policy says abort: nothing more is sent."""
-
-
-def laplace_epsilons(sensitivity: float, scale: float, batch_size: int, training_batches: int | None = None) -> dict:
-    """The Laplace mechanism's epsilons (pure DP, one image replaced by any other), each named by
-    what it covers: one inference release ``C/b``, one training batch ``B*C/b``, and, given the
-    number ``T`` of training batches a hospital sent, the whole training ``T*B*C/b``."""
-    per_release = sensitivity / scale
-    out = {"C": sensitivity, "b": scale, "B": batch_size, "delta": 0.0,
-           "epsilon_per_inference_release": per_release,
-           "epsilon_per_training_batch": batch_size * per_release}
-    if training_batches is not None:
-        out["T"] = training_batches
-        out["epsilon_whole_training"] = training_batches * batch_size * per_release
-    return out
-
-
-def _finite(value: Any, what: str, *, integer: bool = False) -> float | int:
-    """A finite number (an integer where asked); ``what`` names the field in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PolicyError(f"{what}={value!r} must be a finite number")
-    if integer:
-        if value != int(value):
-            raise PolicyError(f"{what}={value!r} must be a whole number")
-        return int(value)
-    return float(value)
-
-
-@dataclass
-class JobDefences:
-    """The defences a job runs at every hospital (written into the FLARE job by ``medsplit flare job``).
-
-    Args:
-        hijack_detector: run the client-side hijack detector (fake rounds with random targets).
-        on_alarm: what the hospital does when it fires: ``abort`` (stop sending, end the job with
-            an error naming the site) or ``warn`` (log and continue).
-        probe_every: one fake round every this many steps.
-        detector_threshold: alarm when the median probe score falls below this.
-        laplace_scale: Laplace scale b on the activations a hospital sends (``None``: off).
-        laplace_sensitivity: the clip bound C of the Laplace mechanism (epsilon C/b per inference
-            release, B*C/b per training batch; see the module docstring).
-        nopeek_alpha: NoPeek weight on the hospital's sending part (``None``: off).
-    """
-
-    hijack_detector: bool = False
-    on_alarm: str = "abort"
-    probe_every: int = 10
-    detector_threshold: float = 0.1
-    laplace_scale: float | None = None
-    laplace_sensitivity: float = 1.0
-    nopeek_alpha: float | None = None
-
-    def __post_init__(self) -> None:
-        # Every number is checked for type and finiteness: NaN compares false with everything,
-        # so a NaN threshold or scale would pass any bound and switch the defence off.
-        if not isinstance(self.hijack_detector, bool):
-            raise PolicyError(f"job defences: hijack_detector={self.hijack_detector!r} must be true or false")
-        if self.on_alarm not in ALARM_ACTIONS:
-            raise PolicyError(f"job defences: on_alarm={self.on_alarm!r}; valid choices are {list(ALARM_ACTIONS)}")
-        self.probe_every = _finite(self.probe_every, "job defences: probe_every", integer=True)
-        if self.probe_every < 1:
-            raise PolicyError(f"job defences: probe_every={self.probe_every} must be >= 1")
-        self.detector_threshold = _finite(self.detector_threshold, "job defences: detector_threshold")
-        self.laplace_sensitivity = _finite(self.laplace_sensitivity, "job defences: laplace_sensitivity")
-        if self.laplace_sensitivity <= 0:
-            raise PolicyError(f"job defences: laplace_sensitivity={self.laplace_sensitivity} must be > 0")
-        if self.laplace_scale is not None:
-            self.laplace_scale = _finite(self.laplace_scale, "job defences: laplace_scale")
-            if self.laplace_scale <= 0:
-                raise PolicyError(f"job defences: laplace_scale={self.laplace_scale} must be > 0 (or null for off)")
-        if self.nopeek_alpha is not None:
-            self.nopeek_alpha = _finite(self.nopeek_alpha, "job defences: nopeek_alpha")
-            if self.nopeek_alpha < 0:
-                raise PolicyError(f"job defences: nopeek_alpha={self.nopeek_alpha} must be >= 0 (or null for off)")
-
-    @classmethod
-    def from_dict(cls, values: dict | None, where: str = "job defences") -> "JobDefences":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PolicyError(f"{where}: unknown key {unknown[0]!r}; valid keys are {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def laplace_epsilon_per_release(self) -> float | None:
-        """C/b, one inference release of one image (``None`` without Laplace noise)."""
-        return None if self.laplace_scale is None else self.laplace_sensitivity / self.laplace_scale
 
 
 @dataclass
@@ -342,7 +245,7 @@ def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
                 "detector_max_probe_every", "nopeek_min_alpha"):
         value = require.get(key)
         if value is not None:
-            value = _finite(value, f"site policy {path}: require.{key}", integer=key == "detector_max_probe_every")
+            value = finite_number(value, f"site policy {path}: require.{key}", integer=key == "detector_max_probe_every")
             positive = key in ("laplace_max_epsilon", "detector_max_probe_every")
             if value < 0 or (positive and value == 0):
                 raise PolicyError(f"site policy {path}: require.{key}={value!r} must be {'> 0' if positive else '>= 0'}")
@@ -351,7 +254,7 @@ def load_policy(path: str | Path, site: str | None = None) -> SitePolicy:
     if threshold_range is not None:
         if not isinstance(threshold_range, list) or len(threshold_range) != 2:
             raise PolicyError(f"site policy {path}: require.detector_threshold_range={threshold_range!r} must be [low, high]")
-        low, high = (_finite(v, f"site policy {path}: require.detector_threshold_range") for v in threshold_range)
+        low, high = (finite_number(v, f"site policy {path}: require.detector_threshold_range") for v in threshold_range)
         if low > high:
             raise PolicyError(f"site policy {path}: require.detector_threshold_range=[{low}, {high}]: low is above high")
         threshold_range = (low, high)
@@ -373,87 +276,3 @@ def policy_for_site(site_root: str | Path, site: str) -> SitePolicy | None:
     path = Path(site_root) / POLICY_FILE
     return load_policy(path, site) if path.exists() else None
 
-
-@dataclass
-class HospitalGuard:
-    """A hospital's own enforcement of the job's defences on what it sends.
-
-    ``send_transform`` is what the hospital applies to every activation before it leaves: it
-    refuses to send once the detector has fired under ``on_alarm: abort`` (raising
-    :class:`HijackAbort` naming the site and step), then adds the job's Laplace noise.
-
-    Args:
-        site: the hospital's site name (named in the abort).
-        defences: the job's defences (already checked against the site policy).
-        detector: the hijack detector, when the job runs one.
-        laplace: the Laplace mechanism, when the job runs one.
-        log: where a ``warn`` alarm is reported.
-    """
-
-    site: str
-    defences: JobDefences
-    detector: Any = None
-    laplace: Callable | None = None
-    log: Callable[[str], None] = print
-    _warned: bool = field(default=False, repr=False)
-    _training_releases: int = field(default=0, repr=False)
-
-    @classmethod
-    def build(cls, site: str, defences: JobDefences, seed: int = 0, log: Callable[[str], None] = print) -> "HospitalGuard":
-        import torch
-
-        from medsplit.defences import HijackDetector, LaplaceMechanism
-
-        detector = None
-        if defences.hijack_detector:
-            detector = HijackDetector(probe_every=defences.probe_every, threshold=defences.detector_threshold,
-                                      generator=torch.Generator().manual_seed(seed + 17))
-        laplace = None
-        if defences.laplace_scale is not None:
-            laplace = LaplaceMechanism(defences.laplace_sensitivity, defences.laplace_scale,
-                                       generator=torch.Generator().manual_seed(seed + 31))
-        return cls(site, defences, detector, laplace, log)
-
-    @property
-    def alarmed(self) -> bool:
-        return self.detector is not None and self.detector.flagged_at is not None
-
-    def check_alarm(self) -> None:
-        """Raise :class:`HijackAbort` (abort) or warn once (warn) when the detector has fired."""
-        if not self.alarmed:
-            return
-        step = self.detector.flagged_at
-        if self.defences.on_alarm == "abort":
-            raise HijackAbort(f"site {self.site}: the hijack detector raised the alarm at step {step} "
-                              f"(median probe score below {self.detector.threshold}); its policy says abort, "
-                              "so it sends no more activations")
-        if not self._warned:
-            self._warned = True
-            self.log(f"WARNING site {self.site}: hijack detector alarm at step {step}; on_alarm=warn, training continues")
-
-    def send_transform(self, tensors: dict) -> dict:
-        self.check_alarm()
-        if self.laplace is None:
-            return tensors
-        import torch
-
-        # A release under autograd is a training batch (it will be stepped on, or is a probe the
-        # server answers like one); evaluation sends under no_grad. T counts the former.
-        if torch.is_grad_enabled():
-            self._training_releases += 1
-        return self.laplace(tensors)
-
-    def laplace_summary(self, batch_size: int) -> dict | None:
-        """The epsilons of the noise this hospital added, each named by what it covers (see
-        :func:`laplace_epsilons`), with T the training batches it released; ``None`` without noise."""
-        if self.laplace is None:
-            return None
-        return laplace_epsilons(self.laplace.sensitivity, self.laplace.scale, batch_size, self._training_releases)
-
-    def regularizer(self, sent_keys: tuple[str, ...] | None = None):
-        """The NoPeek regulariser for the hospital's sending part, or ``None`` when the job has none."""
-        if not self.defences.nopeek_alpha:
-            return None
-        from medsplit.defences import NoPeek
-
-        return NoPeek(self.defences.nopeek_alpha, sent_keys=sent_keys)

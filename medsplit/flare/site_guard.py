@@ -36,7 +36,8 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.fl_exception import UnsafeComponentError
 
-from medsplit.flare.policy import POLICY_FILE, JobDefences, PolicyError, SitePolicy, policy_for_site
+from medsplit.flare.job_defences import JobDefences, PolicyError
+from medsplit.flare.policy import POLICY_FILE, SitePolicy, policy_for_site
 
 HOSPITAL_CLASS = "medsplit.flare.sites.MedsplitHospital"
 #: What a medsplit hospital's job configuration builds: the hospital and FLARE's Collab executor.
