@@ -256,6 +256,14 @@ def _build_at_site(kit: Path, job_folder: Path, byoc: bool, edit=None) -> str:
     return ""
 
 
+def _as_flare_deploys_it(config: dict) -> dict:
+    """The client config as FLARE 2.9 hands it to the job at a provisioned site: its SiteLogStreamer
+    has added this component (copied from a POC run's config_fed_client.json)."""
+    config["components"].append({"id": "auto_log_streamer", "path": "nvflare.app_common.logging.job_log_streamer.JobLogStreamer",
+                                 "args": {"target_parent_server": True, "log_file_name": "error_log.txt"}})
+    return config
+
+
 def _replace_hospital(config: dict) -> dict:
     """The job author points the hospital component at another class (one the site has installed)."""
     for component in config["components"]:
@@ -274,6 +282,9 @@ def test_site_guard_in_the_sites_own_config_checks_every_job_before_it_is_built(
     folder = _job_folder(tmp_path / "honest", honest)
     assert not list(folder.glob("*/custom"))  # a medsplit job ships no code: each site runs its installed medsplit
     assert _build_at_site(kit, folder, byoc=False) == ""  # the job the policy allows is built
+    # ... also with the log streamer FLARE's own SiteLogStreamer (in the site's resources.json)
+    # writes into every job's client config before the job starts (found by a POC run)
+    assert _build_at_site(kit, folder, byoc=False, edit=_as_flare_deploys_it) == ""
     # the red team's job is refused before the hospital component exists, naming rule and field
     error = _build_at_site(kit, _job_folder(tmp_path / "paper", ON_PAPER_ONLY), byoc=False)
     assert "site hospital-a refuses job" in error and "medsplit_policy.yaml is not met" in error
@@ -299,6 +310,65 @@ def test_site_guard_in_the_sites_own_config_checks_every_job_before_it_is_built(
     assert "the job sets sites_root='/etc'" in _build_at_site(kit, folder, byoc=False, edit=elsewhere)
     # without a policy file the guard keeps the defaults: no job code
     assert "the job ships its own code" in _build_at_site(kit, shipped, byoc=True)
+
+
+@pytest.mark.flare
+def test_the_guard_check_of_a_job_folder_says_what_flares_own_build_path_says(kits, tmp_path):
+    """check_job_folder (what the simulator can run before it starts) gives the same refusals as the
+    guard in FLARE's job-build path, for the same folders and the same site policy."""
+    from medsplit.flare.policy import policy_for_site
+    from medsplit.flare.site_guard import check_job_folder, site_policy_or_defaults
+
+    _, kits = kits
+    kit = kits / "hospital-a"
+    (kit / "local" / "medsplit_policy.yaml").write_text(POLICY)
+    try:
+        policy = policy_for_site(kit, "hospital-a")
+        honest = _job_folder(tmp_path / "honest", {"hijack_detector": True, "probe_every": 10, "laplace_scale": 0.5})
+        assert check_job_folder(honest, "hospital-a", policy) is None
+        paper = _job_folder(tmp_path / "paper", ON_PAPER_ONLY)
+        refusal = check_job_folder(paper, "hospital-a", policy)
+        assert refusal and "the job's probe_every=1000000000" in refusal
+        assert refusal in _build_at_site(kit, paper, byoc=False)
+        shipped = _job_folder(tmp_path / "shipped", {"hijack_detector": True, "laplace_scale": 0.5}, ship_code=True)
+        refusal = check_job_folder(shipped, "hospital-a", policy)  # the app/custom folder alone marks it as code
+        assert refusal and "the job ships its own code" in refusal
+        assert refusal in _build_at_site(kit, shipped, byoc=True)
+        config_file = honest / "app" / "config" / "config_fed_client.json"
+        config_file.write_text(json.dumps(_replace_hospital(json.loads(config_file.read_text()))))
+        assert "builds component 'medsplit.flare.pingpong.PingHospital'" in check_job_folder(honest, "hospital-a", policy)
+        # a site the job's deploy_map leaves out gets no app, and says so
+        meta = json.loads((paper / "meta.json").read_text())
+        meta["deploy_map"] = {"app": ["hospital-b"]}
+        (paper / "meta.json").write_text(json.dumps(meta))
+        assert "gives this site no app" in check_job_folder(paper, "hospital-a", site_policy_or_defaults(tmp_path, "hospital-a"))
+    finally:
+        (kit / "local" / "medsplit_policy.yaml").unlink()
+
+
+@pytest.mark.flare
+def test_guard_simulated_job_refuses_at_each_hospital_by_its_own_kit_before_the_simulator_starts(tmp_path, nvflare):
+    from medsplit.flare.job import job_description
+    from medsplit.flare.policy import write_site_kits
+    from medsplit.flare.site_guard import guard_simulated_job
+
+    kits = write_site_kits(tmp_path / "out", {"hospital-a": _policy_file(tmp_path)})
+    paper = job_description(_cfg(tmp_path), SITES, defences=ON_PAPER_ONLY)
+    paper["sites_root"] = str(tmp_path / "out" / "sites")  # the simulator's own folders: not the job author's
+    refused = guard_simulated_job(paper, kits)
+    assert refused is not None and refused["status"] == "failed" and refused["job"] == paper["name"]
+    assert list(refused["errors"]) == ["hospital-a"]  # hospital-b has no policy: the defaults accept the job
+    assert "site hospital-a refuses job" in refused["errors"]["hospital-a"]
+    assert "epsilon C/b=2e+09 per inference release" in refused["errors"]["hospital-a"]
+    honest = job_description(_cfg(tmp_path), SITES, defences={"hijack_detector": True, "probe_every": 10,
+                                                               "laplace_scale": 0.5})
+    assert guard_simulated_job(honest, kits) is None
+    assert guard_simulated_job(honest, None) is None  # no kits at all: every site has the defaults
+    # an unreadable policy refuses every job at that site, naming the file
+    (kits / "hospital-b" / "local").mkdir(parents=True)
+    (kits / "hospital-b" / "local" / "medsplit_policy.yaml").write_text("site: hospital-a\n")
+    refused = guard_simulated_job(honest, kits)
+    assert "belongs to site 'hospital-a', but site 'hospital-b' is reading it" in refused["errors"]["hospital-b"]
 
 
 # ---- finding 9: message origin from FLARE's authenticated caller ------------------------------

@@ -1,4 +1,4 @@
-"""``python -m medsplit flare {provision,job,simulate}``: hospital deployment on NVIDIA FLARE."""
+"""``python -m medsplit flare {provision,job,simulate,poc}``: hospital deployment on NVIDIA FLARE."""
 
 from __future__ import annotations
 
@@ -14,17 +14,14 @@ def add_flare_parser(sub) -> None:
     q.add_argument("--out", required=True, help="folder for project.yml and the kits")
     q.add_argument("--server-host", default="localhost", help="the server's host name as hospitals reach it (default localhost)")
     q.add_argument("--port", type=int, default=8102, help="server port for sites (default 8102; admin uses port+1)")
-    q.add_argument("--admin", default="admin@medsplit.local",
-                   help="e-mail of the consortium's admin who submits jobs (FLARE role 'lead': submit and manage "
-                        "own jobs, no bring-your-own-code)")
-    q.add_argument("--project", default="medsplit", help="the consortium's FLARE project name (default medsplit)")
-    q.add_argument("--org", default="consortium", help="the consortium's organisation (server and admin)")
+    _add_identity_arguments(q)
     q.add_argument("--remove-ca-state", action="store_true",
                    help="delete FLARE's <project>/state/cert.json (the root CA's private key) once the kits are written")
 
     for name, helptext in (("job", "write the job folder an admin submits"),
                            ("simulate", "run a job in FLARE's simulator on this machine and write its report"),
-                           ("poc", "run a job in FLARE's POC mode on this machine (processes, gRPC, mutual TLS)")):
+                           ("poc", "single-machine demo of a deployment, not a deployment: every site, its keys and "
+                                   "the admin on this machine (FLARE's POC mode: processes, gRPC, mutual TLS)")):
         q = fsub.add_parser(name, help=helptext)
         q.add_argument("config", help="YAML config file (configs/...)")
         q.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.clients=3")
@@ -40,6 +37,34 @@ def add_flare_parser(sub) -> None:
                                 "each hospital's MEDSPLIT_DATA holds only its own images")
         elif name == "simulate":
             q.add_argument("--workspace", default="", help="simulator workspace (default OUT/flare-workspace)")
+        else:
+            _add_identity_arguments(q)
+            q.add_argument("--port", type=int, default=8102,
+                           help="the POC server's port on loopback (default 8102; admin uses port+1)")
+            q.add_argument("--policy", action="append", default=[], metavar="SITE=FILE",
+                           help="a hospital's site policy file, installed in its POC kit (repeatable)")
+
+
+def _add_identity_arguments(q) -> None:
+    """The consortium's identity, the same for ``provision`` and ``poc``."""
+    q.add_argument("--admin", default="admin@medsplit.local",
+                   help="e-mail of the consortium's admin who submits jobs (FLARE role 'lead': submit and manage "
+                        "own jobs, no bring-your-own-code)")
+    q.add_argument("--project", default="medsplit", help="the consortium's FLARE project name (default medsplit)")
+    q.add_argument("--org", default="consortium", help="the consortium's organisation (server and admin)")
+
+
+def _site_policies(pairs: list[str]) -> dict[str, Path]:
+    """``--policy SITE=FILE`` arguments as site -> file; a malformed pair or a missing file is named."""
+    out = {}
+    for pair in pairs:
+        site, sep, file = pair.partition("=")
+        if not sep or not site or not file:
+            raise ValueError(f"--policy {pair!r}: write SITE=FILE, e.g. --policy hospital-a=policy-a.yaml")
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"--policy {pair!r}: {file} does not exist")
+        out[site] = Path(file)
+    return out
 
 
 def run_flare_command(args) -> int:
@@ -88,8 +113,12 @@ def run_flare_command(args) -> int:
     if args.flare_command == "poc":
         from medsplit.flare.poc import run_poc
 
-        result = run_poc(cfg, sites, out, defences=defences, timeout_s=args.timeout, resume=args.resume)
-        print(f"POC sites connected with: {result.get('tls')}; start to stop {result['seconds']:.0f} s")
+        result = run_poc(cfg, sites, out, defences=defences, policies=_site_policies(args.policy),
+                         timeout_s=args.timeout, resume=args.resume, admin=args.admin, project=args.project,
+                         org=args.org, port=args.port)
+        print(f"POC (a single-machine demo: every kit and private key was on this machine, now removed)\n"
+              f"  sites connected with: {result.get('tls')}; job submitted by: {result.get('submitter')}; "
+              f"start to stop {result['seconds']:.0f} s")
     else:
         from medsplit.flare.simulate import run_simulator
 

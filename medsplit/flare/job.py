@@ -70,10 +70,16 @@ def write_job_folder(cfg: Config, sites: list[str], out: str | Path, defences: d
                      timeout_s: float = 120.0, own_data: bool = True, resume: bool = False) -> Path:
     """Write the job folder an admin submits (``nvflare job submit -j DIR`` or the admin console's
     ``submit_job DIR``), exported by FLARE's own job API; returns the folder."""
-    from medsplit.flare.simulate import build_recipe
-
     job = job_description(cfg, sites, defences=defences, timeout_s=timeout_s, own_data=own_data)
     job["resume"] = bool(resume)  # each site continues from its checkpoint under <site>/medsplit/runs
+    return export_job_folder(job, out)
+
+
+def export_job_folder(job: dict, out: str | Path) -> Path:
+    """Export ``job`` (a :func:`job_description`) with FLARE's own job API into ``out/<name>``,
+    without code (:func:`strip_job_code`); returns the folder."""
+    from medsplit.flare.simulate import build_recipe
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     build_recipe(job).export(str(out))

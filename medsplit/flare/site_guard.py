@@ -15,18 +15,26 @@ file and the rule:
 
 * a job that ships its own code (an ``app/custom`` folder, which FLARE's server marks as BYOC in
   the job's meta), unless the policy has ``jobs.allow_custom_code: true``;
-* a component other than the medsplit hospital (``medsplit.flare.sites.MedsplitHospital``) and
-  FLARE's Collab executor that hosts it, unless listed in ``jobs.allow_components``: pointing the
-  job's configuration at a replacement class does not get past it;
+* a component other than the medsplit hospital (``medsplit.flare.sites.MedsplitHospital``),
+  FLARE's Collab executor that hosts it and the log streamer FLARE's own site configuration adds
+  to every job (:data:`SITE_INJECTED_COMPONENTS`), unless listed in ``jobs.allow_components``:
+  pointing the job's configuration at a replacement class does not get past it;
 * a job that chooses where the hospital writes (``sites_root``, for the simulator and POC only);
 * a medsplit hospital whose job defences fall short of the policy
   (:meth:`medsplit.flare.policy.SitePolicy.enforce`, the same check ``train`` repeats).
 
 Without a policy file the site gets the defaults: no job code, only the medsplit hospital.
+
+FLARE's simulator builds no site-local components, so the guard does not run there by itself:
+:func:`guard_simulated_job` runs the same check (:func:`check_job_folder`, which applies
+:func:`check_job_component` to every component of a job folder as FLARE would build it) for every
+hospital against its kit-like folder before the simulator starts.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 from nvflare.apis.app_validation import AppValidationKey
@@ -42,6 +50,11 @@ from medsplit.flare.policy import POLICY_FILE, SitePolicy, policy_for_site
 HOSPITAL_CLASS = "medsplit.flare.sites.MedsplitHospital"
 #: What a medsplit hospital's job configuration builds: the hospital and FLARE's Collab executor.
 HOSPITAL_COMPONENTS = (HOSPITAL_CLASS, "nvflare.collab.runtime.executor.CollabExecutor")
+#: What FLARE itself adds to every job at a site, from the site's own configuration: FLARE 2.9's
+#: SiteLogStreamer (in every provisioned site's ``local/resources.json``) writes a JobLogStreamer
+#: into each job's ``config_fed_client.json`` before the job starts; whether it streams the job's
+#: ``error_log.txt`` to the server is the site's ``allow_log_streaming`` in that file.
+SITE_INJECTED_COMPONENTS = ("nvflare.app_common.logging.job_log_streamer.JobLogStreamer",)
 #: The file a site names the guard in (FLARE loads ``local/*__j_resources.json`` into job processes).
 GUARD_RESOURCES_FILE = Path("local") / "medsplit__j_resources.json"
 GUARD_RESOURCES = {"format_version": 2,
@@ -71,7 +84,7 @@ def check_job_component(policy: SitePolicy, component: dict, job_meta: dict | No
     if not isinstance(component, dict):
         return f"site {policy.site} refuses {job_name}: a component configuration is a {type(component).__name__}"
     path = component.get("path") or component.get("class_path")
-    allowed = HOSPITAL_COMPONENTS + tuple(policy.allow_components)
+    allowed = HOSPITAL_COMPONENTS + SITE_INJECTED_COMPONENTS + tuple(policy.allow_components)
     if path not in allowed:
         return (f"site {policy.site} refuses {job_name}: its configuration builds component {path!r}, which is not "
                 f"the medsplit hospital installed at this site (allowed: {list(allowed)}; a site adds others with "
@@ -115,3 +128,65 @@ class MedsplitJobGuard(FLComponent):
             self.log_error(fl_ctx, error, fire_event=False)
             fl_ctx.set_prop(FLContextKey.COMPONENT_BUILD_ERROR, error, sticky=False, private=True)
             raise UnsafeComponentError(error)
+
+
+def _configured_components(client_config: dict) -> list:
+    """Every component a client app's ``config_fed_client.json`` makes FLARE build: its components,
+    its executors and its filters (FLARE asks the site before building each)."""
+    found = list(client_config.get("components") or [])
+    found += [e.get("executor") for e in client_config.get("executors") or [] if isinstance(e, dict)]
+    for key in ("task_data_filters", "task_result_filters"):
+        for chain in client_config.get(key) or []:
+            found += list((chain or {}).get("filters") or []) if isinstance(chain, dict) else [chain]
+    return found
+
+
+def check_job_folder(folder: str | Path, site: str, policy: SitePolicy) -> str | None:
+    """Why ``site`` refuses the job folder ``folder`` (the first refusal, as FLARE stops at the
+    first component its guard refuses), or ``None`` when it would build every component.
+
+    A folder with an ``app/custom`` folder ships code (FLARE's server marks such a job BYOC).
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["byoc"] = bool(meta.get("byoc")) or any(p.is_dir() for p in folder.glob("*/custom"))
+    job_name = f"job {meta.get('name') or folder.name!r}"
+    apps = [app for app, targets in (meta.get("deploy_map") or {}).items() if "@ALL" in targets or site in targets]
+    if not apps:
+        return f"site {site} refuses {job_name}: its deploy_map gives this site no app"
+    for app in apps:
+        config_file = folder / app / "config" / "config_fed_client.json"
+        if not config_file.exists():
+            return f"site {site} refuses {job_name}: {config_file} is missing"
+        for component in _configured_components(json.loads(config_file.read_text())):
+            error = check_job_component(policy, component, meta, job_name)
+            if error:
+                return error
+    return None
+
+
+def guard_simulated_job(job: dict, kits_root: str | Path | None) -> dict | None:
+    """The site guard's check of ``job`` at every hospital, for FLARE's simulator (which builds no
+    site-local components): each hospital's policy is read from ``kits_root/<site>/local/`` (the
+    folder ``MEDSPLIT_SITE_KITS`` names; ``None`` or no file: the defaults).
+
+    Returns ``None`` when every hospital accepts the job, else the failed result in the shape of
+    the server site's ``medsplit_result.json``: ``{"status": "failed", "job": NAME, "errors":
+    {site: refusal}}``. The job's ``sites_root`` is the simulator's own choice of folders on one
+    machine (the runner sets it, not the job's author), so it is left out of the check.
+    """
+    from medsplit.flare.job import export_job_folder
+
+    checked = {k: v for k, v in job.items() if k != "sites_root"}
+    errors = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_job_folder(checked, tmp)
+        for site in job["sites"]:
+            try:
+                policy = site_policy_or_defaults(Path(kits_root) / site if kits_root else Path(tmp) / "no-kit", site)
+                error = check_job_folder(folder, site, policy)
+            except PolicyError as e:  # an unreadable policy refuses every job, naming the file
+                error = f"site {site} refuses job {job['name']!r}: {e}"
+            if error:
+                errors[site] = error
+    return {"status": "failed", "job": job["name"], "errors": errors} if errors else None
