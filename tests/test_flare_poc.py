@@ -43,6 +43,27 @@ def test_poc_project_is_the_consortiums_with_the_one_project_admin_flare_needs()
         poc_project_file(SITES, admin=POC_PROJECT_ADMIN)
 
 
+def test_poc_cli_says_it_is_a_demo_and_reads_site_policies(tmp_path, capsys):
+    import argparse
+
+    from medsplit.flare.cli import _site_policies, add_flare_parser
+
+    parser = argparse.ArgumentParser(prog="medsplit")
+    add_flare_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["flare", "poc", "--help"])
+    assert "single-machine demo of a deployment, not a deployment" in " ".join(capsys.readouterr().out.split())
+    args = parser.parse_args(["flare", "poc", "c.yaml", "--out", "o", "--admin", "a@b.example", "--org", "O",
+                              "--project", "p", "--port", "18200", "--policy", "hospital-a=x.yaml"])
+    assert (args.admin, args.org, args.project, args.port, args.policy) == ("a@b.example", "O", "p", 18200, ["hospital-a=x.yaml"])
+    (tmp_path / "a.yaml").write_text(POLICY)
+    assert _site_policies([f"hospital-a={tmp_path / 'a.yaml'}"]) == {"hospital-a": tmp_path / "a.yaml"}
+    with pytest.raises(ValueError, match="write SITE=FILE"):
+        _site_policies(["hospital-a"])
+    with pytest.raises(FileNotFoundError, match="missing.yaml does not exist"):
+        _site_policies([f"hospital-a={tmp_path / 'missing.yaml'}"])
+
+
 class _JobWithCode:
     """What FLARE's Collab export writes: an app with its config and the code under app/custom."""
 
@@ -98,6 +119,27 @@ def test_poc_kits_get_the_provisioned_local_files_the_policy_and_their_own_run_f
         install_site_local(prod, spec, tmp_path / "sites2", {"hospital-z": tmp_path / "policy-a.yaml"})
 
 
+def test_processes_that_outlive_the_poc_stop_are_waited_for_then_killed_by_id(tmp_path):
+    import sys
+
+    from medsplit.flare.poc import end_leftover_processes
+
+    ws = tmp_path / "poc-workspace"
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)", str(ws / "site-a")])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(ws / "site-b")])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(tmp_path / "elsewhere")])
+    try:
+        killed = end_leftover_processes(ws, grace_s=8.0)
+        assert list(killed) == [stuck.pid] and str(ws / "site-b") in killed[stuck.pid]
+        assert stuck.wait(timeout=10) == -signal.SIGKILL
+        assert quick.wait(timeout=10) == 0  # ended by itself within the grace period
+        assert other.poll() is None  # a process that does not name the POC workspace is left alone
+    finally:
+        for proc in (quick, stuck, other):
+            proc.kill()
+            proc.wait()
+
+
 def _kill_processes_under(folder: Path) -> list[int]:
     """Kill (by id) every process whose command line names ``folder``: FLARE's POC sites, should
     the POC not have stopped them. Returns the ids it killed."""
@@ -142,4 +184,5 @@ def test_poc_job_is_submitted_by_the_consortium_admin_as_lead_without_code_and_t
     # each site kept its runs in its own workspace, which is OUT/sites/<site>, and the POC folder is gone
     assert list((out / "sites" / "hospital-a").rglob("*")) and list((out / "sites" / "server").rglob("*"))
     assert not (out / "poc-workspace").exists()
-    assert leftover == [], f"FLARE processes still running after the POC stopped: {leftover}"
+    assert leftover == [], f"FLARE processes still running after run_poc returned: {leftover}"
+    print("killed after FLARE's stop:", result["killed_after_stop"])

@@ -22,7 +22,7 @@ def add_flare_parser(sub) -> None:
                            ("simulate", "run a job in FLARE's simulator on this machine and write its report"),
                            ("poc", "single-machine demo of a deployment, not a deployment: every site, its keys and "
                                    "the admin on this machine (FLARE's POC mode: processes, gRPC, mutual TLS)")):
-        q = fsub.add_parser(name, help=helptext)
+        q = fsub.add_parser(name, help=helptext, description=helptext)
         q.add_argument("config", help="YAML config file (configs/...)")
         q.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. split.clients=3")
         q.add_argument("--sites", default="", help="hospital sites in client order (default hospital-1..K)")

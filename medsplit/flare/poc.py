@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -150,6 +151,37 @@ def keep_logs(poc_ws: Path, into: Path) -> Path:
     return into
 
 
+def _processes_naming(folder: Path) -> dict[int, str]:
+    """Process id -> command line of every process whose command line names ``folder``."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if str(folder) in cmdline:
+            found[int(proc.name)] = cmdline.strip()
+    return found
+
+
+def end_leftover_processes(poc_ws: Path, grace_s: float = 20.0) -> dict[int, str]:
+    """FLARE's POC stop asks every site to shut down and returns once the server stops answering;
+    a site's process can outlive it. Wait up to ``grace_s`` for every process started in
+    ``poc_ws`` (they name it on their command line) to end, then kill those left, by id.
+    Returns what had to be killed (id -> command line)."""
+    deadline = time.time() + grace_s
+    while (left := _processes_naming(poc_ws)) and time.time() < deadline:
+        time.sleep(1.0)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
 def _tls_of(poc_ws: Path, sites: list[str]) -> dict[str, str]:
     """Each hospital's ``connection_security`` from its POC start-up kit (FLARE's provisioning)."""
     out = {}
@@ -172,7 +204,8 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
 
     Returns ``medsplit_result.json``'s content plus ``tls`` (each hospital's connection security),
     ``submitter`` (name, org and role of who submitted the job as FLARE recorded it, and whether
-    FLARE saw code in it) and ``seconds`` (start-up to stop).
+    FLARE saw code in it), ``seconds`` (start-up to stop) and ``killed_after_stop`` (the command
+    lines of FLARE processes that outlived FLARE's own stop and were killed).
     """
     require_nvflare()
     import yaml
@@ -211,6 +244,10 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
         logs = keep_logs(poc_ws, out_dir / "poc-logs")  # before the POC workspace goes
         if env is not None:
             env.stop(clean_up=True)
+        killed = end_leftover_processes(poc_ws)
+        if killed:
+            print(f"FLARE POC: killed {len(killed)} process(es) still running after the POC stopped: "
+                  + "; ".join(f"{pid}: {cmd[:200]}" for pid, cmd in killed.items()), flush=True)
         if saved is None:
             os.environ.pop("NVFLARE_POC_WORKSPACE", None)
         else:
@@ -219,5 +256,6 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
         raise RuntimeError(f"FLARE POC job {job['name']!r} ended ({status}) without a result from the server "
                            f"site; FLARE's logs: {logs}")
     result = json.loads(result_file.read_text())
-    result.update({"tls": tls, "submitter": dict(env.submitter), "seconds": time.time() - t0})
+    result.update({"tls": tls, "submitter": dict(env.submitter), "seconds": time.time() - t0,
+                   "killed_after_stop": sorted(killed.values())})
     return result
