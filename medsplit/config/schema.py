@@ -105,6 +105,11 @@ class SplitConfig:
     """HOST:PORT of the server's rendezvous for transport=gloo; port 0 picks a free one (local runs)."""
     timeout_s: float = 120.0
     """How long a party waits for another before naming it as not answering (transport=gloo)."""
+    secret_file: str | None = None
+    """transport=gloo: a file holding a shared secret (at least 16 bytes; every party its own copy,
+    wherever it keeps it). Every party must prove it at start-up and every message carries an
+    HMAC-SHA256 under a key derived from it per run: a process without it, or a replayed message,
+    is refused and named. Authenticates only: use FLARE or a VPN to keep the bytes private."""
 
 
 @dataclass

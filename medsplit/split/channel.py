@@ -252,7 +252,7 @@ class Channel:
         try:
             self.transport.send(receiver, payload)
         except TransportError as e:  # name the link and step too, not only the peer
-            raise TransportError(f"{sender}: sending {kind} {self._where(sender, receiver, link)}: {e}") from e
+            raise type(e)(f"{sender}: sending {kind} {self._where(sender, receiver, link)}: {e}") from e
         self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += len(payload)
 
     def _take(self, sender: str, receiver: str, kind: str, expected: dict[str, torch.Tensor], link: str, codec,
@@ -262,8 +262,8 @@ class Channel:
         limit = self.max_message_bytes if expect is not None else wire.encoded_size(expected) + _SLACK_BYTES
         try:
             payload = self.transport.recv(sender, limit)
-        except TransportError as e:  # name the link and step too, not only the peer
-            raise TransportError(f"{receiver}: receiving {kind} {where}: {e}") from e
+        except TransportError as e:  # name the link and step too, not only the peer (keeping the error's
+            raise type(e)(f"{receiver}: receiving {kind} {where}: {e}") from e  # class: a FrameError stays one)
         try:
             received, _ = wire.decode(payload, device=self.device)
         except ValueError as e:  # WireFormatError and the decoder's other value errors

@@ -29,14 +29,31 @@ run's report.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from medsplit.config import Config
-from medsplit.train.party_plan import AGGREGATOR, party_names
+from medsplit.train.party_plan import AGGREGATOR, PER_PARTY_KEYS, config_hash, party_names
 from medsplit.train.party_run import PartyRun
+
+
+def config_key_hashes(cfg: Config) -> dict[str, str]:
+    """A short hash of every shared config key's value (``{"train.lr": "3f2a..."}``): what a party
+    announces at check-in so the server can name the keys that differ without either side sending
+    a value (a path or a site's setting stays where it is)."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        items = values.items() if isinstance(values, dict) else [(None, values)]
+        for key, value in items:
+            if (section, key) in PER_PARTY_KEYS:
+                continue
+            dotted = f"{section}.{key}" if key is not None else section
+            out[dotted] = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out
 
 
 def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None, own_data: bool = False,
@@ -54,6 +71,7 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
         quiet: no console output beyond errors.
     """
     from medsplit.train.device import resolve_device
+    from medsplit.transport.auth import read_secret
     from medsplit.transport.gloo import GlooTransport
 
     names = party_names(cfg.split.clients)
@@ -68,7 +86,9 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
         torch.set_num_threads(cfg.train.threads)
     started = time.time()
     ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
-    transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s)
+    secret = read_secret(cfg.split.secret_file) if cfg.split.secret_file else None
+    transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s,
+                              checkin={"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}, secret=secret)
     try:
         runner = PartyRun(cfg, name, rank, names, run_dir, party_dir, device, transport, own_data, resume, quiet, started)
         return runner.run()

@@ -13,7 +13,7 @@ PROTOCOL_VERSION = 1
 SERVER = "server"
 AGGREGATOR = "aggregator"  # SplitFed's averaging runs in the server's process
 # Keys a hospital may set differently from the server: where its own data and outputs live.
-PER_PARTY_KEYS = {("data", "source"), ("data", "root"), ("data", "cache_dir"), ("split", "address"),
+PER_PARTY_KEYS = {("data", "source"), ("data", "root"), ("data", "cache_dir"), ("split", "address"), ("split", "secret_file"),
                   ("train", "device"), ("train", "threads"), ("output", "runs_dir"), ("output", "reports_dir"),
                   ("output", "tensorboard")}
 

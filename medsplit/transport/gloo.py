@@ -1,12 +1,24 @@
 """torch.distributed point-to-point transport (gloo over TCP).
 
-Each message is two gloo sends to the peer's rank: a fixed 8-byte length (an int64 tensor, the
-framing) and the wire-format payload as a uint8 tensor. Nothing is pickled: torch RPC and the
-object collectives (``send_object_list`` ...) are never used.
+Each message crosses as one frame (:mod:`~medsplit.transport.framing`): a prefix with a sequence
+number and the payload's length, the wire-format payload, a trailer with the length again and a
+CRC32 (and, with ``split.secret_file``, an HMAC-SHA256), cut into gloo messages that each fit the
+zero-filled buffer the receiver posts for them. A peer that lies about a length is named
+(:class:`~medsplit.transport.framing.FrameError`), never able to abort its receiver nor to make it
+decode memory it did not send. Nothing is pickled: torch RPC and the object collectives
+(``send_object_list`` ...) are never used.
 
-Security: torch.distributed has no authentication and no encryption, and gloo's TLS transport
-is not compiled into the torch wheel this project installs. Use it on a trusted network only
-(one site's cluster, or hospitals joined by a VPN / SSH tunnel); see README "Parties as processes".
+Start-up happens under ``split.timeout_s`` as a whole: every party checks in (rank, number of
+parties, config hash per key) in the rendezvous store and the server answers with one verdict
+(:mod:`~medsplit.transport.checkin`) before the gloo group forms, so a duplicated rank, another
+``split.clients`` or another config is named instead of hanging inside gloo; forming the group
+itself is bounded too. While the run goes, every party shows signs of life in the store
+(:mod:`~medsplit.transport.liveness`), so a frozen party is named by every peer that waits on it.
+
+Security: torch.distributed has no encryption, and gloo's TLS transport is not compiled into the
+torch wheel this project installs. ``split.secret_file`` authenticates every frame (and the
+check-in) with a shared secret; it does not hide the bytes. Use it on a trusted network, or join
+the hospitals by a VPN / SSH tunnel; see README "Parties as processes".
 The rank-0 store binds only the address it is given (loopback by default): the listening socket
 is created here and handed to torch, because ``TCPStore`` on its own listens on every interface.
 """
@@ -14,15 +26,20 @@ is created here and handed to torch, because ``TCPStore`` on its own listens on 
 from __future__ import annotations
 
 import datetime
+import os
 import socket
-import warnings
+import threading
+import time
 
-import torch
 import torch.distributed as dist
 
+from medsplit.transport import framing
+from medsplit.transport.auth import RunKey
 from medsplit.transport.base import Transport, TransportError
+from medsplit.transport.checkin import client_check_in, server_check_in
+from medsplit.transport.liveness import Liveness
 
-LENGTH_BYTES = 8  # one int64: the framing in front of every payload
+TAG = 0  # every frame's chunks, in order, on one tag per pair of ranks
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -59,14 +76,17 @@ class GlooTransport(Transport):
             SplitFed's aggregator).
         address: ``HOST:PORT`` of the rank-0 store; rank 0 binds exactly this address.
         timeout_s: how long a receive waits for its peer before naming it as not answering
-            (``split.timeout_s``); also bounds start-up.
+            (``split.timeout_s``); also the hard deadline of the whole start-up.
         local_host: address this party's gloo sockets listen on; default: the loopback for a
             loopback ``address``, else the local IP that routes to the server.
+        checkin: what this party announces at check-in besides its name, rank, host, pid and the
+            number of parties: ``config_hash`` and ``config_keys`` (a hash per config key), which
+            the server compares with its own.
+        secret: the shared secret of ``split.secret_file`` (authenticates check-in and frames), or None.
     """
 
-    framing_bytes_per_message = LENGTH_BYTES
-
-    def __init__(self, name: str, ranks: dict[str, int], address: str, timeout_s: float = 120.0, local_host: str | None = None):
+    def __init__(self, name: str, ranks: dict[str, int], address: str, timeout_s: float = 120.0, local_host: str | None = None,
+                 checkin: dict | None = None, secret: bytes | None = None):
         super().__init__(name)
         if name not in ranks:
             raise ValueError(f"party {name!r} has no rank; ranks are {ranks}")
@@ -77,9 +97,15 @@ class GlooTransport(Transport):
             raise ValueError(f"ranks {ranks} must cover 0..N-1")
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.timeout_s = timeout_s
-        self.peers_by_rank = {r: n for n, r in ranks.items()}
+        self.names_by_rank = {r: "/".join(n for n, rr in ranks.items() if rr == r) for r in range(self.world_size)}
+        self.run_key: RunKey | None = None
+        self.framing_bytes_per_message = framing.overhead(secret is not None)
+        self._sent = dict.fromkeys(range(self.world_size), 0)  # next frame's sequence number per peer rank
+        self._received = dict.fromkeys(range(self.world_size), 0)
+        self.pg = self.store = self.liveness = None
         host, port = parse_address(address)
         self._listener = None
+        deadline = time.monotonic() + timeout_s
         try:
             if self.rank == 0:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -91,14 +117,50 @@ class GlooTransport(Transport):
                                            wait_for_workers=False, master_listen_fd=self._listener.fileno(), use_libuv=False)
             else:
                 self.store = dist.TCPStore(host, port, self.world_size, is_master=False, timeout=self.timeout, use_libuv=False)
-            opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = self.timeout
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_host or _local_address_towards(host, port))]
-            self.pg = dist.ProcessGroupGloo(self.store, self.rank, self.world_size, opts)
+            mine = {"name": name, "rank": self.rank, "world_size": self.world_size, "host": socket.gethostname(),
+                    "pid": os.getpid(), "authenticated": secret is not None, **(checkin or {})}
+            left = max(1.0, deadline - time.monotonic())
+            if self.rank == 0:
+                names = {r: n for r, n in self.names_by_rank.items() if r}
+                verdict = server_check_in(self.store, mine, names, left, secret)
+            else:
+                verdict = client_check_in(self.store, mine, left, secret)
+            if secret is not None:
+                self.run_key = RunKey(secret, verdict["nonce"], str(mine.get("config_hash")))
+            self.liveness = Liveness(host, port, self.rank, self.names_by_rank)
+            self.pg = self._form_group(host, port, local_host, deadline)
         except Exception as e:  # noqa: BLE001 - start-up errors come from C++ as several types
             self.close()
+            if isinstance(e, TransportError):
+                raise
             raise TransportError(f"{name} (rank {self.rank}) could not join the gloo group at {address} "
                                  f"within {timeout_s:g} s: {e}") from e
+
+    def _form_group(self, host: str, port: int, local_host: str | None, deadline: float):
+        """The gloo process group, formed under the start-up deadline.
+
+        gloo's set-up has been seen waiting far past its own timeout (70-150 s for a 30 s one):
+        it runs in a thread that this party stops waiting for at the deadline.
+        """
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = self.timeout
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_host or _local_address_towards(host, port))]
+        result: dict = {}
+
+        def form():
+            try:
+                result["pg"] = dist.ProcessGroupGloo(self.store, self.rank, self.world_size, opts)
+            except Exception as e:  # noqa: BLE001
+                result["error"] = e
+
+        thread = threading.Thread(target=form, name="medsplit-gloo-setup", daemon=True)
+        thread.start()
+        thread.join(max(1.0, deadline - time.monotonic()))
+        if "pg" in result:
+            return result["pg"]
+        why = f"failed: {result['error']}" if "error" in result else f"did not form within {self.timeout_s:g} s (split.timeout_s)"
+        alive = self.liveness.report() if self.liveness else ""
+        raise TransportError(f"{self.name} (rank {self.rank}): the gloo group {why}" + (f"; {alive}" if alive else ""))
 
     def _peer_rank(self, peer: str) -> int:
         if peer not in self.ranks:
@@ -106,8 +168,9 @@ class GlooTransport(Transport):
         return self.ranks[peer]
 
     def _failed(self, e: Exception, what: str, peer: str) -> TransportError:
+        alive = self.liveness.report() if self.liveness else ""
         return TransportError(f"{self.name}: {what} {peer} (rank {self.ranks[peer]}) failed, or got no answer "
-                              f"within {self.timeout_s:g} s (split.timeout_s): {e}")
+                              f"within {self.timeout_s:g} s (split.timeout_s): {e}" + (f"; {alive}" if alive else ""))
 
     def _wait(self, work, what: str, peer: str) -> None:
         try:
@@ -117,41 +180,44 @@ class GlooTransport(Transport):
 
     def _send(self, receiver: str, payload: bytes) -> None:
         dst = self._peer_rank(receiver)
-        length = torch.tensor([len(payload)], dtype=torch.int64)
-        with warnings.catch_warnings():  # read-only buffer: gloo only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            data = torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)
-        # Both posted before waiting: the payload does not wait for the length's round trip.
+        mac = None
+        if self.run_key is not None:
+            mac = lambda head: self.run_key.mac(str(self.rank), str(dst), head)  # noqa: E731
+        frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
+        # Every chunk posted before waiting: the payload does not wait for a round trip per chunk.
         # Posting fails at once on a connection the peer has closed: name the peer then too.
         try:
-            works = [self.pg.send([length], dst, 0)] + ([self.pg.send([data], dst, 1)] if len(payload) else [])
+            works = [self.pg.send([chunk], dst, TAG) for chunk in framing.chunks(frame)]
         except Exception as e:  # noqa: BLE001
             raise self._failed(e, "sending a message to", receiver) from e
         for work in works:
             self._wait(work, "sending a message to", receiver)
-
-    def _post_recv(self, tensor: torch.Tensor, src: int, tag: int, sender: str):
-        try:
-            return self.pg.recv([tensor], src, tag)
-        except Exception as e:  # noqa: BLE001 - fails at once on a connection the peer has closed
-            raise self._failed(e, "waiting for a message from", sender) from e
+        self._sent[dst] += 1
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         src = self._peer_rank(sender)
-        length = torch.zeros(1, dtype=torch.int64)
-        self._wait(self._post_recv(length, src, 0, sender), "waiting for a message from", sender)
-        n = int(length.item())
-        if n < 0 or n > max_bytes:
-            raise TransportError(f"{self.name}: {sender} announced a message of {n} bytes, over the limit of "
-                                 f"{max_bytes} bytes for what is expected next")
-        if n == 0:
-            return b""
-        data = torch.empty(n, dtype=torch.uint8)
-        self._wait(self._post_recv(data, src, 1, sender), "waiting for a message from", sender)
-        return data.numpy().tobytes()
+
+        def receive(buffers):
+            try:
+                works = [self.pg.recv([b], src, TAG) for b in buffers]
+            except Exception as e:  # noqa: BLE001 - fails at once on a connection the peer has closed
+                raise self._failed(e, "waiting for a message from", sender) from e
+            for work in works:
+                self._wait(work, "waiting for a message from", sender)
+
+        verify = None
+        if self.run_key is not None:
+            verify = lambda head, code: self.run_key.verify(str(src), str(self.rank), head, code)  # noqa: E731
+        where = f"{self.name}: frame {self._received[src]} from {sender} (rank {src})"
+        payload = framing.receive_frame(receive, max_bytes, self._received[src], where, verify)
+        self._received[src] += 1
+        return payload
 
     def close(self) -> None:
-        pg = getattr(self, "pg", None)
+        if self.liveness is not None:
+            self.liveness.close()
+            self.liveness = None
+        pg = self.pg
         if pg is not None:
             try:
                 pg.shutdown()  # releases gloo's sockets and threads promptly
