@@ -7,6 +7,8 @@ from __future__ import annotations
 from medsplit.config import Config
 from medsplit.split import wire
 from medsplit.split.channel import MessageError
+from medsplit.train import control_messages
+from medsplit.transport.base import TransportError
 from medsplit.train.party_plan import PROTOCOL_VERSION, SERVER, PartyError, config_hash
 
 CONTROL_MAX_BYTES = 1 << 24
@@ -15,14 +17,22 @@ CONTROL_MAX_BYTES = 1 << 24
 class Control:
     """Protocol metadata between parties: JSON in the wire format's header, no tensors.
 
+    Every received message is checked against its kind's schema
+    (:mod:`medsplit.train.control_messages`) before any value is used: type and bound of every
+    field, with the peer named.
+
     Args:
         transport: the transport the Channel also uses (messages stay in order per pair).
+        cfg: the run's config, when known: bounds announced batch sizes by ``train.batch_size``
+            and hospital indices by ``split.clients`` (without it, generous fixed bounds apply).
     """
 
-    def __init__(self, transport):
+    def __init__(self, transport, cfg: Config | None = None):
         self.transport = transport
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.schemas = control_messages.schemas(**({"batch_size": cfg.train.batch_size, "clients": cfg.split.clients}
+                                                    if cfg is not None else {}))
 
     def send(self, peer: str, **message) -> None:
         payload = wire.encode({}, meta=message)
@@ -30,17 +40,21 @@ class Control:
         self.bytes_sent += len(payload)
 
     def recv(self, peer: str, expect: str) -> dict:
-        payload = self.transport.recv(peer, CONTROL_MAX_BYTES)
+        """The next control message from ``peer``, which must be an ``expect`` message that fits
+        its schema; raises :class:`~medsplit.train.control_messages.ControlMessageError` (a
+        MessageError) naming the peer otherwise."""
+        try:
+            payload = self.transport.recv(peer, CONTROL_MAX_BYTES)
+        except TransportError as e:  # name what was awaited, keeping the error's class
+            raise type(e)(f"receiving control message {expect!r} from {peer}: {e}") from e
         self.bytes_received += len(payload)
         try:
-            tensors, meta = wire.decode(payload)
+            tensors, meta = wire.decode(payload, max_bytes=CONTROL_MAX_BYTES)
         except Exception as e:  # noqa: BLE001 - any malformed control message is the peer's fault
             raise MessageError(f"malformed control message from {peer} (expected {expect!r}): {e}") from e
-        if tensors or not isinstance(meta, dict) or expect not in meta:
-            raise MessageError(f"unexpected control message from {peer}: expected {expect!r}, got keys "
-                               f"{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}"
-                               + (f" and tensors {sorted(tensors)}" if tensors else ""))
-        return meta
+        if tensors:
+            raise MessageError(f"unexpected control message from {peer}: expected {expect!r}, got tensors {sorted(tensors)[:10]}")
+        return control_messages.validate(expect, meta, peer, self.schemas)
 
 
 def handshake(control: Control, cfg: Config, name: str, info: dict, hospitals: list[str],
