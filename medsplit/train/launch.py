@@ -6,14 +6,22 @@ data root at all (``MEDSPLIT_DATA`` points to a folder that does not exist). If 
 the others stop on their own (their next receive from it fails, or times out after
 ``split.timeout_s``); whatever is still running after that grace period is killed, so no
 process outlives the launcher.
+
+Nor when the launcher itself is stopped: SIGTERM (or SIGHUP) makes it kill its parties before it
+exits, and on Linux every party asks the kernel for SIGKILL the moment its parent dies
+(``PR_SET_PDEATHSIG``), which covers a launcher killed with SIGKILL too.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from medsplit.config import Config
@@ -69,8 +77,10 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
             log = open(run_dir / "parties" / f"{name}.log", "a")
             logs.append(log)
             procs.append(subprocess.Popen(party_command(config_path, rank, address, run_dir, resume),
-                                          stdout=log, stderr=subprocess.STDOUT, env=child_env))
-        codes = _wait_all(procs, grace)
+                                          stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                          preexec_fn=_die_with_parent(os.getpid())))
+        with _stopped_by_signals():
+            codes = _wait_all(procs, grace)
     finally:
         for p in procs:  # never leave a child behind, even on KeyboardInterrupt
             if p.poll() is None:
@@ -109,3 +119,42 @@ def _wait_all(procs: list[subprocess.Popen], grace: float) -> list[int]:
                     p.kill()
             return [p.wait() for p in procs]
         time.sleep(0.1)
+
+
+class LauncherStopped(RuntimeError):
+    """The launcher got SIGTERM or SIGHUP; its parties are killed on the way out."""
+
+
+@contextmanager
+def _stopped_by_signals():
+    """SIGTERM / SIGHUP raise :class:`LauncherStopped` in the launcher, so that its ``finally``
+    kills every party (Python's default for SIGTERM would end the launcher without it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        raise LauncherStopped(f"the launcher got {signal.Signals(signum).name}: its parties were stopped")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _die_with_parent(parent_pid: int):
+    """A ``preexec_fn`` that makes the child get SIGKILL when the launcher dies (Linux; elsewhere
+    nothing: the launcher's own ``finally`` and signal handlers still stop its parties)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange():
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the launcher died before the request took effect
+            os._exit(1)
+
+    return arrange
