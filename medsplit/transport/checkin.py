@@ -105,15 +105,18 @@ def judge(mine: dict, arrivals: dict[int, tuple[dict, bool]], names: dict[int, s
     return problems, holders
 
 
-def server_check_in(store, mine: dict, names: dict[int, str], timeout_s: float, secret: bytes | None) -> dict:
+def server_check_in(store, mine: dict, names: dict[int, str], timeout_s: float, secret: bytes | None,
+                    deadline: float | None = None) -> dict:
     """Collect every hospital's check-in and publish one verdict (refusing names every fault).
 
     Args:
         store: the rendezvous store (rank 0 hosts it).
         mine: the server's record (name, rank, world_size, host, pid, config_hash, config_keys).
         names: each hospital's rank -> name.
-        timeout_s: how long to wait for hospitals that have not checked in.
+        timeout_s: how long to wait for hospitals that have not checked in (``split.timeout_s``).
         secret: the shared secret, or None.
+        deadline: when to stop waiting (``time.monotonic()``; default ``timeout_s`` from now):
+            the start-up's deadline, of which the check-in is one part.
 
     Returns:
         The verdict (``nonce``; ``holders``: rank -> arrival).
@@ -121,7 +124,7 @@ def server_check_in(store, mine: dict, names: dict[int, str], timeout_s: float, 
     Raises:
         TransportError: the run is refused; the message names every party at fault.
     """
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s if deadline is None else deadline
     arrivals: dict[int, tuple[dict, bool]] = {}
     while True:
         count = store.add(ARRIVALS, 0)
@@ -146,7 +149,7 @@ def server_check_in(store, mine: dict, names: dict[int, str], timeout_s: float, 
     return verdict
 
 
-def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None) -> dict:
+def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None, deadline: float | None = None) -> dict:
     """Check in with the server and wait for its verdict (see :func:`server_check_in`).
 
     Raises:
@@ -157,7 +160,8 @@ def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None) -
     n = store.add(ARRIVALS, 1)
     store.set(RECORD.format(n), _encode(mine, secret))
     try:
-        store.wait([VERDICT], datetime.timedelta(seconds=timeout_s))
+        left = timeout_s if deadline is None else max(0.5, deadline - time.monotonic())
+        store.wait([VERDICT], datetime.timedelta(seconds=left))
         raw = store.get(VERDICT)
     except Exception as e:  # noqa: BLE001 - the store raises several C++ error types
         raise TransportError(f"{name} (rank {mine['rank']}): the server gave no check-in verdict within "

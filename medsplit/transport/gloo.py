@@ -119,12 +119,11 @@ class GlooTransport(Transport):
                 self.store = dist.TCPStore(host, port, self.world_size, is_master=False, timeout=self.timeout, use_libuv=False)
             mine = {"name": name, "rank": self.rank, "world_size": self.world_size, "host": socket.gethostname(),
                     "pid": os.getpid(), "authenticated": secret is not None, **(checkin or {})}
-            left = max(1.0, deadline - time.monotonic())
             if self.rank == 0:
                 names = {r: n for r, n in self.names_by_rank.items() if r}
-                verdict = server_check_in(self.store, mine, names, left, secret)
+                verdict = server_check_in(self.store, mine, names, timeout_s, secret, deadline)
             else:
-                verdict = client_check_in(self.store, mine, left, secret)
+                verdict = client_check_in(self.store, mine, timeout_s, secret, deadline)
             if secret is not None:
                 self.run_key = RunKey(secret, verdict["nonce"], str(mine.get("config_hash")))
             self.liveness = Liveness(host, port, self.rank, self.names_by_rank)
