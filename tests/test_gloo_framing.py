@@ -293,3 +293,27 @@ def test_hostile_gloo_messages_are_named_and_the_receiver_survives(tmp_path):
     for scenario, words in expected.items():
         assert results[scenario].startswith("FrameError: server: frame 0 from client0 (rank 1)"), (scenario, results[scenario])
         assert words in results[scenario], (scenario, results[scenario])
+
+
+@pytest.mark.slow
+def test_a_run_with_a_shared_secret_gives_the_in_process_runs_numbers(tmp_path):
+    """Frames, checksums and codes around every message change no number of the run."""
+    from medsplit.config import load_config
+    from medsplit.train.launch import launch_local
+    from medsplit.train.loop import train
+
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    base = ["task=retinopathy", "data.synthetic_size=64", "data.img_size=32", "model.name=resnet18", "train.batch_size=16",
+            "train.eval_batch_size=64", "split.cut=3", "data.source=synthetic", "train.epochs=1", "train.threads=1",
+            "output.tensorboard=false", f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports",
+            f"data.cache_dir={tmp_path}/cache", "split.protocol=sequential", "split.clients=2", "split.timeout_s=60"]
+    ref = json.loads((train(load_config(None, base + ["output.name=inprocess"]), quiet=True) / "metrics.json").read_text())
+    cfg = load_config(None, base + ["output.name=gloo", "split.transport=gloo", f"split.secret_file={secret}"])
+    launch_local(cfg, tmp_path / "runs" / "gloo", quiet=True)
+    got = json.loads((tmp_path / "runs" / "gloo" / "metrics.json").read_text())
+    assert got["history"] == ref["history"] or [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss")) for r in got["history"]] == \
+        [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss")) for r in ref["history"]]
+    assert got["test"]["auc"] == ref["test"]["auc"] and got["test_loss"] == ref["test_loss"] and got["bytes"] == ref["bytes"]
+    links = got["transport"]["links"]
+    assert got["transport"]["framing_bytes_sent"] == 64 * sum(r["messages"] for r in links if r["direction"] == "send")

@@ -252,7 +252,7 @@ def test_the_launchers_parties_die_with_it(tmp_path, sig):
     marker = str(tmp_path / "runs" / "watched")
     launcher, log = _launcher(tmp_path, "watched", "train.epochs=50", "split.timeout_s=60")
     try:
-        _wait_for(lambda: len(_party_pids(marker)) == 3, 120, "three parties")
+        _wait_for(lambda: len(_party_pids(marker)) == 3, 300, "three parties")
         time.sleep(2)  # past their start-up
         launcher.send_signal(sig)
         launcher.wait(30)
@@ -271,11 +271,11 @@ def test_a_frozen_hospital_is_named_by_every_peer_that_waits(tmp_path):
     run_dir = tmp_path / "runs" / "frozen"
     launcher, log = _launcher(tmp_path, "frozen", "train.epochs=50", "split.timeout_s=6")
     try:
-        pids = _wait_for(lambda: (p := _party_pids(str(run_dir))) and len(p) == 3 and p, 120, "three parties")
+        pids = _wait_for(lambda: (p := _party_pids(str(run_dir))) and len(p) == 3 and p, 300, "three parties")
         frozen = next(pid for pid, cmd in pids.items() if b"--rank" in cmd and cmd[cmd.index(b"--rank") + 1] == b"1")
-        _wait_for(lambda: any((run_dir / "parties" / "client0").glob("*")), 120, "client0's first checkpoint")
+        _wait_for(lambda: any((run_dir / "parties" / "client0").glob("*")), 400, "client0's first checkpoint")
         os.kill(frozen, signal.SIGSTOP)
-        launcher.wait(150)
+        launcher.wait(240)
         for peer in ("server", "client1"):
             text = (run_dir / "parties" / f"{peer}.log").read_text()
             assert "client0 (rank 1) showed no sign of life" in text, f"{peer}: {text[-3000:]}"

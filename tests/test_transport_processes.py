@@ -16,6 +16,7 @@ import pytest
 from medsplit.config import load_config
 from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
+from medsplit.transport import framing
 from medsplit.transport.gloo import free_port
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_processes_equal_the_in_process_run(tmp_path, task, protocol, extra):
     # The bytes the Channels counted are the bytes that crossed the transport (plus control messages).
     counted = sum(r["bytes"] for r in got["bytes"] + got["bytes_eval"])
     assert info["payload_bytes_sent"] == counted + info["control_bytes_sent"]
-    assert info["framing_bytes_sent"] == 8 * sum(r["messages"] for r in info["links"] if r["direction"] == "send")
+    assert info["framing_bytes_sent"] == framing.overhead(False) * sum(r["messages"] for r in info["links"] if r["direction"] == "send")
     assert (tmp_path / "reports" / "gloo.html").exists()
     assert not _party_pids(tmp_path / "runs" / "gloo")
 
