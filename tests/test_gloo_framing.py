@@ -63,7 +63,7 @@ def _receive(link, max_bytes=10**8, seq=0, verify=None):
 def _frame_with(payload: bytes, announced: int, seq: int = 0) -> bytes:
     """A frame whose prefix announces ``announced`` bytes around ``payload`` (a lying sender)."""
     head = PREFIX.pack(MAGIC, seq, announced) + payload
-    return head + TRAILER.pack(len(payload), zlib.crc32(head))
+    return head + TRAILER.pack(len(payload), zlib.crc32(head))  # the CRC of the parts is the CRC of the whole
 
 
 @pytest.mark.parametrize("n", [0, 1, 113, CHUNK_BYTES - 32, CHUNK_BYTES, 3 * CHUNK_BYTES + 5])
@@ -153,11 +153,11 @@ KEY = RunKey(b"s" * 32, nonce="n1", config_hash="c1")
 
 
 def _signed(payload: bytes, seq: int, key=KEY, sender="2", receiver="0") -> bytes:
-    return encode_frame(payload, seq, lambda head: key.mac(sender, receiver, head))
+    return encode_frame(payload, seq, lambda *parts: key.mac(sender, receiver, *parts))
 
 
 def _verify(sender="2", receiver="0"):
-    return lambda head, code: KEY.verify(sender, receiver, head, code)
+    return lambda *parts_then_code: KEY.verify(sender, receiver, *parts_then_code)
 
 
 def test_an_authenticated_frame_crosses():

@@ -36,8 +36,11 @@ def read_secret(path: str | Path) -> bytes:
     return secret
 
 
-def _mac(key: bytes, label: bytes, data: bytes) -> bytes:
-    return hmac.new(key, label + b"\0" + data, hashlib.sha256).digest()
+def _mac(key: bytes, label: bytes, *parts) -> bytes:
+    code = hmac.new(key, label + b"\0", hashlib.sha256)
+    for part in parts:
+        code.update(part)
+    return code.digest()
 
 
 def sign_record(secret: bytes, record: bytes) -> str:
@@ -62,9 +65,10 @@ class RunKey:
     def __init__(self, secret: bytes, nonce: str, config_hash: str):
         self._key = _mac(secret, b"medsplit gloo run key", f"{nonce}/{config_hash}".encode())
 
-    def mac(self, sender: str, receiver: str, data: bytes) -> bytes:
-        """The code for ``data`` (prefix + payload) sent from ``sender`` to ``receiver``."""
-        return _mac(self._key, f"{sender}->{receiver}".encode(), data)
+    def mac(self, sender: str, receiver: str, *parts) -> bytes:
+        """The code for ``parts`` (a frame's prefix and payload) sent from ``sender`` to ``receiver``."""
+        return _mac(self._key, f"{sender}->{receiver}".encode(), *parts)
 
-    def verify(self, sender: str, receiver: str, data: bytes, code: bytes) -> bool:
-        return hmac.compare_digest(self.mac(sender, receiver, data), code)
+    def verify(self, sender: str, receiver: str, *parts_then_code) -> bool:
+        *parts, code = parts_then_code
+        return hmac.compare_digest(self.mac(sender, receiver, *parts), code)

@@ -67,17 +67,22 @@ def chunk_count(payload_bytes: int, authenticated: bool) -> int:
     return -(-(payload_bytes + overhead(authenticated)) // CHUNK_BYTES)
 
 
-def encode_frame(payload: bytes, seq: int, mac: Callable[[bytes], bytes] | None = None) -> bytes:
-    """The frame around ``payload``; ``mac`` (if given) authenticates prefix + payload."""
-    head = PREFIX.pack(MAGIC, seq, len(payload)) + payload
-    frame = head + TRAILER.pack(len(payload), zlib.crc32(head))
-    return frame + mac(head) if mac is not None else frame
+def encode_frame(payload: bytes, seq: int, mac: Callable[..., bytes] | None = None) -> bytes:
+    """The frame around ``payload``; ``mac(prefix, payload)`` (if given) authenticates both.
+
+    One copy of the payload (into the frame); the checksum and code are computed on the parts.
+    """
+    prefix = PREFIX.pack(MAGIC, seq, len(payload))
+    trailer = TRAILER.pack(len(payload), zlib.crc32(payload, zlib.crc32(prefix)))
+    return b"".join([prefix, payload, trailer] + ([mac(prefix, payload)] if mac is not None else []))
 
 
 def chunks(frame: bytes) -> list[torch.Tensor]:
     """``frame`` cut into the gloo messages that carry it (views, no copy)."""
     import warnings
 
+    if not frame:  # never made by encode_frame; a test's (or a hostile peer's) empty message
+        return [torch.empty(0, dtype=torch.uint8)]
     with warnings.catch_warnings():  # read-only buffer: gloo only reads it
         warnings.simplefilter("ignore", UserWarning)
         data = torch.frombuffer(frame, dtype=torch.uint8)
@@ -95,7 +100,7 @@ def receive_frame(receive: Callable[[list[torch.Tensor]], None], max_bytes: int,
             allocated or received.
         expected_seq: the sequence number this frame must carry.
         where: who sent it to whom, for the error message ("server: frame from client1").
-        verify: checks the authentication code (``verify(prefix + payload, code)``); None when the
+        verify: checks the authentication code (``verify(prefix, payload, code)``); None when the
             run has no shared secret.
     """
     first = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
@@ -124,14 +129,14 @@ def receive_frame(receive: Callable[[list[torch.Tensor]], None], max_bytes: int,
     if trailer_length != length:
         raise FrameError(f"{where} announces {length} bytes of payload but its trailer says {trailer_length}: "
                          "it is shorter or longer than announced")
-    head = raw[:end].tobytes()
-    if zlib.crc32(head) != crc:
+    prefix, payload = raw[: PREFIX.size], raw[PREFIX.size : end]  # views: checked in place
+    if zlib.crc32(payload, zlib.crc32(prefix)) != crc:
         raise FrameError(f"{where} fails its CRC32 checksum ({length} bytes announced): truncated or corrupted")
-    if verify is not None and not verify(head, raw[end + TRAILER.size : total].tobytes()):
+    if verify is not None and not verify(prefix, payload, raw[end + TRAILER.size : total].tobytes()):
         raise FrameError(f"{where} is not authenticated: its HMAC does not match the run's key "
                          "(a party without split.secret_file's secret, or a message of another run)")
     if seq != expected_seq:
         what = "replayed or repeated" if seq < expected_seq else "out of sequence (frames were lost or injected)"
         raise FrameError(f"{where} carries sequence number {seq}, expected {expected_seq}: {what}")
-    return head[PREFIX.size :]
+    return payload.tobytes()
 

@@ -181,7 +181,7 @@ class GlooTransport(Transport):
         dst = self._peer_rank(receiver)
         mac = None
         if self.run_key is not None:
-            mac = lambda head: self.run_key.mac(str(self.rank), str(dst), head)  # noqa: E731
+            mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
         frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
         # Every chunk posted before waiting: the payload does not wait for a round trip per chunk.
         # Posting fails at once on a connection the peer has closed: name the peer then too.
@@ -206,7 +206,7 @@ class GlooTransport(Transport):
 
         verify = None
         if self.run_key is not None:
-            verify = lambda head, code: self.run_key.verify(str(src), str(self.rank), head, code)  # noqa: E731
+            verify = lambda *parts_then_code: self.run_key.verify(str(src), str(self.rank), *parts_then_code)  # noqa: E731
         where = f"{self.name}: frame {self._received[src]} from {sender} (rank {src})"
         payload = framing.receive_frame(receive, max_bytes, self._received[src], where, verify)
         self._received[src] += 1
