@@ -26,6 +26,8 @@ from medsplit.transport.base import TransportError
 ARRIVALS = "medsplit/checkin/arrivals"
 RECORD = "medsplit/checkin/{}"
 VERDICT = "medsplit/checkin/verdict"
+READ = "medsplit/checkin/read"  # how many parties have read the verdict
+READ_GRACE_S = 5.0
 POLL_S = 0.05
 
 
@@ -145,6 +147,11 @@ def server_check_in(store, mine: dict, names: dict[int, str], timeout_s: float, 
                "parties": {str(r): describe(arrivals[n][0]) for r, n in holders.items()}}
     store.set(VERDICT, _encode(verdict, secret))
     if problems:
+        # The store lives in this process: give those that checked in a moment to read why
+        # before it goes (each says it has read; at most READ_GRACE_S).
+        until = time.monotonic() + READ_GRACE_S
+        while store.add(READ, 0) < store.add(ARRIVALS, 0) and time.monotonic() < until:
+            time.sleep(POLL_S)
         raise TransportError(f"server: refused the run at check-in: {verdict['reason']}")
     return verdict
 
@@ -166,6 +173,7 @@ def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None, d
     except Exception as e:  # noqa: BLE001 - the store raises several C++ error types
         raise TransportError(f"{name} (rank {mine['rank']}): the server gave no check-in verdict within "
                              f"{timeout_s:g} s (split.timeout_s): {e}") from e
+    store.add(READ, 1)
     verdict, signed = _decode(raw, secret)
     if not signed or verdict.get("malformed"):
         raise TransportError(f"{name}: the check-in verdict in the rendezvous store is not authenticated by "

@@ -39,6 +39,7 @@ import struct
 import zlib
 from typing import Callable
 
+import numpy as np
 import torch
 
 from medsplit.split.wire import WireFormatError
@@ -89,6 +90,12 @@ def chunks(frame: bytes) -> list[torch.Tensor]:
     return list(data.split(CHUNK_BYTES))
 
 
+def _zeros(n: int) -> torch.Tensor:
+    """A zero-filled byte buffer. numpy's zeros is calloc: a large one comes as fresh pages the
+    kernel has zeroed, so it costs no more than ``torch.empty`` (which gloo would fill anyway)."""
+    return torch.from_numpy(np.zeros(n, dtype=np.uint8))
+
+
 def receive_frame(receive: Callable[[list[torch.Tensor]], None], max_bytes: int, expected_seq: int,
                   where: str, verify: Callable[[bytes, bytes], bool] | None = None) -> bytes:
     """Receive one frame and return its payload, or raise :class:`FrameError` naming ``where``.
@@ -103,7 +110,7 @@ def receive_frame(receive: Callable[[list[torch.Tensor]], None], max_bytes: int,
         verify: checks the authentication code (``verify(prefix, payload, code)``); None when the
             run has no shared secret.
     """
-    first = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    first = _zeros(CHUNK_BYTES)
     receive([first])
     raw = first.numpy()
     magic, seq, length = PREFIX.unpack_from(raw)
@@ -117,7 +124,7 @@ def receive_frame(receive: Callable[[list[torch.Tensor]], None], max_bytes: int,
     total = PREFIX.size + length + TRAILER.size + mac_bytes
     n = -(-total // CHUNK_BYTES)
     if n > 1:
-        buffer = torch.zeros(n * CHUNK_BYTES, dtype=torch.uint8)
+        buffer = _zeros(n * CHUNK_BYTES)
         buffer[:CHUNK_BYTES] = first
         receive(list(buffer[CHUNK_BYTES:].split(CHUNK_BYTES)))
         raw = buffer.numpy()
