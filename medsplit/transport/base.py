@@ -29,7 +29,7 @@ class LinkStats:
 
     messages: int = 0
     payload_bytes: int = 0  # the wire-format messages themselves (what the Channel counts)
-    framing_bytes: int = 0  # the transport's own length prefixes
+    framing_bytes: int = 0  # the transport's own framing (gloo: each frame's prefix and trailer)
     seconds: float = 0.0  # wall time spent inside send/recv for this link
 
     def as_dict(self) -> dict:
@@ -48,7 +48,7 @@ class Transport:
     keyed by ``("send"|"recv", peer)``.
     """
 
-    #: bytes the transport adds to every message on top of the payload (length prefix)
+    #: bytes the transport adds to every message on top of the payload (its framing)
     framing_bytes_per_message: int = 0
 
     def __init__(self, name: str):
