@@ -150,10 +150,11 @@ def _die_with_parent(parent_pid: int):
     if not sys.platform.startswith("linux"):
         return None
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    PR_SET_PDEATHSIG = 1
+
     def arrange():
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent_pid:  # the launcher died before the request took effect
             os._exit(1)
 
