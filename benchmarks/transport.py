@@ -11,7 +11,7 @@ epoch of ``--steps`` batches per hospital:
   turns.
 
 Per step = epoch time / (steps x hospitals); bytes per step = what the Channel counted (payload;
-gloo adds 8 bytes of framing per message). Targets (issue 12): gloo adds <= 10 % per-step time
+gloo adds 32 bytes of framing per message, 64 with split.secret_file). Targets (issue 12): gloo adds <= 10 % per-step time
 at 128 px on CPU; SplitFed with 2 hospitals in processes is no slower per epoch than in one.
 Prints a table and writes JSON + a Markdown table to benchmarks/results/.
 

@@ -167,7 +167,7 @@ def transport_section(report: Report, info: dict) -> None:
     report.text(
         f"Transport {info.get('name')}: every party ran in its own process (protocol version "
         f"{info.get('protocol_version')}, config hash {info.get('config_hash')}). Payload bytes are the Channel's "
-        "counts; framing (8 bytes per message) and control messages (batch sizes, losses, best-epoch flags: "
+        "counts; framing (32 bytes per message, 64 with split.secret_file) and control messages (batch sizes, losses, best-epoch flags: "
         "protocol metadata, no tensors) are listed separately."
     )
     report.table([{"rank": p.get("rank"), "party": p.get("name"), "host": p.get("host"), "pid": p.get("pid"),

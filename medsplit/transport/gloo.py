@@ -18,7 +18,7 @@ itself is bounded too. While the run goes, every party shows signs of life in th
 Security: torch.distributed has no encryption, and gloo's TLS transport is not compiled into the
 torch wheel this project installs. ``split.secret_file`` authenticates every frame (and the
 check-in) with a shared secret; it does not hide the bytes. Use it on a trusted network, or join
-the hospitals by a VPN / SSH tunnel; see README "Parties as processes".
+the hospitals by a VPN / SSH tunnel; see docs/parties.md and docs/security.md.
 The rank-0 store binds only the address it is given (loopback by default): the listening socket
 is created here and handed to torch, because ``TCPStore`` on its own listens on every interface.
 """
