@@ -77,4 +77,7 @@ def combine_sites(parts: list[SegmentationData], seed: int, max_images: int | No
                 splits[name] = s.subset(np.sort(rng.choice(len(s), size=keep, replace=False)))
     source = "+".join(d.source for d in parts)
     info = {"image_size": parts[0].info.get("image_size"), "sites": {d.source: {k: v for k, v in d.info.items() if k != "image_size"} for d in parts}}
-    return SegmentationData(splits["train"], splits["val"], splits["test"], source, False, info)
+    # millimetres only where every site knows its spacing: one run never mixes mm and pixels
+    known = [d.spacing for d in parts]
+    spacing = None if any(s is None for s in known) else {i: v for s in known for i, v in s.items()}
+    return SegmentationData(splits["train"], splits["val"], splits["test"], source, False, info, spacing)

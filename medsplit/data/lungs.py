@@ -11,6 +11,7 @@ native size, before any resizing), a mask with more than two levels, an unreadab
 The pieces: :mod:`~medsplit.data.lung_folder` (layouts, which image goes with which mask),
 :mod:`~medsplit.data.lung_pixels` (reading and validating pixels),
 :mod:`~medsplit.data.lung_sites` (``a+b`` combined sources),
+:mod:`~medsplit.data.lung_spacing` (pixel spacing from NIfTI headers, for HD95 in mm),
 :mod:`~medsplit.data.synthetic_cxr` (phantoms); the Kaggle download is in
 :mod:`~medsplit.data.download`.
 """
@@ -27,6 +28,7 @@ from medsplit.data.image_size import check_image_size
 from medsplit.data.lung_folder import KAGGLE_DIR, find_set_root, index_folder, resolve_lung_source
 from medsplit.data.lung_pixels import load_images, load_masks
 from medsplit.data.lung_sites import combine_sites, combined_sites
+from medsplit.data.lung_spacing import set_spacing, spacing_range
 from medsplit.data.partition import patient_split
 from medsplit.data.sets import SegmentationData, SegmentationSet
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
@@ -90,6 +92,10 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         duplicates: images of identical content: ``"error"`` (stop, naming both files) or
             ``"drop"`` (keep the first; listed in ``summary()["duplicates_dropped"]``).
 
+    Returns:
+        the splits; ``spacing`` holds every image's pixel spacing in mm at ``img_size`` when
+        every image is a NIfTI file whose header states it (HD95 is then in mm), else ``None``.
+
     Raises:
         DataError: missing set, image without mask, mask/image size mismatch, non-binary
             mask or unreadable file, each naming the file.
@@ -104,6 +110,7 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         return combine_sites(parts, seed, max_images)
     source, folder = resolve_lung_source(data, Path(data_root))
     info: dict = {"image_size": img_size}
+    spacing = None  # mm per pixel by image id, where every image's header states it (NIfTI)
     if folder is None:
         images, masks = make_synthetic_cxr(synthetic_size, img_size, seed)
         ids = [f"synthetic-{i:04d}" for i in range(synthetic_size)]
@@ -127,6 +134,9 @@ def load_lungs(data: str, data_root: Path, img_size: int = 128, seed: int = 0, t
         images = load_images(records, img_size, cache_dir, converted)
         if converted:  # e.g. RGB screenshots or 16-bit X-rays among 8-bit greyscale ones
             info["converted_images"] = {"to": "L", "from_modes": converted}
+        spacing = set_spacing(records, img_size)
+        if spacing is not None:
+            info["pixel_spacing_mm"] = spacing_range(spacing)
         full = SegmentationSet(images, masks, [r.id for r in records], [r.group for r in records], [r.patient for r in records])
     train, val, test = split_by_patient(full.patients or full.ids, full.groups, seed, test_fraction, val_fraction)
-    return SegmentationData(full.subset(train), full.subset(val), full.subset(test), source, folder is None, info)
+    return SegmentationData(full.subset(train), full.subset(val), full.subset(test), source, folder is None, info, spacing)

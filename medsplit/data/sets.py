@@ -184,6 +184,8 @@ class SegmentationData:
         source: set name (``"covid-cxr-v7"``, ``"kaggle-lungs"``, ``"synthetic"``, a folder name).
         synthetic: True for generated phantoms (results are then not clinical evidence).
         info: extra facts for the run record (image size, images skipped for lack of a mask).
+        spacing: ``{image id: (row mm, column mm)}`` at the stored image size, for HD95 in
+            millimetres; ``None`` when any image's spacing is unknown (PNG/JPEG files).
     """
 
     train: SegmentationSet
@@ -192,6 +194,7 @@ class SegmentationData:
     source: str
     synthetic: bool
     info: dict = field(default_factory=dict)
+    spacing: dict[str, tuple[float, float]] | None = None
 
     def summary(self) -> dict:
         """JSON-able description: source, per split ``n``, mean lung fraction and group counts."""

@@ -3,7 +3,9 @@ See :mod:`medsplit.metrics` for the accumulate-then-aggregate pattern both metri
 
 from __future__ import annotations
 
+import numbers
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,11 +34,18 @@ class SegmentationMetrics:
       there is one) and ``hd95["ground_truth_empty"]`` (a false alarm on an empty mask).
 
     HD95 is the 95th percentile symmetric Hausdorff distance in pixels, or in physical units
-    when ``spacing`` is given. ``std`` is the population standard deviation (ddof=0).
+    (millimetres for lung data) when a spacing is given: one for every image (``spacing``) or
+    one per image (``spacing_by_id``, e.g. read from each NIfTI header and scaled to the
+    model's input size). ``aggregate()["spacing"]`` says which: ``None`` (pixels), one number
+    (every image had that isotropic spacing) or ``{"min": ..., "max": ...}`` over both axes
+    of every image. ``std`` is the population standard deviation (ddof=0).
 
     Args:
         threshold: probability above which a pixel is foreground, in (0, 1).
-        spacing: isotropic pixel spacing passed to MONAI's Hausdorff distance; ``None`` = 1.
+        spacing: one pixel spacing for every image, isotropic (a number) or ``(row, column)``;
+            ``None`` = 1 (pixels).
+        spacing_by_id: ``{image id: (row, column) spacing}``; every scored image must be in it
+            (a unit per image, never a mix of pixels and millimetres). Excludes ``spacing``.
 
     Example::
 
@@ -46,19 +55,24 @@ class SegmentationMetrics:
         result = metric.aggregate()   # {"dice": {"mean": ..., "std": ...}, ...}
     """
 
-    def __init__(self, threshold: float = 0.5, spacing: float | None = None) -> None:
+    def __init__(self, threshold: float = 0.5, spacing: float | Sequence[float] | None = None,
+                 spacing_by_id: Mapping[str, Sequence[float]] | None = None) -> None:
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}.")
-        if spacing is not None and not float(spacing) > 0:
-            raise ValueError(f"spacing must be positive or None, got {spacing!r}.")
+        if spacing is not None and spacing_by_id is not None:
+            raise ValueError("pass spacing (one for every image) or spacing_by_id (one per image), not both.")
         self.threshold = float(threshold)
-        self.spacing = None if spacing is None else float(spacing)
+        self.spacing = None if spacing is None else _row_column(spacing, "spacing")
+        self.spacing_by_id = None if spacing_by_id is None else {
+            str(k): _row_column(v, f"spacing of image {k!r}") for k, v in spacing_by_id.items()}
         self._rows: list[dict[str, Any]] = []
+        self._spacings: list[tuple[float, float]] = []  # per scored image, when HD95 is in physical units
         self._hd95_missing: list[str | None] = []  # per image: which side was empty, or None
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._rows.clear()
+        self._spacings.clear()
         self._hd95_missing.clear()
 
     def __len__(self) -> int:
@@ -94,6 +108,8 @@ class SegmentationMetrics:
         if len(ids) != batch:
             raise ValueError(f"{len(ids)} ids for a batch of {batch} images.")
 
+        spacings = self._batch_spacings(ids)
+
         # Imported here: importing monai takes seconds, and classification does not need it.
         from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
@@ -108,11 +124,16 @@ class SegmentationMetrics:
         hd95 = torch.full((batch,), float("nan"))
         hd95[~pred_any & ~true_any] = 0.0
         if both.any():
+            measured = both.nonzero().flatten().tolist()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MONAI warns about empty masks; handled above
                 hd95[both] = compute_hausdorff_distance(
-                    pred[both], true[both], include_background=True, percentile=95, spacing=self.spacing
+                    pred[both], true[both], include_background=True, percentile=95,
+                    # one (row, column) pair per measured image; None = unit spacing (pixels)
+                    spacing=None if spacings is None else [list(spacings[i]) for i in measured],
                 )[:, 0].float()
+        if spacings is not None:
+            self._spacings.extend(spacings)
 
         for i in range(batch):
             missing = None
@@ -127,6 +148,23 @@ class SegmentationMetrics:
                     "hd95": finite_or_none(float(hd95[i])),
                 }
             )
+
+    def _batch_spacings(self, ids: list[str]) -> list[tuple[float, float]] | None:
+        """The (row, column) spacing of each image of a batch, or ``None`` when HD95 is in pixels."""
+        if self.spacing_by_id is None:
+            return None if self.spacing is None else [self.spacing] * len(ids)
+        unknown = [i for i in ids if i not in self.spacing_by_id]
+        if unknown:
+            raise ValueError(f"no pixel spacing for image(s) {unknown[:3]}: spacing_by_id must cover every scored image "
+                             "(HD95 would mix millimetres and pixels)")
+        return [self.spacing_by_id[i] for i in ids]
+
+    def _spacing_summary(self) -> float | dict[str, float] | None:
+        """``None`` (HD95 in pixels), the one isotropic spacing every image had, or its range."""
+        if not self._spacings:
+            return None
+        values = {v for pair in self._spacings for v in pair}
+        return values.pop() if len(values) == 1 else {"min": min(values), "max": max(values)}
 
     def _hd95_misses(self) -> dict[str, Any]:
         """Images HD95 leaves out (exactly one of prediction / ground truth empty), by side."""
@@ -145,6 +183,16 @@ class SegmentationMetrics:
             "jaccard": summarise([r["jaccard"] for r in self._rows]),
             "hd95": {**summarise([r["hd95"] for r in self._rows]), **self._hd95_misses()},
             "threshold": self.threshold,
-            "spacing": self.spacing,
+            "spacing": self._spacing_summary(),
             "per_image": [dict(r) for r in self._rows],
         }
+
+
+def _row_column(spacing: float | Sequence[float], what: str) -> tuple[float, float]:
+    """``(row, column)`` spacing of a 2-D image from one number (isotropic) or a pair, checked positive."""
+    values = [spacing] if isinstance(spacing, numbers.Real) else list(spacing)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, numbers.Real) and float(v) > 0 for v in values):
+        raise ValueError(f"{what} must be a positive number or a (row, column) pair of them, got {spacing!r}.")
+    return float(values[0]), float(values[1])

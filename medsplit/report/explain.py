@@ -95,10 +95,17 @@ def cut_list(task: str, config: dict, cuts: list[int]) -> list[str]:
 
 def hd95_unit(test: dict) -> tuple[str, str]:
     """``(unit, sentence)`` for the HD95 of segmentation metrics: millimetres where the pixel spacing
-    was known (``test["spacing"]``, from NIfTI headers), pixels of the model's input otherwise."""
+    was known (``test["spacing"]``, from NIfTI headers: one number, or ``{"min", "max"}`` where images
+    differ), pixels of the model's input otherwise."""
     spacing = test.get("spacing")
-    if isinstance(spacing, (int, float)) and spacing > 0:
-        return "mm", (f"HD95 is in millimetres: the pixel spacing was known ({spacing:g} mm per pixel at the model's "
+    if isinstance(spacing, dict) and all(isinstance(spacing.get(k), (int, float)) and spacing[k] > 0 for k in ("min", "max")):
+        known = f"{spacing['min']:g} to {spacing['max']:g} mm per pixel"
+    elif isinstance(spacing, (int, float)) and spacing > 0:
+        known = f"{spacing:g} mm per pixel"
+    else:
+        known = None
+    if known:
+        return "mm", (f"HD95 is in millimetres: the pixel spacing was known ({known} at the model's "
                       "input size, from the images' NIfTI headers).")
     return "pixels", ("HD95 is in pixels of the model's input images, not in millimetres: these images carry no "
                       "pixel spacing (PNG and JPEG files do not; NIfTI headers do).")

@@ -78,7 +78,7 @@ class LungSegmentationTask(Task):
         masks = torch.cat([p.masks for p in parts])
         ids = [i for p in parts for i in p.ids]
         patients = [q for p in parts for q in (p.patients or p.ids)]
-        return ExternalSet(images, masks, ids, patients, d.source, SegmentationMetrics())
+        return ExternalSet(images, masks, ids, patients, d.source, SegmentationMetrics(spacing_by_id=d.spacing))
 
     @classmethod
     def num_outputs(cls, cfg: Config) -> int:
@@ -130,7 +130,8 @@ class LungSegmentationTask(Task):
     def new_metrics(self) -> TaskMetrics:
         from medsplit.metrics import SegmentationMetrics
 
-        return SegmentationMetrics()
+        # HD95 in mm where every image's NIfTI header gave its spacing, else in pixels
+        return SegmentationMetrics(spacing_by_id=self.data.spacing)
 
     def update_metrics(self, metrics: TaskMetrics, output: torch.Tensor, batch: Batch) -> None:
         metrics.update(output, batch.y, batch.ids)
