@@ -1,12 +1,13 @@
-"""Command line: ``python -m medsplit {train,evaluate,sweep,data} ...``.
+"""Command line: ``python -m medsplit {train,evaluate,sweep,attack,data,...} ...``.
 
 Every option is either a config key (``key=value`` overrides) or consumed here;
 nothing is parsed and ignored.
 
-Only the light modules (argparse, the config schema, YAML) are imported before a command
-runs: ``--help`` and config errors answer in well under a second. Torch and the attack
-code are imported by the command that needs them (``attack`` and ``sweep`` build their
-parsers only when named: their choices come from registries that import torch).
+Only light modules (argparse, the config schema, YAML) are imported before a command runs:
+``--help`` of every command and config errors answer in well under a second. The choices of
+``attack`` and ``sweep`` come from registries that import torch, so the parsers take them from
+:mod:`medsplit.cli_choices`, which knows them without torch; torch, torchmetrics and the attack
+code are imported by the command that runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from medsplit import __version__, cli_choices
 from medsplit.cli_args import CommandParser, choice_list, int_list, positive_int
 from medsplit.config import ConfigError, config_from_dict, default_data_root, keys_help, load_config
 
@@ -24,22 +26,18 @@ ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in re
 SWEEP_HELP = "train a grid over the cut or the number of clients and report mean +- std over seeds"
 
 
-def _configs_dir() -> Path:
-    """Where the shipped configs are: beside the package in a checkout, else ./configs."""
-    here = Path(__file__).resolve().parent.parent / "configs"
-    return here if here.is_dir() else Path("configs")
-
-
 def _train_epilog() -> str:
     import textwrap
 
-    configs = _configs_dir()
-    shipped = sorted(p.name for p in configs.glob("*.yaml") if not p.name.startswith("sweep-"))
+    from medsplit.config.loading import SHIPPED_CONFIGS, shipped_config_names
+
+    shipped = [n for n in shipped_config_names() if not n.startswith("sweep-")]
     wrap = lambda text: textwrap.fill(text, width=100)  # noqa: E731
     return (
-        wrap(f"config files: {configs}/ holds {', '.join(shipped) or 'none'} (the sweep-*.yaml files are for "
-             "`medsplit sweep`). Without a config file the defaults below apply.") + "\n\n"
-        "examples:\n  python -m medsplit train configs/retinopathy.yaml split.cut=3 split.clients=2\n"
+        wrap(f"config files: a YAML file, or the name of a shipped config: {', '.join(shipped) or 'none'} (in "
+             f"{SHIPPED_CONFIGS}, linked as configs/ in a checkout; the sweep-*.yaml files are for `medsplit sweep`). "
+             "Without a config file the defaults below apply.") + "\n\n"
+        "examples:\n  python -m medsplit train retinopathy split.cut=3 split.clients=2\n"
         "  python -m medsplit train configs/unet-seg.yaml data.source=synthetic train.epochs=2\n\n"
         + wrap("settings, as key=default (choices or type): the config file's values replace the defaults, and "
                "key=value arguments replace both.") + "\n" + keys_help()
@@ -53,15 +51,30 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = _command(argv)
+    parser = build_parser(_command(argv))
+    args = parser.parse_args(argv)
+    return _run(args)
+
+
+def build_parser(command: str | None = None) -> CommandParser:
+    """The parser of ``python -m medsplit``; imports no torch.
+
+    Args:
+        command: the command named on the command line: ``train`` adds its long settings
+            epilog, and only ``party`` (internal, not listed) adds the ``party`` command.
+    """
     parser = CommandParser(prog="medsplit", description="Healthcare split-learning benchmark.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"medsplit {__version__}",
+                        help="print medsplit's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands below; `medsplit COMMAND --help` explains it")
 
     p = sub.add_parser("train", help="train one configuration and write its report",
                        description="Train one configuration and write its HTML report and metrics JSON.",
                        epilog=_train_epilog() if command == "train" else None,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config file, e.g. configs/retinopathy.yaml (optional; see below)")
+    p.add_argument("config", nargs="?", help="YAML config file or a shipped config's name, e.g. configs/retinopathy.yaml "
+                                             "or retinopathy (optional; see below)")
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. split.cut=3 split.clients=2 (listed below)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that already holds a run (its files are removed)")
@@ -87,39 +100,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default=None, help="where this hospital keeps its checkpoints and (if it evaluates) the report")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (every party must resume)")
 
-    # Internal: what `train` with split.transport=gloo starts, one per party.
-    p = sub.add_parser("party", help=argparse.SUPPRESS)
-    p.add_argument("config")
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--address", required=True)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--resume", action="store_true")
+    if command == "party":  # internal, so not listed: what `train` with split.transport=gloo starts, one per party
+        p = sub.add_parser("party", description="Internal: one party of a run that `medsplit train` launched "
+                                                "with split.transport=gloo.")
+        p.add_argument("config", help="the run's resolved config (YAML written by the launcher)")
+        p.add_argument("--rank", type=int, required=True, help="0 for the server, k for hospital client{k-1}")
+        p.add_argument("--address", required=True, help="HOST:PORT of the server's rendezvous")
+        p.add_argument("--run-dir", required=True, help="the run folder")
+        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("evaluate", help="score a trained run on a dataset (external validation)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a finished run folder (config.yaml, model.safetensors, metrics.json), "
+                                    "e.g. runs/retinopathy-sequential-cut3-clients2-seed0")
     p.add_argument("--data", required=True, help="dataset folder, .npz, or a source name (eyepacs, retinamnist, ...)")
     p.add_argument("--out", required=True, help="where to write the metrics JSON")
     p.add_argument("--labels", default=None, help="fundus: a labels CSV (image,level) for a plain image folder given by --data")
     p.add_argument("--report", default=None, help="also write a Markdown report: the external metric against the run's own test metric")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N "
+                                                     "(default auto)")
 
     p = sub.add_parser("data", help="download datasets into $MEDSPLIT_DATA (needs network; Kaggle needs credentials)")
     # Checked by hand: Python 3.11's argparse rejects an empty list against ``choices``.
     p.add_argument("what", nargs="*", help=f"what to download: any of {', '.join(DOWNLOADS)} (default: all)")
     p.add_argument("--root", default=None, help="data root (default: $MEDSPLIT_DATA or datasets/)")
 
-    if command == "sweep":  # its choices come from the protocol registry, which imports torch
-        add_sweep_parser(sub)
-    else:
-        sub.add_parser("sweep", help=SWEEP_HELP)
-    if command == "attack":  # the attack registries import torch: only when it is the command
-        add_attack_parser(sub)
-    else:
-        sub.add_parser("attack", help=ATTACK_HELP)
+    add_sweep_parser(sub)
+    add_attack_parser(sub)
     from medsplit.flare.cli import add_flare_parser
 
     add_flare_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             return _train(args)
@@ -151,28 +164,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``sweep`` command to ``subparsers`` (made by a :class:`CommandParser`, so that
-    ``key=value`` overrides may follow the options); returns its parser."""
-    from medsplit import sweep
-
+    ``key=value`` overrides may follow the options); returns its parser. Imports no torch."""
     try:
         p = subparsers.add_parser("sweep", help=SWEEP_HELP, trailing_overrides="overrides",
-                                  description=sweep.__doc__.split("\n\n")[0]
-                                  + " Resumable: rerun the same command to finish or retry.")
+                                  description="Train a grid of configurations over the cut or the number of clients, "
+                                              "then report mean +- std over seeds. Resumable: rerun the same command "
+                                              "to finish or retry.")
     except TypeError as e:
         raise TypeError("add_sweep_parser needs sub-commands of a CommandParser "
                         "(CommandParser(...).add_subparsers(...))") from e
-    protocols = sweep.split_protocols()
-    p.add_argument("config", help="YAML training config every run starts from (configs/sweep-*.yaml)")
+    protocols = cli_choices.sweep_protocols()
+    partitions = cli_choices.SWEEP_PARTITIONS
+    p.add_argument("config", help="YAML training config every run starts from (configs/sweep-*.yaml, or a shipped "
+                                  "config's name such as sweep-cut-retinopathy)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run, e.g. train.epochs=2")
-    p.add_argument("--axis", required=True, choices=sweep.AXES, help="what varies: the cut or the number of clients")
+    p.add_argument("--axis", required=True, choices=cli_choices.SWEEP_AXES,
+                   help="what varies: the cut or the number of clients")
     p.add_argument("--values", required=True, type=int_list, help="comma-separated cuts or client counts, e.g. 1,3,5")
     p.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--protocols", type=choice_list(protocols), default=["sequential"],
                    help=f"comma-separated split protocols from {','.join(protocols)} (default sequential)")
-    p.add_argument("--partitions", type=choice_list(sweep.PARTITIONS), default=["iid"],
-                   help=f"comma-separated partitions from {','.join(sweep.PARTITIONS)} (default iid)")
+    p.add_argument("--partitions", type=choice_list(partitions), default=["iid"],
+                   help=f"comma-separated partitions from {','.join(partitions)} (default iid)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
-                   help=f"skip the baselines ({', '.join(sweep.baseline_protocols())})")
+                   help=f"skip the baselines ({', '.join(cli_choices.sweep_baselines())})")
     p.add_argument("--out", default=None, help="folder for the runs (default <output.runs_dir>/sweeps/<axis>-<task>)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="points trained side by side, each in its own process with cpu_count/jobs threads "
@@ -187,9 +202,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     """Run the sweep the parsed arguments describe; 0 when every run finished, 1 when some failed."""
     from medsplit.sweep import run_sweep
 
+    from medsplit.config.loading import config_path
+
     base = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(base.output.runs_dir) / "sweeps" / f"{args.axis}-{base.task}"
-    html = run_sweep(Path(args.config), args.axis, args.values, args.seeds, args.protocols, args.partitions,
+    html = run_sweep(config_path(args.config), args.axis, args.values, args.seeds, args.protocols, args.partitions,
                      args.baselines, out, list(args.overrides), quiet=not args.verbose, report_only=args.report_only,
                      jobs=args.jobs)
     summary = json.loads(html.with_suffix(".json").read_text())
@@ -304,23 +321,27 @@ def _data(args) -> int:
 
 
 def add_attack_parser(subparsers) -> None:
-    """The ``attack`` command's options; its choices come from the attack, defence, task and profile registries."""
-    from medsplit.attacks import ALIASES, ATTACKS
-    from medsplit.attacks.profiles import DEVICES, PROFILES
-    from medsplit.attacks.tasks import ATTACK_TASKS
-    from medsplit.defences import DEFENCES
-
-    p = subparsers.add_parser("attack", help=ATTACK_HELP)
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="tiny (tests), reduced (CPU default), full (GPU default)")
-    p.add_argument("--task", choices=list(ATTACK_TASKS), default="lungs")
-    p.add_argument("--device", choices=list(DEVICES), default="auto",
+    """The ``attack`` command's options; its choices are the attack, defence, task and profile
+    registries', read without importing torch (:mod:`medsplit.cli_choices`)."""
+    attacks, aliases = cli_choices.attack_names(), cli_choices.attack_aliases()
+    p = subparsers.add_parser("attack", help=ATTACK_HELP, description="Run attacks against split training, with and "
+                              "without defences, and write an HTML report and JSON.")
+    p.add_argument("--profile", choices=cli_choices.ATTACK_PROFILES, default=None,
+                   help="tiny (tests), reduced (CPU default), paper-cpu (FSHA at the paper's length and learning "
+                        "rates, on a CPU), full (GPU default)")
+    p.add_argument("--task", choices=cli_choices.ATTACK_TASKS, default="lungs",
+                   help="lungs: covid-cxr-v7, the U-Net cut U-shaped, the masks never leave the hospital (default); "
+                        "retinopathy: EyePACS, a ResNet-18 cut in two, the labels cross to the server; "
+                        "lungs-label-sharing: the lung control cut in two, the masks sent to the server")
+    p.add_argument("--device", choices=cli_choices.ATTACK_DEVICES, default="auto",
                    help="auto (cuda when a GPU is present, else cpu), cpu, or cuda (an error without a GPU)")
-    p.add_argument("--attacks", default=",".join(ATTACKS),
-                   help=f"comma-separated from {','.join(ATTACKS)} (aliases: "
-                        f"{', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
-    p.add_argument("--defences", default=None, help=f"comma-separated from {','.join(DEFENCES)} (default: all of the profile)")
+    p.add_argument("--attacks", default=",".join(attacks),
+                   help=f"comma-separated from {','.join(attacks)} (aliases: "
+                        f"{', '.join(f'{a} = {n}' for a, n in aliases.items())}; default all)")
+    p.add_argument("--defences", default=None,
+                   help=f"comma-separated from {','.join(cli_choices.defence_names())} (default: all of the profile)")
     p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
-    p.add_argument("--out", default="reports", help="report folder")
+    p.add_argument("--out", default="reports", help="report folder (default reports)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field of the profile, e.g. --set fsha.iterations=3000 --set img_size=96 "
                         "--set cut_lungs=2 (repeatable; the report is then named after the profile plus '-custom', "

@@ -20,7 +20,7 @@ def test_train_help_lists_every_key_with_default_and_choices(capsys):
     assert "split.protocol=sequential   (sequential | splitfed | splitfed-v1 | centralised | fedavg)" in out
     assert "train.epochs=6   (int)" in out and "data.max_images=null   (int | null)" in out
     assert "relay, as in the original study" in out  # the schema's docstrings come along
-    assert "configs/ holds" in out and "unet-seg.yaml" in out and "retinopathy.yaml" in out
+    assert "the name of a shipped config:" in out and "unet-seg" in out and "retinopathy" in out
     for row in describe_keys():
         assert f"    {row['key']}=" in out, row["key"]
 

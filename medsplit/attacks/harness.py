@@ -127,20 +127,31 @@ def _jsonable(obj):
 
 def run_attack_command(args) -> int:
     """``python -m medsplit attack``: the options of :func:`medsplit.cli.add_attack_parser`."""
+    html = run_attack(args.task, profile=args.profile, attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
+                      defences=[d for d in args.defences.split(",") if d] if args.defences else None,
+                      device=args.device, data_root=args.data_root, out=args.out, overrides=args.overrides)
+    print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
+    return 0
+
+
+def run_attack(task: str, profile: str | None = None, attacks: list[str] | None = None, defences: list[str] | None = None,
+               device: str = "auto", data_root: str | Path | None = None, out: str | Path = "reports",
+               overrides: list[str] = ()) -> Path:
+    """Run the attack evaluation and write its report; returns the HTML report's path (the JSON
+    summary is beside it). The arguments are ``medsplit attack``'s options (``attacks=None``: all;
+    ``defences=None``: the profile's); a defence that cannot apply to ``task`` is refused before
+    anything trains."""
     from medsplit.report.attack_report import write_attack_report
 
-    device = resolve_device(args.device)
-    profile = customise(PROFILES[args.profile or default_profile(device)], args.overrides)
-    attacks = resolve_attack_names([a.strip() for a in args.attacks.split(",") if a.strip()])
-    defences = [d for d in args.defences.split(",") if d] if args.defences else None
+    dev = resolve_device(device)
+    chosen = customise(PROFILES[profile or default_profile(dev)], list(overrides))
+    names = resolve_attack_names(list(ATTACKS) if attacks is None else list(attacks))
     if defences is not None:
         check_defence_names(defences)
         for name in defences:  # refused before any training (evaluate would skip it and go on)
-            reason = DEFENCES[name].applies_to(attack_task(args.task))
+            reason = DEFENCES[name].applies_to(attack_task(task))
             if reason:
-                raise DefenceNotApplicable(f"--task {args.task} --defences {name}: {reason}")
-    root = Path(args.data_root) if args.data_root else default_data_root()
-    results = evaluate(args.task, profile, root, attacks, defences, device=device, progress=True)
-    html = write_attack_report(results, Path(args.out))
-    print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
-    return 0
+                raise DefenceNotApplicable(f"--task {task} --defences {name}: {reason}")
+    root = Path(data_root) if data_root else default_data_root()
+    results = evaluate(task, chosen, root, names, defences, device=dev, progress=True)
+    return write_attack_report(results, Path(out))

@@ -80,10 +80,14 @@ class SplitConfig:
     """sequential (relay, as in the original study) | splitfed (SFL-V2: one shared server model) |
     splitfed-v1 (SFL-V1: one server copy per hospital, averaged each round) | centralised | fedavg."""
     cut: int = 3
-    """Where the model is cut, in the original study's numbering (ResNet: children 0..CUT stay at the hospital;
-    U-Net: the plan's four-part cut); the config check lists the legal cuts of each model."""
+    """Where the network is cut: N layers stay with the hospital (the client), the server holds the rest.
+    ResNet (retinopathy): the client runs torchvision's children()[0..N] (0 conv1, 1 bn1, 2 relu,
+    3 maxpool, 4-7 layer1-layer4), legal 0-7; at 224 px N=2 sends 64x112x112, N=3 64x56x56, N=5
+    128x28x28, N=7 512x7x7. U-Net (lungs, cut U-shaped): the client runs the first N encoder blocks
+    and the last N decoder blocks with the head (so the masks never leave it), legal 1-3; at 256 px
+    with unet-smp N=1 sends 64x128x128 and gets 64x64x64 back. Ignored by centralised and fedavg."""
     clients: int = 2
-    """Number of hospitals."""
+    """Number of hospitals; each holds its own part of the training images (data.partition)."""
     serialise: bool = False
     """Encode/decode every message on the in-process channel (what a real transport does)."""
     compress_activations: str = "none"
