@@ -31,20 +31,40 @@ SWEEP_CLIENTS_unet        = 1,2,3,4,6
 JOBS       ?= 1
 SWEEP = $(PY) -m medsplit sweep --seeds $(SEEDS) --protocols $(PROTOCOLS) --partitions $(PARTITIONS) --jobs $(JOBS)
 
-.PHONY: attacks setup test test-fast retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index results docs
+.PHONY: attacks setup install-venv lock wheel-check test test-fast retinopathy retinamnist eyepacs unet-seg data clean clean-reports check-reports sweep-cut sweep-clients index results docs
 
-setup: $(VENV)/.installed
+# Set-up is keyed on the *content* of pyproject.toml and requirements.lock (a sha256 kept in
+# $(VENV)/.installed), not on file times: a fresh clone whose files are newer than an existing
+# venv does not reinstall, and an edited dependency list does.
+SETUP_INPUTS = pyproject.toml requirements.lock
+setup_hash = $(shell $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(b''.join(open(f, 'rb').read() for f in sys.argv[1:])).hexdigest())" $(SETUP_INPUTS))
+
+setup:
+	@if [ -x $(PY) ] && [ "$$(cat $(VENV)/.installed 2>/dev/null)" = "$(setup_hash)" ]; then \
+		echo ">>> $(VENV) matches pyproject.toml and requirements.lock"; \
+	else \
+		$(MAKE) --no-print-directory install-venv; \
+	fi
 
 # pip's own progress is shown: the first set-up downloads PyTorch (with its CUDA libraries on
 # Linux) and takes several minutes; the finished .venv is about 6.2 GB (measured: du -sh .venv).
-$(VENV)/.installed: pyproject.toml
+install-venv:
 	@echo ">>> creating $(VENV) and installing medsplit with PyTorch, MONAI, scikit-learn and the test tools"
 	@echo ">>> first time: several minutes of downloads; the finished $(VENV) is about 6.2 GB on disk"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -e ".[dev,docs]"
-	touch $@
+	$(PY) -m pip install --progress-bar on -c requirements.lock -e ".[dev,docs]"
+	@echo "$(setup_hash)" > $(VENV)/.installed
 	@echo ">>> set-up done; try: make retinopathy or make unet-seg (each wants about 2 GB of RAM), or make test"
+
+# After a dependency change: the exact versions of .venv become the lock (medsplit itself left out).
+lock:
+	@{ sed -n '/^#/p' requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^#\|^-e\|^medsplit'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+
+# The built wheel installed outside the checkout trains, evaluates and reports (what CI runs).
+wheel-check: setup
+	PY=$(PY) bash .ci/wheel_check.sh
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
