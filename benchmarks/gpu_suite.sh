@@ -14,6 +14,9 @@
 #
 # Options: --dry-run, --out DIR, --data DIR (default device-data; the dry run builds a tiny one in
 # --out from ../shared/data), --device auto|cuda|cpu. $PYTHON picks the interpreter (default python).
+# Offline host (no MONAI, smp, opacus, nibabel, matplotlib; no network): here, once,
+#   python benchmarks/fetch_offline_wheels.py [--python-version 3.12]   # offline-wheels/cp312, 23 MiB
+# and carry offline-wheels/ with device-data/: the suite installs the wheels the host lacks first.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --out) out="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +46,32 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg
+
+# Air-gapped hosts: the wheels benchmarks/fetch_offline_wheels.py fetched (offline-wheels/cpXY, or
+# $OFFLINE_WHEELS) that this Python lacks go into a temporary --target on PYTHONPATH, for every
+# step and every party process; what the site installed (its PyTorch above all) is left alone.
+pyver="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+wheels="${OFFLINE_WHEELS:-$repo/offline-wheels/$pyver}"
+if [[ -d $wheels ]]; then
+  mapfile -t missing < <("$PYTHON" "$here/fetch_offline_wheels.py" --list-missing "$wheels")
+  if (( ${#missing[@]} )); then
+    site="$(mktemp -d "${TMPDIR:-/tmp}/medsplit-offline-site.XXXXXX")"
+    trap 'rm -rf "$site"' EXIT
+    echo "== installing ${#missing[@]} offline wheel(s) from $wheels into $site"
+    if "$PYTHON" -m pip --version > /dev/null 2>&1; then
+      "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$site" "${missing[@]}"
+    else  # no pip on the host: a wheel is a zip of its import tree
+      for w in "${missing[@]}"; do "$PYTHON" -m zipfile -e "$w" "$site"; done
+    fi
+    export PYTHONPATH="$PYTHONPATH:$site"
+  fi
+fi
+if ! "$PYTHON" -c 'import monai, segmentation_models_pytorch, opacus, nibabel, matplotlib' 2> "$out/imports.log"; then
+  echo "gpu_suite.sh: medsplit's dependencies do not import with $PYTHON ($(tail -n 1 "$out/imports.log")); on an" \
+       "offline host fetch them first, here: python benchmarks/fetch_offline_wheels.py --python-version X.Y," \
+       "and carry offline-wheels/" >&2
+  exit 2
+fi
 
 if [[ -z $data ]]; then
   if [[ $dry == 1 ]]; then
