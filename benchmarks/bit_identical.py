@@ -43,8 +43,10 @@ TASKS = {
 }
 IN_PROCESS = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
 AS_PROCESSES = ("sequential", "splitfed")  # the protocols that run with each party in its own process
-# keys whose values the clock or the machine decides
-CLOCK_KEYS = {"seconds", "wall_time_s", "elapsed_s", "elapsed", "link_seconds", "pid", "host"}
+# keys whose values the clock or the machine decides; FLARE's handed_to_flare counts include the
+# final report message, which carries the link timings (floats whose printed length varies)
+CLOCK_KEYS = {"seconds", "wall_time_s", "job_wall_time_s", "elapsed_s", "elapsed", "link_seconds", "pid", "host",
+              "handed_to_flare"}
 
 
 def _overrides(root: Path, task: str, protocol: str, name: str, *extra: str) -> list[str]:
@@ -69,13 +71,13 @@ def plan(placements: tuple[str, ...]) -> list[tuple[str, str, str, str, tuple[st
     return runs
 
 
-def scrub(value, root: str):
+def scrub(value, root: str | None = None):
     """``value`` without what the clock or the machine decides; ``root`` replaced by ``<root>``."""
     if isinstance(value, dict):
         return {k: scrub(v, root) for k, v in value.items() if k not in CLOCK_KEYS}
     if isinstance(value, list):
         return [scrub(v, root) for v in value]
-    if isinstance(value, str):
+    if isinstance(value, str) and root:
         return value.replace(root, "<root>")
     return value
 
@@ -156,6 +158,7 @@ def count_numbers(value) -> int:
 
 
 def compare(before: dict, after: dict) -> dict:
+    before, after = scrub(before), scrub(after)  # records saved before a key joined CLOCK_KEYS
     shared = sorted(set(before["runs"]) & set(after["runs"]))
     runs = {}
     for label in shared:

@@ -38,10 +38,24 @@ def test_bad_values_name_the_key(override, message):
 
 
 def test_shipped_configs_are_valid():
+    """Every shipped config loads and validates, and every value it writes is the value the run gets."""
     from pathlib import Path
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
-        load_config(path)
+    import yaml
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) >= 10, paths
+    for path in paths:
+        cfg = load_config(path).to_dict()
+
+        def check(written: dict, loaded: dict, where: str) -> None:
+            for key, value in written.items():
+                if isinstance(value, dict):
+                    check(value, loaded[key], f"{where}{key}.")
+                else:
+                    assert loaded[key] == value, f"{path.name}: {where}{key} is {value!r} in the file, {loaded[key]!r} loaded"
+
+        check(yaml.safe_load(path.read_text()), cfg, "")
 
 
 def test_label_smoothing_needs_class_labels_and_reaches_the_loss():

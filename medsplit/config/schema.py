@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from medsplit.protocol_names import BUILTIN, protocol_facts, protocol_names
 
 
 class ConfigError(ValueError):
@@ -202,9 +203,7 @@ class Config:
         trained setting (epochs aside: a resumed run may add epochs) get different folders."""
         if self.output.name:
             return self.output.name
-        from medsplit.train.protocols import protocol_class  # torch: imported when a run is named, not with the config
-
-        where = f"cut{self.split.cut}" if protocol_class(self.split.protocol).split else "whole"
+        where = f"cut{self.split.cut}" if protocol_facts(self.split.protocol).split else "whole"
         return (f"{self.task}-{self.split.protocol}-{where}-clients{self.split.clients}-seed{self.train.seed}"
                 f"-{self.data.img_size}px-{self.name_hash()}")
 
@@ -236,16 +235,9 @@ NAME_HASH_SKIPS = {("data", "source"), ("data", "root"), ("data", "cache_dir"), 
 
 #: Listing order of the built-in protocols (split ones first); a protocol added as a new module
 #: follows them in name order.
-BUILTIN_PROTOCOLS = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
-
-
-def protocol_module_names() -> tuple[str, ...]:
-    """The ``split.protocol`` choices: one per module of ``medsplit/train/protocols/`` (a
-    protocol's module is named after it, ``-`` written ``_``; ``register`` enforces this), so a
-    new protocol is one new file and loading a config still imports no torch."""
-    folder = Path(__file__).resolve().parents[1] / "train" / "protocols"
-    found = {m.name.replace("_", "-") for m in pkgutil.iter_modules([str(folder)]) if m.name != "base"}
-    return tuple(n for n in BUILTIN_PROTOCOLS if n in found) + tuple(sorted(found - set(BUILTIN_PROTOCOLS)))
+BUILTIN_PROTOCOLS = tuple(BUILTIN)
+#: The ``split.protocol`` choices (kept under this name for callers of the config package).
+protocol_module_names = protocol_names
 
 
 CHOICES = {

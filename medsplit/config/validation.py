@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 # torch-free, like this package: loading a config must not import torch
-from medsplit.config.schema import BUILTIN_PROTOCOLS, CHOICES, Config, ConfigError
+from medsplit.config.schema import CHOICES, Config, ConfigError
+from medsplit.protocol_names import BUILTIN, protocol_facts
 from medsplit.data.image_size import MIN_IMAGE_SIZE
 
 
@@ -26,20 +27,9 @@ CLASSIFICATION_TASKS = ("retinopathy",)
 # matching size, so its image side must be a multiple of 2 ** 4. (smp's decoder resizes each
 # upsampled map to its skip, so unet-smp takes any size: 16..128 px checked, including 20 and 100.)
 IMAGE_MULTIPLE = {"unet-classic": 16}
-# The protocols whose parties can run as separate processes (split.transport=gloo | flare): those
-# with ``runs_as_processes`` in medsplit.train.protocols, kept literal so loading a config needs no
-# torch; tests/test_protocols.py checks both agree.
-PROCESS_PROTOCOLS = ("sequential", "splitfed")
-
-
-def _runs_as_processes(protocol: str) -> bool:
-    """Whether ``protocol``'s parties can be separate processes: the literal list for the built-in
-    ones (no torch), the class itself for a protocol added as a new module."""
-    if protocol in BUILTIN_PROTOCOLS:
-        return protocol in PROCESS_PROTOCOLS
-    from medsplit.train.protocols import PROTOCOLS
-
-    return bool(PROTOCOLS[protocol].runs_as_processes)
+# The built-in protocols whose parties can run as separate processes (split.transport=gloo | flare),
+# from the torch-free facts of medsplit.protocol_names (tests/test_protocols.py checks them against the classes).
+PROCESS_PROTOCOLS = tuple(n for n, facts in BUILTIN.items() if facts.runs_as_processes)
 
 
 def validate(cfg: Config) -> None:
@@ -78,7 +68,7 @@ def validate(cfg: Config) -> None:
         ("train.label_smoothing", math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "must be in [0, 1)"),
         ("train.label_smoothing", t.label_smoothing == 0 or cfg.task in CLASSIFICATION_TASKS,
          f"needs class labels (task={cfg.task} segments; use 0)"),
-        ("split.protocol", cfg.split.transport == "inprocess" or _runs_as_processes(cfg.split.protocol),
+        ("split.protocol", cfg.split.transport == "inprocess" or protocol_facts(cfg.split.protocol).runs_as_processes,
          f"runs in one process only (split.transport={cfg.split.transport} supports {' and '.join(PROCESS_PROTOCOLS)})"),
     ]
     for key, ok, why in checks:

@@ -11,14 +11,16 @@ from medsplit.config import Config
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import job_description
 from medsplit.flare.policy import write_site_kits
+from medsplit.flare.transport import FlareTransport
+from medsplit.transport import register_placement
 
 
 def build_recipe(job: dict):
     """A FLARE Collab recipe for ``job``: the server site and one hospital app per site."""
     require_nvflare()
-    from nvflare.collab import CollabRecipe
+    from nvflare.collab import CollabRecipe  # optional extra: only when a FLARE job runs
 
-    from medsplit.flare.sites import MedsplitHospital, MedsplitServer
+    from medsplit.flare.sites import MedsplitHospital, MedsplitServer  # imports nvflare
 
     # sync_task_timeout: how long FLARE waits for a site to start its part; the job itself is
     # bounded by job_timeout_s (the hospitals' train calls).
@@ -48,7 +50,7 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
         ``medsplit_result.json``'s content (``{"status": "ok"|"failed", ...}``).
     """
     require_nvflare()
-    from nvflare.recipe import SimEnv
+    from nvflare.recipe import SimEnv  # optional extra: only when a FLARE job runs
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     return json.loads(result_file.read_text())
 
 
-def train_with_flare(cfg: Config, quiet: bool = False, resume: bool = False) -> Path:
+def train_with_flare(cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> Path:
     """``split.transport=flare`` for ``medsplit train`` (``make ... TRANSPORT=flare``): the run in
     FLARE's simulator with hospital sites ``hospital-1..K``. The run folder
     (``<output.runs_dir>/<run>``) gets ``config.yaml``, ``metrics.json``, the report, each site's
@@ -92,10 +94,12 @@ def train_with_flare(cfg: Config, quiet: bool = False, resume: bool = False) -> 
 
     Args:
         cfg: the run's config (``split.transport=flare``).
-        quiet: no console output beyond FLARE's own logging.
+        run_dir: the run folder (default ``<output.runs_dir>/<run>``).
         resume: every site continues from its last checkpoint (``medsplit train --resume RUN_DIR``).
+        quiet: no console output beyond FLARE's own logging.
     """
-    run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
+    require_nvflare()
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output.runs_dir) / cfg.run_name()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     sites = [f"hospital-{k + 1}" for k in range(cfg.split.clients)]
@@ -109,3 +113,7 @@ def train_with_flare(cfg: Config, quiet: bool = False, resume: bool = False) -> 
     if not quiet:
         print(f"report: {reports / (cfg.run_name() + '.html')}\nmetrics: {run_dir / 'metrics.json'}\nrun: {run_dir}")
     return run_dir
+
+
+# split.transport=flare: medsplit.transport imports this module by name when such a run starts.
+register_placement("flare", train_with_flare, transport=FlareTransport)

@@ -1,16 +1,19 @@
-"""What one FLARE site runs: issue 12's party runner (:class:`medsplit.train.party_run.PartyRun`) with the
+"""What one FLARE site runs: the runner every placement runs (:class:`medsplit.train.runner.Runner`)
+with the party-process coordinator (:class:`medsplit.train.party_run.ControlCoordinator`) and the
 ``flare`` transport under its Channel.
 
-The runner is the one ``serve``/``join`` use over gloo: every party walks the same schedule from the
+The coordinator is the one ``serve``/``join`` use over gloo: every party walks the same schedule from the
 same seed and computes only its own parts (the server never opens an image folder); the
 evaluating hospital gathers losses, byte counts and link timings and builds the run record. So a
 FLARE run gives the in-process run's numbers exactly (same data, same seed, CPU; tested through
 FLARE's simulator). The one thing added here is the hospital's own enforcement of the job's
-defences (:class:`~medsplit.flare.policy.HospitalGuard`) on the parts it runs.
+defences (:class:`~medsplit.flare.policy.HospitalGuard`) on the parts it runs, with the
+detector's probe rounds as a hook of the runner (:class:`SiteHooks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -19,9 +22,11 @@ import torch
 
 from medsplit.config import Config, config_from_dict
 from medsplit.flare.policy import HospitalGuard
+from medsplit.train.device import resolve_device
 from medsplit.train.party_plan import AGGREGATOR, SERVER, party_names
-from medsplit.train.party_run import PartyRun
+from medsplit.train.party_run import ControlCoordinator
 from medsplit.train.protocols import PROTOCOLS
+from medsplit.train.runner import RunHooks, Runner
 
 
 def client_party(k: int) -> str:
@@ -65,84 +70,80 @@ def install_guard(protocol, party: str, guard: HospitalGuard) -> None:
                 break  # the hospital's first part is the one whose activations leave it
 
 
-class _FlareParty(PartyRun):
-    """The party runner with the hospital's guard installed once the protocol exists, and, when
-    the job runs the hijack detector, the hospital's probe rounds in its schedule."""
+class SiteHooks(RunHooks):
+    """A hospital site's changes to the runner: its guard installed once the protocol exists and,
+    when the job runs the hijack detector, its probe rounds in the schedule.
 
-    guard: HospitalGuard | None = None
+    A probe is one more batch of the same size, announced to the server like any other (its size
+    gives nothing away), and the server answers it as it answers every batch. A server that
+    compares consecutive activations can still spot it (same images, unchanged weights). The
+    hospital sends the batch with random targets, keeps the gradient it gets back and does not
+    step; then sends the same images with the true targets as a regular step and scores the two
+    gradients (:class:`~medsplit.defences.detector.HijackDetector`). Once the detector fires under
+    ``on_alarm: abort``, the guard refuses to send any further activation and the job ends naming
+    this site. The server trains on the fake batches too (the price of a probe the server cannot
+    recognise), so a run with the detector is not the in-process run.
+    """
 
-    def _train_epoch(self, epoch: int):
-        if self.guard is not None and not getattr(self, "_guarded", False):
-            install_guard(self.protocol, self.name, self.guard)
-            self._guarded = True
-        if self.is_server or self.guard is None or self.guard.detector is None:
-            return super()._train_epoch(epoch)
-        return self._train_epoch_with_probes(epoch)
+    def __init__(self, party: str, guard: HospitalGuard):
+        self.party, self.guard, self.detector = party, guard, guard.detector
+        self.regular_steps = 0  # the hospital's regular steps over the whole run (the detector's clock)
+        self.rounds = iter(())
+        self.probe, self.fake_grad, self.received = None, None, []
 
-    def _train_epoch_with_probes(self, epoch: int) -> dict[int, list[float]]:
-        """A hospital's epoch with the detector's fake rounds (SplitGuard-style, simplified).
+    def started(self, runner: Runner) -> None:
+        install_guard(runner.protocol, self.party, self.guard)
 
-        A probe is one more batch of the same size, announced to the server like any other (its size
-        gives nothing away), and the server answers it as it answers every batch. A server that
-        compares consecutive activations can still spot it (same images, unchanged weights). The
-        hospital sends the batch with random targets, keeps the gradient it gets back and does not
-        step; then sends the same images with the true targets as a regular step and scores the
-        two gradients (:class:`~medsplit.defences.detector.HijackDetector`). Once the detector
-        fires under ``on_alarm: abort``, the guard refuses to send any further activation and the
-        job ends naming this site. The server trains on the fake batches too (the price of a
-        probe the server cannot recognise), so a run with the detector is not the in-process run.
-        """
-        from medsplit.train.schedule import augmentation_generator, hospital_batches
-
-        cfg, K, det = self.cfg, self.cfg.split.clients, self.guard.detector
-        own = hospital_batches(cfg, self.task, self.indices, epoch, self.k)
+    def plan_batches(self, runner: Runner, epoch: int, own: dict) -> dict:
+        if self.detector is None:
+            return own
         plan: list[tuple[torch.Tensor, bool, int]] = []  # (rows, fake round?, the hospital's step number)
-        for idx in own:
-            self._regular_steps = getattr(self, "_regular_steps", 0) + 1
-            if det.should_probe(self._regular_steps):
-                plan.append((idx, True, self._regular_steps))
-            plan.append((idx, False, self._regular_steps))
-        self.control.send(SERVER, batches=[len(idx) for idx, _, _ in plan])
-        batches = [[idx for idx, _, _ in plan] if k == self.k else [] for k in range(K)]
-        aug_gen = augmentation_generator(cfg, epoch, self.k, self.device)
-        torch.manual_seed(cfg.train.seed * 104_729 + epoch + 1)
-        losses: dict[int, list[float]] = {k: [] for k in range(K)}
-        rounds = iter(plan)
-        state: dict = {"probe": None}
-        received: list[dict] = []
-        untap = self.channel.tap(lambda t: received.append(t.tensors)
-                                 if t.kind == "gradient" and t.receiver == self.name and t.phase == "train" else None)
+        (k, batches), = own.items()
+        for idx in batches:
+            self.regular_steps += 1
+            if self.detector.should_probe(self.regular_steps):
+                plan.append((idx, True, self.regular_steps))
+            plan.append((idx, False, self.regular_steps))
+        self.rounds = iter(plan)
+        return {k: [idx for idx, _, _ in plan]}
 
-        def gradient() -> torch.Tensor:
-            grads = received[-1]
-            return torch.cat([g.reshape(-1) for g in grads.values()]).detach().clone()
-
-        def step(model, k, idx):
-            _, fake, number = next(rounds)
-            if fake:
-                batch = self.task.batch("train", idx, train=True, generator=aug_gen)
-                state["probe"] = batch
-                received.clear()
-                y_fake = det.fake_targets(batch.y, getattr(self.task.data, "num_classes", None))
-                with self.autocast():
-                    model.train_step(batch.x, y_fake, step=False)
-                state["fake_grad"] = gradient()
-                return
-            batch = state["probe"] if state["probe"] is not None else self.task.batch("train", idx, train=True, generator=aug_gen)
-            probed, state["probe"] = state["probe"] is not None, None
-            received.clear()
-            with self.autocast():
-                loss, _ = model.train_step(batch.x, batch.y)
-            if probed:
-                det.update(number, gradient(), state["fake_grad"])
-            if loss == loss:  # not NaN: this site computed the loss
-                losses[k].append(loss)
-
+    @contextlib.contextmanager
+    def epoch(self, runner: Runner):
+        if self.detector is None:
+            yield
+            return
+        channel = runner.channel
+        untap = channel.tap(lambda t: self.received.append(t.tensors)
+                            if t.kind == "gradient" and t.receiver == self.party and t.phase == "train" else None)
         try:
-            self.protocol.run_epoch(batches, step)
+            yield
         finally:
             untap()
-        return losses
+
+    def _gradient(self) -> torch.Tensor:
+        return torch.cat([g.reshape(-1) for g in self.received[-1].values()]).detach().clone()
+
+    def train_step(self, runner: Runner, model, k: int, idx: torch.Tensor, draw) -> float | None:
+        if self.detector is None:
+            return super().train_step(runner, model, k, idx, draw)
+        _, fake, number = next(self.rounds)
+        if fake:  # the probe: random targets, keep the gradient, no optimiser step
+            self.probe = draw()
+            self.received.clear()
+            y_fake = self.detector.fake_targets(self.probe[1], getattr(runner.task.data, "num_classes", None))
+            with runner.autocast():
+                model.train_step(self.probe[0], y_fake, step=False)
+            self.fake_grad = self._gradient()
+            return None
+        probed = self.probe is not None
+        x, y = self.probe if probed else draw()
+        self.probe = None
+        self.received.clear()
+        with runner.autocast():
+            loss, _ = model.train_step(x, y)
+        if probed:
+            self.detector.update(number, self._gradient(), self.fake_grad)
+        return loss
 
 
 def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_data: bool = False, resume: bool = False,
@@ -159,20 +160,17 @@ def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_dat
         resume: continue from this party's last checkpoint.
         guard: the hospital's defences (hospitals only).
     """
-    from medsplit.train.device import resolve_device
-
     check_flare_config(cfg)
     cfg = with_outputs(cfg, Path(root))
     names = party_names(cfg.split.clients)
     if party not in names:
         raise ValueError(f"party {party!r} is not in this job (parties {names})")
-    rank = names.index(party)
     run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
     party_dir = run_dir / "parties" / party
     party_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    runner = _FlareParty(cfg, party, rank, names, run_dir, party_dir, device, transport, own_data, resume, True, time.time())
-    runner.guard = guard
-    return runner.run()
+    coordinator = ControlCoordinator(cfg, party, names, party_dir, device, transport, own_data, resume, quiet=True)
+    hooks = SiteHooks(party, guard) if guard is not None else None
+    return Runner(cfg, coordinator, run_dir, party_dir, device, time.time(), hooks=hooks, quiet=True).run()

@@ -26,6 +26,7 @@ from nvflare.collab import collab
 
 from medsplit.flare.inbox_site import InboxSite, only_from_server
 from medsplit.flare.transport import FlareTransport
+from medsplit.train.records import json_default
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
 POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
@@ -51,9 +52,7 @@ def _site_root(job: dict, site: str) -> Path:
 
 def _plain(obj):
     """JSON round trip: what crosses FLARE is plain lists/dicts/numbers (no numpy, no objects)."""
-    from medsplit.train.loop import _json_default
-
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 class MedsplitServer(InboxSite):

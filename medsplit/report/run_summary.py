@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsplit.protocol_names import known_protocol_facts
 from medsplit.report.explain import KAPPA_WORDS, cut_words, degenerate_classifier, hd95_unit
 from medsplit.report.html import Report, format_value
 from medsplit.tasks import task_of_record
-from medsplit.train.protocols import PROTOCOLS
 from medsplit.uncertainty import format_interval
 
 __all__ = [
@@ -194,6 +194,6 @@ def summary_section(report: Report, record: dict) -> None:
     cut = cut_words(record)
     if cut:
         report.text(cut)
-    protocol = PROTOCOLS.get(str(record.get("protocol")))
+    protocol = known_protocol_facts(str(record.get("protocol")))
     if protocol is not None and protocol.pooled:
         report.text("Centralised baseline: the whole model trains in one place; nothing crosses a cut.")

@@ -15,7 +15,7 @@ def evaluate_by_group(model, task, split: str, batch_size: int, autocast) -> dic
 
     Args:
         model: the selected model (eval mode is set here and restored after).
-        task: the run's :class:`~medsplit.train.tasks.Task`; its split must carry ``groups``.
+        task: the run's :class:`~medsplit.tasks.Task`; its split must carry ``groups``.
         split: ``"test"`` (or ``"val"``).
         batch_size: images per forward pass.
         autocast: context factory used for the forward pass (as in the rest of the loop).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 
@@ -26,6 +28,4 @@ def device_label(device: torch.device) -> str:
     """What a report says ran the work: the GPU model, or the CPU and its thread count."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

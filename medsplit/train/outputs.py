@@ -10,19 +10,19 @@ from pathlib import Path
 from medsplit import __version__
 from medsplit.atomic import write_atomic
 from medsplit.config import Config
+from medsplit.report.run_report import build_run_report
+from medsplit.train.console import final_line
+from medsplit.train.records import json_default
+from medsplit.uncertainty import test_intervals
 
 
 def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: bool = False) -> Path:
-    from medsplit.report.run_report import build_run_report
-
     reports = Path(cfg.output.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
     name = cfg.run_name()
     result["test_intervals"] = _test_intervals(task, result["test"], cfg.train.seed)
-    from medsplit.train.loop import _json_default
-
     # metrics.json gains the intervals; the reports copy is the same file.
-    text = json.dumps(result, indent=2, default=_json_default)
+    text = json.dumps(result, indent=2, default=json_default)
     write_atomic(run_dir / "metrics.json", text)
     write_atomic(reports / f"{name}.json", text)
     record = dict(result)
@@ -40,8 +40,6 @@ def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: 
     # Both written atomically: a kill mid-write leaves the previous report, never half of one.
     html = write_atomic(reports / f"{name}.html", build_run_report(record).render())
     if not quiet:
-        from medsplit.train.console import final_line
-
         print(f"report: {html}\nmetrics: {reports / f'{name}.json'}\nrun: {run_dir}")
         # last, so the line a person reads first after a run is the result
         print(final_line(result, task.summarise(result["test"]), result["test_intervals"], task.select_metric))
@@ -78,8 +76,6 @@ def run_artifacts(run_dir: Path, metrics_copy: Path, removed: tuple[str, ...] = 
 
 def _test_intervals(task, test: dict, seed: int) -> dict | None:
     """95% patient-level bootstrap intervals of the test metrics (see medsplit.uncertainty)."""
-    from medsplit.uncertainty import test_intervals
-
     part = task.split("test")
     patients = getattr(part, "patients", None)
     patient_of = dict(zip(part.ids, patients)) if patients else None

@@ -37,8 +37,13 @@ from pathlib import Path
 import torch
 
 from medsplit.config import Config
+from medsplit.train.device import resolve_device
+from medsplit.train.launch import launch_local
 from medsplit.train.party_plan import AGGREGATOR, PER_PARTY_KEYS, config_hash, party_names
-from medsplit.train.party_run import PartyRun
+from medsplit.train.party_run import ControlCoordinator
+from medsplit.train.runner import Runner
+from medsplit.transport import TRANSPORTS, register_placement
+from medsplit.transport.auth import read_secret
 
 
 def config_key_hashes(cfg: Config) -> dict[str, str]:
@@ -70,10 +75,6 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
         resume: continue from this party's last checkpoint.
         quiet: no console output beyond errors.
     """
-    from medsplit.train.device import resolve_device
-    from medsplit.transport.auth import read_secret
-    from medsplit.transport.gloo import GlooTransport
-
     names = party_names(cfg.split.clients)
     if not 0 <= rank < len(names):
         raise ValueError(f"--rank {rank} is out of range: {cfg.split.clients} hospital(s) take ranks 1..{cfg.split.clients}, the server 0")
@@ -87,10 +88,20 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
     started = time.time()
     ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
     secret = read_secret(cfg.split.secret_file) if cfg.split.secret_file else None
-    transport = GlooTransport(name, ranks, address or cfg.split.address, cfg.split.timeout_s,
-                              checkin={"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}, secret=secret)
+    transport = TRANSPORTS["gloo"](name, ranks, address or cfg.split.address, cfg.split.timeout_s,
+                                   checkin={"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}, secret=secret)
     try:
-        runner = PartyRun(cfg, name, rank, names, run_dir, party_dir, device, transport, own_data, resume, quiet, started)
-        return runner.run()
+        coordinator = ControlCoordinator(cfg, name, names, party_dir, device, transport, own_data, resume, quiet)
+        return Runner(cfg, coordinator, run_dir, party_dir, device, started, quiet=quiet).run()
     finally:
         transport.close()
+
+
+def start_party_processes(cfg: Config, run_dir: Path, resume: bool = False, quiet: bool = False) -> Path:
+    """``split.transport=gloo`` for ``medsplit train``: every party as a local process (see
+    :func:`~medsplit.train.launch.launch_local`); returns the run folder."""
+    launch_local(cfg, run_dir, resume=resume, quiet=quiet)
+    return Path(run_dir)
+
+
+register_placement("gloo", start_party_processes)

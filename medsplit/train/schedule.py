@@ -14,7 +14,7 @@ import torch
 from medsplit.config import Config
 
 if TYPE_CHECKING:
-    from medsplit.train.tasks import Task
+    from medsplit.tasks import Task
 
 
 def make_optimizer_factory(cfg: Config):
@@ -43,6 +43,8 @@ def learning_rate(cfg: Config, epoch: int) -> float:
 
 def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
     """Each hospital's training rows (patient-grouped); the centralised baseline pools them."""
+    # imported when a hospital partitions: the data-free server never loads medsplit.data.partition
+    # (a party's run record lists the medsplit.data modules it loaded)
     from medsplit.data.partition import partition
 
     train = task.split("train")
