@@ -125,7 +125,7 @@ def test_protocol_facts_of_a_new_module_come_from_its_source(tmp_path, monkeypat
 
 def test_the_config_imports_neither_torch_nor_the_training_code():
     code = ("import sys; from medsplit.config import load_config, validate; "
-            "cfg = load_config(None, ['split.protocol=fedavg']); validate(cfg); assert cfg.run_name().endswith('whole-clients2-seed0'); "
+            "cfg = load_config(None, ['split.protocol=fedavg']); validate(cfg); assert '-whole-clients2-seed0-' in cfg.run_name(); "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('medsplit.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          timeout=120, check=True).stdout
