@@ -45,8 +45,11 @@ IN_PROCESS = ("sequential", "splitfed", "splitfed-v1", "centralised", "fedavg")
 AS_PROCESSES = ("sequential", "splitfed")  # the protocols that run with each party in its own process
 # keys whose values the clock or the machine decides; FLARE's handed_to_flare counts include the
 # final report message, which carries the link timings (floats whose printed length varies)
-CLOCK_KEYS = {"seconds", "wall_time_s", "job_wall_time_s", "elapsed_s", "elapsed", "link_seconds", "pid", "host",
+CLOCK_KEYS = {"seconds", "wall_time_s", "job_wall_time_s", "elapsed_s", "elapsed", "link_seconds", "host",
               "handed_to_flare"}
+# A party's pid travels in the start-up handshake, so the control messages' byte counts depend on
+# how many digits it has (pids wrap at /proc/sys/kernel/pid_max): kept as its digit count.
+PID_KEY = "pid"
 
 
 def _overrides(root: Path, task: str, protocol: str, name: str, *extra: str) -> list[str]:
@@ -74,7 +77,8 @@ def plan(placements: tuple[str, ...]) -> list[tuple[str, str, str, str, tuple[st
 def scrub(value, root: str | None = None):
     """``value`` without what the clock or the machine decides; ``root`` replaced by ``<root>``."""
     if isinstance(value, dict):
-        return {k: scrub(v, root) for k, v in value.items() if k not in CLOCK_KEYS}
+        return {k: (f"{len(str(v))} digits" if k == PID_KEY and isinstance(v, int) else scrub(v, root))
+                for k, v in value.items() if k not in CLOCK_KEYS}
     if isinstance(value, list):
         return [scrub(v, root) for v in value]
     if isinstance(value, str) and root:
