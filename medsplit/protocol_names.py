@@ -23,6 +23,7 @@ class ProtocolFacts:
     split: bool = True  # the model is cut between hospital and server
     runs_as_processes: bool = False  # every party can run in its own process (gloo, FLARE)
     pooled: bool = False  # all hospitals' training rows pooled into one party
+    baseline: bool = False  # an unsplit reference the split protocols are compared with
 
 
 #: The built-in protocols in listing order (split ones first), with their facts; the base class's defaults under "".
@@ -30,8 +31,8 @@ BUILTIN = {
     "sequential": ProtocolFacts(split=True, runs_as_processes=True),
     "splitfed": ProtocolFacts(split=True, runs_as_processes=True),
     "splitfed-v1": ProtocolFacts(split=True, runs_as_processes=False),
-    "centralised": ProtocolFacts(split=False, runs_as_processes=False, pooled=True),
-    "fedavg": ProtocolFacts(split=False, runs_as_processes=False),
+    "centralised": ProtocolFacts(split=False, runs_as_processes=False, pooled=True, baseline=True),
+    "fedavg": ProtocolFacts(split=False, runs_as_processes=False, baseline=True),
 }
 #: Built-in protocol class -> its name (what a protocol added as a module may subclass).
 BUILTIN_CLASSES = {"SequentialRelay": "sequential", "SplitFed": "splitfed", "SplitFedV1": "splitfed-v1",
@@ -59,7 +60,7 @@ def protocol_facts(name: str) -> ProtocolFacts:
             written = {t.id: s.value.value for s in node.body if isinstance(s, ast.Assign)
                        for t in s.targets if isinstance(t, ast.Name) and isinstance(s.value, ast.Constant)}
             return ProtocolFacts(**{key: bool(written.get(key, getattr(inherited, key)))
-                                    for key in ("split", "runs_as_processes", "pooled")})
+                                    for key in ("split", "runs_as_processes", "pooled", "baseline")})
     raise ValueError(f"{path} has no class decorated with @register (split.protocol={name!r})")
 
 

@@ -95,7 +95,8 @@ def test_protocol_facts_of_the_config_agree_with_the_protocol_classes():
     assert protocol_names.protocol_names() == tuple(PROTOCOLS)
     for name, cls in PROTOCOLS.items():
         facts = protocol_names.protocol_facts(name)
-        assert (facts.split, facts.runs_as_processes, facts.pooled) == (cls.split, cls.runs_as_processes, cls.pooled), name
+        assert (facts.split, facts.runs_as_processes, facts.pooled, facts.baseline) == \
+            (cls.split, cls.runs_as_processes, cls.pooled, cls.baseline), name
 
 
 def test_protocol_facts_of_a_new_module_come_from_its_source(tmp_path, monkeypatch):
@@ -118,7 +119,7 @@ def test_protocol_facts_of_a_new_module_come_from_its_source(tmp_path, monkeypat
     '''))
     monkeypatch.setattr(protocol_names, "PROTOCOLS_DIR", tmp_path)
     assert protocol_names.protocol_facts("zigzag") == protocol_names.ProtocolFacts(split=True, runs_as_processes=False)
-    assert protocol_names.protocol_facts("pooled-mean") == protocol_names.ProtocolFacts(split=False, runs_as_processes=False)
+    assert protocol_names.protocol_facts("pooled-mean") == protocol_names.ProtocolFacts(split=False, baseline=True)
     assert protocol_names.known_protocol_facts("ring") is None
     assert protocol_names.protocol_names() == ("pooled-mean", "zigzag")
 
