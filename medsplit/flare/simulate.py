@@ -11,6 +11,7 @@ from medsplit.config import Config
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import job_description
 from medsplit.flare.policy import write_site_kits
+from medsplit.flare.site_guard import guard_simulated_job
 from medsplit.flare.transport import FlareTransport
 from medsplit.transport import register_placement
 
@@ -64,9 +65,15 @@ def run_simulator(cfg: Config, sites: list[str], out_dir: str | Path, workspace:
     # Each site's own policy, in a kit-like folder per site: FLARE's simulator recreates the site
     # workspaces when it starts, so the sites find these through MEDSPLIT_SITE_KITS instead.
     kits = write_site_kits(out_dir, policies)
+    result_file = out_dir / "medsplit_result.json"
+    # The simulator loads no site-local components, so the hospitals' site guard (which a deployed
+    # site runs before FLARE builds a job) is applied here to the exported job folder instead.
+    refused = guard_simulated_job(job, kits)
+    if refused is not None:
+        result_file.write_text(json.dumps(refused))
+        return refused
     recipe = build_recipe(job)
     env = SimEnv(clients=list(sites), workspace_root=str(workspace), num_threads=len(sites))
-    result_file = out_dir / "medsplit_result.json"
     result_file.unlink(missing_ok=True)
     saved = os.environ.get("MEDSPLIT_SITE_KITS")
     os.environ["MEDSPLIT_SITE_KITS"] = str(kits)

@@ -79,7 +79,7 @@ class ControlCoordinator(Coordinator):
         self.is_server = self.rank == 0
         self.k = self.rank - 1  # hospital index (-1 for the server)
         self.hospitals = names[1:]
-        self.control = Control(transport)
+        self.control = Control(transport, cfg)  # batch sizes bounded by train.batch_size, hospitals by split.clients
         self.info = {"name": name, "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}
         self.labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.n_trainers = cfg.split.clients
