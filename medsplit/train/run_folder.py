@@ -22,7 +22,7 @@ from medsplit.config import Config, ConfigError
 # of the run folder is kept.
 RESUMABLE = (
     "train.epochs", "train.device", "train.threads", "train.eval_batch_size", "data.cache_dir",
-    "output.tensorboard", "output.reports_dir", "output.runs_dir", "output.keep_checkpoint",
+    "output.tensorboard", "output.mlflow", "output.reports_dir", "output.runs_dir", "output.keep_checkpoint",
 )
 
 
