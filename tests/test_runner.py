@@ -88,6 +88,10 @@ def test_a_history_column_added_once_reaches_every_placement(tmp_path, monkeypat
     assert steps["gloo"] == steps["flare"] == steps["inprocess"]
     pick = lambda m: [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss")) for r in m["history"]]  # noqa: E731
     assert pick(records["gloo"]) == pick(records["flare"]) == pick(records["inprocess"])
+    # equality holds at equal CPU thread counts, so every record says what each party used
+    assert records["inprocess"]["threads"] == 1
+    for placement in ("gloo", "flare"):
+        assert [p["threads"] for p in records[placement]["transport"]["parties"]] == [1, 1, 1], placement
 
 
 def test_protocol_facts_of_the_config_agree_with_the_protocol_classes():

@@ -171,7 +171,7 @@ def transport_section(report: Report, info: dict) -> None:
         "protocol metadata, no tensors) are listed separately."
     )
     report.table([{"rank": p.get("rank"), "party": p.get("name"), "host": p.get("host"), "pid": p.get("pid"),
-                   "opened data": "yes" if p.get("data_loaded") else "no"} for p in info.get("parties", [])],
+                   "CPU threads": p.get("threads"), "opened data": "yes" if p.get("data_loaded") else "no"} for p in info.get("parties", [])],
                  caption="Parties")
     report.table([{"link": f"{r['party']}->{r['peer']}", "messages": r.get("messages"),
                    "payload MB": r.get("payload_bytes", 0) / _MB, "framing bytes": r.get("framing_bytes"),

@@ -140,7 +140,7 @@ class IndexMap:
 
 
 # ---- the schemas -------------------------------------------------------------------------
-PARTY = {"name": Str(), "rank": Int(0, MAX_PARTIES), "host": Str(), "pid": Int(0, 1 << 32)}
+PARTY = {"name": Str(), "rank": Int(0, MAX_PARTIES), "host": Str(), "pid": Int(0, 1 << 32), "threads": Int(1, 1 << 16)}
 HELLO = Record({**PARTY, "version": Int(0, 1 << 31), "config_hash": Str(64), "start_epoch": Int(0, MAX_EPOCH)})
 BYTE_ROW = Record({"phase": Str(16), "epoch": Int(0, MAX_EPOCH), "sender": Str(), "receiver": Str(), "kind": Str(),
                    "link": Str(), "bytes": Int(0, MAX_COUNT)})

@@ -54,7 +54,7 @@ def transport_summary(info: dict) -> str:
     """Console lines: the transport, one line per party, the measured wall time per link."""
     lines = [f"transport: {info['name']} (protocol version {info['protocol_version']}, config {info['config_hash']})"]
     for p in info["parties"]:
-        lines.append(f"  rank {p['rank']}: {p['name']:<8} host {p['host']} pid {p['pid']}"
+        lines.append(f"  rank {p['rank']}: {p['name']:<8} host {p['host']} pid {p['pid']} threads {p.get('threads', '?')}"
                      + ("" if p["data_loaded"] else "  (no data opened)"))
     seen = {}
     for row in info["links"]:

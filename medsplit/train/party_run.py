@@ -80,7 +80,9 @@ class ControlCoordinator(Coordinator):
         self.k = self.rank - 1  # hospital index (-1 for the server)
         self.hospitals = names[1:]
         self.control = Control(transport, cfg)  # batch sizes bounded by train.batch_size, hospitals by split.clients
-        self.info = {"name": name, "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}
+        # threads: CPU results can depend on torch's thread count, so every party's is recorded
+        self.info = {"name": name, "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                     "threads": torch.get_num_threads()}
         self.labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.n_trainers = cfg.split.clients
         self.steps = 0  # this party's own steps (fault injection counts them)

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medsplit.train.device import device_label
 
@@ -30,7 +31,7 @@ def run_record(runner, test: tuple[dict, float], byte_rows, test_by_group: dict 
     return {
         "task": cfg.task, "run": cfg.run_name(), "protocol": cfg.split.protocol,
         "cut": cfg.split.cut if protocol.split else None, "clients": cfg.split.clients,
-        "device": device_label(runner.device), "wall_time_s": time.time() - runner.t0,
+        "device": device_label(runner.device), "threads": torch.get_num_threads(), "wall_time_s": time.time() - runner.t0,
         "selected_epoch": runner.best["epoch"], "test": test_metrics, "test_loss": test_loss,
         **({"test_by_group": test_by_group} if test_by_group else {}), "history": runner.history,
         "bytes": byte_rows("train"), "bytes_eval": byte_rows("eval"), "data": data_summary(runner.task, clients),
