@@ -138,6 +138,50 @@ class Settings:
     sysctls: dict = field(default_factory=dict)  # for every party namespace
 
 
+def run_pingpong(rank: int, address: str, exchanges: int) -> dict:
+    """Party ``rank`` (0 or 1) of a ping-pong of 8-byte messages over the gloo transport:
+    what one framed message costs on a link, beside the raw TCP round trip of the probe."""
+    import statistics
+
+    from medsplit.transport.gloo import GlooTransport
+
+    me, peer = NAMES[rank], NAMES[1 - rank]
+    transport = GlooTransport(me, {"server": 0, "client0": 1}, address, timeout_s=120)
+    try:
+        times = []
+        for i in range(exchanges + 2):  # two warm-ups: gloo connects its pair lazily
+            t = time.perf_counter()
+            if rank == 1:
+                transport.send(peer, i.to_bytes(8, "big"))
+                transport.recv(peer, 8)
+            else:
+                transport.send(peer, transport.recv(peer, 8))
+            times.append(time.perf_counter() - t)
+        return {"party": me, "round_trip_ms_median": 1e3 * statistics.median(times[2:]), "round_trip_ms_min": 1e3 * min(times[2:])}
+    finally:
+        transport.close()
+
+
+def gloo_pingpong(topology, exchanges: int = 20) -> dict:
+    """The hospital's view of a gloo ping-pong with the server (see :func:`run_pingpong`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    address = f"{topology.address(0)}:29512"
+    procs = [subprocess.Popen([*topology.exec_prefix(rank), sys.executable, __file__, "--pingpong", str(exchanges),
+                               "--party", str(rank), "--address", address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"gloo ping-pong failed (exit {p.returncode}): {err[-2000:]}")
+    return json.loads(outs[1][0].strip().splitlines()[-1])
+
+
 def run_parties(topology, settings: Settings, protocol: str, codec: str, size: int) -> dict:
     """Every party in its own namespace; returns the slowest party's epoch time and the links."""
     address = f"{topology.address(0)}:29511"
@@ -180,16 +224,24 @@ def party_of(name: str) -> str:
     return "server" if name == "aggregator" else name
 
 
-def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float, rtt_s: float) -> dict:
+#: one-way delays a framed gloo message waits: its length, the receiver's ready notice for the
+#: payload (gloo's send waits for the matching recv, posted once the length is in), the payload
+GLOO_ONE_WAYS_PER_MESSAGE = 3
+
+
+def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float, rtt_s: float,
+            one_ways_per_message: int = 1) -> dict:
     """The model's epoch time: the direct (compute-only) epoch plus each link's time by
     ``link_time.epoch_seconds`` (the server's link is unshaped: a hospital-server path has the
-    profile's rate and RTT, a hospital-hospital path crosses two shaped links: RTT twice)."""
+    profile's rate and RTT, a hospital-hospital path crosses two shaped links: RTT twice).
+    ``one_ways_per_message``: 1 is the model as written; :data:`GLOO_ONE_WAYS_PER_MESSAGE`
+    counts gloo's rendezvous."""
     per_hospital = {n: 0.0 for n in NAMES[1:]}
     total = 0.0
     for (a, b), l in links.items():
         a, b = party_of(a), party_of(b)
         hops = sum(n != "server" for n in (a, b))
-        t = model.epoch_seconds(1, 0.0, l["bytes"], l["messages"], rate_bps, hops * rtt_s)
+        t = model.epoch_seconds(1, 0.0, l["bytes"], l["messages"] * one_ways_per_message, rate_bps, hops * rtt_s)
         total += t
         for n in (a, b):
             if n != "server":
@@ -217,6 +269,7 @@ def measure(settings: Settings, links, method: str, protocol: str, codec: str, s
         row = {"method": topology.method, "congestion_control": congestion_control(topology, 1), "load_before": load}
         if probe:
             row["probe"] = probe_between(topology, 0, 1, settings.probe_bytes)
+            row["gloo_pingpong"] = gloo_pingpong(topology)
         started = time.time()
         row.update(run_parties(topology, settings, protocol, codec, size))
         row["wall_s"] = time.time() - started
@@ -243,8 +296,12 @@ def main(argv=None) -> int:
     ap.add_argument("--party-timeout", type=float, default=900)
     ap.add_argument("--out", type=Path, default=RESULTS / "wan.json")
     ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pingpong", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.pingpong is not None:
+        print(json.dumps(run_pingpong(args.party, args.address, args.pingpong)), flush=True)
+        return 0
     if args.party is not None:
         import torch
 
@@ -299,11 +356,14 @@ def main(argv=None) -> int:
                     probed.add(profile)
                     links = directed_links(got["parties"])
                     nominal = predict(model, protocol, direct["epoch_s"], links, rate, rtt)
+                    rendezvous = predict(model, protocol, direct["epoch_s"], links, rate, rtt, GLOO_ONE_WAYS_PER_MESSAGE)
                     row = {**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
                            "links": _link_rows(links), "direct_epoch_s": direct["epoch_s"],
                            "predicted_epoch_s": nominal["epoch_s"], "predicted_link_s": nominal["link_s"],
                            "measured_link_s": got["epoch_s"] - direct["epoch_s"],
-                           "error_pct": 100 * (got["epoch_s"] / nominal["epoch_s"] - 1)}
+                           "error_pct": 100 * (got["epoch_s"] / nominal["epoch_s"] - 1),
+                           "predicted_rendezvous_epoch_s": rendezvous["epoch_s"],
+                           "rendezvous_error_pct": 100 * (got["epoch_s"] / rendezvous["epoch_s"] - 1)}
                     rows.append(row)
                     _print_row(row)
     table = markdown(rows)
@@ -340,17 +400,30 @@ def _print_row(r: dict) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| px | protocol | codec | link | method | epoch s | model s | model error | MB/epoch | hospital uplink Mbit/s | load |",
+    """The epoch table (one line per run) and the link table (one line per probed link)."""
+    lines = ["| px | protocol | codec | link | method | epoch s | model s | model+rendezvous s | MB/epoch | "
+             "client0->server Mbit/s | load |",
              "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mb = sum(l["bytes"] for l in r["links"]) / 1e6
-        up = [l["send_mbps"] for l in r["links"] if l["link"] == "client0->server" and l["send_mbps"]]
-        model = f"{r['predicted_epoch_s']:.2f}" if "predicted_epoch_s" in r else ""
-        err = f"{r['error_pct']:+.1f} %" if "error_pct" in r else (f"relay {r['relay_cost_pct']:+.1f} %" if "relay_cost_pct" in r else "")
+        up = next((l["send_mbps"] for l in r["links"] if l["link"] == "client0->server" and l["send_mbps"]), None)
+        if "predicted_epoch_s" in r:
+            model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
+            rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
+        else:
+            model = f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else ""
+            rendezvous = ""
         lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
-                     f"{model} | {err} | {mb:.1f} | {up[0]:.0f} | {r['load_before'][0]:.1f} |" if up else
-                     f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
-                     f"{model} | {err} | {mb:.1f} | | {r['load_before'][0]:.1f} |")
+                     f"{model} | {rendezvous} | {mb:.1f} | {'' if up is None else f'{up:.0f}'} | {r['load_before'][0]:.1f} |")
+    lines += ["", "| link | method | TCP round trip ms, median (min) | gloo message round trip ms, median (min) | "
+              "TCP upload Mbit/s | TCP download Mbit/s |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "probe" in r:
+            p, g = r["probe"], r["gloo_pingpong"]
+            lines.append(f"| {r['profile']} | {r['method']} | {p['rtt_ms_median']:.2f} ({p['rtt_ms_min']:.2f}) | "
+                         f"{g['round_trip_ms_median']:.2f} ({g['round_trip_ms_min']:.2f}) | "
+                         f"{p['upload_mbps']:.0f} | {p['download_mbps']:.0f} |")
     return "\n".join(lines)
 
 

@@ -15,11 +15,12 @@ What it emulates exactly:
 * delay: a packet from address A to address B waits ``delay[A] + delay[B]`` (each party's
   access link contributes its one-way delay; a party not listed contributes 0). Packets of
   one (A, B) pair leave in the order they came (the delay per pair is constant). No jitter.
-* loss: the kernel hands over TCP's segmentation-offload packets (up to ``gso_max_size``
-  bytes, several MSS-sized segments each) unsplit, to keep the packet rate Python has to move
-  low; such a packet of n segments is dropped whole with probability 1 - (1 - p)^n, so the
-  expected number of lost segments equals that of a link dropping each segment with
-  probability p, but losses come in bursts of up to one offload packet.
+* loss: each packet is dropped with probability 1 - (1 - p)^n, n being the number of TCP
+  segments it carries. The kernel hands over TCP's segmentation-offload packets unsplit (to
+  keep the packet rate Python has to move low); on a lossy network the topology limits them
+  to one segment each (``gso_max_segs 1``), so there n = 1 and every segment, data or ACK, is
+  lost with probability p, as with netem. (Were n > 1, the expected number of loss events
+  would still be that of per-segment loss, each event losing its whole packet.)
 * cost: each packet crosses into this process and back (two copies and a Python loop
   iteration); ``benchmarks/wan.py`` measures what that costs against kernel forwarding.
 

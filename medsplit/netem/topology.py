@@ -233,15 +233,21 @@ class Topology:
             for key, value in (({"net.ipv4.tcp_congestion_control": self.congestion} if self.congestion else {}) | self.sysctls).items():
                 self._sysctl(ns, key, str(value))
             run(["ip", "link", "add", "name", port, "netns", r, "type", "veth", "peer", "name", "eth0", "netns", ns])
-            gso = str(gso_bytes(link.rate_bps))
             for where, dev, addr in ((r, port, f"10.77.{rank}.1/24"), (ns, "eth0", f"10.77.{rank}.2/24")):
                 run(["ip", "-n", where, "addr", "add", addr, "dev", dev])
-                run(["ip", "-n", where, "link", "set", dev, "gso_max_size", gso, "up"])
+                run(["ip", "-n", where, "link", "set", dev, *self.offload_args(), "up"])
             run(["ip", "-n", ns, "route", "add", "default", "via", f"10.77.{rank}.1"])
             for where, dev in ((ns, "eth0"), (r, port)):
                 self._shape(where, dev, link)
         if self.method == "delayer":
             self._start_delayer()
+
+    def offload_args(self) -> list[str]:
+        """Offload packet limits for every veth end (senders and forwarded traffic alike): the
+        smallest any shaped link wants, and on a lossy network one segment per packet, so that
+        the delayer drops single segments exactly as netem would."""
+        args = ["gso_max_size", str(min(gso_bytes(l.rate_bps) for l in self.links))]
+        return args + (["gso_max_segs", "1"] if any(l.loss > 0 for l in self.links) else [])
 
     def _shape(self, ns: str, dev: str, link: Link) -> None:
         rtt = 4 * link.delay_s  # what a path through two such links takes: a generous queue
