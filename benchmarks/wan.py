@@ -29,8 +29,17 @@ hospitals, batch 16, synthetic images, one torch thread per party):
 * ``--relay-cost``: what the delayer itself costs: the direct runs again with the delayer in
   the path at 0 ms (every packet through userspace and back), and a TCP probe of both.
 
+Beside the model as written (one one-way delay per message) the table gives it with gloo's
+rendezvous (three per message: gloo's send waits for the receiver's ready notice, and the
+transport's payload recv is posted only once its length has arrived; the gloo ping-pong column
+measures this per link) and, for the relay, the link time seen in the run itself (the epoch
+less every party's own compute), which a shared CPU's compute noise does not blur. The first
+time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
+gloo ping-pong run over it.
+
     sudo python benchmarks/wan.py                             # 64 px, 3 profiles, both protocols, fp32 + int8
     sudo python benchmarks/wan.py --sizes 64,128 --steps 4 --relay-cost
+    python benchmarks/wan.py --reanalyse benchmarks/results/wan.json   # tables again, no runs
 
 Prints a table and writes benchmarks/results/wan.json. Skips (exit 0, with the reason) where
 network namespaces cannot be created.
@@ -295,6 +304,8 @@ def main(argv=None) -> int:
                     help="net.ipv4.tcp_slow_start_after_idle=0 in every party namespace (Linux default: 1)")
     ap.add_argument("--party-timeout", type=float, default=900)
     ap.add_argument("--out", type=Path, default=RESULTS / "wan.json")
+    ap.add_argument("--reanalyse", type=Path, default=None,
+                    help="recompute the predictions and tables of a results file (no runs); writes it back")
     ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--pingpong", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
@@ -313,6 +324,13 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from medsplit.netem.topology import Link, remove_stale, unavailable
 
+    model = link_time_model()
+    if args.reanalyse:
+        result = json.loads(args.reanalyse.read_text())
+        derive(result["rows"], model)
+        write(result, args.reanalyse)
+        return 0
+
     settings = Settings(steps=args.steps, batch=args.batch, model=args.model, cut=args.cut, probe_bytes=args.probe_bytes,
                         party_timeout=args.party_timeout,
                         sysctls={"net.ipv4.tcp_slow_start_after_idle": "0"} if args.no_slow_start_after_idle else {})
@@ -323,7 +341,6 @@ def main(argv=None) -> int:
     stale = remove_stale()
     if stale:
         print(f"removed stale namespaces of killed runs: {', '.join(stale)}")
-    model = link_time_model()
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = sorted(set(profiles) - set(PROFILES))
     if unknown:
@@ -338,54 +355,89 @@ def main(argv=None) -> int:
                 key = {"size": size, "protocol": protocol, "codec": codec}
                 direct = measure(settings, [Link()] * len(NAMES), "auto", protocol, codec, size, probe="direct" not in probed)
                 probed.add("direct")
-                links = directed_links(direct["parties"])
                 rows.append({**key, "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **direct,
-                             "links": _link_rows(links)})
+                             "links": _link_rows(directed_links(direct["parties"]))})
+                derive(rows, model)
                 _print_row(rows[-1])
                 if args.relay_cost:
                     zero = measure(settings, [Link()] * len(NAMES), "delayer", protocol, codec,
                                    size, probe="delayer-0" not in probed)
                     probed.add("delayer-0")
                     rows.append({**key, "profile": "direct+delayer-0ms", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **zero,
-                                 "relay_cost_pct": 100 * (zero["epoch_s"] / direct["epoch_s"] - 1),
                                  "links": _link_rows(directed_links(zero["parties"]))})
+                    derive(rows, model)
                     _print_row(rows[-1])
                 for profile in profiles:
                     rate, rtt, loss = PROFILES[profile]
                     got = measure(settings, shaped_links(rate, rtt, loss), args.method, protocol, codec, size, probe=profile not in probed)
                     probed.add(profile)
-                    links = directed_links(got["parties"])
-                    nominal = predict(model, protocol, direct["epoch_s"], links, rate, rtt)
-                    rendezvous = predict(model, protocol, direct["epoch_s"], links, rate, rtt, GLOO_ONE_WAYS_PER_MESSAGE)
-                    row = {**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
-                           "links": _link_rows(links), "direct_epoch_s": direct["epoch_s"],
-                           "predicted_epoch_s": nominal["epoch_s"], "predicted_link_s": nominal["link_s"],
-                           "measured_link_s": got["epoch_s"] - direct["epoch_s"],
-                           "error_pct": 100 * (got["epoch_s"] / nominal["epoch_s"] - 1),
-                           "predicted_rendezvous_epoch_s": rendezvous["epoch_s"],
-                           "rendezvous_error_pct": 100 * (got["epoch_s"] / rendezvous["epoch_s"] - 1)}
-                    rows.append(row)
-                    _print_row(row)
-    table = markdown(rows)
-    print("\n" + table)
+                    rows.append({**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
+                                 "links": _link_rows(directed_links(got["parties"]))})
+                    derive(rows, model)
+                    _print_row(rows[-1])
     result = {
         "benchmark": "wan", "model": args.model, "cut": args.cut, "hospitals": len(NAMES) - 1, "batch": args.batch,
         "steps_per_hospital": args.steps, "threads_per_party": 1, "party_sysctls": settings.sysctls, "cores": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(), "kernel": platform.release(),
         "shared_machine": "the CPU was shared with other sessions: timings are noisy; load averages are recorded per row",
         "profiles": {k: {"rate_bps": r, "rtt_s": t, "loss": l} for k, (r, t, l) in PROFILES.items()},
-        "formula": "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum (relay) or busiest hospital's sum (SplitFed) "
-                   "over directed links of link_time.epoch_seconds(1, 0, bytes, messages, rate_bps, hops * rtt_s)",
-        "notes": ["bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
-                  "send_mbps: a link's bytes over the seconds its sender spent inside send (gloo returns once the kernel "
-                  "has the data, so it is a lower bound on busy time for small messages)",
-                  "rate limits count IP packets (tbf), so TCP payload gets ~95 % of the nominal rate (headers)"],
-        "rows": rows, "table": table, "elapsed_s": time.time() - started,
+        "rows": rows, "elapsed_s": time.time() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write(result, args.out)
     print(f"\n{time.time() - started:.0f} s. Wrote {args.out}")
     return 0
+
+
+def write(result: dict, path: Path) -> None:
+    """Print the tables and write ``path`` (formula, notes and table refreshed from the rows)."""
+    result["formula"] = (
+        "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum (relay) or busiest hospital's sum (SplitFed) over "
+        "directed links of link_time.epoch_seconds(1, 0, bytes, messages * k, rate_bps, hops * rtt_s); k = 1: the model "
+        f"as written (predicted_*), k = {GLOO_ONE_WAYS_PER_MESSAGE}: gloo's rendezvous (predicted_rendezvous_*)")
+    result["notes"] = [
+        "bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
+        "send_mbps: a link's bytes over the seconds its sender spent inside send",
+        "rate limits count IP packets (tbf), so TCP payload gets ~95 % of the nominal rate (headers)",
+        "link_in_run_s: the epoch less every party's own compute (its epoch less its time inside send/recv); the relay's "
+        "parties take turns, so this is the time the link held the run up, whatever the compute's noise; the parties' "
+        "optimiser steps overlap a little, so it is negative in direct runs; excess_link_in_run_s subtracts the direct "
+        "run's value. Not meaningful for SplitFed (hospitals compute at the same time).",
+        "method: tbf (rate only), delayer (tbf + the userspace TUN delayer), netem (tbf + netem), none (direct)",
+    ]
+    result["table"] = markdown(result["rows"])
+    print("\n" + result["table"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+
+
+def link_in_run(row: dict) -> float:
+    """The epoch less every party's compute (see the notes in the JSON)."""
+    compute = sum(p["epoch_s"] - sum(l["seconds"] for l in p["links"]) for p in row["parties"])
+    return row["epoch_s"] - compute
+
+
+def derive(rows: list[dict], model) -> None:
+    """Fill in what each row is compared with: the direct run of the same size, protocol and codec,
+    the model's predictions from it, the relay's cost, the link time seen in the run itself."""
+    for row in rows:
+        if row["profile"] == "direct" and row["method"] == "tbf":
+            row["method"] = "none"  # nothing shaped (older files named it tbf)
+        row["link_in_run_s"] = link_in_run(row)
+        direct = next((r for r in rows if r["profile"] == "direct" and
+                       all(r[k] == row[k] for k in ("size", "protocol", "codec"))), None)
+        if direct is None or row is direct:
+            continue
+        row["direct_epoch_s"] = direct["epoch_s"]
+        row["excess_link_in_run_s"] = row["link_in_run_s"] - direct["link_in_run_s"]
+        if row["rate_bps"] is None:
+            row["relay_cost_pct"] = 100 * (row["epoch_s"] / direct["epoch_s"] - 1)
+            continue
+        links = {tuple(l["link"].split("->")): l for l in row["links"]}
+        for suffix, k in (("", 1), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
+            p = predict(model, row["protocol"], direct["epoch_s"], links, row["rate_bps"], row["rtt_s"], k)
+            row[f"predicted{suffix}_epoch_s"], row[f"predicted{suffix}_link_s"] = p["epoch_s"], p["link_s"]
+            row[f"{suffix.lstrip('_') + '_' if suffix else ''}error_pct"] = 100 * (row["epoch_s"] / p["epoch_s"] - 1)
+        row["measured_link_s"] = row["epoch_s"] - direct["epoch_s"]
 
 
 def _link_rows(links: dict) -> list[dict]:
@@ -394,27 +446,29 @@ def _link_rows(links: dict) -> list[dict]:
 
 
 def _print_row(r: dict) -> None:
-    extra = f" predicted {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %)" if "predicted_epoch_s" in r else ""
+    extra = (f" model {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %), with gloo's rendezvous "
+             f"{r['predicted_rendezvous_epoch_s']:.2f} s ({r['rendezvous_error_pct']:+.1f} %)" if "predicted_epoch_s" in r else "")
     print(f"{r['size']} px {r['protocol']:<10} {r['codec']:<5} {r['profile']:<20} [{r['method']}] "
           f"epoch {r['epoch_s']:.2f} s{extra}  load {r['load_before'][0]:.1f}", flush=True)
 
 
 def markdown(rows: list[dict]) -> str:
     """The epoch table (one line per run) and the link table (one line per probed link)."""
-    lines = ["| px | protocol | codec | link | method | epoch s | model s | model+rendezvous s | MB/epoch | "
-             "client0->server Mbit/s | load |",
+    lines = ["| px | protocol | codec | link | method | epoch s | model s (error) | model+rendezvous s (error) | "
+             "link s: model / +rendezvous / in run | MB/epoch | load |",
              "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mb = sum(l["bytes"] for l in r["links"]) / 1e6
-        up = next((l["send_mbps"] for l in r["links"] if l["link"] == "client0->server" and l["send_mbps"]), None)
+        in_run = f"{r['excess_link_in_run_s']:.2f}" if r["protocol"] == "sequential" and "excess_link_in_run_s" in r else "-"
         if "predicted_epoch_s" in r:
             model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
             rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
+            link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f} / {in_run}"
         else:
             model = f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else ""
-            rendezvous = ""
+            rendezvous, link = "", (f"- / - / {in_run}" if "relay_cost_pct" in r else "")
         lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
-                     f"{model} | {rendezvous} | {mb:.1f} | {'' if up is None else f'{up:.0f}'} | {r['load_before'][0]:.1f} |")
+                     f"{model} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")
     lines += ["", "| link | method | TCP round trip ms, median (min) | gloo message round trip ms, median (min) | "
               "TCP upload Mbit/s | TCP download Mbit/s |",
               "|---|---|---:|---:|---:|---:|"]

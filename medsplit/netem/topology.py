@@ -167,8 +167,8 @@ class Topology:
         links: one :class:`Link` per party, in rank order (the server first).
         method: ``"netem"``, ``"delayer"`` or ``"auto"`` (netem when the kernel has it) for the
             delay and loss; with no delay and no loss anywhere nothing but ``tbf`` is used and
-            :attr:`method` is ``"tbf"``, unless ``method="delayer"`` forces the delayer in (to
-            measure what it costs).
+            :attr:`method` is ``"tbf"`` (``"none"`` when no link is shaped either), unless
+            ``method="delayer"`` forces the delayer in (to measure what it costs).
         congestion: TCP congestion control in every party namespace (``None``: what a new
             namespace inherits from the host, :func:`congestion_control` says which).
         sysctls: more settings for every party namespace (``{"net.ipv4.tcp_slow_start_after_idle": "0"}``).
@@ -206,7 +206,8 @@ class Topology:
             raise ValueError(f"method={self.method!r}; choose auto, netem or delayer")
         needs_delay = any(l.delay_s > 0 or l.loss > 0 for l in self.links)
         if self.method == "auto":
-            self.method = ("netem" if kernel_has_netem() else "delayer") if needs_delay else "tbf"
+            shaped = any(l.rate_bps for l in self.links)
+            self.method = ("netem" if kernel_has_netem() else "delayer") if needs_delay else ("tbf" if shaped else "none")
         atexit.register(self.close)
         try:
             self._build()
