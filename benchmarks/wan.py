@@ -32,9 +32,7 @@ hospitals, batch 16, synthetic images, one torch thread per party):
 Beside the model as written (one one-way delay per message) the table gives it with gloo's
 rendezvous (three per message: gloo's send waits for the receiver's ready notice, and the
 transport's payload recv is posted only once its length has arrived; the gloo ping-pong column
-measures this per link) and, for the relay, the link time seen in the run itself (the epoch
-less every party's own compute), which a shared CPU's compute noise does not blur. The first
-time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
+measures this per link). The first time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
 gloo ping-pong run over it.
 
     sudo python benchmarks/wan.py                             # 64 px, 3 profiles, both protocols, fp32 + int8
@@ -398,37 +396,27 @@ def write(result: dict, path: Path) -> None:
         "bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
         "send_mbps: a link's bytes over the seconds its sender spent inside send",
         "rate limits count IP packets (tbf), so TCP payload gets ~95 % of the nominal rate (headers)",
-        "link_in_run_s: the epoch less every party's own compute (its epoch less its time inside send/recv); the relay's "
-        "parties take turns, so this is the time the link held the run up, whatever the compute's noise; the parties' "
-        "optimiser steps overlap a little, so it is negative in direct runs; excess_link_in_run_s subtracts the direct "
-        "run's value. Not meaningful for SplitFed (hospitals compute at the same time).",
         "method: tbf (rate only), delayer (tbf + the userspace TUN delayer), netem (tbf + netem), none (direct)",
     ]
     result["table"] = markdown(result["rows"])
-    print("\n" + result["table"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-
-
-def link_in_run(row: dict) -> float:
-    """The epoch less every party's compute (see the notes in the JSON)."""
-    compute = sum(p["epoch_s"] - sum(l["seconds"] for l in p["links"]) for p in row["parties"])
-    return row["epoch_s"] - compute
+    print("\n" + result["table"])
 
 
 def derive(rows: list[dict], model) -> None:
     """Fill in what each row is compared with: the direct run of the same size, protocol and codec,
-    the model's predictions from it, the relay's cost, the link time seen in the run itself."""
+    the model's predictions from it, the relay's cost."""
     for row in rows:
+        for stale in ("link_in_run_s", "excess_link_in_run_s"):
+            row.pop(stale, None)
         if row["profile"] == "direct" and row["method"] == "tbf":
             row["method"] = "none"  # nothing shaped (older files named it tbf)
-        row["link_in_run_s"] = link_in_run(row)
         direct = next((r for r in rows if r["profile"] == "direct" and
                        all(r[k] == row[k] for k in ("size", "protocol", "codec"))), None)
         if direct is None or row is direct:
             continue
         row["direct_epoch_s"] = direct["epoch_s"]
-        row["excess_link_in_run_s"] = row["link_in_run_s"] - direct["link_in_run_s"]
         if row["rate_bps"] is None:
             row["relay_cost_pct"] = 100 * (row["epoch_s"] / direct["epoch_s"] - 1)
             continue
@@ -455,18 +443,17 @@ def _print_row(r: dict) -> None:
 def markdown(rows: list[dict]) -> str:
     """The epoch table (one line per run) and the link table (one line per probed link)."""
     lines = ["| px | protocol | codec | link | method | epoch s | model s (error) | model+rendezvous s (error) | "
-             "link s: model / +rendezvous / in run | MB/epoch | load |",
+             "link s: model / +rendezvous | MB/epoch | load |",
              "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mb = sum(l["bytes"] for l in r["links"]) / 1e6
-        in_run = f"{r['excess_link_in_run_s']:.2f}" if r["protocol"] == "sequential" and "excess_link_in_run_s" in r else "-"
         if "predicted_epoch_s" in r:
             model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
             rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
-            link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f} / {in_run}"
+            link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f}"
         else:
             model = f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else ""
-            rendezvous, link = "", (f"- / - / {in_run}" if "relay_cost_pct" in r else "")
+            rendezvous, link = "", ""
         lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
                      f"{model} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")
     lines += ["", "| link | method | TCP round trip ms, median (min) | gloo message round trip ms, median (min) | "
