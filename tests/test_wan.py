@@ -146,5 +146,7 @@ def test_a_shaped_epoch_is_slower_by_what_the_model_predicts(netns):
     # Slower by about the model's link time (the machine is shared: a generous band).
     predicted = wan.predict(wan.link_time_model(), "sequential", direct["epoch_s"], links, rate, rtt)
     measured = shaped["epoch_s"] - direct["epoch_s"]
+    print(f"direct {direct['epoch_s']:.2f} s, shaped {shaped['epoch_s']:.2f} s [{shaped['method']}]: link {measured:.2f} s "
+          f"measured, {predicted['link_s']:.2f} s modelled; probe {probe}")
     assert predicted["link_s"] > 2 * direct["epoch_s"], "the link must dominate for this check to mean anything"
     assert 0.75 * predicted["link_s"] <= measured <= 1.4 * predicted["link_s"], (measured, predicted, direct["epoch_s"])
