@@ -30,9 +30,11 @@ hospitals, batch 16, synthetic images, one torch thread per party):
   the path at 0 ms (every packet through userspace and back), and a TCP probe of both.
 
 Beside the model as written (one one-way delay per message) the table gives it with gloo's
-rendezvous (three per message: gloo's send waits for the receiver's ready notice, and the
-transport's payload recv is posted only once its length has arrived; the gloo ping-pong column
-measures this per link). The first time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
+rendezvous (three per message): gloo's send waits for the receiver's ready notice, so a message
+whose receive is posted only once an earlier one has arrived (the rest of a frame over 1 MiB,
+medsplit.transport.framing.CHUNK_BYTES; the next message in the same direction; a receiver
+still computing) pays a notice's one-way delay back and then its own. The gloo ping-pong
+column measures one 8-byte exchange per link. The first time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
 gloo ping-pong run over it.
 
     sudo python benchmarks/wan.py                             # 64 px, 3 profiles, both protocols, fp32 + int8
@@ -231,8 +233,8 @@ def party_of(name: str) -> str:
     return "server" if name == "aggregator" else name
 
 
-#: one-way delays a framed gloo message waits: its length, the receiver's ready notice for the
-#: payload (gloo's send waits for the matching recv, posted once the length is in), the payload
+#: one-way delays a gloo message waits at worst: the data it must arrive after (an earlier message
+#: or chunk), the receiver's ready notice (gloo's send waits for the matching recv), its own
 GLOO_ONE_WAYS_PER_MESSAGE = 3
 
 
@@ -242,7 +244,7 @@ def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float,
     ``link_time.epoch_seconds`` (the server's link is unshaped: a hospital-server path has the
     profile's rate and RTT, a hospital-hospital path crosses two shaped links: RTT twice).
     ``one_ways_per_message``: 1 is the model as written; :data:`GLOO_ONE_WAYS_PER_MESSAGE`
-    counts gloo's rendezvous."""
+    counts gloo's rendezvous for every message (an upper bound)."""
     per_hospital = {n: 0.0 for n in NAMES[1:]}
     total = 0.0
     for (a, b), l in links.items():
@@ -391,7 +393,8 @@ def write(result: dict, path: Path) -> None:
     result["formula"] = (
         "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum (relay) or busiest hospital's sum (SplitFed) over "
         "directed links of link_time.epoch_seconds(1, 0, bytes, messages * k, rate_bps, hops * rtt_s); k = 1: the model "
-        f"as written (predicted_*), k = {GLOO_ONE_WAYS_PER_MESSAGE}: gloo's rendezvous (predicted_rendezvous_*)")
+        f"as written (predicted_*), k = {GLOO_ONE_WAYS_PER_MESSAGE}: every message waits for gloo's rendezvous "
+        "(predicted_rendezvous_*, an upper bound on the latency term)")
     result["notes"] = [
         "bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
         "send_mbps: a link's bytes over the seconds its sender spent inside send",

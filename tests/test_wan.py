@@ -143,10 +143,11 @@ def test_a_shaped_epoch_is_slower_by_what_the_model_predicts(netns):
     activations = links[("client0", "server")]["bytes"]
     assert activations > 16 * 2 * 64 * 8 * 8 * 4  # two batches of ResNet-18 layer-1 activations at least
 
-    # Slower by about the model's link time (the machine is shared: a generous band).
+    # Slower by about the model's link time. The machine is shared: compute alone varies by a
+    # second or more between runs, hence the band; no shaping, or a link counted twice, falls outside.
     predicted = wan.predict(wan.link_time_model(), "sequential", direct["epoch_s"], links, rate, rtt)
     measured = shaped["epoch_s"] - direct["epoch_s"]
     print(f"direct {direct['epoch_s']:.2f} s, shaped {shaped['epoch_s']:.2f} s [{shaped['method']}]: link {measured:.2f} s "
           f"measured, {predicted['link_s']:.2f} s modelled; probe {probe}")
     assert predicted["link_s"] > 2 * direct["epoch_s"], "the link must dominate for this check to mean anything"
-    assert 0.75 * predicted["link_s"] <= measured <= 1.4 * predicted["link_s"], (measured, predicted, direct["epoch_s"])
+    assert 0.6 * predicted["link_s"] <= measured <= 1.5 * predicted["link_s"], (measured, predicted, direct["epoch_s"])
