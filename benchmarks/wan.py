@@ -52,6 +52,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -338,6 +339,9 @@ def main(argv=None) -> int:
     if why:
         print(f"SKIPPED: {why}")
         return 0
+    # SIGTERM (a timeout, a job runner) would end Python without its finally blocks: turn it into
+    # SystemExit so that every namespace is taken down; a SIGKILL leaves them to remove_stale.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stale = remove_stale()
     if stale:
         print(f"removed stale namespaces of killed runs: {', '.join(stale)}")
