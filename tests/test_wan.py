@@ -73,7 +73,7 @@ def test_only_the_projects_namespaces_are_deleted():
         delete_namespace("some-other-namespace")
 
 
-def test_the_model_adds_relay_links_and_takes_the_busier_splitfed_hospital():
+def test_the_model_adds_every_links_time_and_keeps_the_busiest_hospitals_share():
     wan = _module("wan")
     model = wan.link_time_model()
     links = {("client0", "server"): {"bytes": 1_000_000, "messages": 4}, ("server", "client0"): {"bytes": 500_000, "messages": 2},
@@ -81,12 +81,16 @@ def test_the_model_adds_relay_links_and_takes_the_busier_splitfed_hospital():
     rate, rtt = 10e6, 0.02
     one = {k: model.epoch_seconds(1, 0.0, v["bytes"], v["messages"], rate, rtt) for k, v in links.items()}
     hop2 = model.epoch_seconds(1, 0.0, 100_000, 1, rate, 2 * rtt)  # hospital to hospital: two shaped links
-    relay = wan.predict(model, "sequential", 3.0, links, rate, rtt)
-    assert relay["link_s"] == pytest.approx(one[("client0", "server")] + one[("server", "client0")] + one[("client1", "server")] + hop2)
-    assert relay["epoch_s"] == pytest.approx(3.0 + relay["link_s"])
-    fed = wan.predict(model, "splitfed", 3.0, links, rate, rtt)
-    busiest = max(one[("client0", "server")] + one[("server", "client0")] + hop2, one[("client1", "server")] + hop2)
-    assert fed["link_s"] == pytest.approx(busiest)
+    for protocol in ("sequential", "splitfed"):  # gloo's rendezvous keeps SplitFed's transfers from overlapping
+        got = wan.predict(model, protocol, 3.0, links, rate, rtt)
+        assert got["link_s"] == pytest.approx(one[("client0", "server")] + one[("server", "client0")]
+                                              + one[("client1", "server")] + hop2)
+        assert got["epoch_s"] == pytest.approx(3.0 + got["link_s"])
+        assert got["busiest_hospital_link_s"] == pytest.approx(
+            max(one[("client0", "server")] + one[("server", "client0")] + hop2, one[("client1", "server")] + hop2))
+    rendezvous = wan.predict(model, "sequential", 3.0, links, rate, rtt, wan.GLOO_ONE_WAYS_PER_MESSAGE)
+    extra_one_ways = (wan.GLOO_ONE_WAYS_PER_MESSAGE - 1) * (10 * rtt / 2 + 1 * rtt)  # 10 one-hop messages, 1 two-hop
+    assert rendezvous["link_s"] - got["link_s"] == pytest.approx(extra_one_ways)
 
 
 # ---- real namespaces --------------------------------------------------------------------------
