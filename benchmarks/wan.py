@@ -1,0 +1,484 @@
+"""Split training over emulated hospital links: epoch time, bytes and per-link throughput of the
+relay (``split.protocol=sequential``) and SplitFed, with fp32 and int8 activations
+(``split.compress_activations``), measured with the server and each hospital in its own network
+namespace and set beside the link-time model's prediction (``benchmarks/link_time.py``).
+
+Links (:mod:`medsplit.netem.topology`): each hospital's veth pair to the router namespace is
+shaped by ``tbf`` at the profile's rate in both directions and carries half the profile's
+round trip each way (so hospital <-> server has the profile's RTT; the server's own link is not
+shaped). Delay and loss come from ``netem`` where the kernel has it, otherwise from
+:mod:`medsplit.netem.delayer` (a TUN device in the router namespace holding each packet for
+its one-way delay; loss drops TCP offload packets, see its module). The ``method`` column says
+which each row used. The parties talk over medsplit's gloo transport exactly as
+``python -m medsplit party`` does: the hospitals reach the server's TCPStore at its namespace
+address and gloo's pair sockets listen on each party's own address (the local IP that routes
+to the server), so no party needs any setting for it.
+
+Per (protocol, codec, size) the benchmark runs, each with one warm-up epoch of one batch per
+hospital and then one timed epoch of ``--steps`` batches per hospital (ResNet-34, CUT 3, two
+hospitals, batch 16, synthetic images, one torch thread per party):
+
+* ``direct``: the same namespaces, no shaping: the compute-only epoch the model starts from;
+* each profile: shaped, timed, with the model's prediction beside it:
+  ``predicted = direct epoch + link time``, the link time of each directed link being
+  ``link_time.epoch_seconds(1, 0, bytes, messages, rate, RTT)`` (the model's formula, per link,
+  with the bytes and messages the transport counted in that epoch: activations, labels,
+  gradients, the relay's weight hand-over and SplitFed's uploads). The links' times add up, for
+  SplitFed too: its hospitals compute at the same time, but their transfers do not overlap,
+  because gloo's send waits for the receiver's ready notice and the server posts its receive
+  for a hospital only when its schedule reaches that hospital (measured: at 20 Mbit/s the sum
+  fits SplitFed within 6-9 %, the busier hospital's share alone misses by 20-40 %; the JSON
+  keeps that share as ``busiest_hospital_link_s``).
+* ``--relay-cost``: what the delayer itself costs: the direct runs again with the delayer in
+  the path at 0 ms (every packet through userspace and back), and a TCP probe of both.
+
+Beside the model as written (one one-way delay per message) the table gives it with gloo's
+rendezvous (three per message): gloo's send waits for the receiver's ready notice, so a message
+whose receive is posted only once an earlier one has arrived (the rest of a frame over 1 MiB,
+medsplit.transport.framing.CHUNK_BYTES; the next message in the same direction; a receiver
+still computing) pays a notice's one-way delay back and then its own. The gloo ping-pong
+column measures one 8-byte exchange per link. The first time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
+gloo ping-pong run over it.
+
+    sudo python benchmarks/wan.py                             # 64 px, 3 profiles, both protocols, fp32 + int8
+    sudo python benchmarks/wan.py --sizes 64,128 --steps 4 --relay-cost
+    python benchmarks/wan.py --reanalyse benchmarks/results/wan.json   # tables again, no runs
+
+Prints a table and writes benchmarks/results/wan.json. Skips (exit 0, with the reason) where
+network namespaces cannot be created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("server", "client0", "client1")
+
+#: name -> (rate bit/s, round trip s, loss probability per packet)
+PROFILES = {
+    "1G-2ms": (1e9, 0.002, 0.0),
+    "100M-20ms": (100e6, 0.020, 0.0),
+    "20M-50ms-0.1%": (20e6, 0.050, 0.001),
+}
+
+
+def link_time_model():
+    """benchmarks/link_time.py as a module (benchmarks/ is not a package): its formula is the model."""
+    spec = importlib.util.spec_from_file_location("link_time", Path(__file__).resolve().parent / "link_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- one party (a child process in its namespace) -------------------------------------------
+
+def run_party(rank: int, address: str, protocol: str, codec: str, size: int, steps: int, batch: int,
+              model: str, cut_at: int) -> dict:
+    """Party ``rank`` of one measurement: a warm-up epoch (1 batch per hospital), then one timed
+    epoch of ``steps`` batches per hospital; returns its epoch time and what crossed each link."""
+    import torch
+    import torch.nn.functional as F
+
+    from medsplit.models import build_model
+    from medsplit.split import Channel
+    from medsplit.split.codecs import codecs_for
+    from medsplit.train.protocols import PROTOCOLS
+    from medsplit.transport.gloo import GlooTransport
+
+    name = NAMES[rank]
+    ranks = {n: r for r, n in enumerate(NAMES)} | {"aggregator": 0}
+    transport = GlooTransport(name, ranks, address, timeout_s=300)
+    hosts = {"server", "aggregator"} if rank == 0 else {name}
+    channel = Channel(serialise=True, codecs=codecs_for(codec, "none"), transport=transport, local=frozenset(hosts))
+    try:
+        torch.manual_seed(0)
+        table = build_model(model, num_classes=2)
+        proto = PROTOCOLS[protocol](table, cut_at, len(NAMES) - 1,
+                                    lambda params: torch.optim.Adam(params, lr=1e-3, fused=True), F.cross_entropy, channel)
+        g = torch.Generator().manual_seed(1000 + rank)
+        images = torch.randint(0, 256, (steps * batch, 3, size, size), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 2, (steps * batch,), generator=g)
+
+        def step(split_model, k, idx):
+            if rank == 0:  # the server only needs shapes for what it receives
+                x = torch.empty(len(idx), 3, size, size, device="meta")
+                y = torch.empty(len(idx), dtype=torch.int64, device="meta")
+            else:
+                x, y = images[idx].float() / 127.5 - 1.0, labels[idx]
+            split_model.train_step(x, y)
+
+        def epoch(n: int) -> float:
+            batches = [[torch.arange(s * batch, (s + 1) * batch) for s in range(n)] if rank in (0, k + 1) else []
+                       for k in range(len(NAMES) - 1)]
+            t = time.perf_counter()
+            proto.run_epoch(batches, step)
+            return time.perf_counter() - t
+
+        epoch(1)
+        before = {key: s.as_dict() for key, s in transport.stats.items()}
+        seconds = epoch(steps)
+        links = []
+        for (direction, peer), s in sorted(transport.stats.items()):
+            was = before.get((direction, peer), {"messages": 0, "payload_bytes": 0, "framing_bytes": 0, "seconds": 0.0})
+            links.append({"direction": direction, "peer": peer, **{k: v - was[k] for k, v in s.as_dict().items()}})
+        return {"party": name, "epoch_s": seconds, "links": links}
+    finally:
+        transport.close()
+
+
+@dataclass
+class Settings:
+    """What every measurement of one benchmark run shares."""
+
+    steps: int = 4  # timed batches per hospital
+    batch: int = 16
+    model: str = "resnet34"
+    cut: int = 3
+    probe_bytes: int = 10_000_000  # bytes of the TCP probe (each direction)
+    party_timeout: float = 900.0
+    sysctls: dict = field(default_factory=dict)  # for every party namespace
+
+
+def run_pingpong(rank: int, address: str, exchanges: int) -> dict:
+    """Party ``rank`` (0 or 1) of a ping-pong of 8-byte messages over the gloo transport:
+    what one framed message costs on a link, beside the raw TCP round trip of the probe."""
+    import statistics
+
+    from medsplit.transport.gloo import GlooTransport
+
+    me, peer = NAMES[rank], NAMES[1 - rank]
+    transport = GlooTransport(me, {"server": 0, "client0": 1}, address, timeout_s=120)
+    try:
+        times = []
+        for i in range(exchanges + 2):  # two warm-ups: gloo connects its pair lazily
+            t = time.perf_counter()
+            if rank == 1:
+                transport.send(peer, i.to_bytes(8, "big"))
+                transport.recv(peer, 8)
+            else:
+                transport.send(peer, transport.recv(peer, 8))
+            times.append(time.perf_counter() - t)
+        return {"party": me, "round_trip_ms_median": 1e3 * statistics.median(times[2:]), "round_trip_ms_min": 1e3 * min(times[2:])}
+    finally:
+        transport.close()
+
+
+def gloo_pingpong(topology, exchanges: int = 20) -> dict:
+    """The hospital's view of a gloo ping-pong with the server (see :func:`run_pingpong`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    address = f"{topology.address(0)}:29512"
+    procs = [subprocess.Popen([*topology.exec_prefix(rank), sys.executable, __file__, "--pingpong", str(exchanges),
+                               "--party", str(rank), "--address", address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"gloo ping-pong failed (exit {p.returncode}): {err[-2000:]}")
+    return json.loads(outs[1][0].strip().splitlines()[-1])
+
+
+def run_parties(topology, settings: Settings, protocol: str, codec: str, size: int) -> dict:
+    """Every party in its own namespace; returns the slowest party's epoch time and the links."""
+    address = f"{topology.address(0)}:29511"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    procs = []
+    try:
+        for rank in range(len(NAMES)):
+            cmd = [*topology.exec_prefix(rank), sys.executable, __file__, "--party", str(rank), "--address", address,
+                   "--protocols", protocol, "--codecs", codec, "--sizes", str(size), "--steps", str(settings.steps),
+                   "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outs = [p.communicate(timeout=settings.party_timeout) for p in procs]
+    finally:
+        for p in procs:  # nothing outlives the measurement (the namespaces go right after)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    parties = []
+    for name, p, (out, err) in zip(NAMES, procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"party {name} failed (exit {p.returncode}) in {topology.party(NAMES.index(name))}: {err[-3000:]}")
+        parties.append(json.loads(out.strip().splitlines()[-1]))
+    return {"epoch_s": max(r["epoch_s"] for r in parties), "parties": parties}
+
+
+# ---- what the runs are compared with ---------------------------------------------------------
+
+def directed_links(parties: list[dict]) -> dict[tuple[str, str], dict]:
+    """``(sender, receiver) -> {bytes, messages, send_s}`` from each sender's own counts."""
+    out = {}
+    for p in parties:
+        for row in p["links"]:
+            if row["direction"] == "send" and row["messages"]:
+                out[(p["party"], row["peer"])] = {"bytes": row["payload_bytes"] + row["framing_bytes"],
+                                                  "messages": row["messages"], "send_s": row["seconds"]}
+    return out
+
+
+def party_of(name: str) -> str:
+    return "server" if name == "aggregator" else name
+
+
+#: one-way delays a gloo message waits at worst: the data it must arrive after (an earlier message
+#: or chunk), the receiver's ready notice (gloo's send waits for the matching recv), its own
+GLOO_ONE_WAYS_PER_MESSAGE = 3
+
+
+def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float, rtt_s: float,
+            one_ways_per_message: int = 1) -> dict:
+    """The model's epoch time: the direct (compute-only) epoch plus each link's time by
+    ``link_time.epoch_seconds`` (the server's link is unshaped: a hospital-server path has the
+    profile's rate and RTT, a hospital-hospital path crosses two shaped links: RTT twice).
+    ``one_ways_per_message``: 1 is the model as written; :data:`GLOO_ONE_WAYS_PER_MESSAGE`
+    counts gloo's rendezvous for every message (an upper bound). The links' times add up for
+    every protocol (see the module's docstring); ``busiest_hospital_link_s`` is what SplitFed
+    would need were its hospitals' transfers to overlap."""
+    per_hospital = {n: 0.0 for n in NAMES[1:]}
+    total = 0.0
+    for (a, b), l in links.items():
+        a, b = party_of(a), party_of(b)
+        hops = sum(n != "server" for n in (a, b))
+        t = model.epoch_seconds(1, 0.0, l["bytes"], l["messages"] * one_ways_per_message, rate_bps, hops * rtt_s)
+        total += t
+        for n in (a, b):
+            if n != "server":
+                per_hospital[n] += t
+    return {"link_s": total, "epoch_s": direct_s + total, "busiest_hospital_link_s": max(per_hospital.values())}
+
+
+# ---- the benchmark ---------------------------------------------------------------------------
+
+def shaped_links(rate_bps: float | None, rtt_s: float, loss: float):
+    """The server unshaped, every hospital on a link of ``rate_bps``, ``rtt_s`` to the server, ``loss``."""
+    from medsplit.netem.topology import Link
+
+    return [Link()] + [Link(rate_bps, rtt_s / 2, loss)] * (len(NAMES) - 1)
+
+
+def measure(settings: Settings, links, method: str, protocol: str, codec: str, size: int, probe: bool) -> dict:
+    """One timed epoch in freshly built namespaces (removed again before this returns)."""
+    from medsplit.netem.probe import probe_between
+    from medsplit.netem.topology import Topology, congestion_control
+
+    load = os.getloadavg()
+    with Topology(links, method=method, sysctls=settings.sysctls) as topology:
+        row = {"method": topology.method, "congestion_control": congestion_control(topology, 1), "load_before": load}
+        if probe:
+            row["probe"] = probe_between(topology, 0, 1, settings.probe_bytes)
+            row["gloo_pingpong"] = gloo_pingpong(topology)
+        started = time.time()
+        row.update(run_parties(topology, settings, protocol, codec, size))
+        row["wall_s"] = time.time() - started
+    row["load_after"] = os.getloadavg()
+    row["delayer_counts"] = topology.delayer_counts
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="64")
+    ap.add_argument("--protocols", default="sequential,splitfed")
+    ap.add_argument("--codecs", default="none,int8", help="split.compress_activations values (gradients stay fp32)")
+    ap.add_argument("--profiles", default=",".join(PROFILES), help=f"from {', '.join(PROFILES)}")
+    ap.add_argument("--steps", type=int, default=4, help="timed batches per hospital")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--model", default="resnet34")
+    ap.add_argument("--cut", type=int, default=3)
+    ap.add_argument("--method", default="auto", choices=["auto", "netem", "delayer"], help="delay and loss by")
+    ap.add_argument("--relay-cost", action="store_true", help="also run the direct rows through the delayer at 0 ms")
+    ap.add_argument("--probe-bytes", type=int, default=10_000_000, help="bytes of the TCP probe per profile")
+    ap.add_argument("--no-slow-start-after-idle", action="store_true",
+                    help="net.ipv4.tcp_slow_start_after_idle=0 in every party namespace (Linux default: 1)")
+    ap.add_argument("--party-timeout", type=float, default=900)
+    ap.add_argument("--out", type=Path, default=RESULTS / "wan.json")
+    ap.add_argument("--reanalyse", type=Path, default=None,
+                    help="recompute the predictions and tables of a results file (no runs); writes it back")
+    ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pingpong", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.pingpong is not None:
+        print(json.dumps(run_pingpong(args.party, args.address, args.pingpong)), flush=True)
+        return 0
+    if args.party is not None:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(run_party(args.party, args.address, args.protocols, args.codecs, int(args.sizes), args.steps,
+                                   args.batch, args.model, args.cut)), flush=True)
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    from medsplit.netem.topology import Link, remove_stale, unavailable
+
+    model = link_time_model()
+    if args.reanalyse:
+        result = json.loads(args.reanalyse.read_text())
+        derive(result["rows"], model)
+        write(result, args.reanalyse)
+        return 0
+
+    settings = Settings(steps=args.steps, batch=args.batch, model=args.model, cut=args.cut, probe_bytes=args.probe_bytes,
+                        party_timeout=args.party_timeout,
+                        sysctls={"net.ipv4.tcp_slow_start_after_idle": "0"} if args.no_slow_start_after_idle else {})
+    why = unavailable()
+    if why:
+        print(f"SKIPPED: {why}")
+        return 0
+    # SIGTERM (a timeout, a job runner) would end Python without its finally blocks: turn it into
+    # SystemExit so that every namespace is taken down; a SIGKILL leaves them to remove_stale.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stale = remove_stale()
+    if stale:
+        print(f"removed stale namespaces of killed runs: {', '.join(stale)}")
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    unknown = sorted(set(profiles) - set(PROFILES))
+    if unknown:
+        raise SystemExit(f"unknown profile(s) {unknown}; choose from {list(PROFILES)}")
+    started = time.time()
+    rows = []
+
+    probed: set[str] = set()
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for protocol in args.protocols.split(","):
+            for codec in args.codecs.split(","):
+                key = {"size": size, "protocol": protocol, "codec": codec}
+                direct = measure(settings, [Link()] * len(NAMES), "auto", protocol, codec, size, probe="direct" not in probed)
+                probed.add("direct")
+                rows.append({**key, "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **direct,
+                             "links": _link_rows(directed_links(direct["parties"]))})
+                derive(rows, model)
+                _print_row(rows[-1])
+                if args.relay_cost:
+                    zero = measure(settings, [Link()] * len(NAMES), "delayer", protocol, codec,
+                                   size, probe="delayer-0" not in probed)
+                    probed.add("delayer-0")
+                    rows.append({**key, "profile": "direct+delayer-0ms", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **zero,
+                                 "links": _link_rows(directed_links(zero["parties"]))})
+                    derive(rows, model)
+                    _print_row(rows[-1])
+                for profile in profiles:
+                    rate, rtt, loss = PROFILES[profile]
+                    got = measure(settings, shaped_links(rate, rtt, loss), args.method, protocol, codec, size, probe=profile not in probed)
+                    probed.add(profile)
+                    rows.append({**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
+                                 "links": _link_rows(directed_links(got["parties"]))})
+                    derive(rows, model)
+                    _print_row(rows[-1])
+    result = {
+        "benchmark": "wan", "model": args.model, "cut": args.cut, "hospitals": len(NAMES) - 1, "batch": args.batch,
+        "steps_per_hospital": args.steps, "threads_per_party": 1, "party_sysctls": settings.sysctls, "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "kernel": platform.release(),
+        "shared_machine": "the CPU was shared with other sessions: timings are noisy; load averages are recorded per row",
+        "profiles": {k: {"rate_bps": r, "rtt_s": t, "loss": l} for k, (r, t, l) in PROFILES.items()},
+        "rows": rows, "elapsed_s": time.time() - started,
+    }
+    write(result, args.out)
+    print(f"\n{time.time() - started:.0f} s. Wrote {args.out}")
+    return 0
+
+
+def write(result: dict, path: Path) -> None:
+    """Print the tables and write ``path`` (formula, notes and table refreshed from the rows)."""
+    result["formula"] = (
+        "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum over "
+        "directed links of link_time.epoch_seconds(1, 0, bytes, messages * k, rate_bps, hops * rtt_s); k = 1: the model "
+        f"as written (predicted_*), k = {GLOO_ONE_WAYS_PER_MESSAGE}: every message waits for gloo's rendezvous "
+        "(predicted_rendezvous_*, an upper bound on the latency term)")
+    result["notes"] = [
+        "bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
+        "send_mbps: a link's bytes over the seconds its sender spent inside send",
+        "rate limits count IP packets (tbf), so TCP payload gets ~95 % of the nominal rate (headers)",
+        "method: tbf (rate only), delayer (tbf + the userspace TUN delayer), netem (tbf + netem), none (direct)",
+    ]
+    result["table"] = markdown(result["rows"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print("\n" + result["table"])
+
+
+def derive(rows: list[dict], model) -> None:
+    """Fill in what each row is compared with: the direct run of the same size, protocol and codec,
+    the model's predictions from it, the relay's cost."""
+    for row in rows:
+        for stale in ("link_in_run_s", "excess_link_in_run_s"):
+            row.pop(stale, None)
+        if row["profile"] == "direct" and row["method"] == "tbf":
+            row["method"] = "none"  # nothing shaped (older files named it tbf)
+        direct = next((r for r in rows if r["profile"] == "direct" and
+                       all(r[k] == row[k] for k in ("size", "protocol", "codec"))), None)
+        if direct is None or row is direct:
+            continue
+        row["direct_epoch_s"] = direct["epoch_s"]
+        if row["rate_bps"] is None:
+            row["relay_cost_pct"] = 100 * (row["epoch_s"] / direct["epoch_s"] - 1)
+            continue
+        links = {tuple(l["link"].split("->")): l for l in row["links"]}
+        for suffix, k in (("", 1), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
+            p = predict(model, row["protocol"], direct["epoch_s"], links, row["rate_bps"], row["rtt_s"], k)
+            row[f"predicted{suffix}_epoch_s"], row[f"predicted{suffix}_link_s"] = p["epoch_s"], p["link_s"]
+            row[f"busiest_hospital{suffix}_link_s"] = p["busiest_hospital_link_s"]
+            row[f"{suffix.lstrip('_') + '_' if suffix else ''}error_pct"] = 100 * (row["epoch_s"] / p["epoch_s"] - 1)
+        row["measured_link_s"] = row["epoch_s"] - direct["epoch_s"]
+
+
+def _link_rows(links: dict) -> list[dict]:
+    return [{"link": f"{a}->{b}", **l, "send_mbps": l["bytes"] * 8 / l["send_s"] / 1e6 if l["send_s"] > 0 else None}
+            for (a, b), l in sorted(links.items())]
+
+
+def _print_row(r: dict) -> None:
+    extra = (f" model {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %), with gloo's rendezvous "
+             f"{r['predicted_rendezvous_epoch_s']:.2f} s ({r['rendezvous_error_pct']:+.1f} %)" if "predicted_epoch_s" in r else "")
+    print(f"{r['size']} px {r['protocol']:<10} {r['codec']:<5} {r['profile']:<20} [{r['method']}] "
+          f"epoch {r['epoch_s']:.2f} s{extra}  load {r['load_before'][0]:.1f}", flush=True)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The epoch table (one line per run) and the link table (one line per probed link)."""
+    lines = ["| px | protocol | codec | link | method | epoch s | model s (error) | model+rendezvous s (error) | "
+             "link s: model / +rendezvous | MB/epoch | load |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mb = sum(l["bytes"] for l in r["links"]) / 1e6
+        if "predicted_epoch_s" in r:
+            model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
+            rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
+            link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f}"
+        else:
+            model = f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else ""
+            rendezvous, link = "", ""
+        lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
+                     f"{model} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")
+    lines += ["", "| link | method | TCP round trip ms, median (min) | gloo message round trip ms, median (min) | "
+              "TCP upload Mbit/s | TCP download Mbit/s |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "probe" in r:
+            p, g = r["probe"], r["gloo_pingpong"]
+            lines.append(f"| {r['profile']} | {r['method']} | {p['rtt_ms_median']:.2f} ({p['rtt_ms_min']:.2f}) | "
+                         f"{g['round_trip_ms_median']:.2f} ({g['round_trip_ms_min']:.2f}) | "
+                         f"{p['upload_mbps']:.0f} | {p['download_mbps']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
