@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -294,15 +295,19 @@ def test_microbatched_run_trains_and_differs_from_the_whole_batch_run(tmp_path):
     one = _metrics(train(load_config(None, base + ["output.name=m1"]), quiet=True))
     four = _metrics(train(load_config(None, base + ["output.name=m4", "split.microbatches=4"]), quiet=True))
     assert four["config"]["split"]["microbatches"] == 4
+    # the report states the BatchNorm semantics where it describes what crossed; not for M=1
+    assert "BatchNorm normalised each micro-batch" in (tmp_path / "reports" / "m4.html").read_text()
+    assert "micro-batch" not in (tmp_path / "reports" / "m1.html").read_text()
     assert _numbers(four)[0] != _numbers(one)[0]  # BatchNorm sees micro-batches: other losses
-    assert all(r["train_loss"] is None or r["train_loss"] == r["train_loss"] for r in four["history"])  # finite
+    train_losses = [r["train_loss"] for r in four["history"] if r.get("train_loss") is not None]
+    assert len(train_losses) == 4 and all(math.isfinite(v) for v in train_losses)  # 2 epochs x 2 hospitals
     bytes_of = {m: {(r["epoch"], r["kind"], r["link"]): r["bytes"] for r in rec["bytes"]} for m, rec in ((1, one), (4, four))}
     assert bytes_of[1].keys() == bytes_of[4].keys()
     for key, b in bytes_of[1].items():
         if key[1] == "weights":
             assert bytes_of[4][key] == b
-        else:  # the same tensors in more messages: only the extra headers
-            assert b < bytes_of[4][key] < b * 1.05, key
+        else:  # the same tensors in more messages: only the extra headers (a few hundred bytes each)
+            assert b < bytes_of[4][key] < b * 1.05 + 4096, key
 
 
 def _party_pids(run_dir):
