@@ -89,13 +89,16 @@ def test_microbatch_sizes_are_even_and_keep_two_rows_each():
 
 def test_wavefront_runs_every_stage_of_every_microbatch_once_after_its_inputs():
     assert wavefront(1, 3) == [(0, 0), (0, 1), (0, 2)]  # one micro-batch: stage after stage, as before
-    assert wavefront(3, 2) == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (2, 1)]
+    assert wavefront(3, 3) == [(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (2, 0), (1, 2), (2, 1), (2, 2)]
     order = wavefront(4, 5)
     assert sorted(order) == [(m, s) for m in range(4) for s in range(5)]
     position = {ms: i for i, ms in enumerate(order)}
     assert all(position[(m, s - 1)] < position[(m, s)] for m in range(4) for s in range(1, 5))
-    # the hospital's first stage of micro-batch 1 runs before the server's stage of micro-batch 0
-    assert position[(1, 0)] < position[(0, 1)]
+    # what stage s produced for micro-batch m is handed on (stage s+1 receives it) before stage s
+    # computes micro-batch m+1: the hospital's send of k comes before its compute of k+1 ...
+    assert all(position[(m, s + 1)] < position[(m + 1, s)] for m in range(3) for s in range(4))
+    # ... and the server's compute of k (tick k+1) before the hospital's compute of k+2
+    assert all(position[(m, 1)] < position[(m + 2, 0)] for m in range(2))
 
 
 @pytest.mark.parametrize("microbatches", [2, 3])
@@ -194,9 +197,9 @@ def test_messages_follow_the_wavefront_and_cost_only_their_headers():
         model.train_step(x, y)
         counted[m] = (channel.total_bytes(), [(t.kind, int(next(iter(t.tensors.values())).shape[0])) for t in seen])
     assert counted[1][1] == [("activation", 8), ("label", 8), ("gradient", 8)]
-    # forward: the hospital's activations of both micro-batches go out before the server's loss
-    # needs the first labels; backward: the last micro-batch's gradient first
-    assert counted[2][1] == [("activation", 4), ("activation", 4), ("label", 4), ("label", 4),
+    # forward: micro-batch 0's activations and labels leave before micro-batch 1's; backward: the
+    # last micro-batch's gradient first
+    assert counted[2][1] == [("activation", 4), ("label", 4), ("activation", 4), ("label", 4),
                              ("gradient", 4), ("gradient", 4)]
     extra = counted[2][0] - counted[1][0]
     assert 0 < extra < 3 * 512  # three more message headers; the tensors' bytes are the same

@@ -345,10 +345,14 @@ def microbatch_sizes(rows: int, microbatches: int) -> list[int]:
 
 def wavefront(microbatches: int, stages: int) -> list[tuple[int, int]]:
     """The pipeline schedule as one sequence of ``(micro-batch, stage)``: at tick ``t`` stage ``s``
-    works on micro-batch ``t - s``. Every process runs this same sequence (skipping the stages of
-    parties it does not host), so the messages pair up in the same order in every process, and
-    one process computes exactly what the parties compute apart. One micro-batch: stage after stage."""
-    return [(t - s, s) for t in range(microbatches + stages - 1) for s in range(stages) if 0 <= t - s < microbatches]
+    works on micro-batch ``t - s``, the later stages first, so what a stage produced at the last tick
+    is handed on (a message leaves) before the earlier stages compute the next micro-batch: the
+    hospital sends micro-batch k and computes k+1 while the server computes k. Every process runs
+    this same sequence (skipping the stages of parties it does not host), so the messages pair up in
+    the same order in every process, and one process computes exactly what the parties compute
+    apart. One micro-batch: stage after stage."""
+    return [(t - s, s) for t in range(microbatches + stages - 1) for s in reversed(range(stages))
+            if 0 <= t - s < microbatches]
 
 
 def two_party(parts: list[Part], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
