@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--microbatches", default="1,2,4")
     ap.add_argument("--steps", type=int, default=3, help="timed batches per hospital")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="measurements of each setting (median and min reported)")
     ap.add_argument("--nonblocking", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", type=Path, default=RESULTS / "microbatch.json")
     ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
@@ -179,24 +181,37 @@ def main(argv=None) -> int:
         print(json.dumps(run_party(args.party, args.address, int(args.sizes), args.steps, args.batch,
                                    int(args.microbatches), args.nonblocking)))
         return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    ms = [int(v) for v in args.microbatches.split(",")]
+    samples: dict[tuple[int, int], list[dict]] = {(size, m): [] for size in sizes for m in ms}
+    for size in sizes:
+        # Repeats interleave the settings, so that each setting meets the machine's load as often.
+        for repeat in range(args.repeats):
+            for m in ms:
+                load_before = os.getloadavg()[0]
+                one = run_inprocess(size, args.steps, args.batch, m)
+                many = run_gloo(size, args.steps, args.batch, m, args.nonblocking)
+                sample = {"repeat": repeat, "inprocess_epoch_s": one["epoch_s"], "gloo_epoch_s": many["epoch_s"],
+                          "inprocess_mb": one["bytes"] / 1e6, "gloo_mb": many["bytes"] / 1e6,
+                          "load1_before": load_before, "load1_after": os.getloadavg()[0]}
+                samples[(size, m)].append(sample)
+                print(json.dumps({"size": size, "microbatches": m, **sample}), flush=True)
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        for m in [int(v) for v in args.microbatches.split(",")]:
-            load_before = os.getloadavg()[0]
-            one = run_inprocess(size, args.steps, args.batch, m)
-            many = run_gloo(size, args.steps, args.batch, m, args.nonblocking)
-            row = {"size": size, "microbatches": m, "steps_per_hospital": args.steps,
-                   "inprocess_epoch_s": one["epoch_s"], "gloo_epoch_s": many["epoch_s"],
-                   "gloo_vs_inprocess_pct": 100 * (many["epoch_s"] / one["epoch_s"] - 1),
-                   "inprocess_mb": one["bytes"] / 1e6, "gloo_mb": many["bytes"] / 1e6,
-                   "load1_before": load_before, "load1_after": os.getloadavg()[0]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    lines = ["| px | M | in-process epoch s | gloo relay epoch s | gloo vs in-process | MB | load (1 min) before/after |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['size']} | {r['microbatches']} | {r['inprocess_epoch_s']:.2f} | {r['gloo_epoch_s']:.2f} | "
-              f"{r['gloo_vs_inprocess_pct']:+.1f} % | {r['gloo_mb']:.2f} | {r['load1_before']:.1f} / {r['load1_after']:.1f} |"
-              for r in rows]
+    for (size, m), runs in samples.items():
+        inproc = statistics.median(r["inprocess_epoch_s"] for r in runs)
+        gloo = statistics.median(r["gloo_epoch_s"] for r in runs)
+        rows.append({"size": size, "microbatches": m, "steps_per_hospital": args.steps, "repeats": len(runs),
+                     "inprocess_epoch_s": inproc, "gloo_epoch_s": gloo, "gloo_vs_inprocess_pct": 100 * (gloo / inproc - 1),
+                     "inprocess_epoch_s_min": min(r["inprocess_epoch_s"] for r in runs),
+                     "gloo_epoch_s_min": min(r["gloo_epoch_s"] for r in runs),
+                     "gloo_mb": runs[0]["gloo_mb"], "inprocess_mb": runs[0]["inprocess_mb"],
+                     "load1_min": min(min(r["load1_before"], r["load1_after"]) for r in runs),
+                     "load1_max": max(max(r["load1_before"], r["load1_after"]) for r in runs), "samples": runs})
+    lines = ["| px | M | in-process epoch s (median, min) | gloo relay epoch s (median, min) | gloo vs in-process | MB | "
+             "load (1 min) range |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['size']} | {r['microbatches']} | {r['inprocess_epoch_s']:.2f} ({r['inprocess_epoch_s_min']:.2f}) | "
+              f"{r['gloo_epoch_s']:.2f} ({r['gloo_epoch_s_min']:.2f}) | {r['gloo_vs_inprocess_pct']:+.1f} % | "
+              f"{r['gloo_mb']:.2f} | {r['load1_min']:.1f}-{r['load1_max']:.1f} |" for r in rows]
     print("\n".join(lines))
     meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads_per_process": 1,
             "shared_machine": "yes: other sessions ran beside this benchmark; see each row's load average",

@@ -324,3 +324,15 @@ def _party_pids(run_dir):
             if b"party" in cmd and str(run_dir).encode() in cmd:
                 pids.append(int(d.name))
     return pids
+
+
+@pytest.mark.slow
+def test_same_microbatches_give_the_same_numbers_at_flare_sites(tmp_path):
+    """FLARE's simulator (sites in threads, messages through FLARE): the same numbers as one process."""
+    pytest.importorskip("nvflare")
+    from medsplit.train.loop import train
+
+    base = _tiny(tmp_path, "retinopathy", "sequential", "split.microbatches=2", "split.compress_activations=int8")
+    ref = _metrics(train(load_config(None, base + ["output.name=inprocess"]), quiet=True))
+    got = _metrics(train(load_config(None, base + ["output.name=flare", "split.transport=flare"]), quiet=True))
+    assert _numbers(got) == _numbers(ref)
