@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -45,21 +44,25 @@ RANKS = {"server": 0, "client0": 1, "client1": 2, "aggregator": 0}
 
 
 def install_nonblocking_gloo_send() -> None:
-    """Give GlooTransport a send that returns once posted (what gloo.py needs; see the report)."""
-    from medsplit.transport.gloo import GlooTransport
+    """Give GlooTransport a send that returns once its frame is posted (what gloo.py needs; see the
+    report): the same frame and sequence number as its blocking ``_send``, waited for later."""
+    from medsplit.transport import framing
+    from medsplit.transport.gloo import TAG, GlooTransport
 
     def _start_send(self, receiver: str, payload: bytes):
         dst = self._peer_rank(receiver)
-        length = torch.tensor([len(payload)], dtype=torch.int64)
-        with warnings.catch_warnings():  # read-only buffer: gloo only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            data = torch.frombuffer(payload, dtype=torch.uint8) if payload else None
+        mac = None
+        if self.run_key is not None:
+            mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
+        frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
+        pieces = framing.chunks(frame)
         try:
-            works = [self.pg.send([length], dst, 0)] + ([self.pg.send([data], dst, 1)] if data is not None else [])
+            works = [self.pg.send([chunk], dst, TAG) for chunk in pieces]
         except Exception as e:  # noqa: BLE001
             raise self._failed(e, "sending a message to", receiver) from e
+        self._sent[dst] += 1  # frames are numbered in the order they are posted
 
-        def wait(keep=(length, data)) -> None:  # keeps the tensors (and so the payload) alive until sent
+        def wait(keep=(frame, pieces)) -> None:  # keeps the frame's memory alive until it has left
             for work in works:
                 self._wait(work, "sending a message to", receiver)
 
