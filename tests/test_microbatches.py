@@ -10,7 +10,6 @@ with every party in its own process (slow tests, gloo, both tasks, relay and Spl
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
