@@ -101,6 +101,13 @@ class SplitConfig:
     protocols average it like the weights; counted as weights bytes) | reset (fresh state on every
     handover) | local (each hospital keeps its own moments; they then belong to
     weights it no longer holds)."""
+    microbatches: int = 1
+    """Micro-batches per training step, pipelined across the cut: the hospital computes and sends
+    micro-batch k+1 while the link carries k and the server computes k-1 (and the same backward);
+    gradients accumulate, weighted by rows, and every party steps once per batch. 1: the whole batch
+    at once. The gradient equals the whole batch's except that BatchNorm uses each micro-batch's own
+    statistics (and updates its running statistics once per micro-batch). At most
+    train.batch_size / 2 (two images each); a smaller last batch uses fewer."""
     transport: str = "inprocess"
     """inprocess (every party in this process) | gloo (each hospital and the server in its own
     process, torch.distributed over TCP; sequential and splitfed only). See docs/parties.md.

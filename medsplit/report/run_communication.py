@@ -85,9 +85,14 @@ def communication_section(report: Report, rows: list[dict], record: dict | None 
     record = record or {}
     report.section("Communication")
     links = {str(r.get("link", "?")) for r in rows}
+    microbatches = ((record.get("config") or {}).get("split") or {}).get("microbatches", 1)
+    pipelined = ([f"Each batch crossed as {microbatches} micro-batches, pipelined (split.microbatches): one message "
+                  "per micro-batch and link; the gradients of the micro-batches were summed, weighted by their rows, "
+                  "and each party stepped once per batch, so a step is the whole batch's except that BatchNorm "
+                  "normalised each micro-batch with its own statistics."] if microbatches > 1 else [])
     report.text(
         "Bytes counted by the channel for everything that crossed between parties during training (encoded size, "
-        "as a real transport would send it). 1 MB = 10^6 bytes. " + " ".join(_link_explanations(links))
+        "as a real transport would send it). 1 MB = 10^6 bytes. " + " ".join(_link_explanations(links) + pipelined)
     )
     per_epoch: dict[tuple[str, str], dict[int, float]] = defaultdict(lambda: defaultdict(float))
     epochs: set[int] = set()

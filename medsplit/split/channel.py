@@ -20,6 +20,7 @@ shapes. Every process counts the messages it sends or receives.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -113,6 +114,7 @@ class Channel:
     # Declared crossings: link -> (kind, tensor names or None for any); None: nothing declared.
     _plan: dict | None = None
     _forbidden: dict = field(default_factory=dict)  # link -> why nothing may cross it
+    _overlapping: bool = False  # sends return before delivery (see overlapping())
 
     def __post_init__(self) -> None:
         # A misspelt kind ("activations") would otherwise compress nothing, silently.
@@ -174,6 +176,27 @@ class Channel:
                                     f"the plan allows {sorted(declared[1])}")
 
     # ---- moving tensors ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def overlapping(self):
+        """Within this block a send to another process returns once it is posted, not delivered
+        (:meth:`Transport.start_send`), so the sender computes on while the link carries it (a
+        pipelined step's micro-batches); on leaving, every posted send is waited for, so an error
+        still surfaces in the step that caused it. Receives and the numbers are unchanged."""
+        if self._overlapping:  # nested: the outer block waits
+            yield
+            return
+        self._overlapping = True
+        try:
+            yield
+        finally:
+            self._overlapping = False
+        if self.transport is not None:
+            try:
+                self.transport.wait_sends()
+            except TransportError as e:
+                raise TransportError(f"{self.transport.name}: a send of epoch {self.epoch}, step {self.step} "
+                                     f"(phase {self.phase}) failed: {e}") from e
+
     def tap(self, observer: Callable[[Transfer], None]) -> Callable[[], None]:
         """Register ``observer``; returns a function that removes it."""
         self.observers.append(observer)
@@ -250,7 +273,10 @@ class Channel:
                 tensors = codec.encode(tensors)
         payload = wire.encode(tensors)
         try:
-            self.transport.send(receiver, payload)
+            if self._overlapping:
+                self.transport.start_send(receiver, payload)
+            else:
+                self.transport.send(receiver, payload)
         except TransportError as e:  # name the link and step too, not only the peer
             raise type(e)(f"{sender}: sending {kind} {self._where(sender, receiver, link)}: {e}") from e
         self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += len(payload)

@@ -15,7 +15,8 @@ the owner of a part computes, differentiates and steps it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -42,6 +43,23 @@ class _Edge:
     crossed: bool  # went through the channel
 
 
+@dataclass
+class _Pass:
+    """One batch (or micro-batch) on its way through the chain."""
+
+    holders: dict  # tensor name -> (index of the part that produced it, the tensor)
+    weight: float | None  # share of the batch's rows (``None``: the whole batch, unweighted)
+    # pending[k]: tensors of part k's graph and the gradient summed over their consumers
+    pending: list[dict[int, list]]
+    edges: list[_Edge] = field(default_factory=list)
+    inputs_of: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    outputs_of: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    loss: torch.Tensor | None = None
+
+    def output(self, key: str) -> torch.Tensor:
+        return self.holders[key][1]
+
+
 class SplitModel:
     """A split model as seen by a protocol: parts in order, each owned by a party.
 
@@ -52,15 +70,21 @@ class SplitModel:
         loss_fn: ``loss_fn(output, target) -> scalar``, computed by the owner of the last
             part (targets cross the channel, counted as ``label`` bytes, when that is the server).
         target_key: name under which targets travel.
+        microbatches: micro-batches per training step, pipelined across the cut
+            (``split.microbatches``; see :meth:`forward_backward`); 1: the batch at once.
     """
 
     def __init__(self, chain: list[tuple[Part, Party]], channel: Channel, data_owner: Party,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target_key: str = "y"):
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target_key: str = "y",
+                 microbatches: int = 1):
+        if microbatches < 1:
+            raise ValueError(f"microbatches={microbatches} must be >= 1 (split.microbatches)")
         self.chain = chain
         self.channel = channel
         self.data_owner = data_owner
         self.loss_fn = loss_fn
         self.target_key = target_key
+        self.microbatches = microbatches
         self.output_key = chain[-1][0].sends[-1]
         self.send_transforms: dict[str, SendTransform] = {}
         self.regularizers: dict[str, Regularizer] = {}
@@ -119,30 +143,40 @@ class SplitModel:
 
     # ---- forward -----------------------------------------------------------------
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor | None):
-        """Forward through every part (and the loss when ``y`` is given)."""
+    def _start(self, x: torch.Tensor, y: torch.Tensor | None, weight: float | None = None) -> _Pass:
         holders: dict[str, tuple[int, torch.Tensor]] = {"x": (-1, x)}
         if y is not None:
             holders[self.target_key] = (-1, y)
-        edges: list[_Edge] = []
-        inputs_of, outputs_of = [], []
-        for k, (part, owner) in enumerate(self.chain):
-            inputs = self._deliver(part.reads, k, owner, holders, edges)
+        return _Pass(holders, weight, [dict() for _ in range(len(self.chain) + 1)])
+
+    def _forward_stage(self, run: _Pass, k: int) -> None:
+        """Run part ``k`` of ``run`` (``k == len(chain)``: the loss, where the batch has targets)."""
+        if k == len(self.chain):
+            if self.target_key not in run.holders:
+                return
+            owner = self.chain[-1][1]
+            loss_inputs = self._deliver((self.output_key, self.target_key), k, owner, run.holders, run.edges)
             if self.channel.hosts(owner.name):
-                outputs = part(inputs)
-            else:  # another process computes it; here only its shapes (meta device) are needed
-                with torch.no_grad():
-                    outputs = part({n: t.to("meta") for n, t in inputs.items()})
-            inputs_of.append(inputs)
-            outputs_of.append(outputs)
-            for name, t in outputs.items():
-                holders[name] = (k, t)
-        loss = None
-        if y is not None:
-            loss_inputs = self._deliver((self.output_key, self.target_key), len(self.chain), self.chain[-1][1], holders, edges)
-            if self.channel.hosts(self.chain[-1][1].name):
-                loss = self.loss_fn(loss_inputs[self.output_key], loss_inputs[self.target_key])
-        return holders[self.output_key][1], loss, edges, inputs_of, outputs_of
+                run.loss = self.loss_fn(loss_inputs[self.output_key], loss_inputs[self.target_key])
+            return
+        part, owner = self.chain[k]
+        inputs = self._deliver(part.reads, k, owner, run.holders, run.edges)
+        if self.channel.hosts(owner.name):
+            outputs = part(inputs)
+        else:  # another process computes it; here only its shapes (meta device) are needed
+            with torch.no_grad():
+                outputs = part({n: t.to("meta") for n, t in inputs.items()})
+        run.inputs_of.append(inputs)
+        run.outputs_of.append(outputs)
+        for name, t in outputs.items():
+            run.holders[name] = (k, t)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor | None) -> _Pass:
+        """Forward through every part (and the loss when ``y`` is given)."""
+        run = self._start(x, y)
+        for k in range(len(self.chain) + 1):
+            self._forward_stage(run, k)
+        return run
 
     def _owner(self, index: int) -> Party:
         if index == -1:
@@ -183,7 +217,7 @@ class SplitModel:
         """Inference: the output as its owner sees it (activations still cross the channel)."""
         phase, self.channel.phase = self.channel.phase, "eval"
         try:
-            output = self._run(x, None)[0]
+            output = self._run(x, None).output(self.output_key)
             owner = self.chain[-1][1]
             if self.channel.distributed and owner is not self.data_owner:
                 # Across processes the output goes back to the hospital, which holds the labels and
@@ -201,8 +235,10 @@ class SplitModel:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: bool = True) -> tuple[float, torch.Tensor]:
         """One forward/backward (and, with ``step``, optimiser step) of every party.
 
-        Returns the loss value and the detached output (for running metrics); in a process that
-        does not compute the loss, the loss is NaN (its owner reports it).
+        With :attr:`microbatches` > 1 the batch goes through as micro-batches, pipelined (see
+        :meth:`forward_backward`); the gradients accumulate and every party still steps once.
+        Returns the loss value (the batch's mean loss) and the detached output (for running
+        metrics); in a process that does not compute the loss, the loss is NaN (its owner reports it).
         """
         local = [p for p in self.parties if self.channel.hosts(p.name)]
         for party in local:
@@ -214,28 +250,65 @@ class SplitModel:
         self.channel.step += 1
         return (float(loss) if loss is not None else float("nan")), output
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output, loss, edges, inputs_of, outputs_of = self._run(x, y)
-        # pending[k]: tensors of part k's graph and the gradient summed over their consumers.
-        pending: list[dict[int, list]] = [dict() for _ in range(len(self.chain) + 1)]
-        if loss is not None:
-            pending[len(self.chain)][id(loss)] = [loss, None]
-        for k in range(len(self.chain), -1, -1):
-            owner = self.chain[min(k, len(self.chain) - 1)][1]
-            if not self.channel.hosts(owner.name):  # another process differentiates that part
-                self._return_gradients(k, edges, pending)
-                continue
-            tensors = [t for t, _ in pending[k].values()]
-            grads = [g for _, g in pending[k].values()]
-            if k < len(self.chain):
-                reg = self.regularizers.get(self.chain[k][0].name)
-                if reg is not None:
-                    tensors.append(reg(inputs_of[k], outputs_of[k]))
-                    grads.append(None)
-            if tensors:
-                torch.autograd.backward(tensors, grads)
-            self._return_gradients(k, edges, pending)
-        return output.detach(), (loss.detach() if loss is not None else None)
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward of one batch; the parameters' gradients are left in ``.grad``.
+
+        With ``M = microbatches`` > 1 the batch is cut into ``M`` micro-batches (rows in order,
+        sizes as even as possible, at least two rows each, so a small last batch gets fewer) and
+        run as a pipeline: every process runs the same wavefront schedule (:func:`wavefront`), so at
+        one tick the hospital computes micro-batch k+1 while the server computes k, and the sends
+        of that schedule do not wait for delivery (:meth:`Channel.overlapping`). Each micro-batch's
+        loss is weighted by its share of the rows, so the accumulated gradient is the full batch's
+        mean-loss gradient, except that BatchNorm normalises each micro-batch with its own
+        statistics (and updates its running statistics once per micro-batch); batch-level
+        regularisers (NoPeek's distance correlation) are computed per micro-batch too. Returns
+        the detached output (all rows) and the batch's loss (``None`` where another process computes it).
+        """
+        sizes = microbatch_sizes(int(x.shape[0]), self.microbatches)
+        if len(sizes) == 1:  # the whole batch at once: exactly the unpipelined step
+            runs = [self._start(x, y)]
+        else:
+            n = int(x.shape[0])
+            runs = [self._start(xk, yk, len(xk) / n) for xk, yk in zip(x.split(sizes), y.split(sizes))]
+        stages = len(self.chain) + 1  # the parts, then the loss
+        with self.channel.overlapping() if len(runs) > 1 else contextlib.nullcontext():
+            for m, s in wavefront(len(runs), stages):
+                self._forward_stage(runs[m], s)
+            # Backward in reverse: the last micro-batch's graph is the freshest, and the server can
+            # start on it while the hospital's backward of the one before waits for its gradients.
+            for m, s in wavefront(len(runs), stages):
+                self._backward_stage(runs[len(runs) - 1 - m], len(self.chain) - s)
+        output = torch.cat([r.output(self.output_key).detach() for r in runs]) if len(runs) > 1 else runs[0].output(self.output_key).detach()
+        losses = [r.loss for r in runs if r.loss is not None]
+        if not losses:
+            return output, None
+        if len(runs) == 1:
+            return output, losses[0].detach()
+        return output, sum(r.loss.detach() * r.weight for r in runs)
+
+    def _backward_stage(self, run: _Pass, k: int) -> None:
+        """Differentiate part ``k`` of ``run`` (``k == len(chain)``: the loss) with the gradients its
+        consumers returned, and send its inputs' gradients back to their producers."""
+        owner = self.chain[min(k, len(self.chain) - 1)][1]
+        pending = run.pending
+        if k == len(self.chain) and run.loss is not None:
+            # A micro-batch's loss counts with its share of the batch's rows.
+            seed = None if run.weight is None else torch.full_like(run.loss, run.weight)
+            pending[k][id(run.loss)] = [run.loss, seed]
+        if not self.channel.hosts(owner.name):  # another process differentiates that part
+            self._return_gradients(k, run.edges, pending)
+            return
+        tensors = [t for t, _ in pending[k].values()]
+        grads = [g for _, g in pending[k].values()]
+        if k < len(self.chain):
+            reg = self.regularizers.get(self.chain[k][0].name)
+            if reg is not None:
+                extra = reg(run.inputs_of[k], run.outputs_of[k])
+                tensors.append(extra)
+                grads.append(None if run.weight is None else torch.full_like(extra, run.weight))
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+        self._return_gradients(k, run.edges, pending)
 
     def _return_gradients(self, consumer: int, edges: list[_Edge], pending) -> None:
         """Send the gradients of part ``consumer``'s inputs back to the parts that produced them."""
@@ -261,6 +334,25 @@ class SplitModel:
             for e in group:
                 slot = pending[producer].setdefault(id(e.sent), [e.sent, None])
                 slot[1] = grads[e.name] if slot[1] is None else slot[1] + grads[e.name]
+
+
+def microbatch_sizes(rows: int, microbatches: int) -> list[int]:
+    """Rows per micro-batch: ``microbatches`` parts as even as possible, the larger first, each of at
+    least two rows (BatchNorm cannot train on one), so a batch too small for them gets fewer."""
+    m = max(1, min(microbatches, rows // 2))
+    return [rows // m + (1 if i < rows % m else 0) for i in range(m)]
+
+
+def wavefront(microbatches: int, stages: int) -> list[tuple[int, int]]:
+    """The pipeline schedule as one sequence of ``(micro-batch, stage)``: at tick ``t`` stage ``s``
+    works on micro-batch ``t - s``, the later stages first, so what a stage produced at the last tick
+    is handed on (a message leaves) before the earlier stages compute the next micro-batch: the
+    hospital sends micro-batch k and computes k+1 while the server computes k. Every process runs
+    this same sequence (skipping the stages of parties it does not host), so the messages pair up in
+    the same order in every process, and one process computes exactly what the parties compute
+    apart. One micro-batch: stage after stage."""
+    return [(t - s, s) for t in range(microbatches + stages - 1) for s in reversed(range(stages))
+            if 0 <= t - s < microbatches]
 
 
 def two_party(parts: list[Part], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

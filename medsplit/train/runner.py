@@ -227,7 +227,8 @@ class Runner:
         self.channel = co.make_channel()
         self.protocol = protocol_class(cfg.split.protocol)(
             table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), co.loss_fn(), self.channel,
-            optimizer_handover=cfg.split.optimizer_handover, labels_may_cross=co.labels_may_cross)
+            optimizer_handover=cfg.split.optimizer_handover, labels_may_cross=co.labels_may_cross,
+            microbatches=cfg.split.microbatches)
         co.ready(self)
         self.history, self.best, self.best_weights = [], {"epoch": -1, "score": -float("inf")}, None
         if ck is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -43,7 +44,8 @@ class Transport:
     Args:
         name: the party this transport speaks for ("server", "client0", ...).
 
-    Subclasses implement :meth:`_send` and :meth:`_recv`; this class keeps per-link
+    Subclasses implement :meth:`_send` and :meth:`_recv` (and, to let a sender compute while
+    the link carries its message, :meth:`_start_send`); this class keeps per-link
     accounting (messages, payload bytes, framing bytes, wall seconds) in :attr:`stats`,
     keyed by ``("send"|"recv", peer)``.
     """
@@ -54,6 +56,7 @@ class Transport:
     def __init__(self, name: str):
         self.name = name
         self.stats: dict[tuple[str, str], LinkStats] = defaultdict(LinkStats)
+        self._in_flight: list[tuple[str, Callable[[], None]]] = []  # (receiver, wait) of started sends
 
     def send(self, receiver: str, payload: bytes) -> None:
         """Deliver ``payload`` to party ``receiver`` (in order with earlier sends to it)."""
@@ -64,6 +67,31 @@ class Transport:
         s.payload_bytes += len(payload)
         s.framing_bytes += self.framing_bytes_per_message
         s.seconds += time.perf_counter() - t0
+
+    def start_send(self, receiver: str, payload: bytes) -> None:
+        """Like :meth:`send`, but may return before ``payload`` is delivered, so the caller computes
+        on while the link carries it (pipelined micro-batches). Messages to one receiver still
+        arrive in the order they were started or sent; :meth:`wait_sends` waits for them all and
+        raises :class:`TransportError` for one that failed. Whether it returns early is the
+        transport's: the default sends and waits, exactly as :meth:`send`."""
+        t0 = time.perf_counter()
+        wait = self._start_send(receiver, payload)
+        s = self.stats[("send", receiver)]
+        s.messages += 1
+        s.payload_bytes += len(payload)
+        s.framing_bytes += self.framing_bytes_per_message
+        s.seconds += time.perf_counter() - t0
+        if wait is not None:
+            self._in_flight.append((receiver, wait))
+
+    def wait_sends(self) -> None:
+        """Wait until every message started with :meth:`start_send` has left; the time waited
+        counts towards its link's seconds."""
+        in_flight, self._in_flight = self._in_flight, []
+        for receiver, wait in in_flight:
+            t0 = time.perf_counter()
+            wait()
+            self.stats[("send", receiver)].seconds += time.perf_counter() - t0
 
     def recv(self, sender: str, max_bytes: int) -> bytes:
         """The next message from party ``sender``; raises :class:`TransportError` when it is
@@ -95,6 +123,13 @@ class Transport:
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         raise NotImplementedError
+
+    def _start_send(self, receiver: str, payload: bytes) -> Callable[[], None] | None:
+        """Post ``payload`` to ``receiver`` and return a function that waits for its delivery (it
+        must keep the payload alive until then and raise :class:`TransportError` on failure), or
+        ``None`` when it was delivered already. Default: a blocking :meth:`_send`."""
+        self._send(receiver, payload)
+        return None
 
     def __enter__(self) -> "Transport":
         return self

@@ -54,6 +54,9 @@ class Protocol:
         labels_may_cross: the task's plan lets targets cross to the server when the server
             computes the loss (classification); ``False`` (segmentation masks) makes a chain
             that would need it fail before training.
+        microbatches: micro-batches per training step (``split.microbatches``), pipelined across
+            the cut by every chain (:meth:`SplitModel.forward_backward`); the unsplit baselines
+            accumulate them too, so their BatchNorm sees the same micro-batches.
 
     In a multi-process run (``channel.local`` names the parties of this process) every process
     builds the same protocol from the same seed, then keeps only its own parties' weights and
@@ -74,7 +77,7 @@ class Protocol:
     order = 100
 
     def __init__(self, table, cut_at: int | None, n_clients: int, make_optimizer, loss_fn, channel: Channel,
-                 optimizer_handover: str = "carry", labels_may_cross: bool = True):
+                 optimizer_handover: str = "carry", labels_may_cross: bool = True, microbatches: int = 1):
         if optimizer_handover not in HANDOVERS:
             raise ValueError(f"optimizer_handover={optimizer_handover!r}; valid choices are {HANDOVERS}")
         self.optimizer_handover = optimizer_handover
@@ -95,6 +98,8 @@ class Protocol:
                 party.to("meta")  # held by another process; only its shapes are needed here
                 party.optimizer = None
         self.models = [self._chain_for(k) for k in range(len(self.clients))]
+        for model in self.models:
+            model.microbatches = microbatches
         if self.split:
             for model in self.models:
                 model.declare_crossings(tuple(table.inputs), labels_may_cross)

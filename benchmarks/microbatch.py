@@ -1,0 +1,230 @@
+"""Epoch time of the relay with micro-batches pipelined across the cut (``split.microbatches``), with
+every party in one process (``inprocess``) against one process per party over gloo on loopback.
+
+ResNet-34, CUT 3, 2 hospitals, batch 16, synthetic uint8 images decoded per step as in training;
+for each image size and each M it runs one warm-up epoch of one batch per hospital, then times one
+epoch of ``--steps`` batches per hospital (the gloo epoch is the slowest party's). Rows of the same
+size run one after the other so that they share the machine's load; the 1-minute load average is
+recorded before and after each row, because these machines are shared (the numbers move with the
+other users' work: compare rows measured side by side, not across runs).
+
+``--nonblocking`` (default on) lets the gloo parties start a send without waiting for its delivery
+(the ``Transport._start_send`` that ``medsplit/transport/gloo.py`` is meant to get, installed here
+on the class by this script in every party process); ``--no-nonblocking`` measures gloo's own
+blocking send, which returns only once the receiver has posted its receive.
+
+    OMP_NUM_THREADS=1 python benchmarks/microbatch.py                     # 64 px, M = 1, 2, 4
+    OMP_NUM_THREADS=1 python benchmarks/microbatch.py --sizes 64,128 --steps 4
+
+Writes benchmarks/results/microbatch.json (rows and the machine) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PARTIES = ("server", "client0", "client1")
+RANKS = {"server": 0, "client0": 1, "client1": 2, "aggregator": 0}
+
+
+def install_nonblocking_gloo_send() -> None:
+    """Give GlooTransport a send that returns once its frame is posted (what gloo.py needs; see the
+    report): the same frame and sequence number as its blocking ``_send``, waited for later."""
+    from medsplit.transport import framing
+    from medsplit.transport.gloo import TAG, GlooTransport
+
+    def _start_send(self, receiver: str, payload: bytes):
+        dst = self._peer_rank(receiver)
+        mac = None
+        if self.run_key is not None:
+            mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
+        frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
+        pieces = framing.chunks(frame)
+        try:
+            works = [self.pg.send([chunk], dst, TAG) for chunk in pieces]
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e, "sending a message to", receiver) from e
+        self._sent[dst] += 1  # frames are numbered in the order they are posted
+
+        def wait(keep=(frame, pieces)) -> None:  # keeps the frame's memory alive until it has left
+            for work in works:
+                self._wait(work, "sending a message to", receiver)
+
+        return wait
+
+    GlooTransport._start_send = _start_send
+
+
+def _protocol(channel, microbatches: int, device):
+    from medsplit.models import build_model
+    from medsplit.train.protocols import PROTOCOLS
+
+    torch.manual_seed(0)
+    table = build_model("resnet34", num_classes=2).to(device)
+    return PROTOCOLS["sequential"](table, 3, 2, lambda p: torch.optim.Adam(p, lr=1e-3), F.cross_entropy, channel,
+                                   microbatches=microbatches)
+
+
+def _images(client: int, steps: int, batch: int, size: int):
+    g = torch.Generator().manual_seed(1000 + client)
+    return (torch.randint(0, 256, (steps * batch, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, 2, (steps * batch,), generator=g))
+
+
+def _epoch(proto, hosts, steps: int, batch: int, size: int, data) -> float:
+    """One relay epoch of ``steps`` batches per hospital; its wall time in this process."""
+    def step(model, k, idx):
+        if f"client{k}" in hosts:
+            x, y = data[k][0][idx].float() / 127.5 - 1.0, data[k][1][idx]
+        elif "server" in hosts:
+            x = torch.empty(len(idx), 3, size, size, device="meta")
+            y = torch.empty(len(idx), dtype=torch.int64, device="meta")
+        else:  # the other hospital's step: nothing of it runs here
+            proto.channel.step += 1
+            return
+        model.train_step(x, y)
+
+    batches = [[torch.arange(s * batch, (s + 1) * batch) for s in range(steps)] for _ in range(2)]
+    t0 = time.perf_counter()
+    proto.run_epoch(batches, step)
+    return time.perf_counter() - t0
+
+
+def run_inprocess(size: int, steps: int, batch: int, microbatches: int) -> dict:
+    from medsplit.split import Channel
+
+    channel = Channel()
+    proto = _protocol(channel, microbatches, "cpu")
+    data = [_images(k, steps, batch, size) for k in range(2)]
+    hosts = set(RANKS)
+    _epoch(proto, hosts, 1, batch, size, data)  # warm-up
+    before = channel.total_bytes()
+    return {"epoch_s": _epoch(proto, hosts, steps, batch, size, data), "bytes": channel.total_bytes() - before}
+
+
+def run_party(rank: int, address: str, size: int, steps: int, batch: int, microbatches: int, nonblocking: bool) -> dict:
+    """One party of the gloo measurement (a child process)."""
+    from medsplit.split import Channel
+    from medsplit.transport.gloo import GlooTransport
+
+    if nonblocking:
+        install_nonblocking_gloo_send()
+    name = PARTIES[rank]
+    transport = GlooTransport(name, RANKS, address, 300)
+    hosts = {"server", "aggregator"} if rank == 0 else {name}
+    channel = Channel(transport=transport, local=frozenset(hosts))
+    try:
+        proto = _protocol(channel, microbatches, "cpu")
+        data = [_images(k, steps, batch, size) if f"client{k}" in hosts else None for k in range(2)]
+        _epoch(proto, hosts, 1, batch, size, data)
+        counted_before = sum(r["bytes"] for r in channel.byte_rows() if r["sender"] in hosts)
+        seconds = _epoch(proto, hosts, steps, batch, size, data)
+        counted = sum(r["bytes"] for r in channel.byte_rows() if r["sender"] in hosts) - counted_before
+        return {"party": name, "epoch_s": seconds, "counted_bytes": counted}
+    finally:
+        transport.close()
+
+
+def run_gloo(size: int, steps: int, batch: int, microbatches: int, nonblocking: bool) -> dict:
+    from medsplit.transport.gloo import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    procs = []
+    try:
+        for rank in range(len(PARTIES)):
+            cmd = [sys.executable, __file__, "--party", str(rank), "--address", address, "--sizes", str(size),
+                   "--steps", str(steps), "--batch", str(batch), "--microbatches", str(microbatches),
+                   "--nonblocking" if nonblocking else "--no-nonblocking"]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outs = [p.communicate(timeout=1800) for p in procs]
+    finally:  # every party is gone when this returns, also on failure
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rows = []
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"gloo party failed (exit {p.returncode}): {err[-2000:]}")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return {"epoch_s": max(r["epoch_s"] for r in rows), "bytes": sum(r["counted_bytes"] for r in rows), "parties": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="64")
+    ap.add_argument("--microbatches", default="1,2,4")
+    ap.add_argument("--steps", type=int, default=3, help="timed batches per hospital")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="measurements of each setting (median and min reported)")
+    ap.add_argument("--nonblocking", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--out", type=Path, default=RESULTS / "microbatch.json")
+    ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.party is not None:
+        print(json.dumps(run_party(args.party, args.address, int(args.sizes), args.steps, args.batch,
+                                   int(args.microbatches), args.nonblocking)))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    ms = [int(v) for v in args.microbatches.split(",")]
+    samples: dict[tuple[int, int], list[dict]] = {(size, m): [] for size in sizes for m in ms}
+    for size in sizes:
+        # Repeats interleave the settings, so that each setting meets the machine's load as often.
+        for repeat in range(args.repeats):
+            for m in ms:
+                load_before = os.getloadavg()[0]
+                one = run_inprocess(size, args.steps, args.batch, m)
+                many = run_gloo(size, args.steps, args.batch, m, args.nonblocking)
+                sample = {"repeat": repeat, "inprocess_epoch_s": one["epoch_s"], "gloo_epoch_s": many["epoch_s"],
+                          "inprocess_mb": one["bytes"] / 1e6, "gloo_mb": many["bytes"] / 1e6,
+                          "load1_before": load_before, "load1_after": os.getloadavg()[0]}
+                samples[(size, m)].append(sample)
+                print(json.dumps({"size": size, "microbatches": m, **sample}), flush=True)
+    rows = []
+    for (size, m), runs in samples.items():
+        inproc = statistics.median(r["inprocess_epoch_s"] for r in runs)
+        gloo = statistics.median(r["gloo_epoch_s"] for r in runs)
+        rows.append({"size": size, "microbatches": m, "steps_per_hospital": args.steps, "repeats": len(runs),
+                     "inprocess_epoch_s": inproc, "gloo_epoch_s": gloo, "gloo_vs_inprocess_pct": 100 * (gloo / inproc - 1),
+                     "inprocess_epoch_s_min": min(r["inprocess_epoch_s"] for r in runs),
+                     "gloo_epoch_s_min": min(r["gloo_epoch_s"] for r in runs),
+                     "gloo_mb": runs[0]["gloo_mb"], "inprocess_mb": runs[0]["inprocess_mb"],
+                     "load1_min": min(min(r["load1_before"], r["load1_after"]) for r in runs),
+                     "load1_max": max(max(r["load1_before"], r["load1_after"]) for r in runs), "samples": runs})
+    lines = ["| px | M | in-process epoch s (median, min) | gloo relay epoch s (median, min) | gloo vs in-process | MB | "
+             "load (1 min) range |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['size']} | {r['microbatches']} | {r['inprocess_epoch_s']:.2f} ({r['inprocess_epoch_s_min']:.2f}) | "
+              f"{r['gloo_epoch_s']:.2f} ({r['gloo_epoch_s_min']:.2f}) | {r['gloo_vs_inprocess_pct']:+.1f} % | "
+              f"{r['gloo_mb']:.2f} | {r['load1_min']:.1f}-{r['load1_max']:.1f} |" for r in rows]
+    print("\n".join(lines))
+    meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads_per_process": 1,
+            "shared_machine": "yes: other sessions ran beside this benchmark; see each row's load average",
+            "model": "resnet34", "cut": 3, "hospitals": 2, "batch": args.batch, "protocol": "sequential",
+            "gloo_sends": "non-blocking (start_send)" if args.nonblocking else "blocking (gloo's own)",
+            "torch": torch.__version__, "command": " ".join(["python", "benchmarks/microbatch.py", *(argv or sys.argv[1:])])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
