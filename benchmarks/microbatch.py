@@ -8,10 +8,9 @@ size run one after the other so that they share the machine's load; the 1-minute
 recorded before and after each row, because these machines are shared (the numbers move with the
 other users' work: compare rows measured side by side, not across runs).
 
-``--nonblocking`` (default on) lets the gloo parties start a send without waiting for its delivery
-(the ``Transport._start_send`` that ``medsplit/transport/gloo.py`` is meant to get, installed here
-on the class by this script in every party process); ``--no-nonblocking`` measures gloo's own
-blocking send, which returns only once the receiver has posted its receive.
+``--nonblocking`` (default on) uses GlooTransport's own ``start_send``, which returns once a frame
+is posted; ``--no-nonblocking`` puts back the blocking default of ``Transport`` in every party
+process, which returns only once the receiver has posted its receive.
 
     OMP_NUM_THREADS=1 python benchmarks/microbatch.py                     # 64 px, M = 1, 2, 4
     OMP_NUM_THREADS=1 python benchmarks/microbatch.py --sizes 64,128 --steps 4
@@ -41,34 +40,6 @@ if str(ROOT) not in sys.path:
 
 PARTIES = ("server", "client0", "client1")
 RANKS = {"server": 0, "client0": 1, "client1": 2, "aggregator": 0}
-
-
-def install_nonblocking_gloo_send() -> None:
-    """Give GlooTransport a send that returns once its frame is posted (what gloo.py needs; see the
-    report): the same frame and sequence number as its blocking ``_send``, waited for later."""
-    from medsplit.transport import framing
-    from medsplit.transport.gloo import TAG, GlooTransport
-
-    def _start_send(self, receiver: str, payload: bytes):
-        dst = self._peer_rank(receiver)
-        mac = None
-        if self.run_key is not None:
-            mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
-        frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
-        pieces = framing.chunks(frame)
-        try:
-            works = [self.pg.send([chunk], dst, TAG) for chunk in pieces]
-        except Exception as e:  # noqa: BLE001
-            raise self._failed(e, "sending a message to", receiver) from e
-        self._sent[dst] += 1  # frames are numbered in the order they are posted
-
-        def wait(keep=(frame, pieces)) -> None:  # keeps the frame's memory alive until it has left
-            for work in works:
-                self._wait(work, "sending a message to", receiver)
-
-        return wait
-
-    GlooTransport._start_send = _start_send
 
 
 def _protocol(channel, microbatches: int, device):
@@ -123,8 +94,10 @@ def run_party(rank: int, address: str, size: int, steps: int, batch: int, microb
     from medsplit.split import Channel
     from medsplit.transport.gloo import GlooTransport
 
-    if nonblocking:
-        install_nonblocking_gloo_send()
+    if not nonblocking:  # measure gloo with sends that wait for delivery (the Transport default)
+        from medsplit.transport.base import Transport
+
+        GlooTransport._start_send = Transport._start_send
     name = PARTIES[rank]
     transport = GlooTransport(name, RANKS, address, 300)
     hosts = {"server", "aggregator"} if rank == 0 else {name}

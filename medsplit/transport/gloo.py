@@ -178,20 +178,30 @@ class GlooTransport(Transport):
             raise self._failed(e, what, peer) from e
 
     def _send(self, receiver: str, payload: bytes) -> None:
+        self._start_send(receiver, payload)()
+
+    def _start_send(self, receiver: str, payload: bytes):
+        """Post every chunk of ``payload``'s frame and return the function that waits for them
+        (pipelined micro-batches compute on while the link carries the frame)."""
         dst = self._peer_rank(receiver)
         mac = None
         if self.run_key is not None:
             mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
         frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
+        chunks = framing.chunks(frame)
         # Every chunk posted before waiting: the payload does not wait for a round trip per chunk.
         # Posting fails at once on a connection the peer has closed: name the peer then too.
         try:
-            works = [self.pg.send([chunk], dst, TAG) for chunk in framing.chunks(frame)]
+            works = [self.pg.send([chunk], dst, TAG) for chunk in chunks]
         except Exception as e:  # noqa: BLE001
             raise self._failed(e, "sending a message to", receiver) from e
-        for work in works:
-            self._wait(work, "sending a message to", receiver)
-        self._sent[dst] += 1
+        self._sent[dst] += 1  # frames are numbered in posting order, which is the order they arrive in
+
+        def wait(keep_alive=(frame, chunks)) -> None:  # the buffers must live until gloo has sent them
+            for work in works:
+                self._wait(work, "sending a message to", receiver)
+
+        return wait
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         src = self._peer_rank(sender)
