@@ -146,17 +146,17 @@ def _resnet_split(cut_at=3):
 
 
 def test_dpsgd_reports_finite_growing_epsilon():
-    from medsplit.defences.dpsgd import DPSGDClient
+    from medsplit.defences.dpsgd import DPSGD
 
     model = _resnet_split(4)
-    dp = DPSGDClient(model, "client", noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.05, delta=1e-5, lr=1e-3, batch_size=4)
+    dp = DPSGD(model, noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.05, delta=1e-5, lr=1e-3, batch_size=4)
     eps = []
     for _ in range(3):
         model.train_step(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
         eps.append(dp.epsilon())
     assert all(e > 0 and e < float("inf") for e in eps)
     assert eps[0] < eps[1] < eps[2]
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in dp.part.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for p, _ in model.chain for m in p.modules())
 
 
 def test_proxy_zeroes_its_optimiser_and_returns_negated_loss():
@@ -227,4 +227,5 @@ def test_defence_registry_holds_installers_and_a_new_defence_is_one_spec(monkeyp
     model = build_target("lungs", p, 1, 1)
     data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
     assert apply_defence(model, "lungs", "scale", 3.0, data, p, torch.Generator()) == ({"k": 3.0}, "hook")
-    assert calls == [(3.0, model.chain[0][0].name, crossing_key(model), p.batch_size, 8)]
+    # train_size: the client's own 4 images (the auxiliary ones are the server's: SDAR's threat model)
+    assert calls == [(3.0, model.chain[0][0].name, crossing_key(model), p.batch_size, 4)]

@@ -42,14 +42,17 @@ def _dp_target(task: str):
 
 
 def _clipped_per_sample_gradients(model, dp, x, y, clip: float) -> torch.Tensor:
-    """Each sample's gradient of the private part's parameters, clipped to ``clip`` (as DP-SGD does)."""
+    """Each sample's gradient of every private part's parameters, each part clipped to ``clip`` (as DP-SGD does)."""
     for party in model.parties:
         party.zero_grad()
     model.train()
     model.forward_backward(x, y)
     n = x.shape[0]
-    g = torch.cat([p.grad_sample.reshape(n, -1) for p in dp.module.parameters() if p.grad_sample is not None], 1)
-    return g * (clip / (g.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
+    out = []
+    for module in dp.modules.values():
+        g = torch.cat([p.grad_sample.reshape(n, -1) for p in module.parameters() if p.grad_sample is not None], 1)
+        out.append(g * (clip / (g.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0))
+    return torch.cat(out, 1)
 
 
 @pytest.mark.parametrize("task", ["retinopathy", "lungs"])  # the ResNet at cut 4, the U-Net
@@ -58,8 +61,8 @@ def test_dpsgd_per_sample_gradients_do_not_depend_on_the_rest_of_the_batch(task)
     x, y = data.x_train[:8], data.y_train[:8]
     other = x.clone()
     other[0] = data.x_test[0]  # replace one image of the batch
-    a = _clipped_per_sample_gradients(model, dp, x, y, dp.max_grad_norm)
-    b = _clipped_per_sample_gradients(model, dp, other, y, dp.max_grad_norm)
+    a = _clipped_per_sample_gradients(model, dp, x, y, dp.part_clip)
+    b = _clipped_per_sample_gradients(model, dp, other, y, dp.part_clip)
     assert (a[0] - b[0]).norm() > 1e-3  # the replaced sample's own gradient changed ...
     # ... and nobody else's did: with a BatchNorm in training mode downstream they moved by ~C
     assert (a[1:] - b[1:]).norm(dim=1).max() < 1e-5 * dp.max_grad_norm
@@ -79,8 +82,8 @@ def test_dpsgd_runs_sample_poisson_batches_and_the_epsilon_names_its_scope():
     train_target(model, data, profile, torch.Generator().manual_seed(0), dp=dp)
     assert len(set(seen)) > 1  # not the fixed-size batches the accountant does not model
     assert dp.steps == profile.target_steps  # empty draws count too
-    assert "client_encoder" in facts["covers"] and "Poisson" in facts["covers"]
-    assert "client_decoder" in facts["not_covered"] and "masks" in facts["not_covered"]
+    assert "client_encoder" in facts["covers"] and "client_decoder" in facts["covers"] and "Poisson" in facts["covers"]
+    assert "activations" in facts["not_covered"]
     assert "GroupNorm" in facts["normalisation"]
 
 
@@ -103,9 +106,11 @@ def test_laplace_epsilon_per_release_holds_at_inference_and_training_gets_the_ba
     a, b = rows(x, True), rows(other, True)
     assert (a[1:] - b[1:]).abs().sum(1).max() > 0.01 * mech.sensitivity  # training: BatchNorm couples rows
     assert ((a - b).abs().sum(1) <= mech.sensitivity + 1e-6).all()  # yet every row moves by <= C
-    facts = mech.describe(batch_size=8)
+    facts = mech.describe(batch_size=8, steps=10)
     assert facts["epsilon_per_release_inference"] == pytest.approx(1.0 / 0.5)
     assert facts["epsilon_per_training_batch"] == pytest.approx(8 * 1.0 / 0.5)
+    assert facts["epsilon_whole_training"] == pytest.approx(10 * 8 * 1.0 / 0.5)  # T*B*C/b, not epochs*B*C/b
+    assert "T*B*C/b" in facts["scope"] and "not cryptographically secure" in facts["scope"]
     assert "client decoder" in facts["scope"] and "in the clear" in facts["scope"]
 
 
@@ -221,7 +226,7 @@ def test_attack_summary_states_sdar_the_u_shaped_fsha_and_fsha_against_dpsgd():
     text = " ".join(findings(rows, {}, "lungs"))
     assert "SDAR without a defence" in text and "beats it on MSE" in text and "Dice 0.880" in text
     assert "real U-shaped protocol" in text and "Dice 0.870" in text
-    assert "epsilon 63 for the client's first part" in text and "Gawron and Stubbings" in text
+    assert "epsilon 63 per image for the trained weights, not the activations" in text and "Gawron and Stubbings" in text
     table = {r["defence"]: r for r in defence_table(rows)}
     assert table["nopeek"]["SDAR SSIM change"] == pytest.approx(-0.1) and table["nopeek"]["ADRA SSIM"] is None
 

@@ -162,9 +162,6 @@ class FSHAClientSession:
         self.send_transform, self.regularizer = send_transform, regularizer
         self.client, self.server_name = client_name, server_name
         self.link = f"{getattr(client_part, 'name', 'client')}->server"
-        # BatchNorm running statistics lag far behind a client being hijacked; with batch
-        # statistics the server sees what the client sends during training.
-        self.eval_batch_stats = True
 
     def round(self, x: torch.Tensor, y: torch.Tensor | None, x_aux: torch.Tensor, step: bool = True) -> torch.Tensor:
         """One protocol round; returns the gradient the client received. ``step=False`` for a
@@ -200,8 +197,9 @@ class FSHAClientSession:
 
     @torch.no_grad()
     def sent_features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """What the server receives for ``x`` at inference (after the client's send transform)."""
-        self.part.train(self.eval_batch_stats)
+        """What the server receives for ``x`` at inference (after the client's send transform): the part
+        in eval mode, so scoring the attack does not move its BatchNorm running statistics."""
+        self.part.eval()
         phase, self.channel.phase = self.channel.phase, "eval"
         try:
             out = []

@@ -75,13 +75,15 @@ class HijackedSplitModel(SplitModel):
 
     @torch.no_grad()
     def sent_features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """What the server receives for ``x`` from the client's first part, after its send transform
-        (batch statistics, as in training: BatchNorm running statistics lag far behind a client
-        being hijacked)."""
+        """What the server receives for ``x`` from the client's first part at inference, after its send
+        transform: the part in eval mode, so measuring the attack on held-out images neither
+        moves the client's BatchNorm running statistics (which the utility column then reads)
+        nor lets one held-out image shift another's features through batch statistics."""
         first = self.chain[0][0]
         name = first.name
         phase, self.channel.phase = self.channel.phase, "eval"
-        first.train()
+        was_training = first.training
+        first.eval()
         try:
             out = []
             for i in range(0, x.shape[0], batch_size):
@@ -93,6 +95,7 @@ class HijackedSplitModel(SplitModel):
                 out.append(z[self.sent_key])
             return torch.cat(out)
         finally:
+            first.train(was_training)
             self.channel.phase = phase
 
 
@@ -170,7 +173,7 @@ def fsha_row(ctx: AttackContext, name: str, strength: float) -> tuple[dict, dict
     dp_batch = min(cfg.batch_size, n_private)
     facts, hook = apply_defence(model, task, name, strength, data, profile, g, lr=cfg.lr_client,
                                 batch_size=dp_batch if spec.poisson_batches else cfg.batch_size,
-                                train_size=n_private)
+                                train_size=n_private, train_steps=cfg.iterations)
     if spec.poisson_batches and dp_batch < cfg.batch_size:
         facts["batch_note"] = (f"the client holds {n_private} private images, fewer than the attack's batch of "
                                f"{cfg.batch_size}: under DP-SGD its expected batch is {dp_batch} (q = 1)")

@@ -14,8 +14,15 @@ meets its target and against which defences, each defence's
 :class:`~medsplit.defences.registry.DefenceSpec` how it is installed and where it applies, each
 task's :class:`~medsplit.attacks.tasks.AttackTask` its data, model and scores.
 
-DP-SGD runs: GroupNorm replaces every BatchNorm of every part and batches are Poisson-sampled,
-so the accountant's epsilon is valid (:mod:`medsplit.defences.dpsgd`).
+DP-SGD runs on every part (client and server), with GroupNorm for every BatchNorm and Poisson
+batches, so the accountant's epsilon bounds what the trained weights of all parts say about one
+image (:mod:`medsplit.defences.dpsgd`); it does not cover the activations the server sees during
+training. The target trains on the client's private images only: the auxiliary images are the
+server's (SDAR, FSHA) or the colluder's (ADRA), disjoint from the client's training data.
+
+Every reconstruction row carries the trivial baselines (:func:`~medsplit.attacks.quality.trivial_baselines`:
+the mean auxiliary image, and the auxiliary image nearest each victim), and every figure is the
+attack's final value, never its best logged point on the held-out images.
 
 Device: one ``torch.device`` runs everything (data, target, validator, attacker, defences).
 Batch indices always come from CPU generators and are then moved, so a seed gives the same
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 
 from medsplit.attacks import ATTACKS, check_attack_names, resolve_attack_names
 from medsplit.attacks.profiles import PROFILES, Profile, customise, default_profile, resolve_device
+from medsplit.attacks.quality import trivial_baselines
 from medsplit.attacks.registry import OWN, SHARED, UNDEFENDED, AttackContext
 from medsplit.attacks.targets import CPU, train_defended_target, train_validator
 from medsplit.attacks.tasks import attack_task
@@ -54,7 +62,7 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
     t = attack_task(task)
     defences = list(profile.strengths) if defences is None else defences
     check_defence_names(defences)
-    rows, extras, skipped = [], {}, []
+    rows, extras, skipped, trivial = [], {}, [], {}
     specs = [spec for name, spec in ATTACKS.items() if name in attacks]  # registry order
     shared = [spec for spec in specs if spec.target == SHARED]  # share one defended target per setting
     target_runs = [(n, s) for n in defences for s in profile.strengths.get(n, [0])] if shared else []
@@ -74,6 +82,8 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
     refused: dict[str, set[str]] = {SHARED: set(), **{name: set() for name in own_runs}}
 
     def record(attack, name, s, seed, row, extra):
+        if "mse" in row:  # a reconstruction attack: the trivial baselines go beside its numbers
+            row.update({k: v for k, v in baselines.items() if k not in row})
         rows.append(row)
         extras[f"{attack}/{name}/{s}/{seed}"] = extra
         say(f"{attack} {name}={s} seed {seed}: " + ATTACKS[attack].summary.format(**row))
@@ -82,6 +92,8 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
     for seed in profile.seeds:
         data = t.load(profile, data_root, seed).to(device)
         validator = train_validator(t, data, profile, torch.Generator().manual_seed(1000 + seed))
+        baselines = trivial_baselines(data.x_aux, data.x_test)
+        trivial[seed] = baselines
         ctx = AttackContext(t, seed, data, profile, validator)
         bar.update(1)
         for name, s in target_runs:
@@ -117,6 +129,7 @@ def evaluate(task: str, profile: Profile, data_root: Path, attacks: list[str], d
             bar.update(1)
     bar.close()
     return {"task": task, "profile": profile.name, "rows": rows, "extras": extras, "skipped": skipped,
+            "trivial_baselines": trivial,
             "seconds": time.perf_counter() - start, "data_source": data.source, "originals": data.x_test[:6].cpu(),
             "profile_config": _jsonable(asdict(profile)), "device": train_device.device_label(device)}
 

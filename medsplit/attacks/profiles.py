@@ -41,6 +41,9 @@ class Profile:
     # defence -> strengths SDAR runs against (it reuses ADRA's target; None: every strength of
     # ``strengths``). Each SDAR run trains four networks, so the CPU profile runs one per defence.
     sdar_strengths: dict[str, list[float]] | None = None
+    # DP-SGD's noise from a CSPRNG (opacus' secure mode; needs torchcsprng). Off: torch's generator
+    # seeded with the run's seed, reproducible but not cryptographically secure.
+    dp_secure_mode: bool = False
 
 
 PROFILES = {

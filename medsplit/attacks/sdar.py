@@ -5,7 +5,8 @@ written from the paper's description.
 Threat model: the server is honest-but-curious. It follows the protocol and keeps what crossed
 the channel: the activations ``z`` the hospitals sent (after any defence's transform) and, in a
 two-part split, the labels. It owns its own (trained) parts ``g`` and auxiliary labelled data
-from the same distribution (the patient-disjoint auxiliary half, as FSHA's server). It knows the
+from the same distribution (the patient-disjoint auxiliary half, as FSHA's server; the client
+never trains on it, as in the paper and its authors' code). It knows the
 client parts' *architecture*, not their weights. No hospital colludes: unlike model inversion,
 the server never sees an (image, activation) pair of the real client.
 
@@ -256,7 +257,7 @@ def run_sdar(attack: SDARAttack, x_aux: torch.Tensor, y_aux: torch.Tensor, z_see
     Args:
         attack: the attacker's networks.
         x_aux, y_aux: the server's auxiliary images ([0, 1]) and labels/masks.
-        z_seen: activations that crossed the channel during training (unpaired: no images).
+        z_seen: activations that crossed the channel during the last training steps (unpaired: no images).
         y_seen: the labels that crossed with them (``None`` in a U-shaped split).
         victim_z: what crossed for the held-out victims (at inference).
         victim_images: only to score the attack; the attacker never sees them.
@@ -305,18 +306,18 @@ def build_sdar(ctx: AttackContext, model: SplitModel, architecture_change: Calla
 
 
 def sdar_row(ctx: AttackContext, name: str, strength: float, target: DefendedTarget) -> tuple[dict, dict]:
-    """SDAR: a passive server, no colluder. What it learns from: the activations that crossed when the
-    private hospitals (not the colluder's share: there is no colluder) ran their training images
-    through the trained model (unpaired, labels inferred by its own ``g`` or simulated decoder),
-    its own trained parts and its auxiliary labelled images. Judged on the held-out victims."""
+    """SDAR: a passive server, no colluder. What it learns from: the activations that crossed the
+    channel during the target's last training steps (``target.seen``: training-mode traffic, after
+    the defence's transform; unpaired, labels inferred by its own ``g`` or simulated decoder), its
+    own trained parts and its auxiliary labelled images, which the client never trained on (the
+    paper's threat model). Judged on the held-out victims' inference-time activations."""
     data = ctx.data
     g = torch.Generator().manual_seed(ctx.seed)
     torch.manual_seed(ctx.seed)
     model = target.model
     attack = build_sdar(ctx, model, DEFENCES[name].architecture_change)
-    z_seen = observed_activations(model, data.x_train)
     vic_act = observed_activations(model, data.x_test)
-    res = run_sdar(attack, data.x_aux, data.y_aux, z_seen, None, vic_act, data.x_test, ctx.profile.sdar, g)
+    res = run_sdar(attack, data.x_aux, data.y_aux, target.seen, None, vic_act, data.x_test, ctx.profile.sdar, g)
     row = {"attack": "sdar", "defence": name, "strength": strength, "seed": ctx.seed, "utility": target.utility,
            **{k: v for k, v in res.final.items() if k != "iteration"},
            "baseline_mse": res.baseline["mse"], "baseline_ssim": res.baseline["ssim"],

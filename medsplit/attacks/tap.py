@@ -37,6 +37,39 @@ class Recorder:
         self.close()
 
 
+class RecentTraffic:
+    """The activations the client's first part sent during the last ``steps`` training steps, as
+    the server received them (after every send transform): what a server that keeps its
+    traffic holds when training ends. Older steps are dropped as training goes on.
+
+    Args:
+        model: the split model whose channel is tapped.
+        steps: how many of the latest training steps to keep (at least 1).
+    """
+
+    def __init__(self, model: SplitModel, steps: int):
+        self.key = crossing_key(model)
+        self.prefix = f"{model.chain[0][0].name}->"
+        self.steps = max(1, steps)
+        self.by_step: dict[int, list[torch.Tensor]] = {}
+        self._untap = model.channel.tap(self._observe)
+
+    def _observe(self, t: Transfer) -> None:
+        if t.kind == "activation" and t.phase == "train" and t.link.startswith(self.prefix) and self.key in t.tensors:
+            self.by_step.setdefault(t.step, []).append(t.tensors[self.key].detach())
+            for old in [s for s in self.by_step if s <= t.step - self.steps]:
+                del self.by_step[old]
+
+    def close(self) -> None:
+        self._untap()
+
+    def activations(self) -> torch.Tensor:
+        """Every kept activation, oldest step first (one row per image sent)."""
+        if not self.by_step:
+            raise ValueError("no training traffic was captured on the first part's link")
+        return torch.cat([t for s in sorted(self.by_step) for t in self.by_step[s]])
+
+
 def crossing_key(model: SplitModel) -> str:
     """Name of the tensor the first (client) part sends to the server."""
     first, owner = model.chain[0]

@@ -7,13 +7,14 @@ generators, so a seed gives the same weights and batches on every device.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medsplit.attacks.tap import crossing_key, gradient_to_first_part
+from medsplit.attacks.tap import RecentTraffic, crossing_key, gradient_to_first_part
 from medsplit.attacks.tasks import AttackTask, TaskData, attack_task
 from medsplit.defences import DEFENCES, DefenceNotApplicable, DefenceSetting, HijackDetector, check_defence_names
 from medsplit.defences.sampling import poisson_batch
@@ -43,20 +44,22 @@ def parts_on(parts: list, device: torch.device) -> list:
 
 def apply_defence(model: SplitModel, task: str | AttackTask, name: str, strength: float, data: TaskData,
                   profile: Profile, generator: torch.Generator, lr: float = 1e-3, batch_size: int | None = None,
-                  train_size: int | None = None) -> tuple[dict, Any]:
+                  train_size: int | None = None, train_steps: int | None = None) -> tuple[dict, Any]:
     """Install defence ``name`` at ``strength`` on ``model``; returns (its privacy facts, the hook object).
 
     Facts that are strings (what an epsilon covers) go to the report's notes, numbers to the rows.
-    ``lr``, ``batch_size`` (default: the profile's) and ``train_size`` (default: every training
-    image) are the client's, for DP-SGD's optimiser and sampling rate. A defence that cannot
-    apply to the task raises :class:`~medsplit.defences.DefenceNotApplicable`."""
+    ``lr``, ``batch_size`` (default: the profile's), ``train_size`` (default: the client's
+    training images) and ``train_steps`` (default: the profile's target steps) are the client's,
+    for DP-SGD's optimiser and sampling rate and the Laplace mechanism's whole-training bound. A
+    defence that cannot apply to the task raises :class:`~medsplit.defences.DefenceNotApplicable`."""
     check_defence_names([name])
     spec = DEFENCES[name]
     setting = DefenceSetting(part=model.chain[0][0].name, sent_key=crossing_key(model), generator=generator,
                              images=data.x_train, num_classes=data.num_classes, img_size=profile.img_size, lr=lr,
                              batch_size=batch_size or profile.batch_size,
-                             train_size=train_size or data.x_train.shape[0] + data.x_aux.shape[0],
-                             laplace_c=profile.laplace_c)
+                             train_size=train_size or data.x_train.shape[0],
+                             laplace_c=profile.laplace_c, train_steps=train_steps or profile.target_steps,
+                             images_per_patient=data.images_per_patient, dp_secure_mode=profile.dp_secure_mode)
     reason = spec.applies_to(attack_task(task))
     if reason:
         raise DefenceNotApplicable(reason)
@@ -65,15 +68,19 @@ def apply_defence(model: SplitModel, task: str | AttackTask, name: str, strength
 
 def train_target(model: SplitModel, data: TaskData, profile: Profile, generator: torch.Generator,
                  detector: HijackDetector | None = None, dp=None) -> float:
-    """Train on all hospitals' training images (the colluder is one of them); returns seconds.
+    """Train on the client's private training images; returns seconds.
+
+    The auxiliary images (the server's in SDAR and FSHA, the colluder's in ADRA) are *not*
+    trained on: SDAR's threat model (Zhu et al. 2025, and its authors' code) gives the server
+    auxiliary data disjoint from what the client trains on. ADRA's colluder only runs its images
+    through the trained client part, which it holds as a hospital.
 
     Args:
         dp: the hook of a defence that samples Poisson batches (the
-            :class:`~medsplit.defences.dpsgd.DPSGDClient` when DP-SGD is on): batches are then
+            :class:`~medsplit.defences.dpsgd.DPSGD` when DP-SGD is on): batches are then
             drawn at its rate (an empty draw is a step the accountant still counts).
     """
-    x = torch.cat([data.x_train, data.x_aux])
-    y = torch.cat([data.y_train, data.y_aux])
+    x, y = data.x_train, data.y_train
     start = time.perf_counter()
     model.train()
     for step in range(1, profile.target_steps + 1):
@@ -136,6 +143,7 @@ class DefendedTarget:
     utility: float
     seconds: float
     detector: HijackDetector | None
+    seen: torch.Tensor  # what the first part sent in the last training steps, as the server received it
 
 
 def train_defended_target(task: str | AttackTask, name: str, strength: float, seed: int, data: TaskData,
@@ -148,13 +156,20 @@ def train_defended_target(task: str | AttackTask, name: str, strength: float, se
     # the client watches for a hijack where no defence changes what it sends (as in honest training)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
     facts, hook = apply_defence(model, task, name, strength, data, profile, g)
-    seconds = train_target(model, data, profile, g, detector, dp=hook if spec.poisson_batches else None)
+    # the server keeps the traffic of the last training steps: about one pass over the private images
+    traffic = RecentTraffic(model, math.ceil(data.x_train.shape[0] / profile.batch_size))
+    try:
+        seconds = train_target(model, data, profile, g, detector, dp=hook if spec.poisson_batches else None)
+    finally:
+        traffic.close()
     if spec.final_facts is not None:
         facts.update(spec.final_facts(hook))
+    if spec.after_training is not None:
+        spec.after_training(hook)
     if spec.diagnostics is not None:
         facts.update(spec.diagnostics(hook))
     util = utility(model, task, data.x_test, data.y_test)
-    return DefendedTarget(model, facts, hook, util, seconds, detector)
+    return DefendedTarget(model, facts, hook, util, seconds, detector, traffic.activations())
 
 
 def privacy_columns(facts: dict) -> dict:

@@ -9,6 +9,7 @@ the training tasks of :mod:`medsplit.train.tasks`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ class TaskData:
     y_test: torch.Tensor
     num_classes: int
     source: str
+    images_per_patient: int = 1  # the most private training images of one patient (patient-level privacy)
 
     @property
     def device(self) -> torch.device:
@@ -45,7 +47,8 @@ class TaskData:
     def to(self, device: torch.device) -> TaskData:
         """The same data with every tensor on ``device`` (moved once, before any training)."""
         return TaskData(self.x_train.to(device), self.y_train.to(device), self.x_aux.to(device), self.y_aux.to(device),
-                        self.x_test.to(device), self.y_test.to(device), self.num_classes, self.source)
+                        self.x_test.to(device), self.y_test.to(device), self.num_classes, self.source,
+                        self.images_per_patient)
 
 
 def thresholded_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
@@ -108,7 +111,8 @@ class AttackTask:
         raise NotImplementedError
 
     def load(self, profile: Profile, data_root: Path, seed: int) -> TaskData:
-        """Images in [0, 1]; the training split is divided by patient order into a private half and an auxiliary half."""
+        """Images in [0, 1]; the training split is divided by patient order into a private half and an auxiliary
+        half (the server's auxiliary data: disjoint from what the client trains on, as in SDAR and FSHA)."""
         tr, te, ytr, yte, nc, src = self.load_splits(profile, data_root, seed)
         patients = getattr(tr, "patients", None) or list(tr.ids)
         order = sorted(set(patients))
@@ -116,7 +120,9 @@ class AttackTask:
         aux_patients = set(rng.permutation(order)[: len(order) // 2].tolist())
         aux = torch.tensor([p in aux_patients for p in patients])
         x = tr.images.float() / 255
-        return TaskData(x[~aux], ytr[~aux], x[aux], ytr[aux], te.images.float() / 255, yte, nc, src)
+        private = Counter(p for p, a in zip(patients, aux.tolist()) if not a)
+        return TaskData(x[~aux], ytr[~aux], x[aux], ytr[aux], te.images.float() / 255, yte, nc, src,
+                        max(private.values(), default=1))
 
     def table(self, profile: Profile, in_channels: int, num_classes: int) -> StageTable:
         """The target's (and the validator's) network, uncut."""

@@ -16,10 +16,16 @@ Which epsilon holds where:
   still moves by at most ``C``, so the batch release has L1 sensitivity ``B * C`` and is
   ``epsilon = B * C / b``-DP for an image in that batch.
 
-Repeated releases of the same image (every epoch) compose: ``T`` releases give ``T * epsilon``
-by basic composition. This protects the activation release only; it says nothing about the
-gradients the client sends or receives: in the U-shape the gradients the client decoder
-returns to the server (computed with the masks) cross without noise.
+* **Over a whole training** of ``T`` steps: the clip bounds every released row whatever the
+  weights, and the weights carry one training image into every later release (of any image),
+  so by basic composition one training image's total is ``epsilon = T * B * C / b``, over all
+  ``T`` steps, not over the epochs in which the image itself was drawn.
+
+This protects the activation release only; it says nothing about the gradients the client
+sends or receives: in the U-shape the gradients the client decoder returns to the server
+(computed with the masks) cross without noise. The unit is one image (a patient with several
+images: multiply by their number). Noise comes from the run's seeded generator: reproducible,
+not cryptographically secure.
 """
 
 from __future__ import annotations
@@ -91,29 +97,41 @@ class LaplaceMechanism:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return batch_size * self.sensitivity / self.scale
 
-    def describe(self, batch_size: int) -> dict:
-        """The mechanism's guarantees: per release at inference, per batch in training.
+    def whole_training_epsilon(self, batch_size: int, steps: int) -> float:
+        """epsilon of a whole training of ``steps`` batch releases for one training image: the
+        weights carry the image into every later release, each bounded by ``B * C / b``."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return steps * self.training_epsilon(batch_size)
+
+    def describe(self, batch_size: int, steps: int) -> dict:
+        """The mechanism's guarantees: per release at inference, per batch and per whole training.
 
         Args:
             batch_size: the training batch size ``B`` (the training-time bound grows with it).
+            steps: the number ``T`` of training steps (batch releases).
         """
+        per_batch, whole = self.training_epsilon(batch_size), self.whole_training_epsilon(batch_size, steps)
         return {"mechanism": "per-sample L1 clip to C/2 + Laplace(b) per coordinate", "C": self.sensitivity,
                 "b": self.scale, "delta": 0.0,
                 "epsilon_per_release_inference": self.epsilon,
-                "epsilon_per_training_batch": self.training_epsilon(batch_size),
+                "epsilon_per_training_batch": per_batch,
+                "epsilon_whole_training": whole,
                 "neighbouring": "one sample's image replaced by any other",
-                "scope": f"inference (eval mode, rows independent): epsilon C/b = {self.epsilon:.4g} per release of one "
-                         f"image; training (BatchNorm couples the batch's rows): epsilon B*C/b = "
-                         f"{self.training_epsilon(batch_size):.4g} per batch release (B = {batch_size}); releases "
-                         "compose over epochs; gradients are not noised (in the U-shape the client decoder's "
-                         "gradients to the server cross in the clear)"}
+                "scope": f"one image; inference (eval mode, rows independent): epsilon C/b = {self.epsilon:.4g} per "
+                         f"release; training (BatchNorm couples the batch's rows): epsilon B*C/b = {per_batch:.4g} per "
+                         f"batch release (B = {batch_size}); whole training of T = {steps} steps: epsilon T*B*C/b = "
+                         f"{whole:.4g} (the weights carry an image into every later release); gradients are not "
+                         "noised (in the U-shape the client decoder's gradients to the server cross in the clear); "
+                         "noise from the run's seeded generator: reproducible, not cryptographically secure"}
 
 
 def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, LaplaceMechanism]:
     """Clip and noise what the client's first part sends; the facts are :meth:`LaplaceMechanism.describe`'s."""
     hook = LaplaceMechanism(setting.laplace_c, strength, setting.generator)
     model.send_transforms[setting.part] = hook
-    return hook.describe(setting.batch_size), hook
+    return hook.describe(setting.batch_size, max(1, setting.train_steps)), hook
 
 
-SPEC = DefenceSpec("laplace", "Laplace scale b (C fixed; epsilon per release = C / b)", install)
+SPEC = DefenceSpec("laplace", "Laplace scale b (C fixed; epsilon C/b per inference release, B*C/b per training "
+                   "batch, T*B*C/b per whole training)", install)

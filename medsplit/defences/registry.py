@@ -36,6 +36,9 @@ class DefenceSetting:
         batch_size: the client's (expected) batch size.
         train_size: how many training images the client samples from (DP-SGD's sampling rate).
         laplace_c: the Laplace mechanism's L1 sensitivity ``C``.
+        train_steps: how many training steps the client takes (a whole training's Laplace bound).
+        images_per_patient: the most training images one patient has (patient-level privacy).
+        dp_secure_mode: DP-SGD draws its noise from a CSPRNG (opacus' secure mode).
     """
 
     part: str
@@ -48,6 +51,9 @@ class DefenceSetting:
     batch_size: int
     train_size: int
     laplace_c: float
+    train_steps: int = 0
+    images_per_patient: int = 1
+    dp_secure_mode: bool = False
 
 
 #: ``install(model, strength, setting) -> (privacy facts, hook object)``
@@ -73,6 +79,8 @@ class DefenceSpec:
             fresh attackers' numbers on the shared target.
         architecture_change: how the defence changes each part's architecture (DP-SGD: GroupNorm
             for BatchNorm); an attacker who knows the architecture copies it.
+        after_training: undoes what only training needed once the target has trained (DP-SGD's
+            per-sample gradient hooks), so attackers copy plain parts.
     """
 
     name: str
@@ -84,6 +92,7 @@ class DefenceSpec:
     final_facts: Callable[[Any], dict] | None = None
     diagnostics: Callable[[Any], dict] | None = None
     architecture_change: Callable[[nn.Module], None] | None = None
+    after_training: Callable[[Any], None] | None = None
 
     def applies_to(self, task: Any) -> str | None:
         """``None`` when the defence can apply to ``task`` (an object with ``labels_may_cross``), else why not."""

@@ -11,7 +11,7 @@ import math
 import statistics
 
 from medsplit.attacks.tasks import attack_task
-from medsplit.report.attack_words import defence_words, run_words
+from medsplit.report.attack_words import defence_words
 
 # Pasquini et al. 2021 ("Unleashing the Tiger"), NoPeek against FSHA on MNIST.
 PAPER_FSHA_NOPEEK_MSE = {"without NoPeek": 0.0193, "with NoPeek": 0.0267}
@@ -39,6 +39,16 @@ def _by_setting(rows: list[dict], attack: str) -> dict[tuple[str, float], dict]:
 LEAKAGE = "leakage (dCor\u00b2)"
 
 
+def _nearest(v: dict, mean: bool = False) -> str:
+    """The trivial baselines beside an attack's figure (empty where a row predates them)."""
+    parts = []
+    if mean and v.get("baseline_mse") is not None:
+        parts.append(f"mean auxiliary image SSIM {v['baseline_ssim']:.3f}, MSE {v['baseline_mse']:.4f}")
+    if v.get("baseline_nearest_mse") is not None:
+        parts.append(f"nearest auxiliary image SSIM {v['baseline_nearest_ssim']:.3f}, MSE {v['baseline_nearest_mse']:.4f}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def defence_table(rows: list[dict]) -> list[dict]:
     """One row per (defence, strength) of the honest-but-curious attacks: ADRA's (model
     inversion's) SSIM and MSE, SDAR's SSIM, leakage and utility, each beside its change from
@@ -50,10 +60,15 @@ def defence_table(rows: list[dict]) -> list[dict]:
     table = []
     for (defence, strength) in list(dict.fromkeys([*inv, *sdar])):
         v, w = inv.get((defence, strength), {}), sdar.get((defence, strength), {})
+        either = v or w
         row = {"defence": defence, "strength": strength, "seeds": v.get("seeds", w.get("seeds")),
                "ADRA SSIM": v.get("ssim"), "ADRA MSE": v.get("mse"), "SDAR SSIM": w.get("ssim"),
-               "SDAR MSE": w.get("mse"), LEAKAGE: v.get("dcor2_unbiased"),
-               "utility": v.get("utility", w.get("utility"))}
+               "SDAR MSE": w.get("mse"),
+               # what an attacker scores without the traffic: the mean / nearest auxiliary image
+               "mean-image SSIM": either.get("baseline_ssim"), "mean-image MSE": either.get("baseline_mse"),
+               "nearest-aux SSIM": either.get("baseline_nearest_ssim"),
+               "nearest-aux MSE": either.get("baseline_nearest_mse"),
+               LEAKAGE: v.get("dcor2_unbiased"), "utility": v.get("utility", w.get("utility"))}
         if defence != "none":
             for col, cur, base, key in (("ADRA SSIM change", v, ref, "ssim"), ("SDAR SSIM change", w, sdar_ref, "ssim"),
                                         ("utility change", v or w, ref or sdar_ref, "utility")):
@@ -68,8 +83,8 @@ def findings(rows: list[dict], detectors: dict[str, dict], task: str = "lungs",
     """The summary in plain words, one short paragraph per attack, with the measured numbers the
     issue's targets ask about; runs are named in words ("FSHA, no defence, seed 0"), never by key.
 
-    ``histories`` (run key -> logged iterations) adds where an undefended FSHA peaked, since at
-    the reduced scale's learning rates its quality can fall again after the peak.
+    ``histories`` is accepted for callers that pass it; no sentence picks a best logged point
+    (that would be selection on the held-out images): every figure is the final value.
     """
     t = attack_task(task)
     inv = _by_setting(rows, "inversion")
@@ -104,7 +119,7 @@ def _sdar(sd: dict) -> str:
     beats = "beats" if s0["mse"] < s0["baseline_mse"] else "does not beat"
     out = (f"SDAR without a defence (passive server, no colluder): SSIM {s0['ssim']:.3f}, MSE {s0['mse']:.4f} on "
            f"held-out images; the mean auxiliary image scores SSIM {s0['baseline_ssim']:.3f}, MSE "
-           f"{s0['baseline_mse']:.4f}, so SDAR {beats} it on MSE.")
+           f"{s0['baseline_mse']:.4f}, so SDAR {beats} it on MSE{_nearest(s0)}.")
     if s0.get("mask_dice") is not None:
         out += (f" The lung masks SDAR infers (the masks never cross the channel) reach Dice {s0['mask_dice']:.3f} "
                 f"against the true masks, vs {s0['mask_dice_baseline']:.3f} for the mean auxiliary mask.")
@@ -119,12 +134,7 @@ def _fsha(fsha: dict, t, histories: dict) -> str:
     if not f0:
         return ""
     out = [f"FSHA (a malicious server) without a defence: SSIM {f0['ssim']:.3f}, MSE {f0['mse']:.4f} after "
-           f"{f0['iterations']:.0f} iterations (target: SSIM >= 0.5 at 64 px)."]
-    for run, hist in sorted(histories.items()):
-        if run.startswith("fsha/none/") and hist:
-            peak = max(hist, key=lambda h: h["ssim"])
-            out.append(f"Its best logged point ({run_words(run)}): SSIM {peak['ssim']:.3f} at iteration "
-                       f"{peak['iteration']}, a point the attacker cannot pick without the private images.")
+           f"{f0['iterations']:.0f} iterations, the final value (target: SSIM >= 0.5 at 64 px){_nearest(f0, mean=True)}."]
     if not t.labels_may_cross and f0.get("utility") is not None:  # the U-shaped split
         out.append("It runs the real U-shaped protocol: the server hijacks only the gradient it returns to the client "
                    "encoder, while the client decoder trains on the masks (which never cross) and pulls the encoder "
@@ -132,10 +142,11 @@ def _fsha(fsha: dict, t, histories: dict) -> str:
     for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "dpsgd"):
         eps = v.get("privacy.epsilon")
         eps_text = "n/a" if eps is None else f"{eps:.3g}"
-        out.append(f"Against a DP-SGD client (sigma {s:g}, epsilon {eps_text} for the client's first part): SSIM "
+        out.append(f"Against DP-SGD on every part (sigma {s:g}, epsilon {eps_text} per image for the trained weights, "
+                   "not the activations the server sees during training): SSIM "
                    f"{v['ssim']:.3f}, MSE {v['mse']:.4f} vs {f0['ssim']:.3f}, {f0['mse']:.4f} without; Gawron and "
                    "Stubbings (2022) report that FSHA still reconstructs at any epsilon, since DP-SGD bounds what the "
-                   "client's parameters leak, not what its activations show.")
+                   "trained weights leak, not what the activations show.")
     paper = PAPER_FSHA_NOPEEK_MSE
     for (d, s), v in sorted((k, v) for k, v in fsha.items() if k[0] == "nopeek"):
         out.append(f"Against NoPeek (alpha {s:g}): MSE {v['mse']:.4f} vs {f0['mse']:.4f} without "

@@ -42,19 +42,29 @@ THREAT_MODELS = {
 
 #: what each privacy mechanism's numbers cover, printed beside the per-run notes
 GUARANTEES = (
-    "Laplace noise: per-sample L1 clip to C/2, Laplace(b) per coordinate, replace-one-image relation, pure DP. At "
-    "inference (client in eval mode, each row its own image's) epsilon = C/b per release of one image: what the "
-    "inversion attacker sees. In training the client's BatchNorm couples the batch's rows, so the valid bound is "
-    "epsilon = B*C/b per batch release (column privacy.epsilon_per_training_batch). Releases compose over epochs. "
+    "Laplace noise: per-sample L1 clip to C/2, Laplace(b) per coordinate, replace-one-image relation, pure DP, unit "
+    "one image. At inference (client in eval mode, each row its own image's) epsilon = C/b per release: what the "
+    "inversion attacker sees. In training the client's BatchNorm couples the batch's rows, so one batch release is "
+    "epsilon = B*C/b (column privacy.epsilon_per_training_batch), and a whole training of T steps is epsilon = "
+    "T*B*C/b (column privacy.epsilon_whole_training): the weights carry one image into every later release. "
     "Gradients are never noised: in the U-shape the gradients the client decoder returns to the server (computed "
     "with the masks) cross in the clear.",
-    "DP-SGD: opacus RDP accountant, delta 1e-5, add/remove one training image, Poisson-sampled batches (the sampling "
-    "the accountant assumes). Every BatchNorm of every part (client and server) is replaced by GroupNorm, so each "
-    "sample's clipped gradient depends on that sample alone (tested). The epsilon covers the parameters of the "
-    "client's first part only: not the activations it sends, and, in the U-Net, not the client decoder, which reads "
-    "the full-resolution skips and the masks and trains without DP.",
+    "DP-SGD on every part (client encoder, server parts, client decoder): opacus, per-sample clipping with each of "
+    "the J parts clipped to C/sqrt(J) (all parts together to C) and Gaussian noise of std sigma*C on every part, one "
+    "RDP accountant for the joint mechanism, delta 1e-5, add/remove one training image, Poisson-sampled batches (the "
+    "sampling the accountant assumes). Every BatchNorm is replaced by GroupNorm, so each sample's clipped gradient "
+    "depends on that sample alone, within a batch and across steps (tested). privacy.epsilon bounds what the trained "
+    "weights of all parts say about one image; privacy.epsilon_patient about one patient (group privacy over the "
+    "most images one patient has, at the same delta). It does NOT cover the activations the server sees during "
+    "training (nor the gradients that cross): only activation noise protects those.",
+    "Randomness: noise comes from torch's generators seeded with the run's published seed: reproducible, not "
+    "cryptographically secure. dp_secure_mode=true (profile option) draws DP-SGD's noise from a CSPRNG as opacus' "
+    "secure mode does.",
+    "Baselines: baseline_mse/ssim is the mean auxiliary image as every victim's reconstruction; "
+    "baseline_nearest_mse/ssim the auxiliary image nearest each victim (chosen by looking at the victim: an optimistic "
+    "ceiling of guessing from the attacker's own data). Every attack figure is its final value, not its best logged "
+    "point on the held-out images.",
 )
-
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -160,6 +170,7 @@ def write_attack_report(results: dict, out_dir: Path) -> Path:
             headline["label leakage norm AUC"] = r.get("norm_auc")
     record = {"kind": "attack", "task": task, "profile": profile, "device": results["device"], "headline": headline, "rows": rows,
               "skipped": results["skipped"], "detectors": detectors, "seconds": results["seconds"],
+              "trivial_baselines": results.get("trivial_baselines"),
               "histories": {k: v["history"] for k, v in results["extras"].items() if v.get("history")}, "profile_config": results["profile_config"]}
     html.with_suffix(".json").write_text(json.dumps(record, indent=1, default=_json_default))
     return html
