@@ -1,4 +1,4 @@
-"""95% bootstrap intervals for test metrics, resampling patients (not images).
+"""95% bootstrap intervals for test metrics, resampling patients (not images) where patients are known.
 
 A test set of 124 images with 29 positives pins an AUC down only to a few hundredths; a
 bare ``AUC 0.893`` hides that. :func:`test_intervals` draws ``n_resamples`` bootstrap test
@@ -7,8 +7,13 @@ so the two eyes of one patient, or several X-rays of one case, are never treated
 independent evidence), recomputes each metric on every resample, and reports the 2.5th and
 97.5th percentiles (the percentile bootstrap).
 
-What an interval covers: the variation from which patients happened to land in the test
-set, for this one trained model. It does not cover training randomness (seed, batch order,
+The unit resampled is stated, not assumed: where every unit holds one image (RetinaMNIST sets
+patient = image; a run without a patient map) the bootstrap is over *images*, and the output
+says so (``unit``, ``method``, :func:`resampling_text`); only where some patient has several
+images is it over patients.
+
+What an interval covers: the variation from which patients (or images) happened to land in the
+test set, for this one trained model. It does not cover training randomness (seed, batch order,
 partition); sweeps show that separately as the spread over seeds.
 
 Metric definitions match :mod:`medsplit.metrics`: binary AUC of the class-1 probability,
@@ -27,11 +32,12 @@ from typing import Any
 import numpy as np
 
 __all__ = ["test_intervals", "classification_intervals", "segmentation_intervals", "patient_resamples",
-           "format_interval", "METHOD", "DEFAULT_RESAMPLES"]
+           "format_interval", "resampling_text", "METHOD", "METHOD_IMAGES", "DEFAULT_RESAMPLES"]
 
 DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
 METHOD = "percentile bootstrap over patients"
+METHOD_IMAGES = "percentile bootstrap over images"
 
 
 def patient_resamples(patients: Sequence[str], n_resamples: int, seed: int) -> list[np.ndarray]:
@@ -134,10 +140,26 @@ def segmentation_intervals(dice: Sequence[float], patients: Sequence[str], n_res
     return _with_method(out, patients, n_resamples, seed)
 
 
-def _with_method(out: dict, patients: Sequence[str], n_resamples: int, seed: int) -> dict[str, Any]:
-    out.update({"level": LEVEL, "method": METHOD, "n_resamples": n_resamples, "seed": seed,
-                "n_patients": len(set(map(str, patients))), "n_images": len(patients)})
+def _with_method(out: dict, patients: Sequence[str], n_resamples: int, seed: int,
+                 note: str | None = None) -> dict[str, Any]:
+    """The interval's method and unit: over patients only where some patient has several images."""
+    n_units = len(set(map(str, patients)))
+    by_patient = n_units < len(patients)
+    unit_note = note or ("all images of a drawn patient come along" if by_patient else
+                         "each image is its own unit (one image per patient)")
+    out.update({"level": LEVEL, "method": METHOD if by_patient else METHOD_IMAGES, "n_resamples": n_resamples,
+                "seed": seed, "unit": "patient" if by_patient else "image", "unit_note": unit_note,
+                "n_patients": n_units, "n_images": len(patients)})
     return out
+
+
+def resampling_text(intervals: dict) -> str:
+    """What was resampled, in words: ``"2000 bootstrap resamples of the 124 test images (each its own unit: ...)"``."""
+    if intervals.get("unit") == "image":
+        return (f"{intervals.get('n_resamples')} bootstrap resamples of the {intervals.get('n_images')} test images "
+                f"({intervals.get('unit_note')})")
+    return (f"{intervals.get('n_resamples')} bootstrap resamples of the {intervals.get('n_patients')} test patients "
+            f"({intervals.get('n_images')} images; {intervals.get('unit_note', 'all images of a drawn patient come along')})")
 
 
 def test_intervals(test: dict, patient_of: dict[str, str] | None = None, n_resamples: int = DEFAULT_RESAMPLES,
@@ -147,7 +169,8 @@ def test_intervals(test: dict, patient_of: dict[str, str] | None = None, n_resam
     Args:
         test: the aggregated test metrics; needs ``per_sample`` (classification) or
             ``per_image`` (segmentation) rows with ids.
-        patient_of: image id -> patient; images missing from it count as their own patient.
+        patient_of: image id -> patient; images missing from it count as their own unit (without a
+            map the bootstrap is over images, and the result says so).
         n_resamples: bootstrap resamples.
         seed: resampling seed.
 
@@ -155,6 +178,7 @@ def test_intervals(test: dict, patient_of: dict[str, str] | None = None, n_resam
         ``{"auc": {"estimate", "low", "high", "undefined"}, ..., "method", "level", ...}``, or
         ``None`` when ``test`` holds no per-image rows to resample.
     """
+    note = None if patient_of else "no patient map: each image is its own unit"
     patient_of = patient_of or {}
     if isinstance(test.get("per_sample"), dict):
         rows = test["per_sample"]
@@ -165,12 +189,13 @@ def test_intervals(test: dict, patient_of: dict[str, str] | None = None, n_resam
         for name in ("auc", "sensitivity", "specificity"):
             if name in test:
                 out[name]["estimate"] = test[name]
-        return out
+        return _with_method(out, [patient_of.get(i, i) for i in ids], n_resamples, seed, note)
     per_image = test.get("per_image")
     if per_image:
         ids = [str(r["id"]) for r in per_image]
-        return segmentation_intervals([r["dice"] for r in per_image], [patient_of.get(i, i) for i in ids],
-                                      n_resamples, seed)
+        patients = [patient_of.get(i, i) for i in ids]
+        return _with_method(segmentation_intervals([r["dice"] for r in per_image], patients, n_resamples, seed),
+                            patients, n_resamples, seed, note)
     return None
 
 
