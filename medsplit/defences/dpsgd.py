@@ -54,8 +54,8 @@ from medsplit.split.engine import SplitModel
 RNG_CAVEAT = ("noise drawn from torch's global generator seeded with the run's seed: reproducible, not "
               "cryptographically secure (secure_mode draws it from a CSPRNG)")
 SECURE_RNG = "noise drawn from a torchcsprng /dev/urandom generator, floating-point-attack resistant (secure_mode)"
-NOT_COVERED = ("the activations the client sends and the gradients that cross during training (computed from the raw "
-               "images at every step): only activation noise protects what the server sees")
+NOT_COVERED = ("epsilon does NOT cover the activations the server sees during training, nor the gradients that "
+               "cross (computed from the raw images at every step): only activation noise protects those")
 NOMINAL = "nominal, not a guarantee"
 
 
@@ -218,6 +218,8 @@ class DPSGD:
                     f"{self.images_per_patient} images per patient)",
             "normalisation": "every BatchNorm of every part replaced by GroupNorm, so each sample's clipped gradient "
                              "depends on that sample alone",
+            "trust": "holds when every party clips and noises its own parts; a malicious server (FSHA) need not, and "
+                     "then only the client's parts are private",
             "not_covered": NOT_COVERED,
             "rng": rng,
         }
