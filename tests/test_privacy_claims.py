@@ -111,6 +111,7 @@ def test_laplace_epsilon_per_release_holds_at_inference_and_training_gets_the_ba
     assert facts["epsilon_per_training_batch"] == pytest.approx(8 * 1.0 / 0.5)
     assert facts["epsilon_whole_training"] == pytest.approx(10 * 8 * 1.0 / 0.5)  # T*B*C/b, not epochs*B*C/b
     assert "T*B*C/b" in facts["scope"] and "not cryptographically secure" in facts["scope"]
+    assert mech.describe(8, 10, images_per_patient=2)["epsilon_whole_training_patient"] == pytest.approx(2 * 160)
     assert "client decoder" in facts["scope"] and "in the clear" in facts["scope"]
 
 

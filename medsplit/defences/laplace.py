@@ -104,12 +104,14 @@ class LaplaceMechanism:
             raise ValueError(f"steps must be >= 1, got {steps}")
         return steps * self.training_epsilon(batch_size)
 
-    def describe(self, batch_size: int, steps: int) -> dict:
+    def describe(self, batch_size: int, steps: int, images_per_patient: int = 1) -> dict:
         """The mechanism's guarantees: per release at inference, per batch and per whole training.
 
         Args:
             batch_size: the training batch size ``B`` (the training-time bound grows with it).
             steps: the number ``T`` of training steps (batch releases).
+            images_per_patient: the most training images of one patient ``k``: pure DP's group
+                privacy makes a patient's whole-training epsilon ``k * T * B * C / b``.
         """
         per_batch, whole = self.training_epsilon(batch_size), self.whole_training_epsilon(batch_size, steps)
         return {"mechanism": "per-sample L1 clip to C/2 + Laplace(b) per coordinate", "C": self.sensitivity,
@@ -117,12 +119,14 @@ class LaplaceMechanism:
                 "epsilon_per_release_inference": self.epsilon,
                 "epsilon_per_training_batch": per_batch,
                 "epsilon_whole_training": whole,
+                "epsilon_whole_training_patient": images_per_patient * whole,
                 "neighbouring": "one sample's image replaced by any other",
                 "scope": f"one image; inference (eval mode, rows independent): epsilon C/b = {self.epsilon:.4g} per "
                          f"release; training (BatchNorm couples the batch's rows): epsilon B*C/b = {per_batch:.4g} per "
                          f"batch release (B = {batch_size}); whole training of T = {steps} steps: epsilon T*B*C/b = "
                          f"{whole:.4g} (the weights carry an image into every later release); gradients are not "
                          "noised (in the U-shape the client decoder's gradients to the server cross in the clear); "
+                         f"one patient (at most {images_per_patient} images): k times each; "
                          "noise from the run's seeded generator: reproducible, not cryptographically secure"}
 
 
@@ -130,7 +134,7 @@ def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, Lapl
     """Clip and noise what the client's first part sends; the facts are :meth:`LaplaceMechanism.describe`'s."""
     hook = LaplaceMechanism(setting.laplace_c, strength, setting.generator)
     model.send_transforms[setting.part] = hook
-    return hook.describe(setting.batch_size, max(1, setting.train_steps)), hook
+    return hook.describe(setting.batch_size, max(1, setting.train_steps), setting.images_per_patient), hook
 
 
 SPEC = DefenceSpec("laplace", "Laplace scale b (C fixed; epsilon C/b per inference release, B*C/b per training "
