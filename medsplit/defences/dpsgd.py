@@ -135,6 +135,8 @@ class DPSGD:
             part.to(device)  # the GroupNorms that replace BatchNorm are created on the CPU
         trainable = [p for p, _ in model.chain if any(q.requires_grad for q in p.parameters())]
         chosen = [p for p in trainable if private_parts is None or p.name in private_parts]
+        if not chosen:
+            raise ValueError(f"DP-SGD: none of the parts {private_parts} has trainable parameters; parts are {names}")
         self.complete = len(chosen) == len(trainable)  # the only case whose epsilon is a bound
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
