@@ -286,15 +286,19 @@ def test_fundus_validator_score_is_balanced_so_a_constant_answer_scores_one_half
 @pytest.mark.slow
 def test_sdar_beats_the_mean_image_on_the_tiny_profile(shared_data):
     """SDAR (passive, no colluder) at the tiny profile's scale (16 px lungs, tiny networks), with
-    the target trained long enough for its server part to read features (60 steps)."""
+    the target trained long enough for its server part to read features (60 steps). Under the
+    published threat model (the target never trains on the auxiliary images; SDAR sees only the
+    traffic of the last training steps) it needs 300 attacker steps: at 150 it ended at SSIM 0.472
+    against the mean image's 0.534, at 300 at 0.539 (MSE 0.0168 against 0.0231). It does not reach
+    the nearest auxiliary image (MSE 0.0128) at this scale."""
     from dataclasses import replace
 
     from medsplit.attacks.harness import evaluate
     from medsplit.attacks.profiles import PROFILES
     from medsplit.attacks.sdar import SDARConfig
 
-    profile = replace(PROFILES["tiny"], target_steps=60, sdar=SDARConfig(steps=150, batch_size=8, lr=1e-3, width=8,
-                                                                          log_every=75))
+    profile = replace(PROFILES["tiny"], target_steps=60, sdar=SDARConfig(steps=300, batch_size=8, lr=1e-3, width=8,
+                                                                          log_every=150))
     res = evaluate("lungs", profile, shared_data, ["sdar"], ["none"], log=lambda *a: None)
     (row,) = res["rows"]
     assert row["attack"] == "sdar" and row["ssim"] > row["baseline_ssim"] and row["mse"] < row["baseline_mse"], row
