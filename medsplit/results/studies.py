@@ -20,56 +20,21 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsplit.results.baselines import FSHA_PAPER_MNIST_MSE, Baseline, baselines_for
+from medsplit.results.attack_studies import attack_studies
+from medsplit.results.baselines import baselines_for
 from medsplit.results.make_command import make_command
-from medsplit.train.console import format_duration
+from medsplit.results.study import (MACHINE_OVERRIDES, STUDY_PAGES, Study, clean_command, format_seconds, portable,  # noqa: F401 (re-exported)
+                                    study_page)
 
 __all__ = ["Study", "load_studies", "mean_interval", "format_seconds", "study_page", "STUDY_PAGES"]
 
-#: File-name prefix -> the docs page holding that study's narrative (relative to docs/).
-STUDY_PAGES = {
-    "results-retinamnist": "studies/retinamnist.md", "reproduce-retinamnist": "studies/retinamnist.md",
-    "results-lungs-sites": "studies/lungs-sites.md", "reproduce-lungs-sites": "studies/lungs-sites.md",
-    "results-eyepacs": "studies/eyepacs.md", "reproduce-eyepacs": "studies/eyepacs.md",
-    "eyepacs-signal-probe": "studies/eyepacs.md",
-    "fsha": "studies/fsha.md", "reproduce-fsha": "studies/fsha.md",
-    "codec_accuracy": "studies/synthetic.md", "optimizer_handover": "studies/synthetic.md",
-    "transport": "studies/transport.md", "link_time": "studies/transport.md",
-    "throughput": "studies/transport.md", "cpu-bf16": "studies/transport.md",
-}
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1); kept here so the page
 # needs no scipy and the numbers are reproducible by hand.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-@dataclass
-class Study:
-    """One results file as the leaderboard shows it."""
-
-    file: str
-    title: str
-    kind: str
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    facts: dict[str, str] = field(default_factory=dict)
-    baselines: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    page: str | None = None
-
-
-def study_page(file_name: str) -> str | None:
-    """The docs page (relative to docs/) that tells a results file's story, longest prefix first."""
-    stem = Path(file_name).stem
-    for prefix in sorted(STUDY_PAGES, key=len, reverse=True):
-        if stem.startswith(prefix):
-            return STUDY_PAGES[prefix]
-    return None
 
 
 def mean_interval(values: list[float]) -> tuple[float, float] | None:
@@ -82,13 +47,6 @@ def mean_interval(values: list[float]) -> tuple[float, float] | None:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = _T95[n - 1] * std / math.sqrt(n)
     return mean - half, mean + half
-
-
-def format_seconds(seconds: Any) -> str:
-    """:func:`medsplit.train.console.format_duration`, or an em dash for a missing value."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        return "—"
-    return format_duration(seconds)
 
 
 def _pm(summary: dict, digits: int = 3) -> str:
@@ -109,35 +67,6 @@ def _interval(pair: Any, digits: int = 3, bounds: tuple[float, float] | None = N
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return f"{low:.{digits}f}–{high:.{digits}f}"
-
-
-_MACHINE_OVERRIDES = ("output.runs_dir=", "output.reports_dir=", "data.root=", "data.cache_dir=")
-
-
-def _portable(text: str) -> str:
-    """A path into the author's data folder written as the user's: ``$MEDSPLIT_DATA/...``."""
-    return re.sub(r"(?:/[\w.-]+)*/shared/data", "$MEDSPLIT_DATA", text)
-
-
-def _clean_command(command: str | None) -> str | None:
-    """The recorded command as a user reruns it: the project's venv, no machine-specific folders."""
-    if not command:
-        return None
-    words = shlex.split(command)
-    out, skip = [], False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        if word in ("--runs-dir", "--results-dir", "--data-root"):
-            skip = True
-            continue
-        if word in ("--finished-only",) or word.startswith(("--runs-dir=", "--results-dir=", "--data-root=", *_MACHINE_OVERRIDES)):
-            continue  # where the author's machine kept its files
-        out.append(word)
-    if out and out[0] in ("python", "python3"):
-        out[0] = ".venv/bin/python"
-    return " ".join(shlex.quote(w) for w in out)
 
 
 def _config_facts(root: Path, config: str, overrides: list[str]) -> dict[str, Any]:
@@ -171,7 +100,7 @@ def _metric_label(key: str) -> str:
 
 
 def _protocol_study(path: Path, data: dict, root: Path) -> Study:
-    overrides = [o for o in data.get("overrides") or [] if not o.startswith(_MACHINE_OVERRIDES)]
+    overrides = [o for o in data.get("overrides") or [] if not o.startswith(MACHINE_OVERRIDES)]
     facts = _config_facts(root, data.get("config", ""), overrides)
     summary = data.get("summary") or []
     metrics = [k for k in (summary[0] if summary else {}) if isinstance(summary[0][k], dict) and "mean" in summary[0][k]]
@@ -220,7 +149,7 @@ def _protocol_study(path: Path, data: dict, root: Path) -> Study:
                          + "; ".join(f"{r['protocol']} seed {r['seed']} {_interval((i['low'], i['high']))} "
                                      f"({i.get('n_patients', '?')} patients)"
                                      for r, i in zip(intervals, lows)) + ".")
-    command = _clean_command(data.get("command"))
+    command = clean_command(data.get("command"))
     facts_out = {"command": command or "—", "config": f"{data.get('config')} {' '.join(overrides)}".strip(),
                  "data": str(facts.get("data", "?")), "getting the data": _getting(str(facts.get("data", ""))), "image size": f"{facts.get('img_size', '?')} px",
                  "epochs": str(facts.get("epochs", "?")), "model": f"{facts.get('model', '?')}, CUT {facts.get('cut', '?')}, "
@@ -243,76 +172,6 @@ def _title(stem: str) -> str:
         "results-eyepacs-recipes": "EyePACS recipes 2-4 (centralised pilots)",
     }
     return named.get(stem, stem)
-
-
-def _history(data: dict) -> list[dict]:
-    histories = data.get("histories") or {}
-    return next(iter(histories.values()), []) if isinstance(histories, dict) else []
-
-
-def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
-    profile = data.get("profile_config") or {}
-    fsha = profile.get("fsha") or {}
-    variant = "control: label sharing (FSHA's threat model)" if "label-sharing" in str(data.get("task")) else "U-shaped lungs"
-    if fsha.get("pilot_batch_norm"):
-        variant += ", pilot ends in BatchNorm"
-    rows = []
-    for r in data.get("rows") or []:
-        curve = [h for h in _history(data) if isinstance(h.get("mse"), (int, float))]
-        lowest = min(curve, key=lambda h: h["mse"]) if curve else None
-        start = curve[0] if curve else None
-        rows.append({
-            "file": path.name,
-            "variant": variant,
-            "defence": r.get("defence") if not r.get("strength") else f"{r.get('defence')} ({r.get('strength')})",
-            "iterations": r.get("iterations"),
-            "MSE at iteration 0 (untrained attacker)": f"{start['mse']:.4f}" if start else "—",
-            "lowest MSE (iteration)": f"{lowest['mse']:.4f} ({lowest['iteration']})" if lowest else "—",
-            "final MSE": f"{r['mse']:.4f}" if isinstance(r.get("mse"), (int, float)) else "—",
-            "final SSIM": f"{r['ssim']:.3f}" if isinstance(r.get("ssim"), (int, float)) else "—",
-            "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
-            "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
-            "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
-            "wall time": format_seconds(r.get("seconds")),
-            "command": _clean_command(data.get("command")) or _derived_attack_command(path, data),
-        })
-    return rows
-
-
-def _derived_attack_command(path: Path, data: dict) -> str:
-    """The attack command for files that did not record one, from their task, profile and rows."""
-    fsha = (data.get("profile_config") or {}).get("fsha") or {}
-    defences = ",".join(dict.fromkeys(str(r.get("defence")) for r in data.get("rows") or []))
-    named = str(data.get("profile"))
-    base = max((p for p in ("tiny", "reduced", "paper-cpu", "full") if named.startswith(p)), key=len, default=named)
-    words = [".venv/bin/python -m medsplit attack", f"--task {data.get('task')}", f"--profile {base}",
-             "--attacks fsha", f"--defences {defences}"]
-    if fsha.get("pilot_batch_norm"):
-        words.append("--set fsha.pilot_batch_norm=true")
-    iterations = fsha.get("iterations")
-    if iterations and iterations != 10000:
-        words.append(f"--set fsha.iterations={iterations}")
-    if named != base:
-        words.append(f"--set name={named}")
-    return " ".join(words)
-
-
-def _attack_study(files: list[tuple[Path, dict]]) -> Study:
-    rows = [row for path, data in files for row in _attack_rows(path, data)]
-    rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
-    columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
-               "final SSIM", "attacker pilot MSE (ceiling)", "hijacked client's Dice", "data · size", "wall time"]
-    b = FSHA_PAPER_MNIST_MSE
-    baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
-    facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "
-                        "gradient penalty 500; classic U-Net width 8 cut after its first block",
-             "make target": 'make attacks PROFILE=paper-cpu ARGS="--attacks fsha --defences none"'}
-    for row in rows:
-        facts[f"command, {row['file']}"] = row["command"]
-    notes = ["MSE: lower is a better attack; SSIM: higher is a better attack. One seed per row. "
-             "The paper's figure is on MNIST, not chest X-rays."]
-    return Study(", ".join(p.name for p, _ in files), "FSHA at the paper's length (lungs, paper-cpu profile)", "attack", columns,
-                 rows, facts, baselines, notes, "studies/fsha.md")
 
 
 def _paired_change(summary: dict, reference: bool) -> str:
@@ -421,7 +280,7 @@ def _benchmark_study(path: Path, data: dict) -> Study:
 def _short(value: Any) -> Any:
     if isinstance(value, float):
         return float(f"{value:.4g}")
-    return _portable(value) if isinstance(value, str) else value
+    return portable(value) if isinstance(value, str) else value
 
 
 def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]:
@@ -459,8 +318,7 @@ def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]
              "results-eyepacs-long.json", "results-eyepacs.json"]
     protocols.sort(key=lambda s: (order.index(s.file) if s.file in order else len(order), s.file))
     studies = protocols
-    if attacks:
-        studies.append(_attack_study(attacks))
+    studies += attack_studies(attacks)
     studies += paired
     if reproduce:
         studies.append(_reproduce_rows(reproduce))

@@ -1,0 +1,134 @@
+"""Attack results files (``medsplit attack``, ``kind: attack``) as leaderboard studies: FSHA at the
+paper's length (curves, the paper's MNIST figure beside it), and the reconstruction attacks (ADRA,
+SDAR) with their trivial baselines (the mean auxiliary image, the nearest auxiliary image)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medsplit.results.baselines import FSHA_PAPER_MNIST_MSE
+from medsplit.results.study import Study, clean_command, format_seconds, history
+
+__all__ = ["attack_studies"]
+
+
+def attack_studies(files: list[tuple[Path, dict]]) -> list[Study]:
+    """FSHA files as one study, files of reconstruction attacks (ADRA, SDAR) as another."""
+    fsha = [(p, d) for p, d in files if any(r.get("attack") == "fsha" for r in d.get("rows") or [])]
+    other = [(p, d) for p, d in files if (p, d) not in fsha]
+    return ([_attack_study(fsha)] if fsha else []) + ([_reconstruction_study(other)] if other else [])
+
+
+def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
+    profile = data.get("profile_config") or {}
+    fsha = profile.get("fsha") or {}
+    variant = "control: label sharing (FSHA's threat model)" if "label-sharing" in str(data.get("task")) else "U-shaped lungs"
+    if fsha.get("pilot_batch_norm"):
+        variant += ", pilot ends in BatchNorm"
+    rows = []
+    for r in data.get("rows") or []:
+        curve = [h for h in history(data) if isinstance(h.get("mse"), (int, float))]
+        lowest = min(curve, key=lambda h: h["mse"]) if curve else None
+        start = curve[0] if curve else None
+        rows.append({
+            "file": path.name,
+            "variant": variant,
+            "defence": r.get("defence") if not r.get("strength") else f"{r.get('defence')} ({r.get('strength')})",
+            "iterations": r.get("iterations"),
+            "MSE at iteration 0 (untrained attacker)": f"{start['mse']:.4f}" if start else "—",
+            "lowest MSE (iteration)": f"{lowest['mse']:.4f} ({lowest['iteration']})" if lowest else "—",
+            "final MSE": f"{r['mse']:.4f}" if isinstance(r.get("mse"), (int, float)) else "—",
+            "final SSIM": f"{r['ssim']:.3f}" if isinstance(r.get("ssim"), (int, float)) else "—",
+            "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
+            "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
+            "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
+            "wall time": format_seconds(r.get("seconds")),
+            "command": clean_command(data.get("command")) or _derived_attack_command(path, data),
+        })
+    return rows
+
+
+def _derived_attack_command(path: Path, data: dict) -> str:
+    """The attack command for files that did not record one, from their task, profile and rows."""
+    fsha = (data.get("profile_config") or {}).get("fsha") or {}
+    defences = ",".join(dict.fromkeys(str(r.get("defence")) for r in data.get("rows") or []))
+    named = str(data.get("profile"))
+    base = max((p for p in ("tiny", "reduced", "paper-cpu", "full") if named.startswith(p)), key=len, default=named)
+    words = [".venv/bin/python -m medsplit attack", f"--task {data.get('task')}", f"--profile {base}",
+             "--attacks fsha", f"--defences {defences}"]
+    if fsha.get("pilot_batch_norm"):
+        words.append("--set fsha.pilot_batch_norm=true")
+    iterations = fsha.get("iterations")
+    if iterations and iterations != 10000:
+        words.append(f"--set fsha.iterations={iterations}")
+    if named != base:
+        words.append(f"--set name={named}")
+    return " ".join(words)
+
+
+def _attack_study(files: list[tuple[Path, dict]]) -> Study:
+    rows = [row for path, data in files for row in _attack_rows(path, data)]
+    rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
+    columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
+               "final SSIM", "attacker pilot MSE (ceiling)", "hijacked client's Dice", "data · size", "wall time"]
+    b = FSHA_PAPER_MNIST_MSE
+    baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
+    facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "
+                        "gradient penalty 500; classic U-Net width 8 cut after its first block",
+             "make target": 'make attacks PROFILE=paper-cpu ARGS="--attacks fsha --defences none"'}
+    for row in rows:
+        facts[f"command, {row['file']}"] = row["command"]
+    notes = ["MSE: lower is a better attack; SSIM: higher is a better attack. One seed per row. "
+             "The paper's figure is on MNIST, not chest X-rays."]
+    return Study(", ".join(p.name for p, _ in files), "FSHA at the paper's length (lungs, paper-cpu profile)", "attack", columns,
+                 rows, facts, baselines, notes, "studies/fsha.md")
+
+
+
+
+_ATTACK_NAMES = {"inversion": "ADRA (inversion, colluding hospital)", "sdar": "SDAR (server)"}
+
+
+def _number(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
+def _privacy(row: dict) -> str:
+    if isinstance(row.get("privacy.epsilon"), (int, float)):
+        text = f"epsilon {row['privacy.epsilon']:.3g} per image"
+        if isinstance(row.get("privacy.epsilon_patient"), (int, float)):
+            text += f", {row['privacy.epsilon_patient']:.3g} per patient (k = {row.get('privacy.images_per_patient')})"
+        return text + " (weights of every part)"
+    if isinstance(row.get("privacy.epsilon_whole_training"), (int, float)):
+        return f"epsilon {row['privacy.epsilon_whole_training']:.3g} over the whole training (Laplace)"
+    return ""
+
+
+def _reconstruction_study(files: list[tuple[Path, dict]]) -> Study:
+    rows = []
+    for path, data in files:
+        for r in data.get("rows") or []:
+            rows.append({
+                "file": path.name, "task": data.get("task"), "attack": _ATTACK_NAMES.get(r.get("attack"), str(r.get("attack"))),
+                "defence": r.get("defence") if not r.get("strength") else f"{r.get('defence')} ({r.get('strength')})",
+                "SSIM": _number(r.get("ssim"), 3), "MSE": _number(r.get("mse"), 4),
+                "mean image SSIM / MSE": f"{_number(r.get('baseline_ssim'), 3)} / {_number(r.get('baseline_mse'), 4)}",
+                "nearest auxiliary image SSIM / MSE": f"{_number(r.get('baseline_nearest_ssim'), 3)} / "
+                                                      f"{_number(r.get('baseline_nearest_mse'), 4)}",
+                "utility": _number(r.get("utility"), 3), "privacy": _privacy(r),
+                "data · size": f"{data.get('task')} · {(data.get('profile_config') or {}).get('img_size', '?')} px",
+                "command": clean_command(data.get("command")) or f".venv/bin/python -m medsplit attack --task {data.get('task')} "
+                           f"--profile reduced --attacks adra,sdar --defences {r.get('defence')} --set name={data.get('profile')}",
+            })
+    rows.sort(key=lambda r: (str(r["task"]), r["attack"], str(r["defence"])))
+    columns = ["task", "attack", "defence", "SSIM", "MSE", "mean image SSIM / MSE", "nearest auxiliary image SSIM / MSE",
+               "utility", "privacy", "data · size"]
+    facts = {"profile": "reduced: 64 px, 200 target steps, batch 16, seed 0; the target trains on the client's private "
+                        "images only, the auxiliary images are the attacker's (published threat models)"}
+    for row in rows:
+        facts.setdefault(f"command, {row['file']}", row["command"])
+    notes = ["SSIM: higher is a better attack; MSE: lower is a better attack. An attack that does not beat the nearest "
+             "auxiliary image has learned nothing about the victim beyond what the attacker already holds. One seed per row."]
+    return Study(", ".join(p.name for p, _ in files), "Reconstruction attacks, published threat models (reduced profile)",
+                 "attack", columns, rows, facts, [], notes, "studies/attacks-reduced.md")
