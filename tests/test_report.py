@@ -148,7 +148,8 @@ def test_run_report_says_which_epoch_was_tested_with_intervals(tmp_path):
     assert "epoch 2 (selected, tested)" in html and "epoch 3 (last)" in html
     assert "Last recorded epoch" not in html
     assert f"95% CI {format_interval(record['test_intervals']['auc'])}" in html
-    assert "200 resamples of the 80 test patients" in html  # no patient map: each image its own patient
+    # no patient map: each image its own unit, and the report says images, not patients (issue 27)
+    assert "200 bootstrap resamples of the 80 test images" in html and "test patients" not in html
     assert "source: auto  # resolved: synthetic &lt;script&gt;" in html
     assert "device: auto  # resolved: cpu (x86_64, 2 threads)" in html
     assert "select_on: auto  # resolved: auc (validation)" in html

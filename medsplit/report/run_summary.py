@@ -12,7 +12,7 @@ from medsplit.protocol_names import known_protocol_facts
 from medsplit.report.explain import KAPPA_WORDS, cut_words, degenerate_classifier, hd95_unit
 from medsplit.report.html import Report, format_value
 from medsplit.tasks import task_of_record
-from medsplit.uncertainty import format_interval
+from medsplit.uncertainty import format_interval, resampling_text
 
 __all__ = [
     "format_duration",
@@ -105,10 +105,10 @@ def interval_text(intervals: dict) -> str:
     Args:
         intervals: the record's ``test_intervals`` entry.
     """
-    return (f"95% confidence intervals (CI): {intervals.get('method', 'bootstrap')}, {intervals.get('n_resamples')} "
-            f"resamples of the {intervals.get('n_patients')} test patients ({intervals.get('n_images')} images; all "
-            "images of a drawn patient come along). They cover which patients happened to be in the test set, for this "
-            "trained model; they do not cover training randomness (seed), which a sweep over seeds shows.")
+    unit = "images" if intervals.get("unit") == "image" else "patients"
+    return (f"95% confidence intervals (CI): {intervals.get('method', 'bootstrap')}, {resampling_text(intervals)}. "
+            f"They cover which {unit} happened to be in the test set, for this trained model; they do not cover "
+            "training randomness (seed), which a sweep over seeds shows.")
 
 
 def selection_text(record: dict) -> str | None:

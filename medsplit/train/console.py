@@ -82,7 +82,9 @@ def final_line(result: dict, headline: dict[str, float], intervals: dict | None,
         parts.append(text)
     tail = ""
     if intervals:
-        tail = f" (CI: {intervals['n_resamples']} bootstrap resamples of {intervals['n_patients']} test patients)"
+        unit = "images" if intervals.get("unit") == "image" else "patients"
+        count = intervals["n_images"] if unit == "images" else intervals["n_patients"]
+        tail = f" (CI: {intervals['n_resamples']} bootstrap resamples of {count} test {unit})"
     return f"test ({which}): " + ", ".join(parts) + tail
 
 
