@@ -30,6 +30,7 @@ from typing import Any
 from medsplit.config import Config, config_from_dict
 from medsplit.config.loading import config_with
 from medsplit.config.loading import load_config as _load_config_file
+from medsplit.yaml_file import load_yaml
 
 __all__ = ["RunResult", "attack", "evaluate", "load_config", "train"]
 
@@ -104,13 +105,11 @@ class RunResult:
             FileNotFoundError: the folder lacks ``config.yaml`` or ``metrics.json`` (not a
                 medsplit run, or one that has not finished: continue it with ``--resume``).
         """
-        import yaml
-
         run_dir = Path(run_dir)
         for name in ("config.yaml", "metrics.json"):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir} is not a finished medsplit run (no {name})")
-        config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        config = config_from_dict(load_yaml((run_dir / "config.yaml").read_text()))
         summary = json.loads((run_dir / "metrics.json").read_text())
         reports = Path(config.output.reports_dir)
         candidates = {"run_dir": run_dir, "config": run_dir / "config.yaml", "metrics": run_dir / "metrics.json",

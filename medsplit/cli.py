@@ -20,6 +20,7 @@ from pathlib import Path
 from medsplit import __version__, cli_choices
 from medsplit.cli_args import CommandParser, choice_list, int_list, positive_int
 from medsplit.config import ConfigError, config_from_dict, default_data_root, keys_help, load_config
+from medsplit.yaml_file import load_yaml
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
 ATTACK_HELP = "attack x defence evaluation; writes an HTML report and JSON in reports/"
@@ -260,14 +261,12 @@ def _party(args) -> int:
     process directly: after a failure torch.distributed's threads must not keep it alive."""
     import os
 
-    import yaml
-
     from medsplit.train.parties import run_party
 
     code = 0
     try:
         if args.command == "party":
-            cfg = config_from_dict(yaml.safe_load(Path(args.config).read_text()))
+            cfg = config_from_dict(load_yaml(Path(args.config).read_text()))
             run_party(cfg, args.rank, Path(args.run_dir), address=args.address, resume=args.resume, quiet=False)
         else:
             overrides = list(args.overrides) + ["split.transport=gloo", f"split.address={args.address}"]

@@ -22,13 +22,13 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
 from medsplit.config import config_from_dict
 from medsplit.data.augment import to_float
 from medsplit.tasks import task_class, task_model
 from medsplit.train.checkpoint import load_weights
 from medsplit.train.device import resolve_device
+from medsplit.yaml_file import load_yaml
 
 
 def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batch_size: int = 64,
@@ -49,7 +49,7 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a medsplit run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+    cfg = config_from_dict(load_yaml(config_file.read_text()))
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device, "--device {}")
     task = task_class(cfg.task)

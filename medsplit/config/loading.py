@@ -18,7 +18,7 @@ import yaml
 
 from medsplit.config.schema import Config, ConfigError
 from medsplit.config.validation import validate
-from medsplit.yaml_file import read_yaml_mapping
+from medsplit.yaml_file import load_yaml, read_yaml_mapping
 
 
 #: The configs shipped inside the package (``configs/`` at the top of a checkout links here).
@@ -88,7 +88,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} has no key")
     # YAML parses numbers, booleans and null the way a user expects ("3" -> 3, "null" -> None).
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -89,9 +89,8 @@ def run_flare_command(args) -> int:
             print(f"removed {Path(args.out).resolve() / args.project / 'state' / 'cert.json'} (the root CA's key): "
                   "adding a site later needs a new provisioning")
         return 0
-    import yaml
-
     from medsplit.config import load_config
+    from medsplit.yaml_file import load_yaml
 
     cfg = load_config(args.config, args.overrides)
     sites = [s for s in args.sites.split(",") if s] or [f"hospital-{k + 1}" for k in range(cfg.split.clients)]
@@ -100,7 +99,7 @@ def run_flare_command(args) -> int:
         path = Path(args.defences)
         if not path.exists():
             raise FileNotFoundError(f"--defences {path} does not exist")
-        defences = yaml.safe_load(path.read_text()) or {}
+        defences = load_yaml(path.read_text()) or {}
     if args.flare_command == "job":
         from medsplit.flare.job import write_job_folder
 

@@ -29,6 +29,7 @@ import yaml
 from medsplit.config import Config, load_config
 from medsplit.sweep.plan import check_grid, plan_points, point_config, same_run_key
 from medsplit.sweep.summarise import summarise_run
+from medsplit.yaml_file import load_yaml
 
 __all__ = ["Outcome", "TrainFn", "check_run_matches", "read_metrics", "run_sweep", "threads_per_job", "train_points"]
 
@@ -59,7 +60,7 @@ def check_run_matches(run_dir: Path, cfg: Config, remedy: str = "give the sweep 
     saved = Path(run_dir) / "config.yaml"
     if saved.exists():
         try:
-            values = yaml.safe_load(saved.read_text()) or {}
+            values = load_yaml(saved.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise RuntimeError(f"{saved} is not a readable config ({str(e).splitlines()[0]}); remove {run_dir} or {remedy}") from e
         if not isinstance(values, dict):

@@ -27,6 +27,7 @@ from medsplit.train.runner import Coordinator, Runner, evaluate_split
 from medsplit.train.schedule import client_indices
 from medsplit.tasks import TASKS, make_task
 from medsplit.transport import placement
+from medsplit.yaml_file import load_yaml
 
 __all__ = ["LocalCoordinator", "check_cut", "evaluate_split", "train"]
 
@@ -196,7 +197,7 @@ def _saved_config(run_dir: Path) -> dict:
     """The config of a run whose checkpoint predates configs stored in checkpoints."""
     path = Path(run_dir) / "config.yaml"
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read {path} ({e}); the checkpoint there stores no config to check the resume against") from e
     if not isinstance(values, dict):
