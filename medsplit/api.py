@@ -220,7 +220,7 @@ def evaluate(run: RunResult | str | Path, data: str | Path, /, *, out: str | Pat
 
 def attack(task: str = "lungs", *, profile: str | None = None, attacks: list[str] | None = None,
            defences: list[str] | None = None, device: str = "auto", data_root: str | Path | None = None,
-           out: str | Path = "reports", **settings: Any) -> Path:
+           out: str | Path = "reports", tensorboard: bool = False, mlflow: str = "", **settings: Any) -> Path:
     """Run attacks on split training, with and without defences, and write the HTML report and
     its JSON summary (beside it), as ``python -m medsplit attack`` does; returns the report's path.
 
@@ -234,6 +234,8 @@ def attack(task: str = "lungs", *, profile: str | None = None, attacks: list[str
         data_root: folder holding ``lungs/`` and ``retinopathy/`` (default ``$MEDSPLIT_DATA``,
             else ``datasets/``).
         out: the report folder.
+        tensorboard: also log the rows and reconstruction grids to TensorBoard (``<out>/tb/<report>``).
+        mlflow: an MLflow tracking URI to log the rows, grids, report and JSON to (empty: none).
         **settings: profile fields, as ``--set`` takes them: ``fsha__iterations=3000``,
             ``img_size=96``.
     """
@@ -241,7 +243,7 @@ def attack(task: str = "lungs", *, profile: str | None = None, attacks: list[str
 
     overrides = [f"{key}={_yaml_scalar(value)}" for key, value in _dotted(settings).items()]
     return run_attack(task, profile=profile, attacks=attacks, defences=defences, device=device, data_root=data_root,
-                      out=out, overrides=overrides)
+                      out=out, overrides=overrides, tensorboard=tensorboard, mlflow=mlflow)
 
 
 def _yaml_scalar(value: Any) -> str:

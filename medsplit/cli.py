@@ -341,6 +341,11 @@ def add_attack_parser(subparsers) -> None:
                    help=f"comma-separated from {','.join(cli_choices.defence_names())} (default: all of the profile)")
     p.add_argument("--data-root", default=None, help="data folder holding lungs/ and retinopathy/ (default: $MEDSPLIT_DATA, else datasets/)")
     p.add_argument("--out", default="reports", help="report folder (default reports)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log every row's numbers and the reconstruction grids to TensorBoard (<out>/tb/<report name>)")
+    p.add_argument("--mlflow", default="", metavar="URI",
+                   help="also log the numbers, the reconstruction grids, the report and its JSON to this MLflow tracking "
+                        "URI (e.g. file:///data/mlruns; pip install 'medsplit[mlflow]')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field of the profile, e.g. --set fsha.iterations=3000 --set img_size=96 "
                         "--set cut_lungs=2 (repeatable; the report is then named after the profile plus '-custom', "

@@ -195,3 +195,25 @@ def test_an_attack_run_logs_its_numbers_and_reconstructions(tmp_path):
     assert run.data.params["profile.fsha.iterations"] == "12"
     assert {f.path for f in client.list_artifacts(run.info.run_id, "report")} == {
         "report/attack-lungs-tiny.html", "report/attack-lungs-tiny.json"}
+
+
+def test_the_attack_command_and_api_track_when_asked(tmp_path, monkeypatch):
+    """``medsplit attack --tensorboard --mlflow URI`` (and ``medsplit.attack(tensorboard=, mlflow=)``) reach
+    the attack tracker: before, nothing called it."""
+    import medsplit.report.attack_report as attack_report
+    from medsplit.attacks import harness
+    from medsplit.cli import build_parser
+
+    args = build_parser().parse_args(["attack", "--tensorboard", "--mlflow", "file:///tmp/x"])
+    assert args.tensorboard is True and args.mlflow == "file:///tmp/x"
+
+    def fake_report(results, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attack-lungs-tiny.json").write_text("{}")
+        return (out / "attack-lungs-tiny.html").resolve()
+
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: _attack_results())
+    monkeypatch.setattr(attack_report, "write_attack_report", fake_report)
+    html = harness.run_attack("lungs", profile="tiny", attacks=["inversion"], device="cpu", out=tmp_path, tensorboard=True)
+    events = _tensorboard_events(tmp_path / "tb" / html.stem)
+    assert "reconstruction/inversion/none/0/0" in events.Tags()["images"]

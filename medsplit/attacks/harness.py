@@ -142,18 +142,20 @@ def run_attack_command(args) -> int:
     """``python -m medsplit attack``: the options of :func:`medsplit.cli.add_attack_parser`."""
     html = run_attack(args.task, profile=args.profile, attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
                       defences=[d for d in args.defences.split(",") if d] if args.defences else None,
-                      device=args.device, data_root=args.data_root, out=args.out, overrides=args.overrides)
+                      device=args.device, data_root=args.data_root, out=args.out, overrides=args.overrides,
+                      tensorboard=args.tensorboard, mlflow=args.mlflow)
     print(f"report: {html}\nsummary: {html.with_suffix('.json')}")
     return 0
 
 
 def run_attack(task: str, profile: str | None = None, attacks: list[str] | None = None, defences: list[str] | None = None,
                device: str = "auto", data_root: str | Path | None = None, out: str | Path = "reports",
-               overrides: list[str] = ()) -> Path:
+               overrides: list[str] = (), tensorboard: bool = False, mlflow: str = "") -> Path:
     """Run the attack evaluation and write its report; returns the HTML report's path (the JSON
     summary is beside it). The arguments are ``medsplit attack``'s options (``attacks=None``: all;
     ``defences=None``: the profile's); a defence that cannot apply to ``task`` is refused before
-    anything trains."""
+    anything trains. ``tensorboard`` logs every row's numbers and the reconstruction grids under
+    ``<out>/tb/<report name>``; ``mlflow`` (a tracking URI) logs them, the report and its JSON there."""
     from medsplit.report.attack_report import write_attack_report
 
     dev = resolve_device(device)
@@ -167,4 +169,9 @@ def run_attack(task: str, profile: str | None = None, attacks: list[str] | None 
                 raise DefenceNotApplicable(f"--task {task} --defences {name}: {reason}")
     root = Path(data_root) if data_root else default_data_root()
     results = evaluate(task, chosen, root, names, defences, device=dev, progress=True)
-    return write_attack_report(results, Path(out))
+    html = write_attack_report(results, Path(out))
+    if tensorboard or mlflow:
+        from medsplit.tracking.attack import track_attack
+
+        track_attack(results, html, tensorboard_dir=Path(out) / "tb" / html.stem if tensorboard else None, mlflow_uri=mlflow)
+    return html
