@@ -62,11 +62,7 @@ class Transport:
         """Deliver ``payload`` to party ``receiver`` (in order with earlier sends to it)."""
         t0 = time.perf_counter()
         self._send(receiver, payload)
-        s = self.stats[("send", receiver)]
-        s.messages += 1
-        s.payload_bytes += len(payload)
-        s.framing_bytes += self.framing_bytes_per_message
-        s.seconds += time.perf_counter() - t0
+        self._count("send", receiver, len(payload), t0)
 
     def start_send(self, receiver: str, payload: bytes) -> None:
         """Like :meth:`send`, but may return before ``payload`` is delivered, so the caller computes
@@ -76,11 +72,7 @@ class Transport:
         transport's: the default sends and waits, exactly as :meth:`send`."""
         t0 = time.perf_counter()
         wait = self._start_send(receiver, payload)
-        s = self.stats[("send", receiver)]
-        s.messages += 1
-        s.payload_bytes += len(payload)
-        s.framing_bytes += self.framing_bytes_per_message
-        s.seconds += time.perf_counter() - t0
+        self._count("send", receiver, len(payload), t0)
         if wait is not None:
             self._in_flight.append((receiver, wait))
 
@@ -98,12 +90,16 @@ class Transport:
         longer than ``max_bytes`` (checked before the payload is read) or does not arrive."""
         t0 = time.perf_counter()
         payload = self._recv(sender, max_bytes)
-        s = self.stats[("recv", sender)]
+        self._count("recv", sender, len(payload), t0)
+        return payload
+
+    def _count(self, direction: str, peer: str, payload_bytes: int, t0: float) -> None:
+        """One message on the ``(direction, peer)`` link, which took from ``t0`` until now."""
+        s = self.stats[(direction, peer)]
         s.messages += 1
-        s.payload_bytes += len(payload)
+        s.payload_bytes += payload_bytes
         s.framing_bytes += self.framing_bytes_per_message
         s.seconds += time.perf_counter() - t0
-        return payload
 
     def link_seconds(self) -> dict[str, float]:
         """Measured wall time per link direction, ``{"client0->server": s, ...}``."""
