@@ -25,13 +25,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from bench_parties import last_json, run_parties  # benchmarks/bench_parties.py (run as a script: its folder is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,24 +120,10 @@ def run_gloo(size: int, steps: int, batch: int, microbatches: int, nonblocking: 
 
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    procs = []
-    try:
-        for rank in range(len(PARTIES)):
-            cmd = [sys.executable, __file__, "--party", str(rank), "--address", address, "--sizes", str(size),
-                   "--steps", str(steps), "--batch", str(batch), "--microbatches", str(microbatches),
-                   "--nonblocking" if nonblocking else "--no-nonblocking"]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-        outs = [p.communicate(timeout=1800) for p in procs]
-    finally:  # every party is gone when this returns, also on failure
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    rows = []
-    for p, (out, err) in zip(procs, outs):
-        if p.returncode != 0:
-            raise RuntimeError(f"gloo party failed (exit {p.returncode}): {err[-2000:]}")
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    cmds = [[sys.executable, __file__, "--party", str(rank), "--address", address, "--sizes", str(size),
+             "--steps", str(steps), "--batch", str(batch), "--microbatches", str(microbatches),
+             "--nonblocking" if nonblocking else "--no-nonblocking"] for rank in range(len(PARTIES))]
+    rows = [last_json(out) for out in run_parties(cmds, env, 1800, [f"gloo party {name}" for name in PARTIES])]
     return {"epoch_s": max(r["epoch_s"] for r in rows), "bytes": sum(r["counted_bytes"] for r in rows), "parties": rows}
 
 

@@ -56,7 +56,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,12 +73,20 @@ PROFILES = {
 }
 
 
-def link_time_model():
-    """benchmarks/link_time.py as a module (benchmarks/ is not a package): its formula is the model."""
-    spec = importlib.util.spec_from_file_location("link_time", Path(__file__).resolve().parent / "link_time.py")
+def _sibling(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package, and tests load this file by path)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def link_time_model():
+    """benchmarks/link_time.py: its formula is the model."""
+    return _sibling("link_time")
+
+
+_parties = _sibling("bench_parties")  # run_parties, last_json: the benchmarks' party processes
 
 
 # ---- one party (a child process in its namespace) -------------------------------------------
@@ -179,44 +186,23 @@ def gloo_pingpong(topology, exchanges: int = 20) -> dict:
     """The hospital's view of a gloo ping-pong with the server (see :func:`run_pingpong`)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     address = f"{topology.address(0)}:29512"
-    procs = [subprocess.Popen([*topology.exec_prefix(rank), sys.executable, __file__, "--pingpong", str(exchanges),
-                               "--party", str(rank), "--address", address],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
-    try:
-        outs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (out, err) in zip(procs, outs):
-        if p.returncode != 0:
-            raise RuntimeError(f"gloo ping-pong failed (exit {p.returncode}): {err[-2000:]}")
-    return json.loads(outs[1][0].strip().splitlines()[-1])
+    cmds = [[*topology.exec_prefix(rank), sys.executable, __file__, "--pingpong", str(exchanges), "--party", str(rank),
+             "--address", address] for rank in (0, 1)]
+    outs = _parties.run_parties(cmds, env, 300, [f"gloo ping-pong party {rank}" for rank in (0, 1)])
+    return _parties.last_json(outs[1])
 
 
 def run_parties(topology, settings: Settings, protocol: str, codec: str, size: int) -> dict:
     """Every party in its own namespace; returns the slowest party's epoch time and the links."""
     address = f"{topology.address(0)}:29511"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    procs = []
-    try:
-        for rank in range(len(NAMES)):
-            cmd = [*topology.exec_prefix(rank), sys.executable, __file__, "--party", str(rank), "--address", address,
-                   "--protocols", protocol, "--codecs", codec, "--sizes", str(size), "--steps", str(settings.steps),
-                   "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-        outs = [p.communicate(timeout=settings.party_timeout) for p in procs]
-    finally:
-        for p in procs:  # nothing outlives the measurement (the namespaces go right after)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    parties = []
-    for name, p, (out, err) in zip(NAMES, procs, outs):
-        if p.returncode != 0:
-            raise RuntimeError(f"party {name} failed (exit {p.returncode}) in {topology.party(NAMES.index(name))}: {err[-3000:]}")
-        parties.append(json.loads(out.strip().splitlines()[-1]))
+    cmds = [[*topology.exec_prefix(rank), sys.executable, __file__, "--party", str(rank), "--address", address,
+             "--protocols", protocol, "--codecs", codec, "--sizes", str(size), "--steps", str(settings.steps),
+             "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut)] for rank in range(len(NAMES))]
+    # nothing outlives the measurement (the namespaces go right after)
+    outs = _parties.run_parties(cmds, env, settings.party_timeout,
+                       [f"party {name} in {topology.party(rank)}" for rank, name in enumerate(NAMES)])
+    parties = [_parties.last_json(out) for out in outs]
     return {"epoch_s": max(r["epoch_s"] for r in parties), "parties": parties}
 
 

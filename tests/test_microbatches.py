@@ -24,6 +24,7 @@ from medsplit.models.unet_classic import unet_classic_table
 from medsplit.split import Channel, Transfer, cut, two_party
 from medsplit.split.engine import microbatch_sizes, wavefront
 from medsplit.transport.base import Transport
+from party_processes import party_pids
 
 
 def _resnet(seed: int = 0):
@@ -286,7 +287,7 @@ def test_same_microbatches_give_the_same_numbers_in_one_process_and_over_gloo(tm
     run_dir = tmp_path / "runs" / "gloo"
     launch_local(load_config(None, base + ["output.name=gloo", "split.transport=gloo"]), run_dir, quiet=True)
     assert _numbers(_metrics(run_dir)) == _numbers(ref)
-    assert not _party_pids(run_dir)  # every party process has exited
+    assert not party_pids(run_dir)  # every party process has exited
 
 
 @pytest.mark.slow
@@ -310,19 +311,6 @@ def test_microbatched_run_trains_and_differs_from_the_whole_batch_run(tmp_path):
             assert bytes_of[4][key] == b
         else:  # the same tensors in more messages: only the extra headers (a few hundred bytes each)
             assert b < bytes_of[4][key] < b * 1.05 + 4096, key
-
-
-def _party_pids(run_dir):
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"party" in cmd and str(run_dir).encode() in cmd:
-                pids.append(int(d.name))
-    return pids
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from medsplit.train.party_plan import config_hash
 from medsplit.transport import liveness
 from medsplit.transport.base import TransportError
 from medsplit.transport.gloo import GlooTransport, free_port
+from party_processes import party_pids, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKS = {"server": 0, "client0": 1, "client1": 2, "aggregator": 0}
@@ -207,20 +208,6 @@ def _tiny(tmp_path, *extra):
             "split.protocol=sequential", "split.clients=2", "split.transport=gloo", *extra]
 
 
-def _party_pids(marker: str) -> dict[int, list[bytes]]:
-    """Party processes whose command line holds ``marker`` (their run folder)."""
-    found = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"party" in cmd and any(marker.encode() in c for c in cmd):
-                found[int(d.name)] = cmd
-    return found
-
-
 def _kill_all(pids) -> None:
     for pid in pids:
         try:
@@ -252,16 +239,16 @@ def test_the_launchers_parties_die_with_it(tmp_path, sig):
     marker = str(tmp_path / "runs" / "watched")
     launcher, log = _launcher(tmp_path, "watched", "train.epochs=50", "split.timeout_s=60")
     try:
-        _wait_for(lambda: len(_party_pids(marker)) == 3, 300, "three parties")
+        _wait_for(lambda: len(party_pids(marker)) == 3, 300, "three parties")
         time.sleep(2)  # past their start-up
         launcher.send_signal(sig)
         launcher.wait(30)
-        _wait_for(lambda: not _party_pids(marker), 20, "the parties to die with the launcher")
+        _wait_for(lambda: not party_pids(marker), 20, "the parties to die with the launcher")
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-        _kill_all(_party_pids(marker))
+        _kill_all(party_pids(marker))
         log.close()
 
 
@@ -271,7 +258,7 @@ def test_a_frozen_hospital_is_named_by_every_peer_that_waits(tmp_path):
     run_dir = tmp_path / "runs" / "frozen"
     launcher, log = _launcher(tmp_path, "frozen", "train.epochs=50", "split.timeout_s=6")
     try:
-        pids = _wait_for(lambda: (p := _party_pids(str(run_dir))) and len(p) == 3 and p, 300, "three parties")
+        pids = _wait_for(lambda: (p := party_pids(str(run_dir))) and len(p) == 3 and p, 300, "three parties")
         frozen = next(pid for pid, cmd in pids.items() if b"--rank" in cmd and cmd[cmd.index(b"--rank") + 1] == b"1")
         _wait_for(lambda: any((run_dir / "parties" / "client0").glob("*")), 400, "client0's first checkpoint")
         os.kill(frozen, signal.SIGSTOP)
@@ -283,7 +270,7 @@ def test_a_frozen_hospital_is_named_by_every_peer_that_waits(tmp_path):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-        _kill_all(_party_pids(str(run_dir)))
+        _kill_all(party_pids(str(run_dir)))
         log.close()
 
 
@@ -296,23 +283,9 @@ def test_join_with_another_number_of_hospitals_is_refused_quickly_naming_the_key
     cmds = [["serve", str(config), *common, "--address", address, "--run-dir", str(tmp_path / "s")],
             ["join", str(config), *common, "split.clients=1", "--address", address, "--rank", "1", "--data", "synthetic",
              "--run-dir", str(tmp_path / "h")]]
-    procs, logs = [], []
     t0 = time.time()
-    try:
-        for i, args in enumerate(cmds):
-            logs.append(open(tmp_path / f"p{i}.log", "w"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "medsplit", *args], cwd=ROOT, stdout=logs[-1], stderr=subprocess.STDOUT,
-                                          env=dict(os.environ, OMP_NUM_THREADS="1")))
-        codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
+    codes, texts = run_all([(args, None) for args in cmds], tmp_path, timeout=120)
     elapsed = time.time() - t0
-    texts = [(tmp_path / f"p{i}.log").read_text() for i in range(2)]
     assert codes == [3, 3], texts
     assert elapsed < 50, elapsed  # not the timeout (60 s), nor gloo's hang
     assert "expects 2 parties (split.clients=1), the server 3 (split.clients=2)" in texts[0], texts[0]

@@ -5,9 +5,6 @@ Every test starts real ``python -m medsplit`` processes and kills whatever is le
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,10 +15,10 @@ from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
 from medsplit.transport import framing
 from medsplit.transport.gloo import free_port
+from party_processes import party_pids, run_all
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny(tmp_path, task, protocol, *extra):
@@ -43,20 +40,6 @@ def _metrics(run_dir):
 
 def _history(m):
     return [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss")) for r in m["history"]]
-
-
-def _party_pids(run_dir):
-    """Party pids from the launcher's logs are not recorded; read them from /proc instead."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"party" in cmd and str(run_dir).encode() in cmd:
-                pids.append(int(d.name))
-    return pids
 
 
 @pytest.mark.parametrize("task,protocol,extra", [("retinopathy", "sequential", ()), ("retinopathy", "splitfed", ()),
@@ -87,7 +70,7 @@ def test_processes_equal_the_in_process_run(tmp_path, task, protocol, extra):
     assert info["payload_bytes_sent"] == counted + info["control_bytes_sent"]
     assert info["framing_bytes_sent"] == framing.overhead(False) * sum(r["messages"] for r in info["links"] if r["direction"] == "send")
     assert (tmp_path / "reports" / "gloo.html").exists()
-    assert not _party_pids(tmp_path / "runs" / "gloo")
+    assert not party_pids(tmp_path / "runs" / "gloo")
 
 
 def test_killed_hospital_stops_the_rest_and_resume_reaches_the_same_result(tmp_path):
@@ -99,7 +82,7 @@ def test_killed_hospital_stops_the_rest_and_resume_reaches_the_same_result(tmp_p
     with pytest.raises(RuntimeError, match=r"client1 \(exit -9\)"):
         launch_local(cfg, run_dir, quiet=True, env={"MEDSPLIT_FAULT": "client1:epoch=1:step=1"}, grace_s=90)
     assert time.time() - t0 < 150  # the others stopped on their own (connection closed), not by the grace kill
-    assert not _party_pids(run_dir)
+    assert not party_pids(run_dir)
     logs = {n: (run_dir / "parties" / f"{n}.log").read_text() for n in ("server", "client0")}
     assert "client1" in logs["server"]
     assert not (run_dir / "metrics.json").exists()
@@ -119,7 +102,7 @@ def test_a_party_that_stops_answering_is_named_within_the_timeout(tmp_path):
     server_log = (run_dir / "parties" / "server.log").read_text()
     assert "client1" in server_log and "5 s (split.timeout_s)" in server_log, server_log[-2000:]
     assert "server (exit 3)" in str(err.value)
-    assert not _party_pids(run_dir)  # the hung one was killed after the grace period, the rest exited
+    assert not party_pids(run_dir)  # the hung one was killed after the grace period, the rest exited
 
 
 def test_a_non_finite_message_stops_the_receiver_naming_peer_link_and_step(tmp_path):
@@ -130,32 +113,7 @@ def test_a_non_finite_message_stops_the_receiver_naming_peer_link_and_step(tmp_p
         launch_local(cfg, run_dir, quiet=True, env={"MEDSPLIT_FAULT": "client1:epoch=0:step=1:mode=nan"}, grace_s=30)
     server_log = (run_dir / "parties" / "server.log").read_text()
     assert "client1 sent a non-finite activation" in server_log and "link 'client->server'" in server_log, server_log[-2000:]
-    assert not _party_pids(run_dir)
-
-
-def _spawn(args, log, env=None):
-    return subprocess.Popen([sys.executable, "-m", "medsplit", *args], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
-
-
-def _run_all(cmds, tmp_path, timeout=300):
-    procs, logs = [], []
-    try:
-        for i, (args, env) in enumerate(cmds):
-            log = open(tmp_path / f"p{i}.log", "w")
-            logs.append(log)
-            procs.append(_spawn(args, log, env))
-        deadline = time.time() + timeout
-        for p in procs:
-            p.wait(timeout=max(1, deadline - time.time()))
-        return [p.returncode for p in procs], [(tmp_path / f"p{i}.log").read_text() for i in range(len(cmds))]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+    assert not party_pids(run_dir)
 
 
 def test_serve_and_join_with_own_data_and_a_server_without_data(tmp_path):
@@ -168,7 +126,7 @@ def test_serve_and_join_with_own_data_and_a_server_without_data(tmp_path):
                "--run-dir", str(tmp_path / "server")], no_data)
     hospitals = [(["join", str(config), *common, "--address", address, "--rank", str(r), "--data", "synthetic",
                    "--run-dir", str(tmp_path / f"h{r}")], None) for r in (1, 2)]
-    codes, logs = _run_all([server, *hospitals], tmp_path)
+    codes, logs = run_all([server, *hospitals], tmp_path)
     assert codes == [0, 0, 0], "\n".join(logs)
     m = _metrics(tmp_path / "h2")  # the relay's last hospital evaluates and reports
     assert m["transport"]["parties"][0]["data_loaded"] is False
@@ -183,7 +141,7 @@ def test_join_with_another_config_is_refused(tmp_path):
     server = (["serve", str(config), *common, "--address", address, "--run-dir", str(tmp_path / "s")], None)
     hospital = (["join", str(config), *common, "train.lr=0.5", "--address", address, "--rank", "1", "--data", "synthetic",
                  "--run-dir", str(tmp_path / "h")], None)
-    codes, logs = _run_all([server, hospital], tmp_path, timeout=120)
+    codes, logs = run_all([server, hospital], tmp_path, timeout=120)
     assert codes == [3, 3]
     assert "client0 (rank 1" in logs[0] and "config hash" in logs[0]
     assert "the server refused this run" in logs[1] and "config hash" in logs[1]
