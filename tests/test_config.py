@@ -21,7 +21,7 @@ def test_resolved_config_round_trips():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("split.cutt=3", r"unknown config key 'split.cutt'; did you mean 'split.cut'\? valid keys under split are \['address', 'clients', 'compress_activations', 'compress_gradients', 'cut', 'microbatches', 'optimizer_handover', 'protocol', 'secret_file', 'serialise', 'timeout_s', 'transport'\]"),
+        ("split.cutt=3", r"unknown config key 'split.cutt'; did you mean 'split.cut'\? valid keys under split are \['address', 'clients', 'compress_activations', 'compress_gradients', 'cut', 'dropout', 'microbatches', 'min_hospitals', 'optimizer_handover', 'protocol', 'secret_file', 'serialise', 'timeout_s', 'transport'\]"),
         ("colour=red", r"unknown config key 'colour'"),
         ("split.cut=three", r"config key 'split.cut' must be int, got 'three'"),
         ("train.amp=3", r"config key 'train.amp' must be bool"),

@@ -108,6 +108,18 @@ class SplitConfig:
     at once. The gradient equals the whole batch's except that BatchNorm uses each micro-batch's own
     statistics (and updates its running statistics once per micro-batch). At most
     train.batch_size / 2 (two images each); a smaller last batch uses fewer."""
+    min_hospitals: int | None = None
+    """The fewest hospitals a run goes on with (splitfed, splitfed-v1, fedavg, sequential). A
+    hospital that stops answering (or leaves by split.dropout) is dropped: the averaging protocols
+    average over the hospitals present that round, the relay skips it and hands the weights on;
+    each dropout is in metrics.json, the console and the report. The hospital that evaluates and
+    keeps the history (client0; the relay's last hospital) cannot be dropped. null: all of them
+    (any hospital lost ends the run, which resumes from its checkpoints)."""
+    dropout: str = ""
+    """In-process dropout schedule, to measure what losing a site costs:
+    client1:epoch=2:after=3 (hospital 1 leaves epoch 2, counted from 1, after 3 of its batches),
+    :rejoin=4 brings it back at the start of epoch 4 with the current weights; entries separated by
+    commas. Needs split.min_hospitals low enough. Over party processes hospitals leave by failing."""
     transport: str = "inprocess"
     """inprocess (every party in this process) | gloo (each hospital and the server in its own
     process, torch.distributed over TCP; sequential and splitfed only). See docs/parties.md.

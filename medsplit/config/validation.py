@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 # torch-free, like this package: loading a config must not import torch
+from medsplit.config.dropout_schedule import most_absent, parse_dropout
 from medsplit.config.schema import CHOICES, Config, ConfigError
 from medsplit.protocol_names import BUILTIN, protocol_facts
 from medsplit.data.image_size import MIN_IMAGE_SIZE
@@ -89,7 +90,30 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.img_size' = {d.img_size} does not suit model.name={cfg.model.name!r}, "
                           f"which needs a multiple of {multiple} (e.g. {max(multiple, d.img_size // multiple * multiple)})")
     _check_client_count(cfg)
+    _check_dropout(cfg)
     _check_run_name(cfg)
+
+
+def _check_dropout(cfg: Config) -> None:
+    """``split.min_hospitals`` and ``split.dropout`` agree with each other and the protocol."""
+    s = cfg.split
+    schedule = parse_dropout(s.dropout, s.clients)
+    if s.min_hospitals is None and not schedule:
+        return
+    if protocol_facts(s.protocol).pooled:
+        raise ConfigError(f"config keys 'split.min_hospitals' / 'split.dropout' need hospitals that train apart "
+                          f"(split.protocol={s.protocol} pools every hospital's images in one party)")
+    if s.min_hospitals is not None and not 1 <= s.min_hospitals <= s.clients:
+        raise ConfigError(f"config key 'split.min_hospitals' = {s.min_hospitals} must be in 1..{s.clients} (split.clients) or null (all)")
+    if schedule and s.transport != "inprocess":
+        raise ConfigError(f"config key 'split.dropout' schedules dropouts in one process (split.transport=inprocess); "
+                          f"over {s.transport} a hospital drops out by failing (split.min_hospitals lets the run go on)")
+    minimum = s.clients if s.min_hospitals is None else s.min_hospitals
+    absent = most_absent(schedule, cfg.train.epochs)
+    if s.clients - absent < minimum:
+        raise ConfigError(f"config key 'split.dropout' = {s.dropout!r} leaves {s.clients - absent} of {s.clients} hospitals, "
+                          f"fewer than split.min_hospitals = {minimum}" + (" (null: all)" if s.min_hospitals is None else "")
+                          + f"; set split.min_hospitals to at most {s.clients - absent}")
 
 
 # The fewest training images a hospital may hold (medsplit.data.partition's ``min_per_client``

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from medsplit.report.html import Report
 from medsplit.report.run_communication import communication_section, transport_section
+from medsplit.report.run_dropouts import dropouts_section
 from medsplit.report.run_facts import artifacts_section, config_section, data_section
 from medsplit.report.run_metrics import curves_section, evaluation_section
 from medsplit.report.run_summary import summary_section
@@ -76,6 +77,8 @@ def build_run_report(record: dict) -> Report:
         data_section(report, data)
     if record.get("history"):
         curves_section(report, list(record["history"]), record.get("selected_epoch"), record.get("test"))
+    if "dropouts" in record:  # split.min_hospitals let hospitals drop out
+        dropouts_section(report, record)
     test = record.get("test")
     if isinstance(test, dict) and test:
         evaluation_section(report, record)

@@ -165,6 +165,9 @@ def schemas(batch_size: int = MAX_BATCH, clients: int = MAX_PARTIES - 1) -> dict
         "losses": IndexMap(List(Float(), MAX_STEPS), clients),
         "best": Bool(),
         "forward": Int(0, MAX_BATCH),
+        # split.min_hospitals: who has dropped out so far (the server's view, sent to those present)
+        "roster": List(Record({"hospital": Int(0, max(0, clients - 1)), "epoch": Int(1, MAX_EPOCH), "after": Int(0, MAX_STEPS),
+                               "why": Str(MAX_TEXT)}), clients),
         "report": Record({"party": Record(PARTY), "bytes": List(BYTE_ROW, MAX_STEPS), "links": List(LINK_ROW, 4 * MAX_PARTIES),
                           "control_bytes_sent": Int(0, MAX_COUNT), "data_loaded": Bool(),
                           "data_modules": List(Str(), 4096)}),

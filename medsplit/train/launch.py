@@ -79,8 +79,11 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
             procs.append(subprocess.Popen(party_command(config_path, rank, address, run_dir, resume),
                                           stdout=log, stderr=subprocess.STDOUT, env=child_env,
                                           preexec_fn=_die_with_parent(os.getpid())))
+        # With split.min_hospitals below the hospitals, a hospital that fails is a dropout the
+        # others go on without: only the server failing starts the others' grace period.
+        tolerant = cfg.split.min_hospitals is not None and cfg.split.min_hospitals < cfg.split.clients
         with _stopped_by_signals():
-            codes = _wait_all(procs, grace)
+            codes = _wait_all(procs, grace, critical=procs[:1] if tolerant else procs)
     finally:
         for p in procs:  # never leave a child behind, even on KeyboardInterrupt
             if p.poll() is None:
@@ -89,6 +92,10 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
         for log in logs:
             log.close()
     failed = [(n, c) for n, c in zip(names, codes) if c != 0]
+    if failed and tolerant and codes[0] == 0 and (run_dir / "metrics.json").exists():
+        if not quiet:  # the run finished without them (metrics.json lists who left, when and why)
+            print("dropped out: " + ", ".join(f"{n} (exit {c})" for n, c in failed))
+        failed = []
     if failed:
         tails = []
         for n, c in failed:
@@ -104,14 +111,16 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
     return codes
 
 
-def _wait_all(procs: list[subprocess.Popen], grace: float) -> list[int]:
-    """Wait for every process; once one fails, give the rest ``grace`` seconds, then kill them."""
+def _wait_all(procs: list[subprocess.Popen], grace: float, critical: list[subprocess.Popen] | None = None) -> list[int]:
+    """Wait for every process; once one of ``critical`` (default: all) fails, give the rest
+    ``grace`` seconds, then kill them."""
     deadline = None
+    critical = procs if critical is None else critical
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             return codes
-        if deadline is None and any(c not in (None, 0) for c in codes):
+        if deadline is None and any(p.poll() not in (None, 0) for p in critical):
             deadline = time.time() + grace
         if deadline is not None and time.time() > deadline:
             for p in procs:

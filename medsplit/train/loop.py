@@ -139,7 +139,7 @@ class LocalCoordinator(Coordinator):
         self.epochs = tqdm(total=self.cfg.train.epochs, initial=start, desc=self.cfg.run_name(), unit="epoch", disable=self.quiet)
 
     def share_batch_counts(self, epoch: int, own: dict[int, list]) -> list[list[torch.Tensor]]:
-        return [own[k] for k in range(self.n_trainers)]
+        return [own.get(k, []) for k in range(self.n_trainers)]  # none for a hospital that left
 
     def trains(self, k: int) -> bool:
         return True
@@ -156,6 +156,10 @@ class LocalCoordinator(Coordinator):
 
     def share_selection(self, runner: Runner, is_best: bool | None) -> bool:
         return bool(is_best)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            tqdm.write(text)
 
     def epoch_done(self, epoch: int, val_loss: float, scores: dict, metric: str) -> None:
         self.epochs.update(1)

@@ -18,6 +18,8 @@ import torch
 from medsplit.config import Config
 from medsplit.split import Channel
 from medsplit.split.channel import MessageError
+from medsplit.transport.base import TransportError
+from medsplit.transport.framing import FrameError
 from medsplit.split.codecs import codecs_for
 from medsplit.tasks import TASKS, make_task
 from medsplit.train.checkpoint import load_checkpoint
@@ -25,6 +27,7 @@ from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
 from medsplit.train.party_report import MirroredModel, transport_record, transport_summary
 from medsplit.train.precision import compute_dtype
+from medsplit.train.roster import Departure, Roster
 from medsplit.train.runner import Coordinator, Runner, evaluate_split
 from medsplit.train.schedule import client_indices
 from medsplit.train.server_view import batch_spec, server_loss, server_table
@@ -90,6 +93,10 @@ class ControlCoordinator(Coordinator):
     def _reporter(self, runner: Runner) -> str:
         return self.hospitals[runner.protocol.eval_client_index()]
 
+    def _peers(self) -> list[str]:
+        """The other parties still in the run (a hospital that dropped out is not waited for)."""
+        return [p for p in self.names if p != self.name and (p == SERVER or self.roster.present(self.hospitals.index(p)))]
+
     # ---- start-up ------------------------------------------------------------------------
     def load_checkpoint(self) -> dict | None:
         return load_checkpoint(self.party_dir) if self.resume else None
@@ -118,6 +125,9 @@ class ControlCoordinator(Coordinator):
     def build_table(self):
         return server_table(self.cfg) if self.is_server else self.task.build_table()
 
+    def ready(self, runner: Runner) -> None:
+        self.roster = runner.roster
+
     def loss_fn(self):
         return server_loss(self.cfg) if self.is_server else self.task.loss
 
@@ -137,7 +147,10 @@ class ControlCoordinator(Coordinator):
             self.control.send(SERVER, batches=[len(b) for b in own[self.k]])
             return [own[self.k] if k == self.k else [] for k in range(K)]
         batches = []
-        for h in self.hospitals:
+        for k, h in enumerate(self.hospitals):
+            if not self.roster.present(k):
+                batches.append([])  # dropped out: nothing to wait for
+                continue
             sizes = self.control.recv(h, "batches")["batches"]
             if not isinstance(sizes, list) or not all(isinstance(n, int) and 1 <= n <= limit for n in sizes):
                 raise MessageError(f"{h} announced batch sizes {str(sizes)[:200]} for epoch {epoch}; each must be an "
@@ -147,6 +160,25 @@ class ControlCoordinator(Coordinator):
 
     def trains(self, k: int) -> bool:
         return self.is_server or k == self.k
+
+    def may_lose(self, k: int, error: Exception) -> bool:
+        """The server drops a hospital whose link failed or went silent (split.timeout_s); a
+        frame that broke the rules (:class:`FrameError`) stays an error: that is an attack, not an outage."""
+        return self.is_server and isinstance(error, TransportError) and not isinstance(error, FrameError)
+
+    def share_roster(self, roster: Roster) -> None:
+        """The server tells every hospital still present who has left (all of it, each time: small)."""
+        if self.is_server:
+            news = [{"hospital": d.hospital, "epoch": d.epoch, "after": d.after, "why": d.why} for d in roster.departures]
+            for k in roster.members():
+                self.control.send(self.hospitals[k], roster=news)
+            return
+        for d in self.control.recv(SERVER, "roster")["roster"]:
+            roster.record(Departure(**d))
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{self.name}: {text}", flush=True)
 
     def train_inputs(self, k: int, idx: torch.Tensor, generator, epoch: int):
         fault = _fault_hook(self.name, epoch, self.steps)
@@ -178,10 +210,9 @@ class ControlCoordinator(Coordinator):
         if self.name != reporter:
             self.control.send(reporter, losses={str(k): v for k, v in losses.items() if v})
             return None
-        for peer in self.names:
-            if peer != self.name:
-                for k, v in self.control.recv(peer, "losses")["losses"].items():
-                    losses[int(k)].extend(float(x) for x in v)
+        for peer in self._peers():
+            for k, v in self.control.recv(peer, "losses")["losses"].items():
+                losses[int(k)].extend(float(x) for x in v)
         return losses
 
     def share_selection(self, runner: Runner, is_best: bool | None) -> bool:
@@ -189,9 +220,8 @@ class ControlCoordinator(Coordinator):
         reporter = self._reporter(runner)
         if self.name != reporter:
             return bool(self.control.recv(reporter, "best")["best"])
-        for peer in self.names:
-            if peer != self.name:
-                self.control.send(peer, best=bool(is_best))
+        for peer in self._peers():
+            self.control.send(peer, best=bool(is_best))
         return bool(is_best)
 
     def epoch_done(self, epoch: int, val_loss: float, scores: dict, metric: str) -> None:
@@ -207,7 +237,11 @@ class ControlCoordinator(Coordinator):
         the server then mirrors the forwards the report makes (segmentation examples)."""
         reporter = self._reporter(runner)
         channel = runner.channel
-        mine = {"party": self.info, "bytes": [r for r in channel.byte_rows(None) if channel.hosts(r["sender"])],
+        # a hospital that dropped out cannot report what it sent: its receivers report it for it
+        gone = {f"client{d.hospital}" for d in self.roster.departures}
+        counted = [r for r in channel.byte_rows(None)
+                   if channel.hosts(r["sender"]) or (r["sender"] in gone and channel.hosts(r["receiver"]))]
+        mine = {"party": self.info, "bytes": counted,
                 "links": self.transport.stats_rows(), "control_bytes_sent": self.control.bytes_sent,
                 "data_loaded": self.task is not None,
                 "data_modules": sorted(m for m in sys.modules if m.startswith("medsplit.data."))}
@@ -219,7 +253,7 @@ class ControlCoordinator(Coordinator):
                     with runner.autocast():
                         final(batch_spec(self.cfg, n)[0])
             return None
-        reports = [mine] + [self.control.recv(p, "report")["report"] for p in self.names if p != self.name]
+        reports = [mine] + [self.control.recv(p, "report")["report"] for p in self._peers()]
         counted = Channel()
         counted.load_byte_rows([row for r in reports for row in r["bytes"]])
         return {"byte_rows": counted.byte_rows, "extra": {"transport": transport_record(self.cfg, reports)}}

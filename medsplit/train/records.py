@@ -36,6 +36,9 @@ def run_record(runner, test: tuple[dict, float], byte_rows, test_by_group: dict 
         **({"test_by_group": test_by_group} if test_by_group else {}), "history": runner.history,
         "bytes": byte_rows("train"), "bytes_eval": byte_rows("eval"), "data": data_summary(runner.task, clients),
         "normalisation": runner.task.normalisation(), "config": cfg.to_dict(),
+        # split.min_hospitals: who left (and came back), when and why
+        **({"dropouts": [d.as_dict() for d in runner.roster.departures], "min_hospitals": runner.roster.minimum}
+           if runner.roster.tolerant else {}),
     }
 
 

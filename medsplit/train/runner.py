@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medsplit.atomic import write_atomic
+from medsplit.config.dropout_schedule import parse_dropout
 from medsplit.tracking import Tracker, start_tracking
 from medsplit.train import run_folder
 from medsplit.train.checkpoint import CHECKPOINT, save_checkpoint, save_weights
@@ -32,7 +33,9 @@ from medsplit.train.outputs import write_outputs
 from medsplit.train.precision import autocast_for
 from medsplit.train.protocols import protocol_class
 from medsplit.train.records import json_default, run_record
+from medsplit.train.roster import Roster
 from medsplit.train.schedule import augmentation_generator, hospital_batches, learning_rate, make_optimizer_factory
+from medsplit.transport.base import TransportError
 
 __all__ = ["Coordinator", "RunHooks", "Runner", "checkpoint_payload", "evaluate_split", "reseed_epoch", "select_epoch"]
 
@@ -75,7 +78,7 @@ def checkpoint_payload(runner: Runner, epoch: int) -> dict:
     """What one party saves after ``epoch``: its parties' weights and optimiser state, its byte
     counts, the history and tested epoch so far (with the tested epoch's weights), the config."""
     return {"protocol": runner.protocol.state(), "bytes": runner.channel.byte_rows(None), "history": runner.history,
-            "best": runner.best, "best_weights": runner.best_weights, "epoch": epoch,
+            "best": runner.best, "best_weights": runner.best_weights, "epoch": epoch, "roster": runner.roster.state(),
             "elapsed_s": time.time() - runner.t0, "config": runner.cfg.to_dict(),
             "config_sha256": run_folder.config_hash(runner.cfg.to_dict())}
 
@@ -176,6 +179,19 @@ class Coordinator:
         """A progress bar over the epoch's ``total`` steps (``update``, ``set_postfix``, ``close``)."""
         raise NotImplementedError
 
+    def say(self, text: str) -> None:
+        """One console line (a hospital left or came back)."""
+        print(text, flush=True)
+
+    def may_lose(self, k: int, error: Exception) -> bool:
+        """Whether ``error`` in a step of hospital ``k`` means the hospital is gone (rather than a
+        failure that ends the run). Only the server decides, and only for a link that stopped
+        answering, never for a message that broke the rules (those stay errors)."""
+        return False
+
+    def share_roster(self, roster: Roster) -> None:
+        """Bring the other processes to this one's view of who is present (see :class:`Roster`)."""
+
     # the end
     def gather_reports(self, runner: Runner, final) -> dict | None:
         """Where the run record is written: ``{"byte_rows": phase -> rows, "test_by_group": ...,
@@ -229,6 +245,10 @@ class Runner:
             table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), co.loss_fn(), self.channel,
             optimizer_handover=cfg.split.optimizer_handover, labels_may_cross=co.labels_may_cross,
             microbatches=cfg.split.microbatches)
+        self.roster = Roster(self.protocol.n_party_clients(), cfg.split.min_hospitals, self.protocol.history_keeper(),
+                             parse_dropout(cfg.split.dropout, cfg.split.clients))
+        self.roster.exchange = co.share_roster
+        self.protocol.roster = self.roster
         co.ready(self)
         self.history, self.best, self.best_weights = [], {"epoch": -1, "score": -float("inf")}, None
         if ck is not None:
@@ -243,7 +263,12 @@ class Runner:
             for party in self.protocol.local_parties:
                 for group in party.optimizer.param_groups if party.optimizer else []:
                     group["lr"] = lr
+            for k in self.roster.rejoin_at(epoch):  # the split.dropout schedule brings it back
+                self.protocol.rejoin(k)
+                co.say(f"client{k} rejoined at epoch {epoch + 1} with the current weights; "
+                       f"{len(self.roster.members())} of {self.roster.n} hospitals take part")
             losses = self._train_epoch(epoch)
+            self.roster.sync()  # who evaluates, and whose losses the history waits for
             val = co.evaluate(self, "val")  # at the evaluating hospital; None elsewhere
             all_losses = co.gather_losses(self, losses)  # every party's, where the history is kept
             is_best = None
@@ -251,7 +276,7 @@ class Runner:
                 val_metrics, val_loss = val
                 scores = self.task.summarise(val_metrics)
                 self.history += epoch_rows(self.protocol, epoch, all_losses, co.n_trainers, lr, val_loss, scores,
-                                           time.time() - t_epoch)
+                                           time.time() - t_epoch, self.roster)
                 is_best, self.best = select_epoch(self.best, epoch, scores, val_loss, self.task.select_metric)
                 tracker.epoch(self.history, epoch + 1)
                 co.epoch_done(epoch, val_loss, scores, self.task.select_metric)
@@ -266,23 +291,43 @@ class Runner:
     def _train_epoch(self, epoch: int) -> dict[int, list[float]]:
         """The protocol's schedule of one epoch; every training loss this process computed, per hospital."""
         cfg, co, channel = self.cfg, self.coordinator, self.channel
-        own = {k: hospital_batches(cfg, self.task, rows, epoch, k) for k, rows in co.training_rows.items()}
+        roster = self.roster
+        for k in roster.members():
+            if roster.scheduled_to_leave(k, epoch, 0):  # after=0: takes no part in this epoch at all
+                self._leave(k, epoch, 0, "split.dropout schedule")
+        own = {k: hospital_batches(cfg, self.task, rows, epoch, k) for k, rows in co.training_rows.items() if roster.present(k)}
         own = self.hooks.plan_batches(self, epoch, own)
         batches = co.share_batch_counts(epoch, own)
         generators = {k: augmentation_generator(cfg, epoch, k, self.device) for k in own}
         reseed_epoch(cfg.train.seed, epoch)
         losses: dict[int, list[float]] = {k: [] for k in range(len(batches))}
         bar = co.progress(epoch, sum(len(b) for b in batches))
+        done = dict.fromkeys(range(len(batches)), 0)  # each hospital's batches so far this epoch
+
+        def leave(k: int, why: str) -> None:
+            self._leave(k, epoch, done[k], why)
+            losses[k].clear()  # the batches it trained are in the server's weights; its own losses left with it
 
         def step(model, k, idx):
-            if not co.trains(k):
-                channel.step += 1  # another process's hospital: nothing of this step runs here
+            if not roster.present(k) or not co.trains(k):
+                channel.step += 1  # gone, or another process's hospital: nothing of this step runs here
                 return
-            loss = self.hooks.train_step(self, model, k, idx, lambda: co.train_inputs(k, idx, generators.get(k), epoch))
+            done[k] += 1
+            try:
+                loss = self.hooks.train_step(self, model, k, idx, lambda: co.train_inputs(k, idx, generators.get(k), epoch))
+            except TransportError as e:
+                if not (roster.tolerant and co.may_lose(k, e)):
+                    raise
+                done[k] -= 1  # this batch did not train
+                channel.step += 1
+                leave(k, str(e).splitlines()[0][:300])
+                return
             # A NaN across processes is a step whose loss another party computed; in one process a
             # NaN is the loss itself and is kept.
             if loss is not None and not (channel.distributed and math.isnan(loss)):
                 losses[k].append(loss)
+            if roster.scheduled_to_leave(k, epoch, done[k], last=done[k] == len(batches[k])):
+                leave(k, "split.dropout schedule")
             bar.update(1)
             bar.set_postfix(client=k, loss=f"{loss:.4f}" if loss is not None else "-")
 
@@ -291,10 +336,17 @@ class Runner:
         bar.close()
         return losses
 
+    def _leave(self, k: int, epoch: int, after: int, why: str) -> None:
+        """Hospital ``k`` leaves ``epoch`` after ``after`` of its batches (said on the console)."""
+        dep = self.roster.leave(k, epoch, after, why)
+        self.coordinator.say(f"client{k} dropped out in epoch {epoch + 1} after {dep.after} of its batches ({why}); "
+                             f"{len(self.roster.members())} of {self.roster.n} hospitals go on")
+
     def _restore(self, ck: dict) -> None:
         self.protocol.load_state(ck["protocol"])
         self.channel.load_byte_rows(ck["bytes"])
         self.history, self.best = ck["history"], dict(ck["best"])
+        self.roster.load_state(ck.get("roster"))
         # checkpoints of in-process runs before 2026-12-07 kept the tested epoch's weights in "best"
         self.best_weights = ck["best_weights"] if "best_weights" in ck else self.best.pop("weights", None)
         self.t0 -= ck["elapsed_s"]
@@ -330,10 +382,12 @@ class Runner:
 
 
 def epoch_rows(protocol, epoch: int, losses: dict[int, list[float]], n_trainers: int, lr: float, val_loss: float,
-               scores: dict, seconds: float) -> list[dict]:
-    """The history rows of ``epoch``: each hospital's mean training loss, then the epoch's row."""
+               scores: dict, seconds: float, roster: Roster) -> list[dict]:
+    """The history rows of ``epoch``: each hospital's mean training loss, then the epoch's row
+    (with the hospitals present at its end where hospitals may drop out)."""
     rows = [{"epoch": epoch + 1, "client": protocol.history_name(k, n_trainers), "train_loss": float(np.mean(ls)) if ls else None}
             for k, ls in losses.items()]
+    present = {"hospitals": len(roster.members())} if roster.tolerant else {}
     rows.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss,
-                 **{f"val_{k}": v for k, v in scores.items()}, "seconds": seconds})
+                 **{f"val_{k}": v for k, v in scores.items()}, **present, "seconds": seconds})
     return rows

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medsplit.split import Channel, Party, SplitModel, cut
+from medsplit.train.roster import Roster
 
 HANDOVERS = ("carry", "reset", "local")
 StepFn = Callable[[SplitModel, int, torch.Tensor], None]  # (model, client index, batch indices)
@@ -98,6 +99,8 @@ class Protocol:
                 party.to("meta")  # held by another process; only its shapes are needed here
                 party.optimizer = None
         self.models = [self._chain_for(k) for k in range(len(self.clients))]
+        # Who takes part (every hospital, unless the runner installs split.min_hospitals' roster).
+        self.roster = Roster(len(self.clients), None, self.history_keeper())
         for model in self.models:
             model.microbatches = microbatches
         if self.split:
@@ -153,6 +156,30 @@ class Protocol:
     def run_epoch(self, batches_per_client: list[list[torch.Tensor]], step: StepFn) -> None:
         raise NotImplementedError
 
+    def history_keeper(self) -> int:
+        """The hospital whose model is evaluated after every epoch (its process keeps the history):
+        the one hospital that may not drop out."""
+        return 0
+
+    def rejoin(self, k: int) -> None:
+        """Hospital ``k`` takes part again: it continues from the current client weights (and, with
+        ``carry``, optimiser state), which the aggregator sends it."""
+        source = next(j for j in self.roster.members() if j != k)
+        self._refresh(self.clients[source], self.clients[k], "aggregator")
+
+    def _refresh(self, source: Party, target: Party, aggregator: str, links: str = "") -> None:
+        """``target`` takes ``source``'s weights (all members hold the same after averaging), sent by ``aggregator``."""
+        here = self.channel.hosts(target.name)
+        received = self.channel.send(aggregator, target.name, "weights", dict(source.parts.state_dict()), link=f"{links}weights")
+        if here:
+            target.parts.load_state_dict(received)
+        if self.optimizer_handover == "carry":
+            state = self._send_optimizer_state(aggregator, target.name, source.optimizer_tensors(), target, f"{links}optimizer state")
+            if here and state:
+                target.load_optimizer_tensors(state)
+        elif self.optimizer_handover == "reset":
+            target.clear_optimizer_state()
+
     # ---- weight sharing helpers --------------------------------------------------------
     def _send_weights(self, sender: Party, receiver: str, link: str = "weights") -> dict[str, torch.Tensor]:
         return self.channel.send(sender.name, receiver, "weights", dict(sender.parts.state_dict()), link=link)
@@ -178,10 +205,16 @@ class Protocol:
             receiver.clear_optimizer_state()
 
     def _fedavg(self, weights: list[float]) -> None:
-        """Average client parts (weighted by sample count) and give every client the average;
-        with ``carry`` the optimiser states are averaged the same way. The aggregator lives with
-        the server in a multi-process run."""
-        self._average(self.clients, weights, "aggregator")
+        """Average the present hospitals' client parts (weighted by sample count) and give each of
+        them the average; with ``carry`` the optimiser states are averaged the same way. The
+        aggregator lives with the server in a multi-process run."""
+        self.roster.sync()  # every process agrees on who is averaged
+        self._average(*self._present(self.clients, weights), "aggregator")
+
+    def _present(self, members: list[Party], weights: list[float]) -> tuple[list[Party], list[float]]:
+        """The hospitals' ``members`` (one per hospital) and ``weights`` of those present."""
+        kept = self.roster.members()
+        return [members[k] for k in kept], [weights[k] for k in kept]
 
     def _average(self, members: list[Party], weights: list[float], aggregator: str, links: str = "") -> None:
         """FedAvg over ``members``: each uploads its parts to ``aggregator``, which sends back the

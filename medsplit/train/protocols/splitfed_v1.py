@@ -68,4 +68,10 @@ class SplitFedV1(SplitFed):
         """The round's end: FedAvg of the hospital parts, then of the server copies."""
         counts = sample_counts(batches_per_client)
         self._fedavg(counts)
-        self._average(self.servers, counts, MAIN_SERVER, links=SERVER_LINKS)
+        self._average(*self._present(self.servers, counts), MAIN_SERVER, links=SERVER_LINKS)
+
+    def rejoin(self, k):
+        """Hospital ``k`` and its server copy continue from the current weights of both."""
+        super().rejoin(k)
+        source = next(j for j in self.roster.members() if j != k)
+        self._refresh(self.servers[source], self.servers[k], MAIN_SERVER, links=SERVER_LINKS)

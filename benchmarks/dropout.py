@@ -1,0 +1,111 @@
+"""What losing a hospital costs: the full federation against the same runs with one hospital
+leaving (``split.dropout``), several seeds each, in one process.
+
+    MEDSPLIT_DATA=../shared/data python benchmarks/dropout.py                     # RetinaMNIST recipe, SplitFed, 3 hospitals
+    MEDSPLIT_DATA=../shared/data python benchmarks/dropout.py --protocol sequential --seeds 0,1,2
+
+Each (setting, seed) is one ordinary medsplit run under ``--runs-dir`` (a finished one is read
+back, so the study can be stopped and restarted). The test metric of each setting is reported as
+mean and 95% t-interval over seeds, and the cost as the paired difference (dropout minus full,
+same seed) with its 95% t-interval; the epoch time with every hospital against the epochs after
+the dropout shows what the lost hospital's share of the epoch was. Prints a table and writes
+``benchmarks/results/dropout-<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from medsplit.config import load_config
+from medsplit.train.loop import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# two-sided 95% Student t quantiles by degrees of freedom (n - 1); scipy is not needed for four numbers
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and 95% t-interval of ``values`` (over seeds)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def epoch_seconds(metrics: dict) -> dict[int, list[float]]:
+    """Seconds of each epoch by the number of hospitals that took part at its end."""
+    out: dict[int, list[float]] = {}
+    for row in metrics["history"]:
+        if row["client"] == "all":
+            out.setdefault(row.get("hospitals", metrics["clients"]), []).append(row["seconds"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="retinamnist", help="a shipped config's name or a YAML file")
+    ap.add_argument("--protocol", default="splitfed")
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--dropout", default="client1:epoch=6:after=0", help="the split.dropout schedule of the dropout runs")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="more config overrides (key=value)")
+    ap.add_argument("--runs-dir", default="runs/dropout")
+    ap.add_argument("--tag", default=None, help="results file name (default: <config>-<protocol>)")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tag = args.tag or f"{Path(args.config).stem}-{args.protocol}"
+    settings = {"full": ["split.min_hospitals=null"],
+                "dropout": [f"split.min_hospitals={args.clients - 1}", f"split.dropout={args.dropout}"]}
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    t0 = time.time()
+    for seed in seeds:
+        for name, extra in settings.items():
+            run_name = f"{tag}-{name}-seed{seed}"
+            cfg = load_config(args.config, [f"split.protocol={args.protocol}", f"split.clients={args.clients}",
+                                            f"train.seed={seed}", f"train.threads={args.threads}", "output.tensorboard=false",
+                                            f"output.runs_dir={args.runs_dir}", f"output.name={run_name}", *extra, *args.set])
+            done = Path(args.runs_dir) / run_name / "metrics.json"
+            if not done.exists():
+                print(f"[{time.time() - t0:6.0f} s] training {run_name}", flush=True)
+                train(cfg, quiet=True, overwrite=True)
+            runs[name].append(json.loads(done.read_text()))
+    metric = "auc" if "auc" in runs["full"][0]["test"] else "dice"
+    score = lambda m: float(m["test"][metric] if metric == "auc" else m["test"][metric]["mean"])  # noqa: E731
+    result = {"config": args.config, "protocol": args.protocol, "clients": args.clients, "dropout": args.dropout,
+              "seeds": seeds, "metric": metric, "settings": {}, "wall_s": time.time() - t0,
+              "command": "python benchmarks/dropout.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    for name, ms in runs.items():
+        seconds: dict[int, list[float]] = {}
+        for m in ms:
+            for n, s in epoch_seconds(m).items():
+                seconds.setdefault(n, []).extend(s)
+        result["settings"][name] = {
+            "test": interval([score(m) for m in ms]), "per_seed": [score(m) for m in ms],
+            "accuracy": interval([float(m["test"]["accuracy"]) for m in ms]) if metric == "auc" else None,
+            "epoch_seconds_by_hospitals": {str(n): statistics.fmean(s) for n, s in sorted(seconds.items())},
+            "dropouts": ms[0].get("dropouts", []), "runs": [m["run"] for m in ms]}
+    result["cost"] = interval([score(d) - score(f) for d, f in zip(runs["dropout"], runs["full"])])
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"dropout-{tag}.json"
+    out.write_text(json.dumps(result, indent=2))
+    fmt = lambda i: f"{i['mean']:.3f}" + (f" [{i['low']:.3f}, {i['high']:.3f}]" if i["low"] is not None else "")  # noqa: E731
+    print(f"\n{args.protocol}, {args.clients} hospitals, {len(seeds)} seeds; dropout: {args.dropout}")
+    print(f"| setting | test {metric} (mean, 95% CI over seeds) | seconds per epoch by hospitals present |")
+    print("|---|---|---|")
+    for name, r in result["settings"].items():
+        secs = ", ".join(f"{n}: {s:.1f}" for n, s in r["epoch_seconds_by_hospitals"].items())
+        print(f"| {name} | {fmt(r['test'])} | {secs} |")
+    print(f"| cost (dropout - full, paired by seed) | {fmt(result['cost'])} | |")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Which hospitals take part in a run right now, and who left or came back, when and why.
+
+A federation goes on when a hospital stops answering, as long as ``split.min_hospitals`` remain
+(:class:`Roster`); the protocols ask it who is present (the averaging ones average over those,
+the relay hands the weights past an absent one), and the runner asks it whether a step runs.
+In one process hospitals leave on the ``split.dropout`` schedule; across processes the server
+finds a hospital gone when a step's exchange with it fails, and the placement's ``exchange``
+tells every other party at the protocol's meeting points (before a hand-over, before averaging,
+after the epoch), so all processes agree on who is present before anyone depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from medsplit.config.dropout_schedule import ScheduledDropout
+
+
+class DropoutError(RuntimeError):
+    """A hospital left that the run cannot go on without (names it and why)."""
+
+
+@dataclass
+class Departure:
+    """Hospital ``hospital`` left epoch ``epoch`` (from 1, as in the history) after ``after`` of its
+    batches of that epoch, because ``why``; back from epoch ``rejoined`` (``None``: not back)."""
+
+    hospital: int
+    epoch: int
+    after: int
+    why: str
+    rejoined: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"hospital": f"client{self.hospital}", **{k: v for k, v in asdict(self).items() if k != "hospital"}}
+
+
+class Roster:
+    """The hospitals present in a run of ``n`` hospitals.
+
+    Args:
+        n: hospital parties that train.
+        minimum: the fewest that may remain (``split.min_hospitals``; ``None``: all, so none may leave).
+        keeper: the hospital that evaluates and keeps the history; it cannot leave.
+        schedule: ``split.dropout`` (one process only).
+    """
+
+    def __init__(self, n: int, minimum: int | None, keeper: int, schedule: list[ScheduledDropout] = ()):
+        self.n, self.minimum, self.keeper = n, n if minimum is None else minimum, keeper
+        self.schedule = {d.hospital: d for d in schedule}
+        self.departures: list[Departure] = []
+        self._absent: set[int] = set()
+        #: how the other processes learn of departures (set by a multi-process placement)
+        self.exchange: Callable[[Roster], None] | None = None
+
+    @property
+    def tolerant(self) -> bool:
+        """Whether a hospital may leave at all (``split.min_hospitals`` below the hospitals)."""
+        return self.minimum < self.n
+
+    def present(self, k: int) -> bool:
+        return k not in self._absent
+
+    def members(self) -> list[int]:
+        return [k for k in range(self.n) if k not in self._absent]
+
+    def scheduled_to_leave(self, k: int, epoch: int, done: int, last: bool = False) -> bool:
+        """Whether the schedule takes hospital ``k`` out of ``epoch`` (from 0) now, after ``done`` of
+        its batches (``last``: that was its last batch of the epoch, so a schedule asking for more
+        batches than it has takes it out now, before the round's averaging or the next turn)."""
+        d = self.schedule.get(k)
+        return d is not None and d.epoch == epoch and self.present(k) and (d.after == done or (last and d.after > done))
+
+    def rejoin_at(self, epoch: int) -> list[int]:
+        """The hospitals the schedule brings back at the start of ``epoch`` (from 0); marks them present."""
+        back = [k for k, d in self.schedule.items() if d.rejoin == epoch and not self.present(k)]
+        for k in back:
+            self._absent.discard(k)
+            for dep in self.departures:
+                if dep.hospital == k and dep.rejoined is None:
+                    dep.rejoined = epoch + 1
+        return back
+
+    def leave(self, k: int, epoch: int, after: int, why: str) -> Departure:
+        """Hospital ``k`` is gone from ``epoch`` (from 0) after ``after`` batches; raises
+        :class:`DropoutError` when the run cannot go on without it."""
+        if k == self.keeper:
+            raise DropoutError(f"client{k} left in epoch {epoch + 1} ({why}), but it evaluates the model and keeps the "
+                               "run's history: the run cannot go on without it (it resumes from the checkpoints)")
+        left = len(self.members()) - (1 if self.present(k) else 0)
+        if left < self.minimum:
+            raise DropoutError(f"client{k} left in epoch {epoch + 1} ({why}); {left} of {self.n} hospitals remain, "
+                               f"fewer than split.min_hospitals = {self.minimum}: the run stops (it resumes from the checkpoints)")
+        self._absent.add(k)
+        dep = Departure(k, epoch + 1, after, why)
+        self.departures.append(dep)
+        return dep
+
+    def sync(self) -> None:
+        """Bring every process to the same view of who is present (nothing to do in one process)."""
+        if self.exchange is not None and self.tolerant:
+            self.exchange(self)
+
+    def record(self, dep: Departure) -> None:
+        """Take in a departure another process found (see :meth:`sync`)."""
+        if self.present(dep.hospital):
+            self._absent.add(dep.hospital)
+            self.departures.append(dep)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"absent": sorted(self._absent), "departures": [asdict(d) for d in self.departures]}
+
+    def load_state(self, state: dict | None) -> None:
+        if state:
+            self._absent = set(state["absent"])
+            self.departures = [Departure(**d) for d in state["departures"]]
