@@ -12,22 +12,22 @@ from torch import nn
 from medsplit.attacks.profiles import PROFILES
 from medsplit.attacks.quality import reconstruction_quality, trivial_baselines
 from medsplit.attacks.targets import train_defended_target
-from medsplit.attacks.tasks import TaskData
+from medsplit.attacks.tasks import AttackData
 
 torch.set_num_threads(1)
 
 TINY = PROFILES["tiny"]
 
 
-def _data(n: int = 16) -> TaskData:
+def _data(n: int = 16) -> AttackData:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3 * n, 1, 16, 16, generator=g)
     y = (x[:, :1] > 0.5).long()
-    return TaskData(x[:n], y[:n], x[n:2 * n], y[n:2 * n], x[2 * n:], y[2 * n:], 1, "test")
+    return AttackData(x[:n], y[:n], x[n:2 * n], y[n:2 * n], x[2 * n:], y[2 * n:], 1, "test")
 
 
 def test_the_target_never_trains_on_the_auxiliary_images_and_sdar_gets_the_last_steps_traffic(monkeypatch):
-    from medsplit.split.engine import SplitModel
+    from medsplit.split.split_model import SplitModel
 
     data = _data()
     seen = []

@@ -108,10 +108,10 @@ def test_detector_flags_fsha_and_not_honest_training():
 
     from medsplit.attacks.profiles import PROFILES
     from medsplit.attacks.targets import build_target, train_target
-    from medsplit.attacks.tasks import TaskData
+    from medsplit.attacks.tasks import AttackData
 
     profile = replace(PROFILES["tiny"], target_steps=12)  # 4 probes: enough for the alarm to be possible
-    data = TaskData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
+    data = AttackData(x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 1, "test")
     honest = HijackDetector(probe_every=3, min_probes=3)
     model = build_target("lungs", profile, 1, 1)
     train_target(model, data, profile, torch.Generator().manual_seed(0), honest)

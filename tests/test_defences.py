@@ -185,11 +185,11 @@ def test_unknown_defence_lists_valid_ones_and_mixing_refuses_unet():
         check_defence_names(["noise"])
     from medsplit.attacks.profiles import PROFILES
     from medsplit.attacks.targets import apply_defence, build_target
-    from medsplit.attacks.tasks import TaskData
+    from medsplit.attacks.tasks import AttackData
 
     p = PROFILES["tiny"]
     model = build_target("lungs", p, 1, 1)
-    data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
+    data = AttackData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
     with pytest.raises(DefenceNotApplicable, match="U-shaped"):
         apply_defence(model, "lungs", "mixing", 2, data, p, torch.Generator())
 
@@ -207,7 +207,7 @@ def test_defence_registry_holds_installers_and_a_new_defence_is_one_spec(monkeyp
     from medsplit.attacks.profiles import PROFILES
     from medsplit.attacks.tap import crossing_key
     from medsplit.attacks.targets import apply_defence, build_target
-    from medsplit.attacks.tasks import ATTACK_TASKS, TaskData
+    from medsplit.attacks.tasks import ATTACK_TASKS, AttackData
     from medsplit.defences import DEFENCES, DefenceSpec
 
     assert list(DEFENCES) == ["none", "dpsgd", "laplace", "mixing", "nopeek", "proxy"]  # "none", then module-name order
@@ -225,7 +225,7 @@ def test_defence_registry_holds_installers_and_a_new_defence_is_one_spec(monkeyp
     monkeypatch.setitem(DEFENCES, "scale", DefenceSpec("scale", "a test defence", install))
     p = PROFILES["tiny"]
     model = build_target("lungs", p, 1, 1)
-    data = TaskData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
+    data = AttackData(*(torch.rand(4, 1, 16, 16),) * 6, num_classes=1, source="x")
     assert apply_defence(model, "lungs", "scale", 3.0, data, p, torch.Generator()) == ({"k": 3.0}, "hook")
     # train_size: the client's own 4 images (the auxiliary ones are the server's: SDAR's threat model)
     assert calls == [(3.0, model.chain[0][0].name, crossing_key(model), p.batch_size, 4)]

@@ -17,7 +17,7 @@ from torch import nn
 
 from medsplit.attacks.profiles import PROFILES
 from medsplit.attacks.targets import apply_defence, build_target, train_target
-from medsplit.attacks.tasks import TaskData
+from medsplit.attacks.tasks import AttackData
 from medsplit.defences.dpsgd import DPSGD
 from medsplit.defences.group_privacy import group_delta, patient_epsilon
 
@@ -144,7 +144,7 @@ def test_harness_reports_image_and_patient_epsilon_with_their_scope_and_rng_cave
     c, side, classes, profile = SETTINGS["lungs"]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(48, c, side, side, generator=g)
-    data = TaskData(x[:16], (x[:16, :1] > 0.5).long(), x[16:32], (x[16:32, :1] > 0.5).long(), x[32:],
+    data = AttackData(x[:16], (x[:16, :1] > 0.5).long(), x[16:32], (x[16:32, :1] > 0.5).long(), x[32:],
                     (x[32:, :1] > 0.5).long(), classes, "test", images_per_patient=2)
     torch.manual_seed(0)
     model = build_target("lungs", profile, c, classes)

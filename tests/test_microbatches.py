@@ -22,7 +22,7 @@ from medsplit.config import ConfigError, load_config
 from medsplit.models import build_model
 from medsplit.models.unet_classic import unet_classic_table
 from medsplit.split import Channel, Transfer, cut, two_party
-from medsplit.split.engine import microbatch_sizes, wavefront
+from medsplit.split.split_model import microbatch_sizes, wavefront
 from medsplit.transport.base import Transport
 from party_processes import party_pids
 

@@ -15,7 +15,7 @@ from medsplit.attacks.fsha_protocol import HijackedSplitModel, run_fsha_protocol
 from medsplit.attacks.profiles import PROFILES
 from medsplit.attacks.tap import Recorder, crossing_key
 from medsplit.attacks.targets import apply_defence, build_target, train_target
-from medsplit.attacks.tasks import TaskData
+from medsplit.attacks.tasks import AttackData
 from medsplit.defences import LaplaceMechanism
 from medsplit.defences.sampling import poisson_batch
 
@@ -25,12 +25,12 @@ TINY = PROFILES["tiny"]
 SHAPES = {"retinopathy": (3, 32, 2), "lungs": (1, 16, 1)}  # channels, image side, classes
 
 
-def _data(task: str, n: int = 16) -> TaskData:
+def _data(task: str, n: int = 16) -> AttackData:
     c, side, classes = SHAPES[task]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3 * n, c, side, side, generator=g)
     y = (x[:, :1] > 0.5).long() if task == "lungs" else torch.randint(0, classes, (3 * n,), generator=g)
-    return TaskData(x[:n], y[:n], x[n:2 * n], y[n:2 * n], x[2 * n:], y[2 * n:], classes, "test")
+    return AttackData(x[:n], y[:n], x[n:2 * n], y[n:2 * n], x[2 * n:], y[2 * n:], classes, "test")
 
 
 def _dp_target(task: str):

@@ -14,7 +14,7 @@ from medsplit.models import build_model
 from medsplit.split import Channel, cut, wire
 from medsplit.split.channel import CrossingError, MessageError, NonFiniteError
 from medsplit.split.codecs import codecs_for
-from medsplit.split.engine import SplitModel
+from medsplit.split.split_model import SplitModel
 from medsplit.split.party import Party
 from medsplit.train.party_plan import config_hash
 from medsplit.transport import TRANSPORTS, InProcessHub, TransportError

@@ -142,7 +142,7 @@ class FSHAClientSession:
 
     The client runs its own code: its part, its optimiser, its defences
     (``send_transform``, ``regularizer`` with the signatures of
-    :class:`~medsplit.split.engine.SplitModel` hooks) and, optionally, a hijack detector.
+    :class:`~medsplit.split.split_model.SplitModel` hooks) and, optionally, a hijack detector.
 
     Args:
         client_part: the client's first part (a :class:`~medsplit.split.cut.Part`).

@@ -24,7 +24,7 @@ from medsplit.attacks.targets import (
 from medsplit.defences import DEFENCES
 from medsplit.defences.detector import HijackDetector
 from medsplit.defences.sampling import poisson_batch
-from medsplit.split.engine import SplitModel
+from medsplit.split.split_model import SplitModel
 
 
 class HijackedSplitModel(SplitModel):

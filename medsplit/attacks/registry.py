@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from medsplit.attacks.profiles import Profile
-    from medsplit.attacks.tasks import AttackTask, TaskData
+    from medsplit.attacks.tasks import AttackTask, AttackData
 
 #: how an attack meets its target
 SHARED = "shared"  # attacks the defended target trained once per (defence, strength) and seed, after training
@@ -29,7 +29,7 @@ class AttackContext:
 
     task: AttackTask
     seed: int
-    data: TaskData  # the seed's images, on the evaluation's device
+    data: AttackData  # the seed's images, on the evaluation's device
     profile: Profile
     validator: nn.Module  # judges reconstructions (never the target)
 

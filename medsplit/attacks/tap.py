@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medsplit.split.channel import Channel, Transfer
-from medsplit.split.engine import SplitModel
+from medsplit.split.split_model import SplitModel
 
 
 class Recorder:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medsplit.attacks.tap import RecentTraffic, crossing_key, gradient_to_first_part
-from medsplit.attacks.tasks import AttackTask, TaskData, attack_task
+from medsplit.attacks.tasks import AttackTask, AttackData, attack_task
 from medsplit.defences import DEFENCES, DefenceNotApplicable, DefenceSetting, HijackDetector, check_defence_names
 from medsplit.defences.sampling import poisson_batch
 from medsplit.split import SplitModel, cut, two_party
@@ -42,7 +42,7 @@ def parts_on(parts: list, device: torch.device) -> list:
     return parts
 
 
-def apply_defence(model: SplitModel, task: str | AttackTask, name: str, strength: float, data: TaskData,
+def apply_defence(model: SplitModel, task: str | AttackTask, name: str, strength: float, data: AttackData,
                   profile: Profile, generator: torch.Generator, lr: float = 1e-3, batch_size: int | None = None,
                   train_size: int | None = None, train_steps: int | None = None) -> tuple[dict, Any]:
     """Install defence ``name`` at ``strength`` on ``model``; returns (its privacy facts, the hook object).
@@ -66,7 +66,7 @@ def apply_defence(model: SplitModel, task: str | AttackTask, name: str, strength
     return spec.install(model, strength, setting)
 
 
-def train_target(model: SplitModel, data: TaskData, profile: Profile, generator: torch.Generator,
+def train_target(model: SplitModel, data: AttackData, profile: Profile, generator: torch.Generator,
                  detector: HijackDetector | None = None, dp=None) -> float:
     """Train on the client's private training images; returns seconds.
 
@@ -109,7 +109,7 @@ def utility(model: SplitModel, task: str | AttackTask, x: torch.Tensor, y: torch
     return attack_task(task).utility(out, y)
 
 
-def train_validator(task: str | AttackTask, data: TaskData, profile: Profile,
+def train_validator(task: str | AttackTask, data: AttackData, profile: Profile,
                     generator: torch.Generator) -> torch.nn.Module:
     """A separate model (never the target) trained on the auxiliary images, to judge reconstructions."""
     t = attack_task(task)
@@ -146,7 +146,7 @@ class DefendedTarget:
     seen: torch.Tensor  # what the first part sent in the last training steps, as the server received it
 
 
-def train_defended_target(task: str | AttackTask, name: str, strength: float, seed: int, data: TaskData,
+def train_defended_target(task: str | AttackTask, name: str, strength: float, seed: int, data: AttackData,
                           profile: Profile) -> DefendedTarget:
     """Build, defend and train the target once; every honest-but-curious attack reuses it."""
     spec = DEFENCES[name]

@@ -4,7 +4,7 @@ the report ask these objects instead of comparing task names.
 
 The harness's tasks are fixed sources (the covid-cxr-v7 lung set, the EyePACS fundus set) with
 the attack profile's sizes, not the training config's: the adapter is the harness's own, beside
-the training tasks of :mod:`medsplit.train.tasks`.
+the training tasks of :mod:`medsplit.tasks`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class TaskData:
+class AttackData:
     """One seed's images for the harness, float in [0, 1], on one device. Args: see the field comments."""
 
     x_train: torch.Tensor  # all hospitals' training images, float [0, 1]
@@ -44,9 +44,9 @@ class TaskData:
     def device(self) -> torch.device:
         return self.x_train.device
 
-    def to(self, device: torch.device) -> TaskData:
+    def to(self, device: torch.device) -> AttackData:
         """The same data with every tensor on ``device`` (moved once, before any training)."""
-        return TaskData(self.x_train.to(device), self.y_train.to(device), self.x_aux.to(device), self.y_aux.to(device),
+        return AttackData(self.x_train.to(device), self.y_train.to(device), self.x_aux.to(device), self.y_aux.to(device),
                         self.x_test.to(device), self.y_test.to(device), self.num_classes, self.source,
                         self.images_per_patient)
 
@@ -110,7 +110,7 @@ class AttackTask:
         """``(train split, test split, train targets, test targets, num_classes, source)``."""
         raise NotImplementedError
 
-    def load(self, profile: Profile, data_root: Path, seed: int) -> TaskData:
+    def load(self, profile: Profile, data_root: Path, seed: int) -> AttackData:
         """Images in [0, 1]; the training split is divided by patient order into a private half and an auxiliary
         half (the server's auxiliary data: disjoint from what the client trains on, as in SDAR and FSHA)."""
         tr, te, ytr, yte, nc, src = self.load_splits(profile, data_root, seed)
@@ -121,7 +121,7 @@ class AttackTask:
         aux = torch.tensor([p in aux_patients for p in patients])
         x = tr.images.float() / 255
         private = Counter(p for p, a in zip(patients, aux.tolist()) if not a)
-        return TaskData(x[~aux], ytr[~aux], x[aux], ytr[aux], te.images.float() / 255, yte, nc, src,
+        return AttackData(x[~aux], ytr[~aux], x[aux], ytr[aux], te.images.float() / 255, yte, nc, src,
                         max(private.values(), default=1))
 
     def table(self, profile: Profile, in_channels: int, num_classes: int) -> StageTable:
@@ -147,7 +147,7 @@ class AttackTask:
         """Channels of the labels an attacker conditions on (SDAR)."""
         raise NotImplementedError
 
-    def inferred_label_scores(self, inferred: torch.Tensor, data: TaskData) -> dict[str, float]:
+    def inferred_label_scores(self, inferred: torch.Tensor, data: AttackData) -> dict[str, float]:
         """Columns scoring the labels an attacker inferred for the held-out victims (SDAR)."""
         raise NotImplementedError
 

@@ -1,4 +1,4 @@
-"""Defences against attacks on split learning; each is a hook of the split engine or a client-side wrapper.
+"""Defences against attacks on split learning; each is a hook of SplitModel or a client-side wrapper.
 
 ``DEFENCES`` maps each name to its :class:`~medsplit.defences.registry.DefenceSpec` (installer,
 meaning of the strength, where it applies). A new defence is one module of this package that

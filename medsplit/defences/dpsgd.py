@@ -46,7 +46,7 @@ from torch import nn
 from medsplit.defences.group_privacy import patient_epsilon
 from medsplit.defences.registry import DefenceSetting, DefenceSpec
 from medsplit.defences.sampling import poisson_batch  # noqa: F401  (re-exported: the sampling DP-SGD needs)
-from medsplit.split.engine import SplitModel
+from medsplit.split.split_model import SplitModel
 
 # opacus is imported where it is used: importing it takes over a second, and the defence
 # registry (medsplit.defences) imports this module for its SPEC.

@@ -9,7 +9,7 @@ from medsplit.defences.registry import DefenceSetting, DefenceSpec
 
 
 class NoPeek:
-    """A :data:`medsplit.split.engine.Regularizer` for the part that sends activations.
+    """A :data:`medsplit.split.split_model.Regularizer` for the part that sends activations.
 
     Args:
         alpha: weight of the distance-correlation term (strength; 0 = off).

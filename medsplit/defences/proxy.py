@@ -18,7 +18,7 @@ from medsplit.defences.registry import DefenceSetting, DefenceSpec
 
 
 class ProxyAdversary:
-    """A :data:`~medsplit.split.engine.Regularizer` that trains and fools a proxy decoder.
+    """A :data:`~medsplit.split.split_model.Regularizer` that trains and fools a proxy decoder.
 
     Args:
         decoder: maps the sent activation to an image of the input's shape.

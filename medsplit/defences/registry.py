@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # only for annotations: this module stays import-light
     import torch
     from torch import nn
 
-    from medsplit.split.engine import SplitModel
+    from medsplit.split.split_model import SplitModel
 
 
 class DefenceNotApplicable(ValueError):

@@ -31,7 +31,7 @@ __all__ = ["original_study_section", "write_sweep_report"]
 def metric_label(task: str) -> str:
     """The task's headline metric's display name (``AUC``, ``Dice``): what the report calls
     the metric when no finished run names it (every point failed or was not run)."""
-    from medsplit.train.tasks import TASKS  # imports torch: only for such a report
+    from medsplit.tasks import TASKS  # imports torch: only for such a report
 
     return TASKS[task].metric_label
 

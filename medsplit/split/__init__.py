@@ -3,7 +3,7 @@ between parties through a byte-counting Channel."""
 
 from medsplit.split.channel import Channel, Transfer
 from medsplit.split.cut import Part, cut
-from medsplit.split.engine import SplitModel, two_party
+from medsplit.split.split_model import SplitModel, two_party
 from medsplit.split.party import Party
 
 __all__ = ["Channel", "Transfer", "Part", "cut", "SplitModel", "Party", "two_party"]
