@@ -30,7 +30,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 PREFIX = "medsplit-"

@@ -121,7 +121,7 @@ def estimate_line(seconds_per_batch: float, batches_per_epoch: int, epochs_left:
     line = (f"size: {epochs_left} epochs x {batches_per_epoch} batches of {batch_size} images at {img_size} px ({data}); "
             f"~{seconds_per_batch:.2f} s per batch: about {format_duration(total)} of training steps, plus validation each epoch")
     if total > LONG_RUN_S:
-        line += (f"\n  a long run: shorten it with EPOCHS= (train.epochs), SIZE= (data.img_size) or DATA=synthetic, "
+        line += ("\n  a long run: shorten it with EPOCHS= (train.epochs), SIZE= (data.img_size) or DATA=synthetic, "
                  "e.g. make ... EPOCHS=5 SIZE=64; stop it with Ctrl-C and continue later with --resume")
     return line
 
