@@ -26,12 +26,11 @@ from pathlib import Path
 
 from medsplit.config import Config
 from medsplit.train.party_plan import party_names
+from medsplit.transport.gloo import free_port, parse_address
 
 
 def local_address(cfg: Config) -> str:
     """``split.address`` with port 0 replaced by a free loopback port."""
-    from medsplit.transport.gloo import free_port, parse_address
-
     host, port = parse_address(cfg.split.address)
     return f"{host}:{port or free_port(host)}"
 
