@@ -92,17 +92,21 @@ def main(argv: list[str] | None = None) -> int:
             "epoch_seconds_by_hospitals": {str(n): statistics.fmean(s) for n, s in sorted(seconds.items())},
             "dropouts": ms[0].get("dropouts", []), "runs": [m["run"] for m in ms]}
     result["cost"] = interval([score(d) - score(f) for d, f in zip(runs["dropout"], runs["full"])])
+    fmt = lambda i: f"{i['mean']:.3f}" + (f" [{i['low']:.3f}, {i['high']:.3f}]" if i["low"] is not None else "")  # noqa: E731
+    # the results page's table (medsplit.results shows a file's "rows")
+    result["rows"] = [{"setting": name, f"test {metric} (mean, 95% CI over seeds)": fmt(r["test"]),
+                       "seconds per epoch by hospitals present": ", ".join(f"{n}: {v:.1f}" for n, v in r["epoch_seconds_by_hospitals"].items())}
+                      for name, r in result["settings"].items()]
+    result["rows"].append({"setting": "cost (dropout - full, paired by seed)", f"test {metric} (mean, 95% CI over seeds)": fmt(result["cost"]),
+                           "seconds per epoch by hospitals present": ""})
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"dropout-{tag}.json"
     out.write_text(json.dumps(result, indent=2))
-    fmt = lambda i: f"{i['mean']:.3f}" + (f" [{i['low']:.3f}, {i['high']:.3f}]" if i["low"] is not None else "")  # noqa: E731
     print(f"\n{args.protocol}, {args.clients} hospitals, {len(seeds)} seeds; dropout: {args.dropout}")
     print(f"| setting | test {metric} (mean, 95% CI over seeds) | seconds per epoch by hospitals present |")
     print("|---|---|---|")
-    for name, r in result["settings"].items():
-        secs = ", ".join(f"{n}: {s:.1f}" for n, s in r["epoch_seconds_by_hospitals"].items())
-        print(f"| {name} | {fmt(r['test'])} | {secs} |")
-    print(f"| cost (dropout - full, paired by seed) | {fmt(result['cost'])} | |")
+    for row in result["rows"]:
+        print("| " + " | ".join(str(v) for v in row.values()) + " |")
     print(f"wrote {out}")
     return 0
 

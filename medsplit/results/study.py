@@ -24,6 +24,7 @@ STUDY_PAGES = {
     "codec_accuracy": "studies/synthetic.md", "optimizer_handover": "studies/synthetic.md",
     "transport": "studies/transport.md", "link_time": "studies/transport.md",
     "throughput": "studies/transport.md", "cpu-bf16": "studies/transport.md",
+    "dropout": "studies/dropout.md",
 }
 
 
