@@ -25,11 +25,11 @@ for m in (torch, torchvision, smp, opacus, nibabel):
     assert m.__file__.startswith(sys.argv[1]), m.__file__
     print(f"  {m.__name__} {m.__version__}")' "$work/site"
 
-tests=(tests/test_split_core.py tests/test_codecs.py tests/test_wire.py tests/test_unet_split.py tests/test_metrics.py
-       tests/test_defences.py tests/test_protocols.py tests/test_training.py tests/test_api.py tests/test_resume_exact.py
-       tests/test_data_lungs.py)
+tests=(tests/split/test_split_core.py tests/split/test_codecs.py tests/split/test_wire.py tests/split/test_unet_split.py tests/metrics/test_metrics.py
+       tests/defences/test_defences.py tests/train/test_protocols.py tests/train/test_training.py tests/package/test_api.py tests/train/test_resume_exact.py
+       tests/data/test_data_lungs.py)
 if [[ ${1:-} == --slow ]]; then
-  PYTHONPATH="$work/site:$repo" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_transport_processes.py
+  PYTHONPATH="$work/site:$repo" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" tests/transport/test_transport_processes.py
 else
   PYTHONPATH="$work/site:$repo" "$PY" -m pytest -q -p no:cacheprovider -m "not slow" "${tests[@]}"
 fi

@@ -2,7 +2,7 @@
 
 Each command runs ``--repeats`` times in a fresh interpreter; the median is reported, with the
 interpreter's own start-up (``python -c pass``) beside it for scale. The test suite checks the
-cause instead (tests/test_cli.py: no --help imports torch); this measures the effect.
+cause instead (tests/package/test_cli.py: no --help imports torch); this measures the effect.
 
     python benchmarks/cli_help_time.py [--repeats 5] [--out benchmarks/results/cli_help_time.json]
 """

@@ -10,7 +10,7 @@ import torch when they are built, which takes seconds, and ``--help`` must answe
 * the training protocols that are baselines are read from their modules' source too;
 * the fixed lists (attack tasks, profiles, devices, sweep axes) are mirrored.
 
-``tests/test_cli.py`` checks every list here equals its registry.
+``tests/package/test_cli.py`` checks every list here equals its registry.
 """
 
 from __future__ import annotations

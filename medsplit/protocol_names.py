@@ -3,7 +3,7 @@ model; can its parties run as separate processes), without importing torch or th
 
 The protocol classes in :mod:`medsplit.train.protocols` are the truth; this module reads what
 :mod:`medsplit.config` needs from their source: the built-in ones from the table below
-(``tests/test_protocols.py`` checks it against the classes), a protocol added as a new module
+(``tests/train/test_protocols.py`` checks it against the classes), a protocol added as a new module
 of ``medsplit/train/protocols/`` from its file (the class attributes it writes literally, the
 rest from the built-in protocol it subclasses).
 """

@@ -1,8 +1,12 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# The tests live in a folder per package; their shared helpers (party_processes.py) live here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Real data lives beside the checkout (../shared/data); tests read it there, never copy it.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -268,10 +268,10 @@ CHOICES = {
     "data.aug_backend": ("monai", "albumentations"),
     "data.duplicates": ("error", "drop"),
     # Every module of medsplit/train/protocols/ (read from the file names: loading a config
-    # needs no torch); tests/test_protocols.py checks it equals PROTOCOL_NAMES.
+    # needs no torch); tests/train/test_protocols.py checks it equals PROTOCOL_NAMES.
     "split.protocol": protocol_module_names(),
     # Kept literal (not imported from medsplit.split.codecs) so loading a config needs no torch;
-    # tests/test_codecs.py checks both lists agree.
+    # tests/split/test_codecs.py checks both lists agree.
     "split.compress_activations": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.compress_gradients": ("none", "fp16", "bf16", "int8", "topk0.1", "topk0.01"),
     "split.optimizer_handover": ("carry", "reset", "local"),

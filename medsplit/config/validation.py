@@ -22,14 +22,14 @@ TASK_MODELS = {
     "lungs": ("unet-smp", "unet-classic"),
 }
 # Tasks whose targets are one class per image (train.sampling=class-balanced balances them); kept
-# literal so loading a config needs no torch; tests/test_training.py checks it against the tasks.
+# literal so loading a config needs no torch; tests/train/test_training.py checks it against the tasks.
 CLASSIFICATION_TASKS = ("retinopathy",)
 # The classic U-Net halves the image in each of its 4 encoder blocks and concatenates skips of
 # matching size, so its image side must be a multiple of 2 ** 4. (smp's decoder resizes each
 # upsampled map to its skip, so unet-smp takes any size: 16..128 px checked, including 20 and 100.)
 IMAGE_MULTIPLE = {"unet-classic": 16}
 # The built-in protocols whose parties can run as separate processes (split.transport=gloo | flare),
-# from the torch-free facts of medsplit.protocol_names (tests/test_protocols.py checks them against the classes).
+# from the torch-free facts of medsplit.protocol_names (tests/train/test_protocols.py checks them against the classes).
 PROCESS_PROTOCOLS = tuple(n for n, facts in BUILTIN.items() if facts.runs_as_processes)
 
 
@@ -117,7 +117,7 @@ def _check_dropout(cfg: Config) -> None:
 
 
 # The fewest training images a hospital may hold (medsplit.data.partition's ``min_per_client``
-# default, kept literal so loading a config needs no torch; tests/test_run_folder.py checks both agree).
+# default, kept literal so loading a config needs no torch; tests/train/test_run_folder.py checks both agree).
 MIN_IMAGES_PER_CLIENT = 8
 
 

@@ -5,7 +5,7 @@ image's influence into every later per-sample gradient of the private parts, thr
 the accountant does not condition on. Measured (issue 27): two runs differing in one image of
 the first batch, the client part's weights then set equal, the clipped per-sample gradients of
 a later batch without that image moved by up to 1.08 C (ResNet cut 4) with only the client part
-private, and by exactly 0 with every part private (``tests/test_dp_across_steps.py``).
+private, and by exactly 0 with every part private (``tests/defences/test_dp_across_steps.py``).
 
 The joint mechanism (what the single accountant covers): ``J`` parts with trainable parameters
 each clip their per-sample gradient to ``C_j = C / sqrt(J)``, so the per-sample gradient of all

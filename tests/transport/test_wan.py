@@ -19,7 +19,7 @@ from medsplit.netem.delayer import VNET_HDR, parse_link, segments
 from medsplit.netem.topology import (PREFIX, Link, Topology, delete_namespace, gso_bytes, namespaces, netem_args,
                                      remove_stale, tbf_args, unavailable)
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _module(name: str):

@@ -43,7 +43,7 @@ def test_shipped_configs_are_valid():
 
     import yaml
 
-    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert len(paths) >= 10, paths
     for path in paths:
         cfg = load_config(path).to_dict()

@@ -26,7 +26,7 @@ from medsplit.transport.base import TransportError
 from medsplit.transport.gloo import GlooTransport, free_port
 from party_processes import party_pids, run_all
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RANKS = {"server": 0, "client0": 1, "client1": 2, "aggregator": 0}
 CFG = load_config(None, ["split.transport=gloo"])
 CHECKIN = {"config_hash": config_hash(CFG), "config_keys": config_key_hashes(CFG)}

@@ -15,7 +15,7 @@ from medsplit.results.leaderboard import main, render_html, render_markdown
 from medsplit.results.make_command import make_command
 from medsplit.results.studies import load_studies, mean_interval
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 
 

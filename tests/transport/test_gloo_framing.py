@@ -28,7 +28,7 @@ from medsplit.transport.auth import RunKey
 from medsplit.transport.base import Transport, TransportError
 from medsplit.transport.framing import CHUNK_BYTES, MAGIC, PREFIX, TRAILER, FrameError, chunks, encode_frame, receive_frame
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class GlooAbort(Exception):

@@ -9,7 +9,7 @@ import pytest
 from medsplit.cli import main
 from medsplit.config import describe_keys
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_help_lists_every_key_with_default_and_choices(capsys):

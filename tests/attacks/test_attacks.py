@@ -20,7 +20,7 @@ from medsplit.split.channel import NonFiniteError
 from medsplit.train.device import device_label
 
 torch.set_num_threads(1)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _split(table, cut_at, loss, channel=None):

@@ -183,7 +183,7 @@ def test_provision_takes_the_consortium_identity_and_restricts_the_admin_and_the
 
 @pytest.mark.flare
 def test_provision_cli_prints_the_private_key_files_and_can_remove_the_ca_state(tmp_path, nvflare):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "medsplit", "flare", "provision", "--sites", "server,hospital-a",
                           "--out", str(tmp_path), "--project", "lungs", "--org", "LungNet", "--admin", "a@lungs.example",
                           "--remove-ca-state"], capture_output=True, text=True, env=env, timeout=300)
@@ -374,7 +374,7 @@ def test_guard_simulated_job_refuses_at_each_hospital_by_its_own_kit_before_the_
 # ---- finding 9: message origin from FLARE's authenticated caller ------------------------------
 
 def _run_with_hostile_hospital(cfg, out: Path, workspace: Path) -> dict:
-    """run_simulator with hospital-b replaced by tests/flare_hostile_sites.py's hostile hospital."""
+    """run_simulator with hospital-b replaced by tests/flare/flare_hostile_sites.py's hostile hospital."""
     from nvflare.collab import CollabRecipe
     from nvflare.recipe import SimEnv
 

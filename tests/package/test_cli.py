@@ -14,7 +14,7 @@ from medsplit import __version__, cli_choices
 from medsplit.cli import build_parser, main
 from medsplit.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["train", "serve", "join", "evaluate", "data", "sweep", "attack", "flare"]
 
 

@@ -21,7 +21,7 @@ from medsplit.data.partition import patient_split
 from medsplit.data.seg_augment import SegAugment
 from medsplit.data.synthetic_cxr import make_synthetic_cxr
 
-COVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "lungs" / "covid-cxr-v7"
+COVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "lungs" / "covid-cxr-v7"
 needs_covid = pytest.mark.skipif(not COVID.is_dir(), reason=f"real lung set not present at {COVID}")
 
 

@@ -11,7 +11,7 @@ import pytest
 import medsplit
 from medsplit.config import Config, ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(tmp_path) -> dict:

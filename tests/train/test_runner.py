@@ -21,7 +21,7 @@ from medsplit.config import load_config
 from medsplit.train import runner
 from medsplit.train.protocols import PROTOCOLS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The one place the test changes: the history rows of an epoch gain a column.
 HISTORY_PATCH = '''

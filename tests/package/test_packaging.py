@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = ROOT / "offline-wheels" / f"cp{sys.version_info[0]}{sys.version_info[1]}"
 
 

@@ -7,7 +7,7 @@
 - the site builds with ``mkdocs build --strict`` (skipped only where mkdocs is not installed:
   ``pip install -e ".[docs]"``), and its configuration page lists every key of the schema.
 
-``python tests/test_docs.py --update-readme`` reruns the console example and writes it into
+``python tests/package/test_docs.py --update-readme`` reruns the console example and writes it into
 the README.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 EXAMPLE = re.compile(r"<!-- console-example: (?P<command>.+?) -->\n```text\n(?P<output>.*?)```", re.S)
 # The estimate's timings change from run to run; everything else a run prints must match.

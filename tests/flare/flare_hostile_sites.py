@@ -1,4 +1,4 @@
-"""A hostile hospital for tests/test_flare_hostile.py: hospital-b, an authenticated participant of
+"""A hostile hospital for tests/flare/test_flare_hostile.py: hospital-b, an authenticated participant of
 the job, first tries to pass messages off as the server's and to stop or start hospital-a (the
 red-team trials of issue 30, finding 9), records what happened to each try in the job's output
 folder, then trains honestly. Shipped into the simulator's sites with the job (FLARE's custom folder)."""

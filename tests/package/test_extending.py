@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "extending.md"
 TINY_RETINOPATHY = ["task=retinopathy", "data.source=synthetic", "data.synthetic_size=48", "data.img_size=32",
                     "train.batch_size=16", "train.epochs=2", "train.eval_batch_size=64", "train.device=cpu",

@@ -21,7 +21,7 @@ from medsplit.data.partition import patient_split
 from medsplit.data.retinopathy import TARGETS, load_retinopathy, resolve_source
 from medsplit.data.synthetic_fundus import GRADE_MIX, _render, fundus_sites, make_synthetic_fundus
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 EYEPACS = SHARED / "retinopathy" / "eyepacs256"
 RETINAMNIST = SHARED / "retinopathy" / "retinamnist" / "retinamnist.npz"
 needs_eyepacs = pytest.mark.skipif(not (EYEPACS / "labels.csv").is_file(), reason=f"real EyePACS data not at {EYEPACS}")
