@@ -66,12 +66,16 @@ lock:
 wheel-check: setup
 	PY=$(PY) bash .ci/wheel_check.sh
 
+# Two pytest workers by default (pytest-xdist): most tests wait on party processes or compute on
+# one thread, so two share two cores well. TEST_WORKERS=0 runs everything in one process. The
+# slowest tests are listed at the end.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 # The quick tier for day-to-day work: everything not marked slow (no party processes, no FLARE sites).
 test-fast: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 retinopathy: setup
 	$(PY) -m medsplit train configs/retinopathy.yaml $(RETINO) $(ARGS)

@@ -12,6 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two workers on the machine's cores: one thread each, as each party process
+    # gets its share (tests that compare placements set train.threads themselves).
+    torch.set_num_threads(1)
+
+
 def pytest_sessionstart(session):
     # In CI the real-data tests must run: a missing data folder fails the run instead of
     # letting those tests skip quietly and pass.
