@@ -109,7 +109,8 @@ class SplitConfig:
     statistics (and updates its running statistics once per micro-batch). At most
     train.batch_size / 2 (two images each); a smaller last batch uses fewer."""
     min_hospitals: int | None = None
-    """The fewest hospitals a run goes on with (splitfed, splitfed-v1, fedavg, sequential). A
+    """The fewest hospitals a run goes on with (splitfed, splitfed-v1, fedavg, sequential; in one
+    process or over gloo). A
     hospital that stops answering (or leaves by split.dropout) is dropped: the averaging protocols
     average over the hospitals present that round, the relay skips it and hands the weights on;
     each dropout is in metrics.json, the console and the report. The hospital that evaluates and

@@ -105,6 +105,9 @@ def _check_dropout(cfg: Config) -> None:
                           f"(split.protocol={s.protocol} pools every hospital's images in one party)")
     if s.min_hospitals is not None and not 1 <= s.min_hospitals <= s.clients:
         raise ConfigError(f"config key 'split.min_hospitals' = {s.min_hospitals} must be in 1..{s.clients} (split.clients) or null (all)")
+    if s.transport == "flare":
+        raise ConfigError("config keys 'split.min_hospitals' / 'split.dropout' are not supported with split.transport=flare yet "
+                          "(no FLARE run has been tested with a hospital dropping out); use inprocess or gloo")
     if schedule and s.transport != "inprocess":
         raise ConfigError(f"config key 'split.dropout' schedules dropouts in one process (split.transport=inprocess); "
                           f"over {s.transport} a hospital drops out by failing (split.min_hospitals lets the run go on)")
