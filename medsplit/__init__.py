@@ -29,7 +29,7 @@ __all__ = ["RunResult", "__version__", "attack", "evaluate", "load_config", "tra
 
 def __getattr__(name: str):
     if name in _API:
-        from medsplit import api
+        from medsplit import api  # lazy (PEP 562): `import medsplit` stays fast and torch-free
 
         value = getattr(api, name)
         globals()[name] = value  # later look-ups skip this function

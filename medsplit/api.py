@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from medsplit.config import Config, config_from_dict
 from medsplit.config.loading import config_with
@@ -145,8 +148,6 @@ class _ModuleNamedFunction:
 
 
 def _signature(function) -> str:
-    import inspect
-
     return str(inspect.signature(function))
 
 
@@ -185,7 +186,7 @@ def train(config: str | Path | Config | None = None, /, *, resume: str | Path | 
 
 def _run_training(cfg: Config, **options) -> Path:
     """The one place the API starts training: the runner's public ``train`` (returns the run folder)."""
-    from medsplit.train.loop import train as run
+    from medsplit.train.loop import train as run  # imports torch: only once training starts
 
     return Path(run(cfg, **options))
 
@@ -208,7 +209,7 @@ def evaluate(run: RunResult | str | Path, data: str | Path, /, *, out: str | Pat
         ``{"metrics", "intervals", "comparison", "n", "data", ...}``: ``comparison`` holds the
         run's internal test metric, the external one and the drop between them.
     """
-    from medsplit.evaluate import evaluate_run
+    from medsplit.evaluate import evaluate_run  # imports torch: only once an evaluation starts
 
     run_dir = run.run_dir if isinstance(run, RunResult) else Path(run)
     if out is None:
@@ -239,7 +240,7 @@ def attack(task: str = "lungs", *, profile: str | None = None, attacks: list[str
         **settings: profile fields, as ``--set`` takes them: ``fsha__iterations=3000``,
             ``img_size=96``.
     """
-    from medsplit.attacks.harness import run_attack
+    from medsplit.attacks.harness import run_attack  # imports torch: only once an attack starts
 
     overrides = [f"{key}={_yaml_scalar(value)}" for key, value in _dotted(settings).items()]
     return run_attack(task, profile=profile, attacks=attacks, defences=defences, device=device, data_root=data_root,
@@ -248,8 +249,6 @@ def attack(task: str = "lungs", *, profile: str | None = None, attacks: list[str
 
 def _yaml_scalar(value: Any) -> str:
     """A Python value as the YAML text a ``--set KEY=VALUE`` override reads back to the same value."""
-    import yaml
-
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from medsplit import __version__, cli_choices
 from medsplit.cli_args import CommandParser, choice_list, int_list, positive_int
 from medsplit.config import ConfigError, config_from_dict, default_data_root, keys_help, load_config
+from medsplit.config.loading import SHIPPED_CONFIGS, config_path, shipped_config_names
+from medsplit.data import download
+from medsplit.flare.cli import add_flare_parser, run_flare_command
+from medsplit.train.run_folder import check_allowed_changes
 from medsplit.yaml_file import load_yaml
 
 DOWNLOADS = ("retinamnist", "kaggle-retinopathy", "kaggle-lungs")
@@ -28,10 +34,6 @@ SWEEP_HELP = "train a grid over the cut or the number of clients and report mean
 
 
 def _train_epilog() -> str:
-    import textwrap
-
-    from medsplit.config.loading import SHIPPED_CONFIGS, shipped_config_names
-
     shipped = [n for n in shipped_config_names() if not n.startswith("sweep-")]
     wrap = lambda text: textwrap.fill(text, width=100)  # noqa: E731
     return (
@@ -127,8 +129,6 @@ def build_parser(command: str | None = None) -> CommandParser:
 
     add_sweep_parser(sub)
     add_attack_parser(sub)
-    from medsplit.flare.cli import add_flare_parser
-
     add_flare_parser(sub)
     return parser
 
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
-            from medsplit.evaluate import evaluate_run
+            from medsplit.evaluate import evaluate_run  # imports torch: --help and config errors answer without it
 
             evaluate_run(Path(args.run_dir), args.data, Path(args.out), device=args.device, labels=args.labels,
                          report=Path(args.report) if args.report else None)
@@ -150,12 +150,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "sweep":
             return run_sweep_command(args)
         if args.command == "attack":
+            # imports torch: --help and config errors answer without it
             from medsplit.attacks.harness import run_attack_command
 
             return run_attack_command(args)
         if args.command == "flare":
-            from medsplit.flare.cli import run_flare_command
-
             return run_flare_command(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr)
@@ -201,9 +200,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Run the sweep the parsed arguments describe; 0 when every run finished, 1 when some failed."""
-    from medsplit.sweep import run_sweep
-
-    from medsplit.config.loading import config_path
+    from medsplit.sweep import run_sweep  # imports torch once a point trains: `sweep --help` answers without it
 
     base = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(base.output.runs_dir) / "sweeps" / f"{args.axis}-{base.task}"
@@ -219,8 +216,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _train(args) -> int:
-    from medsplit.train.run_folder import check_allowed_changes
-
     # medsplit.train.loop imports torch (seconds): only once the config is known to be good.
     if args.resume:
         run_dir = Path(args.resume)
@@ -240,7 +235,7 @@ def _train(args) -> int:
             cfg = load_config(saved, overrides)
         except ConfigError as e:
             raise ConfigError(f"{saved}: {e}") from e
-        from medsplit.train.loop import train
+        from medsplit.train.loop import train  # imports torch: only once the config is known to be good
 
         train(cfg, resume=run_dir, allow_change=allow)
         return 0
@@ -250,7 +245,7 @@ def _train(args) -> int:
     if config and "=" in config and not Path(config).exists():  # argparse took the first override for the file
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
-    from medsplit.train.loop import train
+    from medsplit.train.loop import train  # imports torch: only once the config is known to be good
 
     train(cfg, overwrite=args.overwrite)
     return 0
@@ -259,9 +254,7 @@ def _train(args) -> int:
 def _party(args) -> int:
     """One party in this process (``serve``, ``join``, or the launcher's ``party``). Exits the
     process directly: after a failure torch.distributed's threads must not keep it alive."""
-    import os
-
-    from medsplit.train.parties import run_party
+    from medsplit.train.parties import run_party  # imports torch: --help and config errors answer without it
 
     code = 0
     try:
@@ -293,8 +286,6 @@ def _party(args) -> int:
 
 
 def _data(args) -> int:
-    from medsplit.data import download
-
     root = Path(args.root) if args.root else default_data_root()
     jobs = {
         "retinamnist": download.download_retinamnist,
@@ -307,9 +298,7 @@ def _data(args) -> int:
     for what in args.what or DOWNLOADS:
         try:
             if what == "kaggle-lungs":
-                from medsplit.data.download import download_kaggle_lungs
-
-                path = download_kaggle_lungs(root)
+                path = download.download_kaggle_lungs(root)
             else:
                 path = jobs[what](root)
             print(f"{what}: ready at {path}")

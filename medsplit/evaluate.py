@@ -28,6 +28,7 @@ from medsplit.data.augment import to_float
 from medsplit.tasks import task_class, task_model
 from medsplit.train.checkpoint import load_weights
 from medsplit.train.device import resolve_device
+from medsplit.uncertainty import test_intervals
 from medsplit.yaml_file import load_yaml
 
 
@@ -66,7 +67,6 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
             y = targets[start : start + batch_size].to(dev)
             out_ = table(x).float()
             metrics.update(out_, task.as_target(y), ids[start : start + batch_size])
-    from medsplit.uncertainty import test_intervals
 
     scored = metrics.aggregate()
     result = {"run": str(run_dir), "data": external.source, "n": len(ids), "task": cfg.task, "metrics": scored,

@@ -60,6 +60,7 @@ def patient_resamples(patients: Sequence[str], n_resamples: int, seed: int) -> l
 
 def _auc_binary(target: np.ndarray, score: np.ndarray) -> float | None:
     """ROC AUC by the Mann-Whitney rank sum (ties count one half), as scikit-learn computes it."""
+    # scipy.stats takes a second to import: the light report modules use this module too
     from scipy.stats import rankdata
 
     n_pos = int(target.sum())

@@ -47,6 +47,8 @@ from medsplit.attacks.targets import CPU, train_defended_target, train_validator
 from medsplit.attacks.tasks import attack_task
 from medsplit.config import default_data_root
 from medsplit.defences import DEFENCES, DefenceNotApplicable, check_defence_names
+from medsplit.report import attack_report
+from medsplit.tracking.attack import track_attack
 from medsplit.train import device as train_device
 
 
@@ -156,8 +158,6 @@ def run_attack(task: str, profile: str | None = None, attacks: list[str] | None 
     ``defences=None``: the profile's); a defence that cannot apply to ``task`` is refused before
     anything trains. ``tensorboard`` logs every row's numbers and the reconstruction grids under
     ``<out>/tb/<report name>``; ``mlflow`` (a tracking URI) logs them, the report and its JSON there."""
-    from medsplit.report.attack_report import write_attack_report
-
     dev = resolve_device(device)
     chosen = customise(PROFILES[profile or default_profile(dev)], list(overrides))
     names = resolve_attack_names(list(ATTACKS) if attacks is None else list(attacks))
@@ -169,9 +169,7 @@ def run_attack(task: str, profile: str | None = None, attacks: list[str] | None 
                 raise DefenceNotApplicable(f"--task {task} --defences {name}: {reason}")
     root = Path(data_root) if data_root else default_data_root()
     results = evaluate(task, chosen, root, names, defences, device=dev, progress=True)
-    html = write_attack_report(results, Path(out))
+    html = attack_report.write_attack_report(results, Path(out))
     if tensorboard or mlflow:
-        from medsplit.tracking.attack import track_attack
-
         track_attack(results, html, tensorboard_dir=Path(out) / "tb" / html.stem if tensorboard else None, mlflow_uri=mlflow)
     return html

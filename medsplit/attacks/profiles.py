@@ -12,6 +12,7 @@ from medsplit.attacks.inversion import InversionConfig
 from medsplit.attacks.sdar import SDARConfig
 from medsplit.config import ConfigError, with_overrides
 from medsplit.data.image_size import MIN_IMAGE_SIZE
+from medsplit.train import device as train_device
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -115,7 +116,6 @@ def resolve_device(name: str) -> torch.device:
     """``--device`` to a device, as training resolves ``train.device``; the harness knows only DEVICES."""
     if name not in DEVICES:
         raise ValueError(f"unknown --device {name!r}; valid devices are {list(DEVICES)}")
-    from medsplit.train import device as train_device
 
     return train_device.resolve_device(name, setting="--device {}")
 

@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from medsplit.data.lungs import load_lungs
+from medsplit.data.retinopathy import load_retinopathy
 from medsplit.models import build_model
+from medsplit.models.unet_classic import two_part_plans
+from medsplit.tasks import TASKS
 
 if TYPE_CHECKING:
     from medsplit.attacks.profiles import Profile
@@ -94,15 +98,11 @@ class AttackTask:
     @property
     def labels_may_cross(self) -> bool:
         """The task's split lets the labels cross to the server (the training task says)."""
-        from medsplit.tasks import TASKS
-
         return bool(TASKS[self.training_task].labels_may_cross)
 
     @property
     def metric_label(self) -> str:
         """Display name of the utility metric ("Dice", "AUC"), the training task's."""
-        from medsplit.tasks import TASKS
-
         return TASKS[self.training_task].metric_label
 
     def load_splits(self, profile: Profile, data_root: Path, seed: int) -> tuple[Any, Any, torch.Tensor,
@@ -163,8 +163,6 @@ class LungSegmentation(AttackTask):
                   "server trains its own parts on the gradient the client decoder returns.")
 
     def load_splits(self, profile, data_root, seed):
-        from medsplit.data.lungs import load_lungs
-
         d = load_lungs("covid-cxr-v7", data_root, img_size=profile.img_size, seed=seed)
         return d.train, d.test, d.train.masks, d.test.masks, 1, d.source
 
@@ -212,8 +210,6 @@ class LungSegmentationLabelSharing(LungSegmentation):
         return True  # this plan sends the masks to the server (the paper's setting, not a training plan)
 
     def table(self, profile, in_channels, num_classes):
-        from medsplit.models.unet_classic import two_part_plans
-
         table = super().table(profile, in_channels, num_classes)
         table.plans = two_part_plans(len(table.stages))
         return table
@@ -228,8 +224,6 @@ class FundusClassification(AttackTask):
                   "gradient it returns is the client part's only gradient.")
 
     def load_splits(self, profile, data_root, seed):
-        from medsplit.data.retinopathy import load_retinopathy
-
         d = load_retinopathy("eyepacs", data_root, target="referable", img_size=profile.img_size, seed=seed,
                              max_images=profile.max_images)
         return d.train, d.test, d.train.labels, d.test.labels, d.num_classes, d.source

@@ -3,7 +3,10 @@ with its default, choices (or type) and the documentation written under its fiel
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from typing import Any
@@ -14,9 +17,6 @@ from medsplit.config.schema import CHOICES, Config
 def _field_docs(cls) -> dict[str, str]:
     """The docstring written under each field of a dataclass (read from the source; Python
     keeps no attribute docstrings at run time)."""
-    import ast
-    import inspect
-
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):  # no source (frozen app): no docs
@@ -56,8 +56,6 @@ def describe_keys() -> list[dict[str, Any]]:
 def keys_help(width: int = 100) -> str:
     """The settings block of ``medsplit train --help``: one entry per key, its default, its
     choices (or type) and the first sentence of its documentation."""
-    import textwrap
-
     lines = []
     section = None
     for row in describe_keys():

@@ -6,6 +6,8 @@ whole :mod:`medsplit.config` package: loading a config must not import torch."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,9 +230,6 @@ class Config:
 
     def name_hash(self) -> str:
         """Six hex digits of SHA-256 over every setting but :data:`NAME_HASH_SKIPS`."""
-        import hashlib
-        import json
-
         values = self.to_dict()
         for section, key in NAME_HASH_SKIPS:
             values.get(section, {}).pop(key, None)

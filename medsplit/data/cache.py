@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 
 def read_cached(path: Path, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The cached uint8 tensor ``name`` in ``path``, or ``None`` if absent, unreadable or stale."""
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
 
     try:
         tensor = load_file(str(path))[name]
@@ -27,8 +28,6 @@ def read_cached(path: Path, name: str, shape: tuple[int, ...]) -> torch.Tensor |
 
 def read_cached_metadata(path: Path) -> dict[str, str]:
     """The string metadata stored with a cache file (empty if absent or unreadable)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -37,8 +36,6 @@ def read_cached_metadata(path: Path) -> dict[str, str]:
 
 
 def write_cached(path: Path, name: str, tensor: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a concurrent reader never sees a half-written cache.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

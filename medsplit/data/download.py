@@ -13,6 +13,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from medsplit.data.duplicates import file_digest
 from medsplit.data.errors import DataError
 from medsplit.data.lung_folder import KAGGLE_DIR as KAGGLE_LUNGS_DIR
 from medsplit.data.lung_folder import KAGGLE_LUNGS_DATASET, find_set_root
@@ -136,6 +137,7 @@ def download_kaggle_lungs(data_root: Path) -> Path:
         return target
     how = f"or download {KAGGLE_LUNGS_DATASET} by hand and unzip it into {target}"
     try:
+        # kaggle authenticates when imported: only when a Kaggle download runs
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as error:
         # a broken install (e.g. kaggle 2.x without its `six` dependency) lands here too: name the cause
@@ -185,8 +187,6 @@ def _fetch(url: str, path: Path) -> None:
 
 
 def _md5(path: Path) -> str:
-    from medsplit.data.duplicates import file_digest
-
     return file_digest(path, "md5")
 
 

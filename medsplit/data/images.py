@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from medsplit.data.cache import read_cached, read_cached_metadata, write_cached
@@ -122,6 +123,7 @@ class _DecodePipeline:
     """One file -> uint8 (C, size, size) via MONAI dictionary transforms."""
 
     def __init__(self, size: int, channels: int):
+        # monai takes seconds to import: only for the MONAI loading pipeline
         from monai.data import PILReader
         from monai.transforms import CastToTyped, Compose, EnsureChannelFirstd, Lambdad, LoadImaged, Resized
 
@@ -187,8 +189,6 @@ class _PilConverter:
 
 def _stretch_to_8bit(image: Any) -> Any:
     """A single-channel image deeper than 8 bits as 8-bit greyscale, its own min..max -> 0..255."""
-    from PIL import Image
-
     array = np.asarray(image, dtype=np.float64)
     low, high = float(array.min()), float(array.max())
     array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
@@ -202,7 +202,7 @@ def pad_to_square(t: torch.Tensor) -> torch.Tensor:
     Args:
         t: channel-first image or mask.
     """
-    from monai.transforms import SpatialPad
+    from monai.transforms import SpatialPad  # monai takes seconds to import: only for the MONAI loading pipeline
 
     h, w = t.shape[-2:]
     if h == w:

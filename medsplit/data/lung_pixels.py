@@ -14,9 +14,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from medsplit.data.cache import read_cached, write_cached
 from medsplit.data.errors import DataError
@@ -32,10 +34,7 @@ def _native_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file from its header, without decoding the pixels."""
     try:
         if is_nifti(path):
-            import nibabel as nib
-
             return _plane_shape(nib.load(str(path)).shape, path)  # header only
-        from PIL import Image
 
         with Image.open(path) as im:
             return im.size[1], im.size[0]
@@ -61,10 +60,7 @@ def _read_array(path: Path, what: str) -> np.ndarray:
     """Pixel values of a 2-D raster or NIfTI file as stored (first axis = rows)."""
     try:
         if is_nifti(path):
-            import nibabel as nib
-
             return _as_2d(np.asanyarray(nib.load(str(path)).dataobj), path)
-        from PIL import Image
 
         with Image.open(path) as im:
             im.load()
@@ -131,7 +127,7 @@ def load_masks(records: list[LungRecord], size: int, cache_dir: Path | None) -> 
 
 def _nifti_image(path: Path, size: int) -> torch.Tensor:
     """A NIfTI image as uint8 ``(1, size, size)``, resized like ``decode_images`` resizes rasters."""
-    from monai.transforms import Resize
+    from monai.transforms import Resize  # monai takes seconds to import: only for NIfTI images
 
     array = _read_array(path, "image")
     if array.dtype != np.uint8:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medsplit.data.errors import DataError
@@ -36,8 +37,6 @@ def native_spacing(path: Path) -> tuple[tuple[float, float], tuple[int, int]] | 
     if not is_nifti(path):
         return None
     try:
-        import nibabel as nib
-
         header = nib.load(str(path)).header  # reads the header, not the pixels
         shape, zooms = header.get_data_shape(), header.get_zooms()
         unit = header.get_xyzt_units()[0]

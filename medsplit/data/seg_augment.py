@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -91,6 +92,7 @@ Reseed = Callable[[int], None]
 
 
 def _build_monai(cfg: SegAugment) -> tuple[Apply, Reseed]:
+    # monai takes seconds to import: only with data.aug_backend=monai
     from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
     keys = ("image", "mask")
@@ -117,8 +119,7 @@ def _build_monai(cfg: SegAugment) -> tuple[Apply, Reseed]:
 
 
 def _build_albumentations(cfg: SegAugment) -> tuple[Apply, Reseed]:
-    import albumentations as A
-    import cv2
+    import albumentations as A  # albumentations takes a second to import: only with data.aug_backend=albumentations
 
     transforms = []
     if cfg.flips:

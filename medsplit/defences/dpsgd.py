@@ -74,7 +74,7 @@ def _residual_forward(block: nn.Module):
 
 def _fix_stage_modules(part: nn.Module) -> None:
     """Replace BatchNorm by GroupNorm in every stage of ``part`` (stages hold the modules)."""
-    from opacus.validators import ModuleValidator
+    from opacus.validators import ModuleValidator  # opacus takes seconds to import: only for DP-SGD
 
     for stage in part.stages:
         stage.module = ModuleValidator.fix(nn.Sequential(stage.module))[0]
@@ -88,6 +88,7 @@ def _fix_stage_modules(part: nn.Module) -> None:
 
 def _secure_generator() -> torch.Generator:
     try:
+        # optional: torchcsprng is no dependency; only when a secure generator is asked for
         import torchcsprng as csprng
     except ImportError:
         raise ValueError("dp_secure_mode=true needs the torchcsprng package (a cryptographically secure generator, "
@@ -116,6 +117,7 @@ class DPSGD:
     def __init__(self, model: SplitModel, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
                  delta: float, lr: float, batch_size: int, images_per_patient: int = 1, secure_mode: bool = False,
                  private_parts: list[str] | None = None):
+        # opacus takes seconds to import: only for DP-SGD
         from opacus import GradSampleModule
         from opacus.accountants import RDPAccountant
         from opacus.optimizers import DPOptimizer

@@ -21,7 +21,7 @@ class FlareNotInstalled(RuntimeError):
 def require_nvflare() -> str:
     """Import nvflare or raise :class:`FlareNotInstalled` saying how to install it; returns its version."""
     try:
-        import nvflare
+        import nvflare  # optional extra nvflare (pip install 'medsplit[flare]')
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise FlareNotInstalled(
             f"the FLARE transport needs NVIDIA FLARE, which is not installed ({e}); "

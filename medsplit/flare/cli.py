@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medsplit.config import load_config
+from medsplit.flare import require_nvflare
+from medsplit.yaml_file import load_yaml
+
 
 def add_flare_parser(sub) -> None:
     p = sub.add_parser("flare", help="NVIDIA FLARE deployment: provision start-up kits, write jobs, run the simulator")
@@ -68,12 +72,11 @@ def _site_policies(pairs: list[str]) -> dict[str, Path]:
 
 
 def run_flare_command(args) -> int:
-    from medsplit.flare import require_nvflare
-
     require_nvflare()
     if args.flare_command == "provision":
-        from medsplit.flare.provision import provision
+        from medsplit.flare.provision import provision  # optional extra nvflare: `flare --help` answers without it
 
+        # optional extra nvflare: `flare --help` answers without it
         from medsplit.flare.provision import private_key_files
 
         kits = provision(args.sites.split(","), args.out, server_host=args.server_host, fed_port=args.port,
@@ -89,8 +92,6 @@ def run_flare_command(args) -> int:
             print(f"removed {Path(args.out).resolve() / args.project / 'state' / 'cert.json'} (the root CA's key): "
                   "adding a site later needs a new provisioning")
         return 0
-    from medsplit.config import load_config
-    from medsplit.yaml_file import load_yaml
 
     cfg = load_config(args.config, args.overrides)
     sites = [s for s in args.sites.split(",") if s] or [f"hospital-{k + 1}" for k in range(cfg.split.clients)]
@@ -101,7 +102,7 @@ def run_flare_command(args) -> int:
             raise FileNotFoundError(f"--defences {path} does not exist")
         defences = load_yaml(path.read_text()) or {}
     if args.flare_command == "job":
-        from medsplit.flare.job import write_job_folder
+        from medsplit.flare.job import write_job_folder  # imports torch: `flare --help` answers without it
 
         folder = write_job_folder(cfg, sites, args.out, defences=defences, timeout_s=args.timeout,
                                   own_data=not args.shared_data, resume=args.resume)
@@ -110,7 +111,7 @@ def run_flare_command(args) -> int:
         return 0
     out = Path(args.out)
     if args.flare_command == "poc":
-        from medsplit.flare.poc import run_poc
+        from medsplit.flare.poc import run_poc  # optional extra nvflare: `flare --help` answers without it
 
         result = run_poc(cfg, sites, out, defences=defences, policies=_site_policies(args.policy),
                          timeout_s=args.timeout, resume=args.resume, admin=args.admin, project=args.project,
@@ -119,7 +120,7 @@ def run_flare_command(args) -> int:
               f"  sites connected with: {result.get('tls')}; job submitted by: {result.get('submitter')}; "
               f"start to stop {result['seconds']:.0f} s")
     else:
-        from medsplit.flare.simulate import run_simulator
+        from medsplit.flare.simulate import run_simulator  # optional extra nvflare: `flare --help` answers without it
 
         result = run_simulator(cfg, sites, out, args.workspace or out / "flare-workspace", defences=defences,
                                timeout_s=args.timeout, resume=args.resume)

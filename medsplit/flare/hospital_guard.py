@@ -45,8 +45,9 @@ class HospitalGuard:
 
     @classmethod
     def build(cls, site: str, defences: JobDefences, seed: int = 0, log: Callable[[str], None] = print) -> "HospitalGuard":
-        import torch
+        import torch  # imports torch: the site policy and job guard load in FLARE's site process without it
 
+        # imports torch: the site policy and job guard load in FLARE's site process without it
         from medsplit.defences import HijackDetector, LaplaceMechanism
 
         detector = None
@@ -80,7 +81,7 @@ class HospitalGuard:
         self.check_alarm()
         if self.laplace is None:
             return tensors
-        import torch
+        import torch  # imports torch: the site policy and job guard load in FLARE's site process without it
 
         # A release under autograd is a training batch (it will be stepped on, or is a probe the
         # server answers like one); evaluation sends under no_grad. T counts the former.
@@ -99,6 +100,7 @@ class HospitalGuard:
         """The NoPeek regulariser for the hospital's sending part, or ``None`` when the job has none."""
         if not self.defences.nopeek_alpha:
             return None
+        # imports torch: the site policy and job guard load in FLARE's site process without it
         from medsplit.defences import NoPeek
 
         return NoPeek(self.defences.nopeek_alpha, sent_keys=sent_keys)

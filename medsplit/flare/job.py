@@ -10,6 +10,7 @@ medsplit installed there (the job folder has no ``app/custom``).
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from medsplit.config import Config
@@ -78,7 +79,7 @@ def write_job_folder(cfg: Config, sites: list[str], out: str | Path, defences: d
 def export_job_folder(job: dict, out: str | Path) -> Path:
     """Export ``job`` (a :func:`job_description`) with FLARE's own job API into ``out/<name>``,
     without code (:func:`strip_job_code`); returns the folder."""
-    from medsplit.flare.simulate import build_recipe
+    from medsplit.flare.simulate import build_recipe  # optional extra nvflare: a job folder is written without it
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +99,6 @@ def strip_job_code(folder: Path) -> list[Path]:
     needs only the right to submit jobs, and a hospital's guard
     (:mod:`medsplit.flare.site_guard`) refuses any job that does ship code.
     """
-    import shutil
-
     removed = sorted(p for p in Path(folder).glob("*/custom") if p.is_dir())
     for path in removed:
         shutil.rmtree(path)

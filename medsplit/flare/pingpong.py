@@ -9,11 +9,13 @@ training job uses; the server records the round-trip times.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-from nvflare.collab import collab
+from nvflare.collab import CollabRecipe, collab
+from nvflare.recipe import PocEnv, SimEnv
 
 from medsplit.flare.inbox_site import InboxSite
 from medsplit.flare.transport import FlareTransport
@@ -69,10 +71,6 @@ class PingHospital(InboxSite):
 
 def run_pingpong(mode: str, sizes: list[int], rounds: int, out_dir: Path) -> list[dict]:
     """Run the ping-pong job in ``simulator`` or ``poc`` mode; returns the timing rows."""
-    import os
-
-    from nvflare.collab import CollabRecipe
-
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"pingpong-{mode}.json"
@@ -80,12 +78,8 @@ def run_pingpong(mode: str, sizes: list[int], rounds: int, out_dir: Path) -> lis
     recipe = CollabRecipe(job_name=f"pingpong-{mode}", server=PingServer(sizes, rounds, str(out)), client=PingHospital(),
                           min_clients=1)
     if mode == "simulator":
-        from nvflare.recipe import SimEnv
-
         recipe.run(SimEnv(clients=["hospital-a"], workspace_root=str(out_dir / "ws")))
     else:
-        from nvflare.recipe import PocEnv
-
         os.environ["NVFLARE_POC_WORKSPACE"] = str(out_dir / "poc-workspace")
         env = PocEnv(clients=["hospital-a"], num_clients=1)
         try:

@@ -31,10 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+from nvflare.fuel.flare_api.flare_api import new_secure_session
+from nvflare.recipe.poc_env import PocEnv
+from nvflare.tool.poc.poc_commands import _start_poc, get_prod_dir, prepare_poc_provision
+
 from medsplit.config import Config
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import job_description, strip_job_code
 from medsplit.flare.policy import POLICY_FILE
+from medsplit.flare.provision import project_file, write_site_local
+from medsplit.flare.simulate import build_recipe
 
 #: The project admin FLARE's POC tooling needs; never started, never used to log in.
 POC_PROJECT_ADMIN = "poc-project-admin@medsplit.local"
@@ -46,8 +53,6 @@ def poc_project_file(sites: list[str], admin: str = "admin@medsplit.local", proj
                      org: str = "consortium", fed_port: int = 8102) -> dict:
     """The POC project: ``medsplit flare provision``'s project for a server on ``localhost`` and
     ``sites``, plus FLARE's required project admin (:data:`POC_PROJECT_ADMIN`)."""
-    from medsplit.flare.provision import project_file
-
     if admin == POC_PROJECT_ADMIN:
         raise ValueError(f"--admin {admin!r} is the name of the POC's placeholder project admin; choose another")
     spec = project_file(list(sites), server_host="localhost", fed_port=fed_port, admin_port=fed_port + 1,
@@ -61,8 +66,6 @@ def install_site_local(prod_dir: Path, spec: dict, sites_dir: Path, policies: di
     """What a provisioned site has beyond FLARE's kit, installed into each POC kit under ``prod_dir``:
     the ``local/`` files of :func:`medsplit.flare.provision.write_site_local`, each hospital's policy
     file (``policies``: site -> file), and ``<kit>/medsplit`` linked to ``sites_dir/<site>``."""
-    from medsplit.flare.provision import write_site_local
-
     policies = dict(policies or {})
     hospitals = [p["name"] for p in spec["participants"] if p["type"] == "client"]
     unknown = sorted(set(policies) - set(hospitals))
@@ -96,10 +99,6 @@ def export_code_free_job(fed_job, into: Path) -> Path:
 
 def _consortium_poc_env(spec: dict, project_yml: Path, sites_dir: Path, policies: dict | None):
     """FLARE's PocEnv, with the consortium's admin as the submitter (see the module docstring)."""
-    from nvflare.fuel.flare_api.flare_api import new_secure_session
-    from nvflare.recipe.poc_env import PocEnv
-    from nvflare.tool.poc.poc_commands import _start_poc, get_prod_dir, prepare_poc_provision
-
     admin = next(p["name"] for p in spec["participants"] if p["type"] == "admin" and p.get("role") != "project_admin")
 
     class ConsortiumPocEnv(PocEnv):
@@ -208,9 +207,6 @@ def run_poc(cfg: Config, sites: list[str], out_dir: str | Path, defences: dict |
     lines of FLARE processes that outlived FLARE's own stop and were killed).
     """
     require_nvflare()
-    import yaml
-
-    from medsplit.flare.simulate import build_recipe
 
     t0 = time.time()
     out_dir = Path(out_dir).resolve()

@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 
 from medsplit.flare import require_nvflare
 from medsplit.flare.job import check_site_names
@@ -101,8 +102,6 @@ SERVER_COMPONENTS = ("medsplit.flare.sites.MedsplitServer", "nvflare.collab.runt
 def write_site_local(kit: Path, site: str, server: bool = False) -> list[Path]:
     """A kit's ``local/`` files medsplit adds (see the module docstring); returns them. The server
     gets the admin's rights and its class allow-list; hospitals also the job guard and a sample policy."""
-    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-
     local = kit / "local"
     local.mkdir(parents=True, exist_ok=True)
     written = []

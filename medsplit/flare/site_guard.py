@@ -175,6 +175,7 @@ def guard_simulated_job(job: dict, kits_root: str | Path | None) -> dict | None:
     {site: refusal}}``. The job's ``sites_root`` is the simulator's own choice of folders on one
     machine (the runner sets it, not the job's author), so it is left out of the check.
     """
+    # imports torch: the site policy and job guard load in FLARE's site process without it
     from medsplit.flare.job import export_job_folder
 
     checked = {k: v for k, v in job.items() if k != "sites_root"}

@@ -15,6 +15,7 @@ own parts on its own data.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import threading
@@ -22,10 +23,16 @@ import time
 import traceback
 from pathlib import Path
 
+import nvflare
 from nvflare.collab import collab
 
+from medsplit import __version__
+from medsplit.config import config_from_dict
 from medsplit.flare.inbox_site import InboxSite, only_from_server
+from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
+from medsplit.flare.site_run import client_party, party_sites, run_site_party
 from medsplit.flare.transport import FlareTransport
+from medsplit.report.run_report import write_run_report
 from medsplit.train.records import json_default
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
@@ -33,9 +40,6 @@ POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
 
 
 def _job_parts(job: dict):
-    from medsplit.config import config_from_dict
-    from medsplit.flare.site_run import party_sites
-
     cfg = config_from_dict(job["config"])
     sites = list(job["sites"])
     if len(sites) != cfg.split.clients:
@@ -69,8 +73,6 @@ class MedsplitServer(InboxSite):
 
     @collab.main
     def main(self):
-        from medsplit.flare.site_run import run_site_party
-
         t0 = time.time()
         job = self.job
         cfg, sites, site_of = _job_parts(job)
@@ -166,9 +168,6 @@ class MedsplitHospital(InboxSite):
     def train(self) -> dict:
         """Check the job against this site's policy, then train this hospital's parts (only the
         server may start it)."""
-        from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
-        from medsplit.flare.site_run import client_party, run_site_party
-
         only_from_server("train")
         job = self.job
         cfg, sites, site_of = _job_parts(job)
@@ -209,18 +208,11 @@ def _root_message(e: BaseException) -> str:
 
 
 def _nvflare_version() -> str:
-    import nvflare
-
     return getattr(nvflare, "__version__", "unknown")
 
 
 def write_report(cfg, metrics: dict, out: Path) -> Path:
     """``metrics.json`` and the HTML run report of a FLARE run into ``out``."""
-    import datetime
-
-    from medsplit import __version__
-    from medsplit.report.run_report import write_run_report
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_plain(metrics), indent=2))
     record = dict(metrics)

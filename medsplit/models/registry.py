@@ -9,19 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from medsplit.models.resnet import load_state_dict_file, resnet_table
 from medsplit.models.stages import StageTable
+from medsplit.models.unet_classic import unet_classic_table
 
 
 def _resnet(arch: str):
     def build(num_classes: int, weights: str | None = None, in_channels: int = 3, **_) -> StageTable:
-        from medsplit.models.resnet import resnet_table
-
         return resnet_table(num_classes=num_classes, arch=arch, in_channels=in_channels, weights=weights)
 
     return build
 
 
 def _unet_smp(num_classes: int = 1, in_channels: int = 1, weights: str | None = None, **_) -> StageTable:
+    # segmentation_models_pytorch takes seconds to import: only for model.name=unet-smp
     from medsplit.models.unet_smp import unet_smp_table
 
     # A local file is loaded into the whole table; a name ("imagenet") is passed to smp,
@@ -29,19 +30,13 @@ def _unet_smp(num_classes: int = 1, in_channels: int = 1, weights: str | None = 
     local = weights is not None and Path(weights).exists()
     table = unet_smp_table(num_classes=num_classes, in_channels=in_channels, encoder_weights=None if local else weights)
     if local:
-        from medsplit.models.resnet import load_state_dict_file
-
         table.load_state_dict(load_state_dict_file(weights))
     return table
 
 
 def _unet_classic(num_classes: int = 1, in_channels: int = 1, weights: str | None = None, base_channels: int = 64, **_) -> StageTable:
-    from medsplit.models.unet_classic import unet_classic_table
-
     table = unet_classic_table(num_classes=num_classes, in_channels=in_channels, base_channels=base_channels)
     if weights is not None:
-        from medsplit.models.resnet import load_state_dict_file
-
         table.load_state_dict(load_state_dict_file(weights))
     return table
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import time
 
@@ -104,9 +106,6 @@ if __name__ == "__main__":
 def probe_between(topology, server_rank: int, client_rank: int, nbytes: int, pings: int = 20, port: int = 5201) -> dict:
     """Run :func:`serve` in party ``server_rank``'s namespace and :func:`measure` from
     ``client_rank``'s; returns the measurement."""
-    import os
-    import subprocess
-
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [_package_root(), os.environ.get("PYTHONPATH", "")] if p))
     server = subprocess.Popen([*topology.exec_prefix(server_rank), sys.executable, "-m", "medsplit.netem.probe", "serve",
                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -125,6 +124,4 @@ def probe_between(topology, server_rank: int, client_rank: int, nbytes: int, pin
 
 
 def _package_root() -> str:
-    import os
-
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

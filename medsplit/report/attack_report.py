@@ -211,8 +211,6 @@ def _privacy_notes(results: dict) -> list[dict]:
     covers in one paragraph ("the epsilon covers ...; it does not cover ..."), from the first seed.
     One text column instead of one per fact: the facts differ per defence, so separate columns are
     mostly empty and each narrow one wraps into a tower of lines."""
-    from medsplit.attacks import DISPLAY_NAMES
-
     by_setting: dict[tuple[str, str], dict] = {}
     for key, extra in results["extras"].items():
         attack, defence, strength, _ = key.split("/")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsplit.attacks import DISPLAY_NAMES
+
 __all__ = ["defence_words", "run_words", "setting_labels"]
 
 #: Defence name -> (how a reader calls it, the symbol of its strength).
@@ -33,8 +35,6 @@ def defence_words(defence: str, strength: Any = None) -> str:
 
 def run_words(key: str) -> str:
     """``"fsha/none/0/0"`` (attack/defence/strength/seed) -> ``"FSHA, no defence, seed 0"``."""
-    from medsplit.attacks import DISPLAY_NAMES
-
     parts = key.split("/")
     if len(parts) != 4:
         return key

@@ -4,6 +4,12 @@ a classifier's decisions are degenerate (one predicted class for every image).""
 
 from __future__ import annotations
 
+import torch
+
+from medsplit.config import Config
+from medsplit.models import build_model
+from medsplit.tasks import TASKS
+
 __all__ = ["KAPPA_WORDS", "cut_list", "cut_words", "degenerate_classifier", "hd95_unit"]
 
 KAPPA_WORDS = ("Quadratic kappa (Cohen's kappa with quadratic weights) measures how far the predicted classes agree "
@@ -20,12 +26,6 @@ _GENERAL_CUT = ("CUT=N says where the model is split between the hospital and th
 def _stage_names(record: dict):
     """The names of the model's stages and its plan for the record's cut, built on the meta
     device from the record's config (no memory, no weights); ``None`` when that cannot be done."""
-    import torch
-
-    from medsplit.config import Config
-    from medsplit.models import build_model
-    from medsplit.tasks import TASKS
-
     task = TASKS.get(str(record.get("task")))
     config = record.get("config") or {}
     if task is None or not isinstance(config.get("model"), dict):

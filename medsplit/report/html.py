@@ -18,11 +18,14 @@ import json
 import math
 import re
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
+
+import medsplit
 
 __all__ = ["Report", "figure_to_data_uri", "format_value", "flatten", "medsplit_version", "BANNER_LEVELS"]
 
@@ -48,12 +51,8 @@ def _environment() -> Environment:
 def medsplit_version() -> str:
     """The installed medsplit version, or ``"unknown"`` when running from an uninstalled tree."""
     try:
-        from importlib.metadata import PackageNotFoundError, version
-
         return version("medsplit")
     except PackageNotFoundError:
-        import medsplit
-
         return str(getattr(medsplit, "__version__", "unknown"))
 
 
@@ -66,7 +65,7 @@ def figure_to_data_uri(fig: Any, dpi: int = 110) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     if getattr(fig.canvas, "manager", None) is not None:  # registered with pyplot
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # pyplot picks a backend on import: only when the caller used it
 
         plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from medsplit.report.html import Report, format_value
 from medsplit.report.run_summary import selection_metric
 from medsplit.tasks import TASKS
@@ -77,8 +79,6 @@ def _resolved_settings(record: dict) -> dict[str, str]:
 def _config_yaml(record: dict) -> tuple[str, list[str]]:
     """The saved config as YAML, ``auto`` values annotated with what they resolved to, and
     settings the task does not use left out (returned as the second value)."""
-    import yaml
-
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in (record.get("config") or {}).items()}
     dropped = []
     task = TASKS.get(str(record.get("task")))

@@ -21,6 +21,7 @@ from medsplit.original_study import (
 )
 from medsplit.report.tables import without_empty_columns
 from medsplit.report.explain import KAPPA_WORDS, cut_list
+from medsplit.report.figures import line_plot
 from medsplit.report.html import Report
 from medsplit.sweep.plan import baseline_protocols, pooled_protocols
 from medsplit.sweep.summarise import compare_to, seed_groups
@@ -44,8 +45,6 @@ def _axis_figure(groups: list[dict], xs: list[int], key: str, std_key: str | Non
                  title: str, logy: bool = False):
     """Split protocols (and baselines that vary with the axis) as lines with error bars over
     ``xs``; baselines that do not vary with it as horizontal lines with a +-std band."""
-    from medsplit.report.figures import line_plot
-
     series: dict[str, list[float | None]] = {}
     yerr: dict[str, list[float | None]] = {}
     flat = []

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medsplit.config import load_config
 from medsplit.results.attack_studies import attack_studies
 from medsplit.results.baselines import baselines_for
 from medsplit.results.make_command import make_command
@@ -71,8 +72,6 @@ def _interval(pair: Any, digits: int = 3, bounds: tuple[float, float] | None = N
 
 def _config_facts(root: Path, config: str, overrides: list[str]) -> dict[str, Any]:
     """Data source, image size and epochs of a study's config with its overrides."""
-    from medsplit.config import load_config
-
     try:
         cfg = load_config(root / config, list(overrides))
     except Exception:  # a moved or renamed config: the page still renders, without these facts

@@ -28,6 +28,7 @@ def _protocol_flags() -> dict[str, tuple[bool, bool]]:
     ``pooled``: it pools every hospital's data into one party, so neither the partition nor
     the number of clients changes it.
     """
+    # imports torch: a sweep worker loads this module and sets its threads before torch loads
     from medsplit.train.protocols import PROTOCOLS
 
     return {name: (bool(cls.baseline), bool(cls.pooled)) for name, cls in PROTOCOLS.items()}

@@ -16,10 +16,12 @@ each (:mod:`medsplit.sweep.summarise`) and writes the report
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,7 @@ def _finished(run_dir: Path) -> bool:
 
 def _run_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> tuple[str, Path]:
     """Train, resume or skip one point; returns (what happened, run directory)."""
+    # imports torch: a sweep worker loads this module and sets its threads before torch loads
     from medsplit.train.checkpoint import CHECKPOINT
 
     run_dir = Path(cfg.output.runs_dir) / cfg.run_name()
@@ -143,7 +146,7 @@ def _try_point(cfg: Config, train_fn: TrainFn, quiet: bool) -> Outcome:
 def _limit_threads(threads: int) -> None:
     """Worker start-up: each run gets its share of the cores, so N runs do not fight over them."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    import torch  # imports torch: a sweep worker loads this module and sets its threads before torch loads
 
     torch.set_num_threads(threads)
 
@@ -160,13 +163,12 @@ def train_points(configs: list[Config], train_fn: TrainFn | None = None, quiet: 
     other; each run still writes its checkpoint every epoch, so an interrupted batch resumes.
     """
     if train_fn is None:
+        # imports torch: a sweep worker loads this module and sets its threads before torch loads
         from medsplit.train.loop import train as train_fn
     if jobs <= 1 or len(configs) <= 1:
         for k, cfg in enumerate(configs):
             yield k, _try_point(cfg, train_fn, quiet)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_limit_threads, initargs=(threads or threads_per_job(jobs),)) as pool:

@@ -16,6 +16,7 @@ __all__ = ["client_mix", "compare_to", "mean_std", "seed_groups", "summarise_run
 def summarise_run(record: dict) -> dict[str, Any]:
     """What a sweep (or a benchmark) keeps of a run's metrics.json: headline metrics, training
     bytes per epoch (in all and by kind), time."""
+    # imports torch: a sweep worker loads this module and sets its threads before torch loads
     from medsplit.report.index import run_headline
 
     headline = run_headline(record)

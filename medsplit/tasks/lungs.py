@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.config import Config
+from medsplit.data.lungs import load_lungs
+from medsplit.data.seg_augment import SegAugment
 from medsplit.models import StageTable
 from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
 from medsplit.tasks.registry import register_task, task_model
@@ -42,7 +44,6 @@ class LungSegmentationTask(Task):
 
     def __init__(self, cfg: Config, data: SegmentationData, device: torch.device):
         super().__init__(cfg, data, device)
-        from medsplit.data.seg_augment import SegAugment
 
         self._move_to_device("images", "masks")
         self.augment = SegAugment(backend=cfg.data.aug_backend, seed=cfg.train.seed) if cfg.data.augment else None
@@ -50,8 +51,6 @@ class LungSegmentationTask(Task):
 
     @classmethod
     def load_data(cls, cfg: Config) -> SegmentationData:
-        from medsplit.data.lungs import load_lungs
-
         return load_lungs(
             cfg.data.source, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed,
             test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
@@ -65,7 +64,7 @@ class LungSegmentationTask(Task):
         sharing stems; every image is scored (see :mod:`medsplit.evaluate`)."""
         if labels is not None:
             raise ValueError("--labels is for fundus runs (a CSV of grades); a lung folder pairs images/ with masks/ by stem")
-        from medsplit.data.lungs import load_lungs
+        # imports scikit-learn (seconds): the reports read a task's facts without it
         from medsplit.metrics import SegmentationMetrics
 
         # No split: every image of the folder is scored (test_fraction = val_fraction = 0 keeps all in "train").
@@ -95,7 +94,7 @@ class LungSegmentationTask(Task):
 
     @classmethod
     def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        from monai.losses import DiceLoss
+        from monai.losses import DiceLoss  # monai takes seconds to import: only for the lung task's loss
 
         dice = DiceLoss(sigmoid=True)
 
@@ -128,6 +127,7 @@ class LungSegmentationTask(Task):
         return task_model(self.cfg, self.num_outputs(self.cfg))
 
     def new_metrics(self) -> TaskMetrics:
+        # imports scikit-learn (seconds): the reports read a task's facts without it
         from medsplit.metrics import SegmentationMetrics
 
         # HD95 in mm where every image's NIfTI header gave its spacing, else in pixels

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.config import Config
+from medsplit.data.augment import BatchAugment, channel_stats, to_float
+from medsplit.data.fundus_contrast import local_contrast_cached
+from medsplit.data.retinopathy import TARGETS, load_for_evaluation, load_retinopathy
 from medsplit.models import StageTable
 from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
 from medsplit.tasks.registry import register_task, task_model
@@ -29,8 +32,6 @@ def _preprocess(cfg: Config, images: torch.Tensor) -> torch.Tensor:
     """``data.preprocess`` applied to decoded uint8 images: training, validation, test and
     external images all go through it (a model trained on filtered images sees filtered ones)."""
     if cfg.data.preprocess == "local-contrast":
-        from medsplit.data.fundus_contrast import local_contrast_cached
-
         return local_contrast_cached(images, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     return images
 
@@ -57,7 +58,6 @@ class RetinopathyTask(Task):
 
     def __init__(self, cfg: Config, data: RetinopathyData, device: torch.device):
         super().__init__(cfg, data, device)
-        from medsplit.data.augment import BatchAugment, channel_stats
 
         self._move_to_device("images", "labels")
         self.mean, self.std = channel_stats(self.data.train.images)
@@ -67,8 +67,6 @@ class RetinopathyTask(Task):
 
     @classmethod
     def load_data(cls, cfg: Config) -> RetinopathyData:
-        from medsplit.data.retinopathy import load_retinopathy
-
         data = load_retinopathy(
             cfg.data.source, cfg.data_root(), target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
@@ -85,7 +83,7 @@ class RetinopathyTask(Task):
     def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
         """A fundus folder with a labels CSV, an image folder whose CSV is ``labels``, or a
         RetinaMNIST ``.npz`` (its official test split); see :mod:`medsplit.evaluate`."""
-        from medsplit.data.retinopathy import TARGETS, load_for_evaluation
+        # imports scikit-learn (seconds): the reports read a task's facts without it
         from medsplit.metrics import ClassificationMetrics
 
         spec = TARGETS[cfg.data.target]
@@ -96,8 +94,6 @@ class RetinopathyTask(Task):
 
     @classmethod
     def num_outputs(cls, cfg: Config) -> int:
-        from medsplit.data.retinopathy import TARGETS
-
         return TARGETS[cfg.data.target].num_classes
 
     @classmethod
@@ -118,8 +114,6 @@ class RetinopathyTask(Task):
         return {"mean": list(self.mean), "std": list(self.std)}
 
     def batch(self, split: str, idx: torch.Tensor, train: bool, generator: torch.Generator | None) -> Batch:
-        from medsplit.data.augment import to_float
-
         part = self.split(split)
         idx = idx.to(part.images.device)
         x = to_float(part.images[idx], self.mean, self.std)
@@ -132,6 +126,7 @@ class RetinopathyTask(Task):
         return task_model(self.cfg, self.data.num_classes)
 
     def new_metrics(self) -> TaskMetrics:
+        # imports scikit-learn (seconds): the reports read a task's facts without it
         from medsplit.metrics import ClassificationMetrics
 
         return ClassificationMetrics(self.data.num_classes, self.data.class_names)

@@ -66,11 +66,12 @@ def start_tracking(cfg: Config, run_dir: Path) -> Tracker:
     """
     backends: list[Any] = []
     if cfg.output.tensorboard:
+        # imports torch: a run without TensorBoard does without it
         from medsplit.tracking.tensorboard import TensorBoardTracker
 
         backends.append(TensorBoardTracker(cfg, Path(run_dir)))
     if cfg.output.mlflow:
-        from medsplit.tracking.mlflow_tracker import MlflowTracker
+        from medsplit.tracking.mlflow_tracker import MlflowTracker  # optional extra mlflow: only with output.mlflow set
 
         backends.append(MlflowTracker(cfg.output.mlflow, cfg, Path(run_dir)))
     return Tracker(backends)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
+
+from medsplit.tracking.mlflow_tracker import log_batches, mlflow_client
 from medsplit.tracking.readings import finite_number, run_params, tracked_images
 
 __all__ = ["attack_images", "attack_scalars", "track_attack"]
@@ -50,8 +53,6 @@ def track_attack(results: dict, report: Path, tensorboard_dir: Path | None = Non
     """
     scalars, images = attack_scalars(results["rows"]), attack_images(results)
     if tensorboard_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
         with SummaryWriter(str(tensorboard_dir)) as writer:
             writer.add_text("report", str(report))
             for tag, value in scalars.items():
@@ -63,8 +64,6 @@ def track_attack(results: dict, report: Path, tensorboard_dir: Path | None = Non
 
 
 def _to_mlflow(results: dict, report: Path, uri: str, scalars: dict, images: dict) -> None:
-    from medsplit.tracking.mlflow_tracker import log_batches, mlflow_client
-
     client = mlflow_client(uri, key="--mlflow")
     name = f"medsplit-attack-{results['task']}"
     experiment = client.get_experiment_by_name(name)

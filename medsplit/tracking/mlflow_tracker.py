@@ -9,6 +9,7 @@ server as well as a local file store.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from medsplit.config import Config, ConfigError
@@ -23,7 +24,7 @@ _BATCH = 100
 def mlflow_client(uri: str, key: str = "config key 'output.mlflow'"):
     """An MLflow client of ``uri``; ``key`` names the setting that asked for it in the error."""
     try:
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional extra mlflow (pip install 'medsplit[mlflow]')
     except ImportError:
         raise ConfigError(f"{key} = {uri!r} needs MLflow, which is not installed: "
                           "pip install 'medsplit[mlflow]' (or leave it empty)") from None
@@ -35,9 +36,7 @@ def mlflow_client(uri: str, key: str = "config key 'output.mlflow'"):
 
 def log_batches(client, run_id: str, params: dict | None = None, metrics: dict | None = None, step: int = 0) -> None:
     """Log ``params`` (as text) and ``metrics`` (at ``step``) in calls of at most MLflow's batch size."""
-    import time
-
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param  # optional extra mlflow (pip install 'medsplit[mlflow]')
 
     now = int(time.time() * 1000)
     entries = [Param(k, str(v)) for k, v in (params or {}).items()]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
 from medsplit.config import Config
 from medsplit.tracking.readings import epoch_scalars, run_params, final_scalars, tracked_images
 
@@ -20,8 +23,6 @@ class TensorBoardTracker:
     """
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
         self.epochs = cfg.train.epochs
         self.params = run_params(cfg.to_dict())
@@ -33,8 +34,6 @@ class TensorBoardTracker:
         self.writer.flush()
 
     def finish(self, result: dict, images: dict | None) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
         metrics = final_scalars(result)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, self.epochs)

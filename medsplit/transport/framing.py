@@ -36,6 +36,7 @@ there is no hook to refuse politely); the run then stops, and nothing is decoded
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from typing import Callable
 
@@ -80,8 +81,6 @@ def encode_frame(payload: bytes, seq: int, mac: Callable[..., bytes] | None = No
 
 def chunks(frame: bytes) -> list[torch.Tensor]:
     """``frame`` cut into the gloo messages that carry it (views, no copy)."""
-    import warnings
-
     if not frame:  # never made by encode_frame; a test's (or a hostile peer's) empty message
         return [torch.empty(0, dtype=torch.uint8)]
     with warnings.catch_warnings():  # read-only buffer: gloo only reads it
