@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "medsplit"
+_DEFINES_SPEC = re.compile(r"^SPEC\s*(:[^=]+)?=", re.MULTILINE)  # as medsplit.plugins finds plug-ins
 
 
 def _comment_lines(source: str) -> set[int]:
@@ -73,13 +75,43 @@ def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]
     return found
 
 
+def _registry_imports(name: str, path: Path, tree: ast.Module, modules: dict[str, Path]) -> set[str]:
+    """The submodules a self-filling registry's ``__init__`` imports by name while it loads: every
+    plug-in module (``SPEC = ...``) for :func:`medsplit.plugins.discover_specs`, every module for an
+    ``importlib.import_module(f"{__name__}. ...")`` loop."""
+    if path.name != "__init__.py":
+        return set()
+    calls = [n for n in _module_level_nodes(tree) if isinstance(n, ast.Call)]
+    called = {ast.unparse(c.func).rpartition(".")[2] for c in calls}
+    own = {m: p for m, p in modules.items() if m.rpartition(".")[0] == name and p.name != "__init__.py"}
+    found = set()
+    if "import_module" in called and any("__name__" in ast.unparse(c) for c in calls if "import_module" in ast.unparse(c.func)):
+        found |= set(own)
+    if "discover_specs" in called:
+        found |= {m for m, p in own.items() if _DEFINES_SPEC.search(p.read_text())}
+    return found
+
+
+def _module_level_nodes(tree: ast.Module):
+    """Every node that runs when the module is imported (function bodies left out)."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def import_graph(package: Path) -> dict[str, set[str]]:
-    """Module -> the package's modules its module-level imports run (a submodule's parent packages too)."""
+    """Module -> the package's modules its module-level imports run (a submodule's parent packages
+    too, and the plug-ins a registry package imports by name)."""
     modules = module_names(package)
     graph = {}
     for name, path in modules.items():
-        edges = set()
-        for node in _module_level_imports(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        edges = _registry_imports(name, path, tree, modules)
+        for node in _module_level_imports(tree):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -177,3 +209,13 @@ def test_the_checks_catch_an_uncommented_import_and_a_cycle(tmp_path):
     assert import_cycles(graph) == []
     (pkg / "a.py").write_text("from medsplit.sub import B\n")  # a -> sub -> sub.b -> a
     assert import_cycles(import_graph(pkg)) == [["medsplit.a", "medsplit.sub", "medsplit.sub.b", "medsplit.a"]]
+    (pkg / "a.py").write_text("")
+    (pkg / "reg").mkdir()  # a registry that imports its plug-ins by name; one plug-in imports the other package
+    (pkg / "reg" / "__init__.py").write_text("from medsplit.plugins import discover_specs\n"
+                                             "SPECS = discover_specs(__name__, __path__, object)\n")
+    (pkg / "reg" / "plug.py").write_text("from medsplit import c\n\nSPEC = 1\n")
+    (pkg / "reg" / "helper.py").write_text("")
+    (pkg / "c.py").write_text("import medsplit.reg\n")  # c -> reg -> (by name) reg.plug -> c
+    graph = import_graph(pkg)
+    assert graph["medsplit.reg"] == {"medsplit.reg.plug"}  # helper defines no SPEC: not imported
+    assert import_cycles(graph) == [["medsplit.c", "medsplit.reg", "medsplit.reg.plug", "medsplit.c"]]

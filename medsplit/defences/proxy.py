@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsplit.attacks.nets import decoder
-from medsplit.attacks.tap import activation_shape
 from medsplit.defences.registry import DefenceSetting, DefenceSpec
 
 
@@ -65,7 +63,10 @@ class ProxyAdversary:
 
 def install(model, strength: float, setting: DefenceSetting) -> tuple[dict, ProxyAdversary]:
     """A proxy decoder (16 channels wide) from what the client's first part sends back to its images."""
-    # the attack package's networks and taps; imported here because medsplit.attacks imports this package
+    # import cycle: medsplit.defences <-> medsplit.attacks (the attack registry imports every attack, and
+    # they import the defence registry); these are the attack package's networks and taps
+    from medsplit.attacks.nets import decoder
+    from medsplit.attacks.tap import activation_shape
 
     shape = activation_shape(model, setting.images)
     proxy = decoder(shape, setting.images.shape[1], setting.img_size, 16).to(setting.images.device)

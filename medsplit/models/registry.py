@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from medsplit.models.resnet import load_state_dict_file, resnet_table
 from medsplit.models.stages import StageTable
 from medsplit.models.unet_classic import unet_classic_table
 
 
 def _resnet(arch: str):
     def build(num_classes: int, weights: str | None = None, in_channels: int = 3, **_) -> StageTable:
+        from medsplit.models.resnet import resnet_table  # torchvision takes seconds to import: only for the ResNets
+
         return resnet_table(num_classes=num_classes, arch=arch, in_channels=in_channels, weights=weights)
 
     return build
@@ -30,6 +31,9 @@ def _unet_smp(num_classes: int = 1, in_channels: int = 1, weights: str | None = 
     local = weights is not None and Path(weights).exists()
     table = unet_smp_table(num_classes=num_classes, in_channels=in_channels, encoder_weights=None if local else weights)
     if local:
+        # torchvision takes seconds to import: only for a ResNet or a weights file
+        from medsplit.models.resnet import load_state_dict_file
+
         table.load_state_dict(load_state_dict_file(weights))
     return table
 
@@ -37,6 +41,9 @@ def _unet_smp(num_classes: int = 1, in_channels: int = 1, weights: str | None = 
 def _unet_classic(num_classes: int = 1, in_channels: int = 1, weights: str | None = None, base_channels: int = 64, **_) -> StageTable:
     table = unet_classic_table(num_classes=num_classes, in_channels=in_channels, base_channels=base_channels)
     if weights is not None:
+        # torchvision takes seconds to import: only for a ResNet or a weights file
+        from medsplit.models.resnet import load_state_dict_file
+
         table.load_state_dict(load_state_dict_file(weights))
     return table
 
