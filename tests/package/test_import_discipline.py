@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "medsplit"
 _DEFINES_SPEC = re.compile(r"^SPEC\s*(:[^=]+)?=", re.MULTILINE)  # as medsplit.plugins finds plug-ins
 
