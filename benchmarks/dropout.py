@@ -47,6 +47,15 @@ def epoch_seconds(metrics: dict) -> dict[int, list[float]]:
     return out
 
 
+def _command(argv: list[str]) -> str:
+    """The command that reproduces the results (where the runs are kept does not change them)."""
+    words = list(argv)
+    if "--runs-dir" in words:
+        i = words.index("--runs-dir")
+        del words[i:i + 2]
+    return " ".join(["python benchmarks/dropout.py", *words])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="retinamnist", help="a shipped config's name or a YAML file")
@@ -79,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     metric = "auc" if "auc" in runs["full"][0]["test"] else "dice"
     score = lambda m: float(m["test"][metric] if metric == "auc" else m["test"][metric]["mean"])  # noqa: E731
     result = {"config": args.config, "protocol": args.protocol, "clients": args.clients, "dropout": args.dropout,
-              "seeds": seeds, "metric": metric, "settings": {}, "wall_s": time.time() - t0,
-              "command": "python benchmarks/dropout.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "seeds": seeds, "metric": metric, "settings": {},
+              "runs_wall_s": sum(m["wall_time_s"] for ms in runs.values() for m in ms),  # the runs' own, also when read back
+              "command": _command(argv if argv is not None else sys.argv[1:])}
     for name, ms in runs.items():
         seconds: dict[int, list[float]] = {}
         for m in ms:
