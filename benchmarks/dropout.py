@@ -1,8 +1,8 @@
 """What losing a hospital costs: the full federation against the same runs with one hospital
 leaving (``split.dropout``), several seeds each, in one process.
 
-    MEDSPLIT_DATA=../shared/data python benchmarks/dropout.py                     # RetinaMNIST recipe, SplitFed, 3 hospitals
-    MEDSPLIT_DATA=../shared/data python benchmarks/dropout.py --protocol sequential --seeds 0,1,2
+    python benchmarks/dropout.py                     # RetinaMNIST recipe (make data), SplitFed, 3 hospitals
+    python benchmarks/dropout.py --protocol sequential --seeds 0,1,2
 
 Each (setting, seed) is one ordinary medsplit run under ``--runs-dir`` (a finished one is read
 back, so the study can be stopped and restarted). The test metric of each setting is reported as
