@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from medsplit.config import load_config
+from medsplit.config.dropout_schedule import parse_dropout
 from medsplit.train.loop import train
+from medsplit.train.party_run import FAULT_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # two-sided 95% Student t quantiles by degrees of freedom (n - 1); scipy is not needed for four numbers
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dropout", default="client1:epoch=6:after=0", help="the split.dropout schedule of the dropout runs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--transport", default="inprocess", choices=("inprocess", "gloo"),
+                    help="gloo: every party in its own process, and the dropout is a real kill (MEDSPLIT_FAULT) at the "
+                         "schedule's point instead of split.dropout")
     ap.add_argument("--set", action="append", default=[], help="more config overrides (key=value)")
     ap.add_argument("--runs-dir", default="runs/dropout")
     ap.add_argument("--tag", default=None, help="results file name (default: <config>-<protocol>)")
@@ -72,22 +78,35 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.tag or f"{Path(args.config).stem}-{args.protocol}"
     settings = {"full": ["split.min_hospitals=null"],
                 "dropout": [f"split.min_hospitals={args.clients - 1}", f"split.dropout={args.dropout}"]}
+    fault = None
+    if args.transport == "gloo":  # the schedule's point as a kill: epoch from 0, the step it would not take
+        (d,) = parse_dropout(args.dropout, args.clients)
+        fault = f"client{d.hospital}:epoch={d.epoch}:step={d.after}"
+        settings["dropout"] = [f"split.min_hospitals={args.clients - 1}"]
+        tag += "-gloo"
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     t0 = time.time()
     for seed in seeds:
         for name, extra in settings.items():
             run_name = f"{tag}-{name}-seed{seed}"
             cfg = load_config(args.config, [f"split.protocol={args.protocol}", f"split.clients={args.clients}",
+                                            f"split.transport={args.transport}",
                                             f"train.seed={seed}", f"train.threads={args.threads}", "output.tensorboard=false",
                                             f"output.runs_dir={args.runs_dir}", f"output.name={run_name}", *extra, *args.set])
             done = Path(args.runs_dir) / run_name / "metrics.json"
             if not done.exists():
                 print(f"[{time.time() - t0:6.0f} s] training {run_name}", flush=True)
-                train(cfg, quiet=True, overwrite=True)
+                if fault and name == "dropout":
+                    os.environ[FAULT_ENV] = fault  # the party processes inherit it
+                try:
+                    train(cfg, quiet=True, overwrite=True)
+                finally:
+                    os.environ.pop(FAULT_ENV, None)
             runs[name].append(json.loads(done.read_text()))
     metric = "auc" if "auc" in runs["full"][0]["test"] else "dice"
     score = lambda m: float(m["test"][metric] if metric == "auc" else m["test"][metric]["mean"])  # noqa: E731
     result = {"config": args.config, "protocol": args.protocol, "clients": args.clients, "dropout": args.dropout,
+              "transport": args.transport, **({"fault": fault} if fault else {}),
               "seeds": seeds, "metric": metric, "settings": {},
               "runs_wall_s": sum(m["wall_time_s"] for ms in runs.values() for m in ms),  # the runs' own, also when read back
               "command": _command(argv if argv is not None else sys.argv[1:])}
