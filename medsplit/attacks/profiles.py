@@ -74,7 +74,9 @@ PROFILES = {
     # paper-cpu: FSHA at the paper's length and learning rates (10,000 iterations, batch 64, Adam
     # 1e-5 client / pilot / decoder, 1e-4 critic, gradient penalty 500) at 32 px, the size a CPU
     # core affords (about an hour per run; attacker networks 16 channels wide), against the
-    # U-shaped lung client cut after its first block; SSIM/MSE logged every 250 iterations.
+    # U-shaped lung client cut after its first block; SSIM/MSE logged every 250 iterations. The
+    # pilot ends in BatchNorm as the client's block does (FSHAConfig's default, the stronger attack);
+    # --set fsha.pilot_batch_norm=false runs the free pilot of the rows committed before 2026-12-03.
     "paper-cpu": Profile("paper-cpu", 32, 200, 64, FSHAConfig(width=16, log_every=250),
                          InversionConfig(steps=300, batch_size=64, width=16, log_every=100), 150,
                          {"none": [0]}, {"none": [0], "nopeek": [1.0], "dpsgd": [1.0]}, cut_lungs=1),

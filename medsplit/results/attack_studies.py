@@ -20,11 +20,55 @@ def attack_studies(files: list[tuple[Path, dict]]) -> list[Study]:
     return ([_attack_study(fsha)] if fsha else []) + ([_reconstruction_study(other)] if other else [])
 
 
+def _number(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
+def _pilot_batch_norm(fsha: dict) -> bool:
+    """Whether a file's pilot ended in BatchNorm: files written before ``fsha.pilot_batch_norm``
+    existed (2026-12-03) have no such field and ran the free pilot."""
+    return bool(fsha.get("pilot_batch_norm", False))
+
+
+def _pilot_setting(fsha: dict) -> str:
+    """The ``--set`` that reruns a file's pilot, always spelled out: the default changed on
+    2026-12-07 (free pilot before, matched pilot since), so a command without it reruns the
+    other attack for one of the two."""
+    return f"--set fsha.pilot_batch_norm={'true' if _pilot_batch_norm(fsha) else 'false'}"
+
+
+def _before_issue_27(data: dict) -> bool:
+    """Whether a file predates the change of 2026-12-07 (issue 27) that made FSHA score the client
+    part in eval mode (before, scoring ran it in training mode and moved the BatchNorm running
+    statistics its Dice then read), put DP-SGD on every part (before, the client encoder only) and
+    added the trivial baselines to every row: a file without those baselines predates it."""
+    rows = data.get("rows") or []
+    return "trivial_baselines" not in data and not any("baseline_mse" in r for r in rows)
+
+
+def _defence(row: dict, data: dict) -> str:
+    name = str(row.get("defence"))
+    label = name if not row.get("strength") else f"{name} ({row.get('strength')})"
+    if name == "dpsgd" and _before_issue_27(data):
+        label += ", client encoder only"
+    return label
+
+
+def _command(path: Path, data: dict) -> str:
+    """The recorded command (with the pilot it ran, if it did not say) or one derived from the file."""
+    recorded = clean_command(data.get("command"))
+    if not recorded:
+        return _derived_attack_command(path, data)
+    if "fsha.pilot_batch_norm" in recorded:
+        return recorded
+    return f"{recorded} {_pilot_setting((data.get('profile_config') or {}).get('fsha') or {})}"
+
+
 def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
     profile = data.get("profile_config") or {}
     fsha = profile.get("fsha") or {}
     variant = "control: label sharing (FSHA's threat model)" if "label-sharing" in str(data.get("task")) else "U-shaped lungs"
-    if fsha.get("pilot_batch_norm"):
+    if _pilot_batch_norm(fsha):
         variant += ", pilot ends in BatchNorm"
     rows = []
     for r in data.get("rows") or []:
@@ -34,17 +78,20 @@ def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
         rows.append({
             "file": path.name,
             "variant": variant,
-            "defence": r.get("defence") if not r.get("strength") else f"{r.get('defence')} ({r.get('strength')})",
+            "defence": _defence(r, data),
             "iterations": r.get("iterations"),
             "MSE at iteration 0 (untrained attacker)": f"{start['mse']:.4f}" if start else "—",
             "lowest MSE (iteration)": f"{lowest['mse']:.4f} ({lowest['iteration']})" if lowest else "—",
             "final MSE": f"{r['mse']:.4f}" if isinstance(r.get("mse"), (int, float)) else "—",
             "final SSIM": f"{r['ssim']:.3f}" if isinstance(r.get("ssim"), (int, float)) else "—",
+            "mean image / nearest auxiliary image MSE": f"{_number(r.get('baseline_mse'), 4)} / "
+                                                        f"{_number(r.get('baseline_nearest_mse'), 4)}",
             "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
+            "client scored in": "training mode (before 2026-12-07)" if _before_issue_27(data) else "eval mode",
             "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
             "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
             "wall time": format_seconds(r.get("seconds")),
-            "command": clean_command(data.get("command")) or _derived_attack_command(path, data),
+            "command": _command(path, data),
         })
     return rows
 
@@ -57,8 +104,7 @@ def _derived_attack_command(path: Path, data: dict) -> str:
     base = max((p for p in ("tiny", "reduced", "paper-cpu", "full") if named.startswith(p)), key=len, default=named)
     words = [".venv/bin/python -m medsplit attack", f"--task {data.get('task')}", f"--profile {base}",
              "--attacks fsha", f"--defences {defences}"]
-    if fsha.get("pilot_batch_norm"):
-        words.append("--set fsha.pilot_batch_norm=true")
+    words.append(_pilot_setting(fsha))
     iterations = fsha.get("iterations")
     if iterations and iterations != 10000:
         words.append(f"--set fsha.iterations={iterations}")
@@ -71,7 +117,8 @@ def _attack_study(files: list[tuple[Path, dict]]) -> Study:
     rows = [row for path, data in files for row in _attack_rows(path, data)]
     rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
     columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
-               "final SSIM", "attacker pilot MSE (ceiling)", "hijacked client's Dice", "data · size", "wall time"]
+               "final SSIM", "mean image / nearest auxiliary image MSE", "attacker pilot MSE (ceiling)", "hijacked client's Dice",
+               "client scored in", "data · size", "wall time"]
     b = FSHA_PAPER_MNIST_MSE
     baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
     facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "
@@ -80,7 +127,12 @@ def _attack_study(files: list[tuple[Path, dict]]) -> Study:
     for row in rows:
         facts[f"command, {row['file']}"] = row["command"]
     notes = ["MSE: lower is a better attack; SSIM: higher is a better attack. One seed per row. "
-             "The paper's figure is on MNIST, not chest X-rays."]
+             "The paper's figure is on MNIST, not chest X-rays.",
+             "The pilot ends in BatchNorm, as the client's block does, by default since 2026-12-07 (the stronger "
+             "attack); rows without it ran the free pilot (--set fsha.pilot_batch_norm=false).",
+             "Rows scored with the client in training mode predate 2026-12-07: scoring then moved the client's "
+             "BatchNorm running statistics, which its Dice read; they carry no trivial baselines, and their DP-SGD "
+             "covered the client encoder only (since then it trains every part)."]
     return Study(", ".join(p.name for p, _ in files), "FSHA at the paper's length (lungs, paper-cpu profile)", "attack", columns,
                  rows, facts, baselines, notes, "studies/fsha.md")
 
@@ -88,10 +140,6 @@ def _attack_study(files: list[tuple[Path, dict]]) -> Study:
 
 
 _ATTACK_NAMES = {"inversion": "ADRA (inversion, colluding hospital)", "sdar": "SDAR (server)"}
-
-
-def _number(value: Any, digits: int) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
 
 
 def _privacy(row: dict) -> str:

@@ -335,8 +335,8 @@ def test_cli_refuses_a_defence_the_task_cannot_take_before_loading_data(capsys):
 
 def test_a_batch_norm_pilot_sends_the_per_channel_scale_a_batch_norm_client_block_is_pinned_to():
     x = _images(16)
-    free = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8)).pilot(x)
-    pinned = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8, pilot_batch_norm=True)).pilot(x)
+    free = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8, pilot_batch_norm=False)).pilot(x)
+    pinned = FSHAServer(1, 16, (4, 8, 8), FSHAConfig(width=8)).pilot(x)  # the default: the matched pilot
     channels = pinned.transpose(0, 1).reshape(4, -1)
     assert torch.allclose(channels.mean(1), torch.zeros(4), atol=1e-5)
     assert torch.allclose(channels.std(1), torch.ones(4), atol=0.1)  # BatchNorm's eps shaves a tiny variance
