@@ -17,7 +17,7 @@ from medsplit.attacks.fsha import FSHAConfig, FSHAServer
 from medsplit.attacks.profiles import PROFILES, customise
 from medsplit.results.attack_studies import attack_studies
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def _has_batch_norm(module: nn.Module) -> bool:
