@@ -64,6 +64,14 @@ def _command(path: Path, data: dict) -> str:
     return f"{recorded} {_pilot_setting((data.get('profile_config') or {}).get('fsha') or {})}"
 
 
+def _fsha_privacy(row: dict, data: dict) -> str:
+    """The row's epsilon and what it covers; before issue 27 DP-SGD covered the client encoder only,
+    and across steps that bound was nominal (the other parts trained without DP)."""
+    if _before_issue_27(data) and isinstance(row.get("privacy.epsilon"), (int, float)):
+        return f"epsilon {row['privacy.epsilon']:.3g} per image (client encoder only; nominal, not a guarantee)"
+    return _privacy(row)
+
+
 def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
     profile = data.get("profile_config") or {}
     fsha = profile.get("fsha") or {}
@@ -87,6 +95,7 @@ def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
             "mean image / nearest auxiliary image MSE": f"{_number(r.get('baseline_mse'), 4)} / "
                                                         f"{_number(r.get('baseline_nearest_mse'), 4)}",
             "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
+            "privacy": _fsha_privacy(r, data),
             "client scored in": "training mode (before 2026-12-07)" if _before_issue_27(data) else "eval mode",
             "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
             "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
@@ -118,7 +127,7 @@ def _attack_study(files: list[tuple[Path, dict]]) -> Study:
     rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
     columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
                "final SSIM", "mean image / nearest auxiliary image MSE", "attacker pilot MSE (ceiling)", "hijacked client's Dice",
-               "client scored in", "data · size", "wall time"]
+               "privacy", "client scored in", "data · size", "wall time"]
     b = FSHA_PAPER_MNIST_MSE
     baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
     facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "

@@ -99,6 +99,9 @@ def test_every_committed_fsha_file_reruns_with_the_pilot_and_length_it_ran():
     assert by_file["fsha-paper-cpu-lungs.json"]["command"].endswith("--set fsha.pilot_batch_norm=false")
     assert by_file["fsha-paper-cpu-lungs.json"]["client scored in"].startswith("training mode")
     assert by_file["fsha-paper-cpu-lungs.json"]["mean image / nearest auxiliary image MSE"] == "— / —"
+    # the old DP-SGD row covered the client encoder only; its epsilon is labelled so
+    old_dp = by_file["fsha-paper-cpu-lungs-dpsgd.json"]
+    assert "client encoder only" in old_dp["defence"] and "nominal" in old_dp["privacy"]
 
 
 def test_a_file_with_the_trivial_baselines_was_scored_in_eval_mode_and_shows_them():
@@ -109,3 +112,6 @@ def test_a_file_with_the_trivial_baselines_was_scored_in_eval_mode_and_shows_the
     (row,) = study.rows
     assert row["client scored in"] == "eval mode"
     assert row["mean image / nearest auxiliary image MSE"] == "0.0252 / 0.0157"
+    data["rows"][0].update({"defence": "dpsgd", "strength": 1.0, "privacy.epsilon": 937.0})
+    (row,) = attack_studies([(Path("fsha-x.json"), data)])[0].rows
+    assert row["defence"] == "dpsgd (1.0)" and row["privacy"] == "epsilon 937 per image (weights of every part)"
