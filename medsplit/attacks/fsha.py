@@ -17,6 +17,7 @@ tensor stops the run naming the party and step.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -246,8 +247,6 @@ def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tens
         generator: batch sampling RNG (a CPU generator; the indices are moved to the images' device).
         clock: time source for the history (``time.perf_counter`` by default).
     """
-    import time
-
     clock = clock or time.perf_counter
     start = clock()
     history = []

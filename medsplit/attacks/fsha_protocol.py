@@ -5,10 +5,12 @@ Also the harness's FSHA run (:func:`fsha_row`) and its registry entry (``SPEC``)
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from medsplit.attacks.fsha import FSHAConfig, FSHAResult, FSHAServer, decode, evaluate
 from medsplit.attacks.registry import OWN, AttackContext, AttackSpec
@@ -121,10 +123,6 @@ def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: t
         clock: time source for the history.
         progress: show a progress bar of the iterations (long runs) with the latest SSIM.
     """
-    import time
-
-    from tqdm.auto import tqdm
-
     clock = clock or time.perf_counter
     start = clock()
     history = []
@@ -186,13 +184,13 @@ def fsha_row(ctx: AttackContext, name: str, strength: float) -> tuple[dict, dict
     hijacked = HijackedSplitModel(model, server, key)
     # the client watches for a hijack in the undefended run (as in honest training)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
-    batches = None
-    if spec.poisson_batches:
-        def batches():
-            i = poisson_batch(data.x_train.shape[0], hook.sample_rate, g)
-            if len(i) == 0:
-                hook.account_empty_step()
-            return i
+    def poisson_batches():  # DP-SGD's sampling: each image joins a batch with the accountant's rate
+        i = poisson_batch(data.x_train.shape[0], hook.sample_rate, g)
+        if len(i) == 0:
+            hook.account_empty_step()
+        return i
+
+    batches = poisson_batches if spec.poisson_batches else None  # None: uniform draws with replacement
     res = run_fsha_protocol(hijacked, data.x_train, data.y_train, data.x_aux, data.x_test, cfg, detector=detector,
                             num_classes=data.num_classes, generator=g, batches=batches,
                             progress=cfg.iterations >= 1000)
