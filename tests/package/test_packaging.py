@@ -185,3 +185,38 @@ def test_gpu_suite_installs_the_missing_wheels_before_its_first_step(tmp_path):
     assert done.returncode == 2 and "lacks retinopathy/eyepacs256" in done.stderr, done.stderr
     # ... and leaves no installed copy behind
     assert not list(tmp_path.glob("medsplit-offline-site.*"))
+
+
+def _bounded_ranges() -> list:
+    """pyproject's dependencies and the [dev] and [mlflow] extras, as packaging Requirements."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [Requirement(spec) for spec in project["dependencies"] + extras["dev"] + extras["mlflow"]]
+
+
+def test_every_lower_bound_is_pinned_by_the_lower_bounds_check():
+    """benchmarks/check_lower_bounds.sh installs each bound at exactly that version: a bound added or
+    raised in pyproject.toml without the script testing it fails here."""
+    from packaging.version import Version
+
+    script = (ROOT / "benchmarks" / "check_lower_bounds.sh").read_text()
+    pins = {re.sub(r"[-_.]+", "-", name).lower(): Version(version)
+            for name, version in re.findall(r"(?<![\w.-])([A-Za-z][\w.-]*)==(\d[\w.]*)", script)}
+    untested = {}
+    for req in _bounded_ranges():
+        lowest = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        if lowest and pins.get(name) != lowest[0]:
+            untested[name] = (str(lowest[0]), str(pins.get(name)))
+    assert not untested, f"lower bound in pyproject.toml, pin in check_lower_bounds.sh: {untested}"
+    assert len(pins) >= 20 and pins["monai"] == Version("1.4") and pins["numpy"] < Version("2")
+
+
+def test_the_lock_satisfies_every_range():
+    pins = _lock()
+    outside = {str(req): pins[re.sub(r"[-_.]+", "-", req.name).lower()] for req in _bounded_ranges()
+               if re.sub(r"[-_.]+", "-", req.name).lower() in pins
+               and not req.specifier.contains(pins[re.sub(r"[-_.]+", "-", req.name).lower()], prereleases=True)}
+    assert not outside, f"requirements.lock pins a version its pyproject range excludes: {outside}"
