@@ -103,7 +103,7 @@ import importlib, importlib.metadata as md, json, re, sys, tomllib
 group, site, out, resolves, *pins = sys.argv[1:]
 targets = site.split(":")
 IMPORT_NAME = {"scikit-learn": "sklearn", "pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv2",
-               "mlflow-skinny": "mlflow", "protobuf": "google.protobuf"}
+               "mlflow-skinny": "mlflow", "protobuf": "google.protobuf", "pytest-xdist": "xdist"}
 def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 ranges = project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["mlflow"]
