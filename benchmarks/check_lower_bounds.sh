@@ -15,7 +15,7 @@
 # package must import from there at its pinned version; then the tests run. Prints a table and
 # saves benchmarks/results/lower_bounds.json (--slow: lower_bounds-slow.json). Needs PyPI; the
 # downloads are kept in $LOWER_BOUNDS_CACHE (the torch wheel is 531 MB), so a rerun fetches nothing,
-# and each group's test output in its logs/. Takes 7 minutes (--slow: 35) on 2 busy CPU cores.
+# and each group's test output in its logs/. Takes 8 minutes (--slow: 23) on 2 busy CPU cores.
 #
 #   bash benchmarks/check_lower_bounds.sh [--slow]     # --slow adds trainings, resume, gloo parties
 #   PY=.venv/bin/python (default)   LOWER_BOUNDS_CACHE=/tmp/medsplit-lower-bounds-wheels (default)
