@@ -90,13 +90,12 @@ def _attack_rows(path: Path, data: dict) -> list[dict[str, Any]]:
             "iterations": r.get("iterations"),
             "MSE at iteration 0 (untrained attacker)": f"{start['mse']:.4f}" if start else "—",
             "lowest MSE (iteration)": f"{lowest['mse']:.4f} ({lowest['iteration']})" if lowest else "—",
-            "final MSE": f"{r['mse']:.4f}" if isinstance(r.get("mse"), (int, float)) else "—",
-            "final SSIM": f"{r['ssim']:.3f}" if isinstance(r.get("ssim"), (int, float)) else "—",
+            "final MSE / SSIM": f"{_number(r.get('mse'), 4)} / {_number(r.get('ssim'), 3)}",
             "mean image / nearest auxiliary image MSE": f"{_number(r.get('baseline_mse'), 4)} / "
                                                         f"{_number(r.get('baseline_nearest_mse'), 4)}",
             "hijacked client's Dice": f"{r['utility']:.3f}" if isinstance(r.get("utility"), (int, float)) else "—",
             "privacy": _fsha_privacy(r, data),
-            "client scored in": "training mode (before 2026-12-07)" if _before_issue_27(data) else "eval mode",
+            "client scored in": "training mode" if _before_issue_27(data) else "eval mode",  # training: before 2026-12-07
             "attacker pilot MSE (ceiling)": f"{r['pilot_mse']:.4f}" if isinstance(r.get("pilot_mse"), (int, float)) else "—",
             "data · size": f"{str(data.get('task', '?')).split('-')[0]} (covid-cxr-v7) · {profile.get('img_size', '?')} px",
             "wall time": format_seconds(r.get("seconds")),
@@ -125,14 +124,17 @@ def _derived_attack_command(path: Path, data: dict) -> str:
 def _attack_study(files: list[tuple[Path, dict]]) -> Study:
     rows = [row for path, data in files for row in _attack_rows(path, data)]
     rows.sort(key=lambda r: (-(r["iterations"] or 0), r["variant"], str(r["defence"])))  # paper length first
-    columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)", "final MSE",
-               "final SSIM", "mean image / nearest auxiliary image MSE", "attacker pilot MSE (ceiling)", "hijacked client's Dice",
-               "privacy", "client scored in", "data · size", "wall time"]
+    # one page wide at 1400 px: MSE and SSIM share a column, data and size are one fact below
+    columns = ["variant", "defence", "iterations", "MSE at iteration 0 (untrained attacker)", "lowest MSE (iteration)",
+               "final MSE / SSIM", "mean image / nearest auxiliary image MSE", "attacker pilot MSE (ceiling)", "hijacked client's Dice",
+               "privacy", "client scored in", "wall time"]  # "data · size" is one fact: every row is the same
     b = FSHA_PAPER_MNIST_MSE
-    baselines = [{"variant": f"published: {b.name}", "final MSE": f"{b.values['mse']:.4f}", "source": b.source}]
+    baselines = [{"variant": f"published: {b.name}", "final MSE / SSIM": f"{b.values['mse']:.4f} / —", "source": b.source}]
     facts = {"profile": "paper-cpu: 10,000 iterations, batch 64, Adam 1e-5 (client, pilot, decoder), 1e-4 (critic), "
                         "gradient penalty 500; classic U-Net width 8 cut after its first block",
              "make target": 'make attacks PROFILE=paper-cpu ARGS="--attacks fsha --defences none"'}
+    sizes = sorted({row["data · size"] for row in rows})
+    facts["data · size"] = ", ".join(sizes)
     for row in rows:
         facts[f"command, {row['file']}"] = row["command"]
     notes = ["MSE: lower is a better attack; SSIM: higher is a better attack. One seed per row. "
