@@ -24,21 +24,17 @@ from pathlib import Path
 
 from medsplit.config import load_config
 from medsplit.config.dropout_schedule import parse_dropout
+from medsplit.results.studies import mean_interval
 from medsplit.train.loop import train
 from medsplit.train.party_run import FAULT_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# two-sided 95% Student t quantiles by degrees of freedom (n - 1); scipy is not needed for four numbers
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def interval(values: list[float]) -> dict:
-    """Mean and 95% t-interval of ``values`` (over seeds)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": len(values)}
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+    """Mean and 95% t-interval of ``values`` (over seeds; the results page's interval)."""
+    ci = mean_interval(values)
+    return {"mean": statistics.fmean(values), "low": ci[0] if ci else None, "high": ci[1] if ci else None, "n": len(values)}
 
 
 def epoch_seconds(metrics: dict) -> dict[int, list[float]]:

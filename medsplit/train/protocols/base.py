@@ -164,21 +164,11 @@ class Protocol:
     def rejoin(self, k: int) -> None:
         """Hospital ``k`` takes part again: it continues from the current client weights (and, with
         ``carry``, optimiser state), which the aggregator sends it."""
-        source = next(j for j in self.roster.members() if j != k)
-        self._refresh(self.clients[source], self.clients[k], "aggregator")
+        self._hand_over(self.clients[self._rejoin_source(k)], self.clients[k], via="aggregator")
 
-    def _refresh(self, source: Party, target: Party, aggregator: str, links: str = "") -> None:
-        """``target`` takes ``source``'s weights (all members hold the same after averaging), sent by ``aggregator``."""
-        here = self.channel.hosts(target.name)
-        received = self.channel.send(aggregator, target.name, "weights", dict(source.parts.state_dict()), link=f"{links}weights")
-        if here:
-            target.parts.load_state_dict(received)
-        if self.optimizer_handover == "carry":
-            state = self._send_optimizer_state(aggregator, target.name, source.optimizer_tensors(), target, f"{links}optimizer state")
-            if here and state:
-                target.load_optimizer_tensors(state)
-        elif self.optimizer_handover == "reset":
-            target.clear_optimizer_state()
+    def _rejoin_source(self, k: int) -> int:
+        """A hospital present besides the rejoining ``k``: after a round's averaging it holds the current weights."""
+        return next(j for j in self.roster.members() if j != k)
 
     # ---- weight sharing helpers --------------------------------------------------------
     def _send_weights(self, sender: Party, receiver: str, link: str = "weights") -> dict[str, torch.Tensor]:
@@ -190,15 +180,18 @@ class Protocol:
         (it cannot know in advance which moments the sender holds)."""
         return self.channel.send(sender, receiver, "weights", state, link=link, expect=optimizer_state_check(like))
 
-    def _hand_over(self, sender: Party, receiver: Party) -> None:
-        """``receiver`` continues from ``sender``'s client weights (and, with ``carry``, its
-        optimiser state), both sent over the channel."""
+    def _hand_over(self, sender: Party, receiver: Party, via: str | None = None, links: str = "") -> None:
+        """``receiver`` continues from ``sender``'s weights (and, with ``carry``, its optimiser
+        state), both sent over the channel by ``via``: the sender itself (the relay), or the
+        aggregator that holds the round's average (a hospital rejoining). ``links`` prefixes the
+        link names, as in :meth:`_average`."""
+        via = via or sender.name
         here = self.channel.hosts(receiver.name)
-        weights = self._send_weights(sender, receiver.name)
+        weights = self.channel.send(via, receiver.name, "weights", dict(sender.parts.state_dict()), link=f"{links}weights")
         if here:
             receiver.parts.load_state_dict(weights)
         if self.optimizer_handover == "carry":
-            state = self._send_optimizer_state(sender.name, receiver.name, sender.optimizer_tensors(), receiver)
+            state = self._send_optimizer_state(via, receiver.name, sender.optimizer_tensors(), receiver, f"{links}optimizer state")
             if here:
                 receiver.load_optimizer_tensors(state)
         elif self.optimizer_handover == "reset":

@@ -73,5 +73,4 @@ class SplitFedV1(SplitFed):
     def rejoin(self, k):
         """Hospital ``k`` and its server copy continue from the current weights of both."""
         super().rejoin(k)
-        source = next(j for j in self.roster.members() if j != k)
-        self._refresh(self.servers[source], self.servers[k], MAIN_SERVER, links=SERVER_LINKS)
+        self._hand_over(self.servers[self._rejoin_source(k)], self.servers[k], via=MAIN_SERVER, links=SERVER_LINKS)
