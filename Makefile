@@ -71,7 +71,7 @@ wheel-check: setup
 # slowest tests are listed at the end.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=25 $(PYTEST_ARGS)
 
 # The quick tier for day-to-day work: everything not marked slow (no party processes, no FLARE sites).
 test-fast: setup

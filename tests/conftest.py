@@ -18,6 +18,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist the workers take the tests in collection order. The process-level tests
+    # (marked slow, 15-95 s each) sit in the folders collected last (transport/, train/), and one of
+    # them started last keeps a worker busy while the other has nothing left: they go first
+    # (a stable sort, so each group keeps its order and every worker collects the same list).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_sessionstart(session):
     # In CI the real-data tests must run: a missing data folder fails the run instead of
     # letting those tests skip quietly and pass.
