@@ -74,8 +74,8 @@ def test_only_the_projects_namespaces_are_deleted():
 
 
 def test_the_model_adds_every_links_time_and_keeps_the_busiest_hospitals_share():
-    wan = _module("wan")
-    model = wan.link_time_model()
+    wan = _module("wan_compare")
+    model = _module("wan").link_time_model()
     links = {("client0", "server"): {"bytes": 1_000_000, "messages": 4}, ("server", "client0"): {"bytes": 500_000, "messages": 2},
              ("client1", "server"): {"bytes": 2_000_000, "messages": 4}, ("client0", "client1"): {"bytes": 100_000, "messages": 1}}
     rate, rtt = 10e6, 0.02
@@ -117,7 +117,7 @@ def test_stale_namespaces_and_failures_are_cleaned_up(netns):
 def test_a_shaped_epoch_is_slower_by_what_the_model_predicts(netns):
     """One tiny relay epoch (ResNet-18 at 32 px, 2 batches of 16 per hospital) directly and over
     2 Mbit/s, 10 ms RTT links: the link (about 9.5 s) dominates the compute (1 to 3 s on a shared CPU)."""
-    wan = _module("wan")
+    wan, compare = _module("wan"), _module("wan_compare")
     rate, rtt = 2e6, 0.010
     settings = wan.Settings(steps=2, batch=16, model="resnet18", cut=3, probe_bytes=500_000, party_timeout=300)
     try:
@@ -137,19 +137,19 @@ def test_a_shaped_epoch_is_slower_by_what_the_model_predicts(netns):
     assert rtt * 1e3 <= probe["rtt_ms_min"] <= rtt * 1e3 + 5
 
     # The same bytes cross every link, shaped or not, and each receiver got what its sender sent.
-    links = wan.directed_links(shaped["parties"])
+    links = compare.directed_links(shaped["parties"])
     assert {k: (v["bytes"], v["messages"]) for k, v in links.items()} == \
-           {k: (v["bytes"], v["messages"]) for k, v in wan.directed_links(direct["parties"]).items()}
+           {k: (v["bytes"], v["messages"]) for k, v in compare.directed_links(direct["parties"]).items()}
     received = {(row["peer"], p["party"]): row["payload_bytes"] + row["framing_bytes"]
                 for p in shaped["parties"] for row in p["links"] if row["direction"] == "recv" and row["messages"]}
-    assert {(wan.party_of(a), b): v["bytes"] for (a, b), v in links.items()} == \
-           {(wan.party_of(a), wan.party_of(b)): n for (a, b), n in received.items()}
+    assert {(compare.party_of(a), b): v["bytes"] for (a, b), v in links.items()} == \
+           {(compare.party_of(a), compare.party_of(b)): n for (a, b), n in received.items()}
     activations = links[("client0", "server")]["bytes"]
     assert activations > 16 * 2 * 64 * 8 * 8 * 4  # two batches of ResNet-18 layer-1 activations at least
 
     # Slower by about the model's link time. The machine is shared: compute alone varies by a
     # second or more between runs, hence the band; no shaping, or a link counted twice, falls outside.
-    predicted = wan.predict(wan.link_time_model(), "sequential", direct["epoch_s"], links, rate, rtt)
+    predicted = compare.predict(wan.link_time_model(), "sequential", direct["epoch_s"], links, rate, rtt)
     measured = shaped["epoch_s"] - direct["epoch_s"]
     print(f"direct {direct['epoch_s']:.2f} s, shaped {shaped['epoch_s']:.2f} s [{shaped['method']}]: link {measured:.2f} s "
           f"measured, {predicted['link_s']:.2f} s modelled; probe {probe}")
