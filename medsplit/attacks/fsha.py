@@ -1,4 +1,4 @@
-"""Feature-Space Hijacking Attack (Pasquini, Ateniese and Bernaschi, CCS 2021).
+"""Feature-Space Hijacking Attack (Pasquini, Ateniese and Bernaschi, CCS 2021): the attacker's side.
 
 Threat model: the *server* is malicious and replaces its part of the protocol. It holds
 auxiliary images from the same distribution (here: a patient-disjoint split of the same
@@ -9,25 +9,27 @@ source, never the victim's images). It trains
 
 and instead of the task gradient it returns to the client ``d/dz [-D(z)]`` at the client's
 activation ``z``, which drives ``f`` into ``f~``'s feature space. Reconstruction of any
-private image the client sends is then ``f~^-1(f(x_priv))``. The client runs its usual code
-(optimiser, defences); everything moves through a :class:`~medsplit.split.channel.Channel`,
-so the server sees what crosses (noisy activations under a noise defence) and a non-finite
-tensor stops the run naming the party and step.
+private image the client sends is then ``f~^-1(f(x_priv))``.
+
+What is where: this module holds the attacker's networks and their training
+(:class:`FSHAServer`), the hyper-parameters (:class:`FSHAConfig`), the result
+(:class:`FSHAResult`) and the scoring of reconstructions (:func:`decode`, :func:`evaluate`).
+The attack itself runs in :mod:`medsplit.attacks.fsha_protocol`: a
+:class:`~medsplit.attacks.fsha_protocol.HijackedSplitModel` is the real split protocol (every
+part, every party, the client's own optimiser and defences, every tensor on the channel) whose
+server returns the adversarial gradient, :func:`~medsplit.attacks.fsha_protocol.run_fsha_protocol`
+is the iteration loop, and :func:`~medsplit.attacks.fsha_protocol.fsha_row` the harness's run.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medsplit.attacks.nets import decoder, discriminator, pilot_encoder
 from medsplit.attacks.quality import reconstruction_quality
-from medsplit.defences.detector import HijackDetector
-from medsplit.split.channel import Channel
 
 
 @dataclass
@@ -140,85 +142,6 @@ class FSHAResult:
     config: dict
 
 
-class FSHAClientSession:
-    """A standalone two-party client (one part, its optimiser, its defences) against a hijacking
-    server. The harness runs FSHA inside the real protocol instead (:class:`HijackedSplitModel`),
-    which for a U-Net keeps the client decoder, the skips and the masks at the hospital.
-
-    The client runs its own code: its part, its optimiser, its defences
-    (``send_transform``, ``regularizer`` with the signatures of
-    :class:`~medsplit.split.split_model.SplitModel` hooks) and, optionally, a hijack detector.
-
-    Args:
-        client_part: the client's first part (a :class:`~medsplit.split.cut.Part`).
-        sent_key: the tensor of ``client_part`` that crosses to the server.
-        channel: carries activations, labels and gradients.
-        server: the FSHA server.
-        lr: the client's learning rate.
-        send_transform, regularizer: client-side defences (optional).
-        client_name, server_name: party names for the channel.
-    """
-
-    def __init__(self, client_part: nn.Module, sent_key: str, channel: Channel, server: FSHAServer, lr: float,
-                 send_transform: Callable | None = None, regularizer: Callable | None = None,
-                 client_name: str = "client0", server_name: str = "server"):
-        self.part, self.key, self.channel, self.server = client_part, sent_key, channel, server
-        self.optimizer = torch.optim.Adam(client_part.parameters(), lr=lr)
-        self.send_transform, self.regularizer = send_transform, regularizer
-        self.client, self.server_name = client_name, server_name
-        self.link = f"{getattr(client_part, 'name', 'client')}->server"
-
-    def round(self, x: torch.Tensor, y: torch.Tensor | None, x_aux: torch.Tensor, step: bool = True) -> torch.Tensor:
-        """One protocol round; returns the gradient the client received. ``step=False`` for a
-        detector's fake round: the client discards the gradient (the server cannot tell)."""
-        self.part.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        outputs = self.part({"x": x})
-        sent = {self.key: outputs[self.key]}
-        if self.send_transform is not None:
-            sent = self.send_transform(sent)
-        received = self.channel.send(self.client, self.server_name, "activation", sent, link=self.link)
-        if y is not None:  # the protocol sends labels; the hijacker ignores them
-            self.channel.send(self.client, self.server_name, "label", {"y": y}, link="data->server")
-        z = received[self.key]
-        grad = self.server.client_gradient(z)
-        back = self.channel.send(self.server_name, self.client, "gradient", {self.key: grad},
-                                 link="server->" + self.link.split("->")[0])[self.key]
-        if step:
-            tensors, grads = [sent[self.key]], [back]
-            if self.regularizer is not None:
-                tensors.append(self.regularizer({"x": x}, outputs))
-                grads.append(None)
-            torch.autograd.backward(tensors, grads)
-            self.optimizer.step()
-        self.server.update(x_aux, z)
-        self.channel.step += 1
-        return back
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """The server's reconstruction ``f~^-1(z)`` of what the client sends for ``x`` at inference."""
-        return decode(self.server, self.sent_features(x, batch_size), batch_size)
-
-    @torch.no_grad()
-    def sent_features(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """What the server receives for ``x`` at inference (after the client's send transform): the part
-        in eval mode, so scoring the attack does not move its BatchNorm running statistics."""
-        self.part.eval()
-        phase, self.channel.phase = self.channel.phase, "eval"
-        try:
-            out = []
-            for i in range(0, x.shape[0], batch_size):
-                sent = {self.key: self.part({"x": x[i:i + batch_size]})[self.key]}
-                if self.send_transform is not None:
-                    sent = self.send_transform(sent)
-                out.append(self.channel.send(self.client, self.server_name, "activation", sent, link=self.link)[self.key])
-            return torch.cat(out)
-        finally:
-            self.channel.phase = phase
-            self.part.train()
-
-
 @torch.no_grad()
 def decode(server: FSHAServer, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """``f~^-1(z)`` in batches."""
@@ -229,44 +152,3 @@ def evaluate(server: FSHAServer, z_eval: torch.Tensor, x_eval: torch.Tensor) -> 
     """The attack's reconstruction quality on the held-out victims, with the server's diagnostics."""
     return {**reconstruction_quality(decode(server, z_eval), x_eval), **server.diagnostics(x_eval, z_eval)}
 
-
-def run_fsha(session: FSHAClientSession, x_priv: torch.Tensor, x_aux: torch.Tensor, x_eval: torch.Tensor,
-             cfg: FSHAConfig, y_priv: torch.Tensor | None = None, detector: HijackDetector | None = None,
-             num_classes: int | None = None, generator: torch.Generator | None = None,
-             clock: Callable[[], float] | None = None) -> FSHAResult:
-    """Run FSHA for ``cfg.iterations`` and log reconstruction quality of ``x_eval`` (held-out private images).
-
-    Args:
-        session: the client session wired to the malicious server.
-        x_priv: the client's training images (float, [0, 1]); ``y_priv`` their targets (sent, ignored).
-        x_aux: the server's auxiliary images (disjoint from ``x_priv`` and ``x_eval``).
-        x_eval: held-out private images the quality is measured on.
-        cfg: hyper-parameters (iterations, batch size, learning rates, ...).
-        detector: optional client-side hijack detector (fake rounds with randomised targets).
-        num_classes: for the detector's random labels.
-        generator: batch sampling RNG (a CPU generator; the indices are moved to the images' device).
-        clock: time source for the history (``time.perf_counter`` by default).
-    """
-    clock = clock or time.perf_counter
-    start = clock()
-    history = []
-
-    def log(it: int) -> None:
-        history.append({"iteration": it, **evaluate(session.server, session.sent_features(x_eval), x_eval),
-                        "seconds": clock() - start})
-
-    log(0)
-    for it in range(1, cfg.iterations + 1):
-        i = torch.randint(0, x_priv.shape[0], (cfg.batch_size,), generator=generator).to(x_priv.device)
-        j = torch.randint(0, x_aux.shape[0], (cfg.batch_size,), generator=generator).to(x_aux.device)
-        xb, yb = x_priv[i], (y_priv[i] if y_priv is not None else None)
-        if detector is not None and yb is not None and detector.should_probe(it):
-            fake = session.round(xb, detector.fake_targets(yb, num_classes), x_aux[j], step=False)
-            regular = session.round(xb, yb, x_aux[j])
-            detector.update(it, regular, fake)
-        else:
-            session.round(xb, yb, x_aux[j])
-        if it % cfg.log_every == 0 or it == cfg.iterations:
-            log(it)
-    recon = session.reconstruct(x_eval)
-    return FSHAResult(history, recon, history[-1], detector.summary() if detector else None, asdict(cfg))

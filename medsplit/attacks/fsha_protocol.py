@@ -1,6 +1,14 @@
 """FSHA inside the real split protocol (every part, every party): the malicious server of
 :mod:`medsplit.attacks.fsha` hijacks only the gradient it returns to the client's first part.
-Also the harness's FSHA run (:func:`fsha_row`) and its registry entry (``SPEC``).
+
+What is where: :class:`HijackedSplitModel` (a :class:`~medsplit.split.split_model.SplitModel`
+whose server replies with the adversarial gradient; built over any split model with
+:meth:`HijackedSplitModel.against`), :func:`run_fsha_protocol` (the attack's iteration loop,
+with the client's optional hijack detector) and the harness's FSHA run (:func:`fsha_row`) with
+its registry entry (``SPEC``). The attacker's networks, hyper-parameters and scoring are in
+:mod:`medsplit.attacks.fsha`. The client's defences are SplitModel's own hooks
+(``send_transforms``, ``regularizers``), installed on the split model before or after hijacking
+(the hijacked model shares them).
 """
 
 from __future__ import annotations
@@ -54,6 +62,19 @@ class HijackedSplitModel(SplitModel):
         self.fsha = server
         self.sent_key = sent_key
         self.last_received: torch.Tensor | None = None  # z as the server received it, last round
+
+    @classmethod
+    def against(cls, model: SplitModel, x_client: torch.Tensor, x_aux: torch.Tensor,
+                cfg: FSHAConfig) -> "HijackedSplitModel":
+        """``model`` with a malicious server whose FSHA networks (on ``x_aux``'s device) are sized
+        from what the client's first part sends for images like ``x_client``; the attacker reads
+        off the activations it receives (of auxiliary images) whether they are non-negative."""
+        key = crossing_key(model)
+        shape = activation_shape(model, x_client)
+        with torch.no_grad():
+            nonneg = bool((model.chain[0][0]({"x": x_aux[:4]})[key] >= 0).all())
+        server = FSHAServer(x_aux.shape[1], x_aux.shape[-1], shape, cfg, nonnegative=nonneg, device=x_aux.device)
+        return cls(model, server, key)
 
     def _return_gradients(self, consumer: int, edges, pending) -> None:
         for e in edges:
@@ -175,13 +196,7 @@ def fsha_row(ctx: AttackContext, name: str, strength: float) -> tuple[dict, dict
     if spec.poisson_batches and dp_batch < cfg.batch_size:
         facts["batch_note"] = (f"the client holds {n_private} private images, fewer than the attack's batch of "
                                f"{cfg.batch_size}: under DP-SGD its expected batch is {dp_batch} (q = 1)")
-    first = model.chain[0][0]
-    key = crossing_key(model)
-    shape = activation_shape(model, data.x_train)
-    with torch.no_grad():
-        nonneg = bool((first({"x": data.x_aux[:4]})[key] >= 0).all())
-    server = FSHAServer(data.x_train.shape[1], profile.img_size, shape, cfg, nonnegative=nonneg, device=data.device)
-    hijacked = HijackedSplitModel(model, server, key)
+    hijacked = HijackedSplitModel.against(model, data.x_train, data.x_aux, cfg)
     # the client watches for a hijack in the undefended run (as in honest training)
     detector = HijackDetector(probe_every=profile.probe_every) if name == "none" else None
     def poisson_batches():  # DP-SGD's sampling: each image joins a batch with the accountant's rate

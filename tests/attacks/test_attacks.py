@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from medsplit.attacks import check_attack_names, resolve_attack_names
-from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, evaluate, run_fsha
+from medsplit.attacks.fsha import FSHAConfig, FSHAServer, evaluate
+from medsplit.attacks.fsha_protocol import HijackedSplitModel, run_fsha_protocol
 from medsplit.attacks.inversion import InversionConfig, run_inversion
 from medsplit.attacks.label_leakage import label_private_parts, leakage_scores
-from medsplit.attacks.tap import Recorder, observed_activations
+from medsplit.attacks.tap import Recorder, gradient_to_first_part, observed_activations
 from medsplit.defences import HijackDetector
 from medsplit.models import build_model
-from medsplit.split import Channel, cut, two_party
+from medsplit.split import cut, two_party
 from medsplit.split.channel import NonFiniteError
 from medsplit.train.device import device_label
 
@@ -23,8 +24,8 @@ torch.set_num_threads(1)
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def _split(table, cut_at, loss, channel=None):
-    make = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
+def _split(table, cut_at, loss, channel=None, lr=1e-3):
+    make = lambda ps: torch.optim.Adam(ps, lr=lr)  # noqa: E731
     return two_party(cut(table, cut_at), loss, channel, make)
 
 
@@ -35,39 +36,51 @@ def _images(n=48, size=16, seed=0):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _fsha_session(size=16, cut_at=1, **cfg):
+def _hijacked(size=16, cut_at=1, **cfg):
+    """An honest two-party U-Net split, and the same split (shared parts, channel, hooks) with an FSHA server."""
     table = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=4)
-    model = _split(table, cut_at, lambda o, y: F.binary_cross_entropy_with_logits(o, y.float()))
-    part = model.chain[0][0]
-    key = f"enc{cut_at}"
-    shape = tuple(part({"x": torch.rand(2, 1, size, size)})[key].shape[1:])
     config = FSHAConfig(batch_size=8, lr_client=1e-4, lr_pilot=1e-3, lr_decoder=1e-3, width=8, **cfg)
-    server = FSHAServer(1, size, shape, config, nonnegative=True)
-    return model, FSHAClientSession(part, key, Channel(), server, config.lr_client), config
+    model = _split(table, cut_at, lambda o, y: F.binary_cross_entropy_with_logits(o, y.float()), lr=config.lr_client)
+    hijacked = HijackedSplitModel.against(model, torch.rand(2, 1, size, size), _images(4, size, seed=9), config)
+    assert hijacked.sent_key == f"enc{cut_at}"
+    return model, hijacked, config
 
 
 def test_fsha_returns_adversarial_not_task_gradient():
-    model, session, _ = _fsha_session()
+    model, hijacked, _ = _hijacked()
+    first = hijacked.chain[0][0]
+    params = list(first.parameters())
     x = _images(8)
     masks = (x > 0.5).long()
     # the adversarial gradient -d mean D(z) / dz, computed before the server's own update
-    expected = session.server.client_gradient(session.part({"x": x})["enc1"].detach())
-    with Recorder(session.channel, "gradient", receiver="client0") as rec:
-        received = session.round(x, masks, _images(8, seed=1), step=False)
-    assert torch.equal(rec.transfers[-1].tensors["enc1"], received)  # what crossed is what the client used
+    z = first({"x": x})["enc1"]
+    expected = hijacked.fsha.client_gradient(z.detach())
+    with Recorder(hijacked.channel, "gradient", receiver="client0", link_prefix="server_encoder->") as rec:
+        received = gradient_to_first_part(hijacked, x, masks)
+    assert len(rec.transfers) == 1 and torch.equal(rec.transfers[-1].tensors["enc1"], received)
     assert torch.allclose(received, expected, atol=1e-7)
+    hijacked_grads = [p.grad.clone() for p in params]
     # the honest server's gradient for the same client, images and masks
     with Recorder(model.channel, "gradient", receiver="client0", link_prefix="server_encoder->") as rec:
+        for party in model.parties:
+            party.zero_grad()
         model.forward_backward(x, masks)
     honest = rec.transfers[-1].tensors["enc1"]
     cos = F.cosine_similarity(received.flatten(), honest.flatten(), dim=0)
     assert abs(float(cos)) < 0.5
+    # what crossed is what the client used: its encoder's gradients differ from the honest round's
+    # by exactly the backward of (hijacked - honest) through it (the skip-path gradient is the same)
+    honest_grads = [p.grad.clone() for p in params]
+    by_hand = torch.autograd.grad(z, params, grad_outputs=received - honest)
+    for h, o, d in zip(hijacked_grads, honest_grads, by_hand):
+        assert torch.allclose(h - o, d, atol=1e-5, rtol=1e-4)
 
 
 def test_fsha_logs_quality_and_feature_space_moves_to_pilot():
-    _, session, cfg = _fsha_session(iterations=60, log_every=30)
+    _, hijacked, cfg = _hijacked(iterations=60, log_every=30)
     x = _images(40)
-    result = run_fsha(session, x[:24], x[24:36], x[36:], cfg, generator=torch.Generator().manual_seed(0))
+    y = (x > 0.5).long()
+    result = run_fsha_protocol(hijacked, x[:24], y[:24], x[24:36], x[36:], cfg, generator=torch.Generator().manual_seed(0))
     assert [h["iteration"] for h in result.history] == [0, 30, 60]
     assert all(0 <= h["mse"] < 1 for h in result.history)
     assert result.reconstructions.shape == x[36:].shape
@@ -77,9 +90,9 @@ def test_fsha_logs_quality_and_feature_space_moves_to_pilot():
 
 
 def test_fsha_ceiling_is_the_attack_when_the_client_sends_the_pilots_features():
-    _, session, _ = _fsha_session()
+    _, hijacked, _ = _hijacked()
     x = _images(12)
-    server = session.server
+    server = hijacked.fsha
     with torch.no_grad():
         z = server.pilot(x)
     quality = evaluate(server, z, x)
@@ -89,19 +102,21 @@ def test_fsha_ceiling_is_the_attack_when_the_client_sends_the_pilots_features():
 
 
 def test_fsha_stops_on_non_finite_activation_naming_party_and_step():
-    _, session, cfg = _fsha_session(iterations=3, log_every=3)
-    session.send_transform = lambda t: {k: v * float("nan") for k, v in t.items()}
+    _, hijacked, cfg = _hijacked(iterations=3, log_every=3)
+    # a client-side send transform, installed as every defence is: on the split model's hook
+    hijacked.send_transforms[hijacked.chain[0][0].name] = lambda t: {k: v * float("nan") for k, v in t.items()}
     x = _images(24)
     with pytest.raises(NonFiniteError, match=r"client0 .* step 0"):
-        run_fsha(session, x[:8], x[8:16], x[16:], cfg)
+        run_fsha_protocol(hijacked, x[:8], (x[:8] > 0.5).long(), x[8:16], x[16:], cfg)
 
 
 def test_detector_flags_fsha_and_not_honest_training():
-    _, session, cfg = _fsha_session(iterations=30, log_every=30)
+    _, hijacked, cfg = _hijacked(iterations=30, log_every=30)
     x = _images(40)
     y = (x > 0.5).long()
     det = HijackDetector(probe_every=3, min_probes=3)
-    run_fsha(session, x[:24], x[24:32], x[32:], cfg, y_priv=y[:24], detector=det, generator=torch.Generator().manual_seed(0))
+    run_fsha_protocol(hijacked, x[:24], y[:24], x[24:32], x[32:], cfg, detector=det, num_classes=1,
+                      generator=torch.Generator().manual_seed(0))
     assert det.summary()["flagged"]
 
     from dataclasses import replace

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medsplit.attacks.fsha import FSHAClientSession, FSHAConfig, FSHAServer, run_fsha
+from medsplit.attacks.fsha import FSHAConfig
+from medsplit.attacks.fsha_protocol import HijackedSplitModel, run_fsha_protocol
 from medsplit.flare.hospital_guard import HijackAbort, HospitalGuard
 from medsplit.flare.job_defences import JobDefences, PolicyError
 from medsplit.flare.policy import POLICY_FILE, PolicyRefused, load_policy, policy_for_site
@@ -57,38 +58,43 @@ def test_nopeek_requirement_and_policy_file_errors_name_file_and_key(tmp_path):
         JobDefences.from_dict({"detector": True})
 
 
-def _fsha(size=16):
+def _hijacked(site: str, x: torch.Tensor, x_aux: torch.Tensor) -> tuple[HijackedSplitModel, FSHAConfig]:
+    """The hospital's two-party U-Net split with an FSHA server."""
+    config = FSHAConfig(batch_size=8, lr_client=1e-4, lr_pilot=1e-3, lr_decoder=1e-3, width=8, iterations=60, log_every=60)
     table = build_model("unet-classic", num_classes=1, in_channels=1, base_channels=4)
     model = two_party(cut(table, 1), lambda o, y: F.binary_cross_entropy_with_logits(o, y.float()), Channel(),
-                      lambda ps: torch.optim.Adam(ps, lr=1e-3))
-    part = model.chain[0][0]
-    shape = tuple(part({"x": torch.rand(2, 1, size, size)})["enc1"].shape[1:])
-    config = FSHAConfig(batch_size=8, lr_client=1e-4, lr_pilot=1e-3, lr_decoder=1e-3, width=8, iterations=60, log_every=60)
-    return part, FSHAServer(1, size, shape, config, nonnegative=True), config
+                      lambda ps: torch.optim.Adam(ps, lr=config.lr_client), client_name=site)
+    return HijackedSplitModel.against(model, x, x_aux, config), config
 
 
 def test_under_fsha_the_detector_fires_and_the_hospital_stops_sending_activations():
+    from types import SimpleNamespace
+
+    from medsplit.flare.site_run import install_guard
+
     g = torch.Generator().manual_seed(0)
     x = F.interpolate(torch.rand(40, 1, 4, 4, generator=g), size=(16, 16), mode="bilinear", align_corners=False)
     y = (x > 0.5).long()
-    part, server, config = _fsha()
+    model, config = _hijacked("hospital-a", x[:24], x[24:32])
     guard = HospitalGuard.build("hospital-a", JobDefences(hijack_detector=True, on_alarm="abort", probe_every=3))
     guard.detector.min_probes = 3
-    channel = Channel()
-    sent_steps = []
-    channel.tap(lambda t: sent_steps.append(t.step) if t.kind == "activation" and t.phase == "train" else None)
-    session = FSHAClientSession(part, "enc1", channel, server, config.lr_client, send_transform=guard.send_transform,
-                                client_name="hospital-a")
+    install_guard(SimpleNamespace(models=[model]), "hospital-a", guard)  # as the hospital's FLARE site does
+    channel = model.channel
+    sent_steps = []  # the training step of every activation the hospital sent (the server's replies aside)
+    channel.tap(lambda t: sent_steps.append(t.step)
+                if t.kind == "activation" and t.phase == "train" and t.sender == "hospital-a" else None)
     with pytest.raises(HijackAbort, match=r"site hospital-a: the hijack detector raised the alarm at step \d+"):
-        run_fsha(session, x[:24], x[24:32], x[32:], config, y_priv=y[:24], detector=guard.detector,
-                 generator=torch.Generator().manual_seed(0))
+        run_fsha_protocol(model, x[:24], y[:24], x[24:32], x[32:], config, detector=guard.detector, num_classes=1,
+                          generator=torch.Generator().manual_seed(0))
     alarm = guard.detector.flagged_at
     assert alarm is not None and alarm < config.iterations  # fired before the attack ran its course
-    # channel.step counts rounds (probes are two rounds); nothing crossed after the round that
-    # completed the alarm's probe: the next activation was refused before it reached the channel
-    last_round = channel.step - 1
-    assert max(sent_steps) == last_round
-    assert len(sent_steps) == channel.step  # one activation per completed round, none refused ones
+    # channel.step counts completed training steps; a probe is two rounds without a step, at the
+    # step it precedes. The alarm's probe completed and then the step at the alarm was refused:
+    # its activation never reached the channel (nothing crossed after the probe's two rounds)
+    assert channel.step == alarm - 1
+    assert max(sent_steps) == channel.step and sent_steps.count(channel.step) == 2
+    # one activation per completed step and two per probe, none for the refused step
+    assert len(sent_steps) == channel.step + 2 * len(guard.detector.scores)
     # the refusal is sticky: any further send is refused too
     with pytest.raises(HijackAbort):
         guard.send_transform({"enc1": torch.zeros(1)})
