@@ -151,9 +151,9 @@ def test_a_relay_hospital_killed_between_its_turns_is_the_only_one_to_leave(tmp_
     # fails. client0 goes on; client1 alone leaves, after 0 of its batches of epoch 2, and the
     # weights go from client0 to client2: the in-process schedule "epoch 2, after 0".
     two_epochs = "train.epochs=2"
-    ref = _metrics(train(_tiny(tmp_path, "lungs", "sequential", "output.name=inprocess", "split.min_hospitals=2", two_epochs,
+    ref = _metrics(train(_tiny(tmp_path, "retinopathy", "sequential", "output.name=inprocess", "split.min_hospitals=2", two_epochs,
                                "split.dropout=client1:epoch=2:after=0"), quiet=True))
-    cfg = _tiny(tmp_path, "lungs", "sequential", "output.name=gloo", "split.min_hospitals=2", "split.transport=gloo", two_epochs)
+    cfg = _tiny(tmp_path, "retinopathy", "sequential", "output.name=gloo", "split.min_hospitals=2", "split.transport=gloo", two_epochs)
     run_dir = tmp_path / "runs" / "gloo"
     try:
         codes = launch_local(cfg, run_dir, quiet=True, env={"MEDSPLIT_FAULT": "client1:epoch=1:roster=0"}, grace_s=60)
@@ -165,7 +165,7 @@ def test_a_relay_hospital_killed_between_its_turns_is_the_only_one_to_leave(tmp_
     assert (dep["hospital"], dep["epoch"], dep["after"]) == ("client1", 2, 0)
     assert "client1" in dep["why"]  # the server names the link that failed
     assert _history(got) == _history(ref)
-    assert got["test"]["dice"] == ref["test"]["dice"] and got["test_loss"] == ref["test_loss"]
+    assert got["test"]["auc"] == ref["test"]["auc"] and got["test_loss"] == ref["test_loss"]
     assert got["bytes"] == ref["bytes"]  # the hand-over that failed is not counted
     handed = {(r["sender"], r["receiver"]) for r in got["bytes"] if r["epoch"] == 1 and r["kind"] == "weights"}
     assert handed == {("client2", "client0"), ("client0", "client2")}
