@@ -143,6 +143,7 @@ class ControlCoordinator(Coordinator):
 
     def ready(self, runner: Runner) -> None:
         self.roster = runner.roster
+        self.roster.notice = self.say
 
     def loss_fn(self):
         return server_loss(self.cfg) if self.is_server else self.task.loss
@@ -201,6 +202,8 @@ class ControlCoordinator(Coordinator):
                 except TransportError as e:
                     if not (is_outage(e) and self.steps_ahead.get(k, 0) > 0):
                         raise
+                    self.say(f"could not tell {self.hospitals[k]} who has left ({str(e).splitlines()[0][:300]}); "
+                             f"its next step decides whether it left")
             return
         for d in self.control.recv(SERVER, "roster")["roster"]:
             roster.record(Departure(**d))

@@ -67,6 +67,8 @@ class Roster:
         self._absent: set[int] = set()
         #: how the other processes learn of departures (set by a multi-process placement)
         self.exchange: Callable[[Roster], None] | None = None
+        #: a console line for what this process noticed but does not decide (set by a multi-process placement)
+        self.notice: Callable[[str], None] = lambda text: None
 
     @property
     def tolerant(self) -> bool:

@@ -161,6 +161,7 @@ def test_a_relay_hospital_killed_between_its_turns_is_the_only_one_to_leave(tmp_
     finally:
         assert not party_pids(run_dir)
     assert codes == [0, 0, -9, 0]  # server, client0 (whose hand-over failed: it finished the run), client1 killed, client2
+    assert "client0: handing the weights to client1 failed" in (run_dir / "parties" / "client0.log").read_text()
     (dep,) = got["dropouts"]
     assert (dep["hospital"], dep["epoch"], dep["after"]) == ("client1", 2, 0)
     assert "client1" in dep["why"]  # the server names the link that failed

@@ -67,7 +67,12 @@ def _relay(table, here: str, error: Exception, minimum: int | None):
 
 def test_the_hospital_whose_hand_over_fails_carries_on_and_counts_nothing(table):
     relay = _relay(table, "client0", GONE, minimum=2)
+    notes = []
+    relay.roster.notice = notes.append
     relay._pass_weights(0, 1)  # client1 is gone: the server's step with it decides, not client0
+    (note,) = notes  # client0's console says what it saw, and who decides
+    assert note.startswith("handing the weights to client1 failed (") and "Connection closed by peer" in note
+    assert note.endswith("the server's step with client1 decides whether it left")
     assert relay.channel.byte_rows(None) == []
     assert relay.roster.members() == [0, 1, 2]  # nobody left on client0's word
 

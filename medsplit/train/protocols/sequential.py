@@ -52,6 +52,8 @@ class SequentialRelay(Protocol):
             sending_here = self.channel.hosts(self.clients[j].name) and not self.channel.hosts(self.clients[k].name)
             if not (self.roster.tolerant and sending_here and is_outage(e)):
                 raise
+            self.roster.notice(f"handing the weights to client{k} failed ({str(e).splitlines()[0][:300]}); "
+                               f"the server's step with client{k} decides whether it left")
 
     def _settle_turn(self) -> None:
         """Every process learns who is present (the server finds a hospital gone during its turn);
