@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medsplit.train.protocols.base import Protocol, register
 from medsplit.train.roster import is_outage
+from medsplit.transport.base import TransportError
 
 
 @register
@@ -42,13 +43,14 @@ class SequentialRelay(Protocol):
         after 0 of its batches, and the meeting point before the next turn tells every process,
         so the weights stay with ``j`` and go to the next hospital present, which is what the
         in-process schedule ``client<k>:epoch=<this epoch>:after=0`` does (a send that failed
-        was not counted). Every process decides alike whether the send failed or reached a
-        buffer of a dead peer. Only the sending process forgives a failed send (a hospital
+        is not counted). Every process decides alike whether the send failed or still reached
+        a socket buffer of the dead peer; only the byte count tells them apart (a send the
+        transport took is counted). Only the sending process forgives a failed send (a hospital
         whose weights do not arrive stops, as before), and only an outage: a frame that broke
         the rules stops the run."""
         try:
             self._hand_over(self.clients[j], self.clients[k])
-        except Exception as e:
+        except TransportError as e:
             sending_here = self.channel.hosts(self.clients[j].name) and not self.channel.hosts(self.clients[k].name)
             if not (self.roster.tolerant and sending_here and is_outage(e)):
                 raise
