@@ -19,7 +19,6 @@ from medsplit.config import Config
 from medsplit.split import Channel
 from medsplit.split.channel import MessageError
 from medsplit.transport.base import TransportError
-from medsplit.transport.framing import FrameError
 from medsplit.split.codecs import codecs_for
 from medsplit.tasks import TASKS, make_task
 from medsplit.train.checkpoint import load_checkpoint
@@ -27,7 +26,7 @@ from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
 from medsplit.train.party_report import MirroredModel, transport_record, transport_summary
 from medsplit.train.precision import compute_dtype
-from medsplit.train.roster import Departure, Roster
+from medsplit.train.roster import Departure, Roster, is_outage
 from medsplit.train.runner import Coordinator, Runner, evaluate_split
 from medsplit.train.schedule import client_indices
 from medsplit.train.server_view import batch_spec, server_loss, server_table
@@ -35,15 +34,28 @@ from medsplit.train.server_view import batch_spec, server_loss, server_table
 FAULT_ENV = "MEDSPLIT_FAULT"  # tests: "client1:epoch=1:step=2" kills that party there (SIGKILL)
 
 
-def _fault_hook(name: str, epoch: int, step: int) -> str | None:
+def _fault_hook(name: str, epoch: int, count: int, at: str = "step") -> str | None:
     """Test-only fault injection: ``MEDSPLIT_FAULT=client1:epoch=1:step=2`` kills that party
-    there (``:mode=hang`` makes it stop answering instead, ``:mode=nan`` makes it send NaN)."""
+    as it starts its step 2 of epoch 1 (both from 0; ``:mode=hang`` makes it stop answering
+    instead, ``:mode=nan`` makes it send NaN).
+
+    ``MEDSPLIT_FAULT=client1:epoch=1:roster=0`` kills it while it is idle instead: right after it
+    took in its roster message 0 of epoch 1 (``split.min_hospitals`` runs; the relay sends one
+    before every turn, so ``roster=0`` is the meeting point before client0's turn and client1 dies
+    while client0 trains, between its own turns, with nothing in flight to or from it).
+
+    Args:
+        name: this party; epoch: the epoch (from 0).
+        count: how many ``at`` points this party passed before this one in ``epoch`` (from 0).
+        at: which point calls: ``"step"`` (a training step) or ``"roster"`` (a roster received).
+    """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
     who, *rest = spec.split(":")
     where = dict(item.split("=") for item in rest)
-    if who == name and int(where.get("epoch", 0)) == epoch and int(where.get("step", 0)) == step:
+    point = "roster" if "roster" in where else "step"
+    if who == name and point == at and int(where.get("epoch", 0)) == epoch and int(where.get(point, 0)) == count:
         mode = where.get("mode", "kill")
         if mode == "hang":
             time.sleep(10_000)  # stops answering without closing its sockets
@@ -89,6 +101,10 @@ class ControlCoordinator(Coordinator):
         self.labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.n_trainers = cfg.split.clients
         self.steps = 0  # this party's own steps (fault injection counts them)
+        self.rosters = 0  # roster messages this hospital took in this epoch (fault injection counts them)
+        self.epoch = 0
+        #: the server: each hospital's steps still to run this epoch (a roster it cannot deliver waits for the next)
+        self.steps_ahead: dict[int, int] = {}
 
     def _reporter(self, runner: Runner) -> str:
         return self.hospitals[runner.protocol.eval_client_index()]
@@ -127,6 +143,7 @@ class ControlCoordinator(Coordinator):
 
     def ready(self, runner: Runner) -> None:
         self.roster = runner.roster
+        self.roster.notice = self.say
 
     def loss_fn(self):
         return server_loss(self.cfg) if self.is_server else self.task.loss
@@ -142,7 +159,8 @@ class ControlCoordinator(Coordinator):
     def share_batch_counts(self, epoch: int, own: dict[int, list]) -> list[list[torch.Tensor]]:
         """Each hospital announces its batch sizes to the server (counts only); the server checks them."""
         K, limit = self.cfg.split.clients, self.cfg.train.batch_size
-        self.steps = 0  # fault injection counts each epoch's steps from 0
+        self.steps = self.rosters = 0  # fault injection counts each epoch's steps and rosters from 0
+        self.epoch = epoch
         if not self.is_server:
             self.control.send(SERVER, batches=[len(b) for b in own[self.k]])
             return [own[self.k] if k == self.k else [] for k in range(K)]
@@ -156,6 +174,7 @@ class ControlCoordinator(Coordinator):
                 raise MessageError(f"{h} announced batch sizes {str(sizes)[:200]} for epoch {epoch}; each must be an "
                                    f"integer in 1..{limit} (train.batch_size)")
             batches.append([torch.empty(n) for n in sizes])
+        self.steps_ahead = {k: len(b) for k, b in enumerate(batches)}
         return batches
 
     def trains(self, k: int) -> bool:
@@ -163,18 +182,33 @@ class ControlCoordinator(Coordinator):
 
     def may_lose(self, k: int, error: Exception) -> bool:
         """The server drops a hospital whose link failed or went silent (split.timeout_s); a
-        frame that broke the rules (:class:`FrameError`) stays an error: that is an attack, not an outage."""
-        return self.is_server and isinstance(error, TransportError) and not isinstance(error, FrameError)
+        frame that broke the rules (a :class:`~medsplit.transport.framing.FrameError`) stays an
+        error: that is an attack, not an outage (:func:`~medsplit.train.roster.is_outage`)."""
+        return self.is_server and is_outage(error)
 
     def share_roster(self, roster: Roster) -> None:
-        """The server tells every hospital still present who has left (all of it, each time: small)."""
+        """The server tells every hospital still present who has left (all of it, each time: small).
+
+        A hospital that cannot be told (it died since the last meeting point, e.g. while another
+        hospital of the relay trained) is not dropped here, where the others may have been told
+        already: when the server still has a step of it to run this epoch, that step fails and
+        decides, and the next meeting point tells everyone. Without a step ahead the failure
+        stops the run, as before (nothing later would decide it for every process alike)."""
         if self.is_server:
             news = [{"hospital": d.hospital, "epoch": d.epoch, "after": d.after, "why": d.why} for d in roster.departures]
             for k in roster.members():
-                self.control.send(self.hospitals[k], roster=news)
+                try:
+                    self.control.send(self.hospitals[k], roster=news)
+                except TransportError as e:
+                    if not (is_outage(e) and self.steps_ahead.get(k, 0) > 0):
+                        raise
+                    self.say(f"could not tell {self.hospitals[k]} who has left ({str(e).splitlines()[0][:300]}); "
+                             f"its next step decides whether it left")
             return
         for d in self.control.recv(SERVER, "roster")["roster"]:
             roster.record(Departure(**d))
+        _fault_hook(self.name, self.epoch, self.rosters, at="roster")
+        self.rosters += 1
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -184,6 +218,7 @@ class ControlCoordinator(Coordinator):
         fault = _fault_hook(self.name, epoch, self.steps)
         self.steps += 1
         if self.is_server:
+            self.steps_ahead[k] = self.steps_ahead.get(k, 0) - 1
             return batch_spec(self.cfg, len(idx))
         batch = self.task.batch("train", idx, train=True, generator=generator)
         return (batch.x * float("nan") if fault == "nan" else batch.x), batch.y

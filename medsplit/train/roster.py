@@ -7,6 +7,10 @@ In one process hospitals leave on the ``split.dropout`` schedule; across process
 finds a hospital gone when a step's exchange with it fails, and the placement's ``exchange``
 tells every other party at the protocol's meeting points (before a hand-over, before averaging,
 after the epoch), so all processes agree on who is present before anyone depends on it.
+Only the server decides who left, and only from its own exchanges with a hospital; a party that
+merely finds a hospital unreachable (the relay's hospital handing it the weights, the server
+sending it the roster) carries on and lets the server's next exchange with it decide, so every
+process takes the same decision at the same point whatever the timing of the failure.
 """
 
 from __future__ import annotations
@@ -15,6 +19,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from medsplit.config.dropout_schedule import ScheduledDropout
+from medsplit.transport.base import TransportError
+from medsplit.transport.framing import FrameError
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says a peer stopped answering (its link closed or failed, or it stayed
+    silent past ``split.timeout_s``), which may be a hospital dropping out; a frame that broke the
+    rules (:class:`FrameError`: forged, malformed, out of sequence) is an attack, not an outage,
+    and always stops the run."""
+    return isinstance(error, TransportError) and not isinstance(error, FrameError)
 
 
 class DropoutError(RuntimeError):
@@ -53,6 +67,8 @@ class Roster:
         self._absent: set[int] = set()
         #: how the other processes learn of departures (set by a multi-process placement)
         self.exchange: Callable[[Roster], None] | None = None
+        #: a console line for what this process noticed but does not decide (set by a multi-process placement)
+        self.notice: Callable[[str], None] = lambda text: None
 
     @property
     def tolerant(self) -> bool:

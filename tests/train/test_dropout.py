@@ -142,3 +142,32 @@ def test_a_hospital_killed_over_gloo_equals_the_in_process_schedule(tmp_path, ta
     assert got["test"][headline] == ref["test"][headline] and got["test_loss"] == ref["test_loss"]
     assert got["bytes"] == ref["bytes"]
     assert [p["name"] for p in got["transport"]["parties"]] == ["server", "client0", "client2"]
+
+
+@pytest.mark.slow
+def test_a_relay_hospital_killed_between_its_turns_is_the_only_one_to_leave(tmp_path):
+    # client1 is killed while client0 trains its turn of epoch 2 (right after the meeting point
+    # before client0's turn; MEDSPLIT_FAULT counts from 0), so client0 finds it first: its hand-over
+    # fails. client0 goes on; client1 alone leaves, after 0 of its batches of epoch 2, and the
+    # weights go from client0 to client2: the in-process schedule "epoch 2, after 0".
+    two_epochs = "train.epochs=2"
+    ref = _metrics(train(_tiny(tmp_path, "retinopathy", "sequential", "output.name=inprocess", "split.min_hospitals=2", two_epochs,
+                               "split.dropout=client1:epoch=2:after=0"), quiet=True))
+    cfg = _tiny(tmp_path, "retinopathy", "sequential", "output.name=gloo", "split.min_hospitals=2", "split.transport=gloo", two_epochs)
+    run_dir = tmp_path / "runs" / "gloo"
+    try:
+        codes = launch_local(cfg, run_dir, quiet=True, env={"MEDSPLIT_FAULT": "client1:epoch=1:roster=0"}, grace_s=60)
+        got = _metrics(run_dir)
+    finally:
+        assert not party_pids(run_dir)
+    assert codes == [0, 0, -9, 0]  # server, client0 (whose hand-over failed: it finished the run), client1 killed, client2
+    assert "client0: handing the weights to client1 failed" in (run_dir / "parties" / "client0.log").read_text()
+    (dep,) = got["dropouts"]
+    assert (dep["hospital"], dep["epoch"], dep["after"]) == ("client1", 2, 0)
+    assert "client1" in dep["why"]  # the server names the link that failed
+    assert _history(got) == _history(ref)
+    assert got["test"]["auc"] == ref["test"]["auc"] and got["test_loss"] == ref["test_loss"]
+    assert got["bytes"] == ref["bytes"]  # the hand-over that failed is not counted
+    handed = {(r["sender"], r["receiver"]) for r in got["bytes"] if r["epoch"] == 1 and r["kind"] == "weights"}
+    assert handed == {("client2", "client0"), ("client0", "client2")}
+    assert [p["name"] for p in got["transport"]["parties"]] == ["server", "client0", "client2"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from medsplit.train.protocols.base import Protocol, register
+from medsplit.train.roster import is_outage
+from medsplit.transport.base import TransportError
 
 
 @register
@@ -25,11 +27,35 @@ class SequentialRelay(Protocol):
             if not self.roster.present(k):
                 continue  # dropped out: the weights pass it by
             if k != self.last:
-                self._hand_over(self.clients[self.last], self.clients[k])
+                self._pass_weights(self.last, k)
             for idx in batches:
                 step(self.models[k], k, idx)
             self._turn = k
         self._settle_turn()
+
+    def _pass_weights(self, j: int, k: int) -> None:
+        """Hospital ``j`` hands its weights (and optimiser state) to hospital ``k`` for its turn.
+
+        Across processes ``k`` may have died since the last meeting point (while another hospital
+        trained); ``j`` finds it first: its send fails. Where hospitals may leave, that is not
+        ``j``'s departure, nor ``j``'s decision: ``j`` carries on as though it had handed them
+        over. The server decides, as for any hospital: ``k``'s first step fails, ``k`` leaves
+        after 0 of its batches, and the meeting point before the next turn tells every process,
+        so the weights stay with ``j`` and go to the next hospital present, which is what the
+        in-process schedule ``client<k>:epoch=<this epoch>:after=0`` does (a send that failed
+        is not counted). Every process decides alike whether the send failed or still reached
+        a socket buffer of the dead peer; only the byte count tells them apart (a send the
+        transport took is counted). Only the sending process forgives a failed send (a hospital
+        whose weights do not arrive stops, as before), and only an outage: a frame that broke
+        the rules stops the run."""
+        try:
+            self._hand_over(self.clients[j], self.clients[k])
+        except TransportError as e:
+            sending_here = self.channel.hosts(self.clients[j].name) and not self.channel.hosts(self.clients[k].name)
+            if not (self.roster.tolerant and sending_here and is_outage(e)):
+                raise
+            self.roster.notice(f"handing the weights to client{k} failed ({str(e).splitlines()[0][:300]}); "
+                               f"the server's step with client{k} decides whether it left")
 
     def _settle_turn(self) -> None:
         """Every process learns who is present (the server finds a hospital gone during its turn);
