@@ -6,8 +6,13 @@ too. That gives three guarantees the benchmark relies on:
 * the receiver gets a fresh leaf tensor, so an in-process run cannot cheat through
   a shared autograd graph;
 * every byte is counted, per epoch, per link and per kind, as the exact size of the
-  wire-format message (:mod:`medsplit.split.wire`);
+  wire-format message (:mod:`medsplit.split.wire`), in its :class:`~medsplit.split.byte_ledger.ByteLedger`;
 * observers (attacks, detectors, tests) see exactly what the receiving party sees.
+
+Before anything is sent, the channel's :class:`~medsplit.split.crossings.CrossingPlan` says whether
+it may cross that link at all. The bytes, observers and errors name where the run is (epoch, step,
+phase); the runner and the split model set that through :meth:`Channel.at`,
+:meth:`Channel.next_step` and :meth:`Channel.evaluating`, never by assigning the fields.
 
 With a :class:`~medsplit.transport.Transport` and the set of parties this process hosts
 (``local``), the same ``send`` call is made by every process of a multi-process run (they all
@@ -21,20 +26,21 @@ shapes. Every process counts the messages it sends or receives.
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
 from medsplit.split import wire
+from medsplit.split.byte_ledger import ByteLedger
+from medsplit.split.crossings import CrossingPlan
+from medsplit.split.transfer import KINDS, Transfer, check_kind
 from medsplit.transport.base import TransportError
 
 if TYPE_CHECKING:  # only for the annotation: any object with encode/decode will do
     from medsplit.split.codecs import Codec
     from medsplit.transport.base import Transport
 
-KINDS = ("activation", "gradient", "label", "weights")
 # What a receiver accepts on top of the uncompressed size of what it expects: codecs add small
 # side tensors (scales, indices), and the JSON header grows with names.
 _SLACK_BYTES = 1 << 20
@@ -51,25 +57,6 @@ class NonFiniteError(FloatingPointError):
 
 class MessageError(ValueError):
     """A received message is not what the receiver expects (names, shapes, dtypes, size)."""
-
-
-class CrossingError(ValueError):
-    """A tensor was about to cross a link its plan does not declare for it (never sent)."""
-
-
-@dataclass
-class Transfer:
-    """One message as the receiver sees it (what observers are given)."""
-
-    sender: str
-    receiver: str
-    kind: str
-    link: str  # "client_encoder->server_encoder": which cut of the model it crosses
-    tensors: dict[str, torch.Tensor]
-    nbytes: int
-    epoch: int
-    step: int
-    phase: str  # "train" or "eval"
 
 
 @dataclass
@@ -100,9 +87,11 @@ class Channel:
 
     serialise: bool = False
     check_finite: bool = True
+    # Where the run is (what the ledger, observers and errors name); read them freely, set them
+    # through at(), next_step() and evaluating() so every change of position is one named call.
     epoch: int = 0
     step: int = 0
-    phase: str = "train"
+    phase: str = "train"  # "train" or "eval"
     observers: list[Callable[[Transfer], None]] = field(default_factory=list)
     codecs: dict[str, "Codec"] = field(default_factory=dict)
     transport: "Transport | None" = None
@@ -110,10 +99,8 @@ class Channel:
     device: str = "cpu"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     compute_dtype: torch.dtype | None = None
-    _bytes: dict = field(default_factory=lambda: defaultdict(int))
-    # Declared crossings: link -> (kind, tensor names or None for any); None: nothing declared.
-    _plan: dict | None = None
-    _forbidden: dict = field(default_factory=dict)  # link -> why nothing may cross it
+    crossings: CrossingPlan = field(default_factory=CrossingPlan)
+    ledger: ByteLedger = field(default_factory=ByteLedger)
     _overlapping: bool = False  # sends return before delivery (see overlapping())
 
     def __post_init__(self) -> None:
@@ -136,44 +123,40 @@ class Channel:
         """Whether ``party`` runs in this process."""
         return self.local is None or party in self.local
 
-    # ---- what may cross --------------------------------------------------------------
+    # ---- where the run is --------------------------------------------------------------
+    def at(self, *, epoch: int | None = None, step: int | None = None) -> None:
+        """The run has reached ``epoch`` and/or ``step``: later sends are counted in that epoch, and
+        observers and errors name both."""
+        if epoch is not None:
+            self.epoch = epoch
+        if step is not None:
+            self.step = step
+
+    def next_step(self) -> None:
+        """One training step is over, here or (in a multi-process run) in another process: every
+        process counts every step of the schedule, so all name the same step."""
+        self.step += 1
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Within this block sends belong to phase ``"eval"`` (counted apart from training); the
+        phase before is restored on leaving, also when the block raises."""
+        before, self.phase = self.phase, "eval"
+        try:
+            yield
+        finally:
+            self.phase = before
+
+    # ---- what may cross (see medsplit.split.crossings) ----------------------------------
     def declare(self, link: str, kind: str, names: Iterable[str] | None) -> None:
         """Declare that tensors ``names`` (``None``: any) may cross ``link`` as ``kind``. Once
         anything is declared, a send on an undeclared link, or of an undeclared tensor, stops
-        with a :class:`CrossingError` before anything is sent."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown transfer kind {kind!r}; valid kinds are {KINDS}")
-        if self._plan is None:
-            self._plan = {}
-        old = self._plan.get(link)
-        if old is not None and old[0] != kind:
-            raise CrossingError(f"link {link!r} declared for both {old[0]} and {kind} transfers")
-        if names is None or (old is not None and old[1] is None):
-            self._plan[link] = (kind, None)
-        else:
-            self._plan[link] = (kind, frozenset(names) | (old[1] if old else frozenset()))
+        with a :class:`~medsplit.split.crossings.CrossingError` before anything is sent."""
+        self.crossings.declare(link, kind, names)
 
     def forbid(self, link: str, why: str) -> None:
         """Nothing may cross ``link`` (e.g. labels for a task whose targets stay at the hospital)."""
-        self._forbidden[link] = why
-
-    def _check_crossing(self, sender: str, receiver: str, kind: str, names: Iterable[str], link: str) -> None:
-        if link in self._forbidden:
-            raise CrossingError(f"{sender} -> {receiver}: nothing may cross link {link!r} ({self._forbidden[link]}); "
-                                f"tried to send {kind} {sorted(names)}")
-        if self._plan is None:
-            return
-        declared = self._plan.get(link)
-        if declared is None:
-            raise CrossingError(f"{sender} -> {receiver}: link {link!r} is not in the plan of what may cross "
-                                f"(declared links: {sorted(self._plan)}); tried to send {kind} {sorted(names)}")
-        if declared[0] != kind:
-            raise CrossingError(f"{sender} -> {receiver}: link {link!r} carries {declared[0]} transfers, not {kind}")
-        if declared[1] is not None:
-            extra = sorted(set(names) - declared[1])
-            if extra:
-                raise CrossingError(f"{sender} -> {receiver}: tensor(s) {extra} may not cross link {link!r} as {kind}; "
-                                    f"the plan allows {sorted(declared[1])}")
+        self.crossings.forbid(link, why)
 
     # ---- moving tensors ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -218,10 +201,9 @@ class Channel:
             use_codec: apply the kind's codec (off for the evaluation output, which is the
                 result, not a cut activation).
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown transfer kind {kind!r}; valid kinds are {KINDS}")
+        check_kind(kind)
         link = link or f"{sender}->{receiver}"
-        self._check_crossing(sender, receiver, kind, tensors.keys(), link)
+        self.crossings.check(sender, receiver, kind, tensors.keys(), link)
         here_sender, here_receiver = self.hosts(sender), self.hosts(receiver)
         codec = self.codecs.get(kind) if use_codec else None
         if here_sender and not here_receiver:
@@ -237,7 +219,7 @@ class Channel:
         if kind == "activation":
             # The receiver differentiates with respect to what it received.
             received = {n: (t.requires_grad_(True) if t.is_floating_point() else t) for n, t in received.items()}
-        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += nbytes
+        self.ledger.add(self.phase, self.epoch, sender, receiver, kind, link, nbytes)
         if self.observers:
             event = Transfer(sender, receiver, kind, link, received, nbytes, self.epoch, self.step, self.phase)
             for observer in list(self.observers):
@@ -279,7 +261,7 @@ class Channel:
                 self.transport.send(receiver, payload)
         except TransportError as e:  # name the link and step too, not only the peer
             raise type(e)(f"{sender}: sending {kind} {self._where(sender, receiver, link)}: {e}") from e
-        self._bytes[(self.phase, self.epoch, sender, receiver, kind, link)] += len(payload)
+        self.ledger.add(self.phase, self.epoch, sender, receiver, kind, link, len(payload))
 
     def _take(self, sender: str, receiver: str, kind: str, expected: dict[str, torch.Tensor], link: str, codec,
               expect: Expectation | None) -> tuple[dict[str, torch.Tensor], int]:
@@ -316,22 +298,17 @@ class Channel:
                     f"(epoch {self.epoch}, step {self.step}, phase {self.phase}, link {link!r})"
                 )
 
-    # ---- counts --------------------------------------------------------------------
+    # ---- counts (see medsplit.split.byte_ledger) ----------------------------------------
     def byte_rows(self, phase: str | None = "train") -> list[dict]:
         """Counted bytes as JSON-able rows, one per (epoch, sender, receiver, kind, link)."""
-        return [
-            {"phase": ph, "epoch": ep, "sender": s, "receiver": r, "kind": k, "link": l, "bytes": b}
-            for (ph, ep, s, r, k, l), b in sorted(self._bytes.items())
-            if phase is None or ph == phase
-        ]
+        return self.ledger.rows(phase)
 
     def total_bytes(self, phase: str | None = "train") -> int:
-        return sum(row["bytes"] for row in self.byte_rows(phase))
+        return self.ledger.total(phase)
 
     def load_byte_rows(self, rows: list[dict]) -> None:
         """Restore counters saved in a checkpoint (resume keeps the totals honest)."""
-        for row in rows:
-            self._bytes[(row["phase"], row["epoch"], row["sender"], row["receiver"], row["kind"], row["link"])] = row["bytes"]
+        self.ledger.load(rows)
 
 
 def _placeholders(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

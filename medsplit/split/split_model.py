@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from medsplit.split.channel import Channel, CrossingError
+from medsplit.split.channel import Channel
+from medsplit.split.crossings import CrossingError
 from medsplit.split.cut import Part
 from medsplit.split.party import Party
 
@@ -215,8 +216,7 @@ class SplitModel:
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: the output as its owner sees it (activations still cross the channel)."""
-        phase, self.channel.phase = self.channel.phase, "eval"
-        try:
+        with self.channel.evaluating():
             output = self._run(x, None).output(self.output_key)
             owner = self.chain[-1][1]
             if self.channel.distributed and owner is not self.data_owner:
@@ -225,8 +225,6 @@ class SplitModel:
                 output = self.channel.send(owner.name, self.data_owner.name, "activation", {self.output_key: output},
                                            link="output", use_codec=False)[self.output_key].detach()
             return output
-        finally:
-            self.channel.phase = phase
 
     __call__ = forward
 
@@ -247,7 +245,7 @@ class SplitModel:
         if step:
             for party in local:
                 party.step()
-        self.channel.step += 1
+        self.channel.next_step()
         return (float(loss) if loss is not None else float("nan")), output
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

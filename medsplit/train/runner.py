@@ -258,7 +258,7 @@ class Runner:
 
         for epoch in range(start_epoch, cfg.train.epochs):
             t_epoch = time.time()
-            self.channel.epoch = epoch
+            self.channel.at(epoch=epoch)
             lr = learning_rate(cfg, epoch)
             for party in self.protocol.local_parties:
                 for group in party.optimizer.param_groups if party.optimizer else []:
@@ -310,7 +310,7 @@ class Runner:
 
         def step(model, k, idx):
             if not roster.present(k) or not co.trains(k):
-                channel.step += 1  # gone, or another process's hospital: nothing of this step runs here
+                channel.next_step()  # gone, or another process's hospital: nothing of this step runs here
                 return
             done[k] += 1
             try:
@@ -319,7 +319,7 @@ class Runner:
                 if not (roster.tolerant and co.may_lose(k, e)):
                     raise
                 done[k] -= 1  # this batch did not train
-                channel.step += 1
+                channel.next_step()
                 leave(k, str(e).splitlines()[0][:300])
                 return
             # A NaN across processes is a step whose loss another party computed; in one process a
@@ -355,7 +355,7 @@ class Runner:
         """Test the selected model once (nothing before touched the test split) and write the run record."""
         cfg, co = self.cfg, self.coordinator
         # The test's bytes belong to the last epoch, also when a resumed run trains no epoch before testing.
-        self.channel.epoch = cfg.train.epochs - 1
+        self.channel.at(epoch=cfg.train.epochs - 1)
         final = self.protocol.eval_model()
         if self.best_weights:
             for part, owner in final.chain:

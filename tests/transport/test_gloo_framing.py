@@ -217,7 +217,7 @@ class FramedTransport(Transport):
 def test_the_channel_names_peer_link_epoch_and_step_of_a_lying_frame():
     links = {("client0", "server"): FakeLink()}
     channel = Channel(transport=FramedTransport("server", links), local={"server"})
-    channel.epoch, channel.step = 2, 7
+    channel.at(epoch=2, step=7)
     payload = wire.encode({"h": torch.randn(4, 8)})
     links[("client0", "server")].send_frame(_frame_with(payload[:50], announced=len(payload)))
     with pytest.raises(WireFormatError, match=r"server: receiving activation from client0 to server on link 'enc->srv' "

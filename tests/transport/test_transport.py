@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from medsplit.config import load_config
 from medsplit.models import build_model
 from medsplit.split import Channel, cut, wire
-from medsplit.split.channel import CrossingError, MessageError, NonFiniteError
+from medsplit.split.channel import MessageError, NonFiniteError
+from medsplit.split.crossings import CrossingError
 from medsplit.split.codecs import codecs_for
 from medsplit.split.split_model import SplitModel
 from medsplit.split.party import Party
