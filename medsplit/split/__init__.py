@@ -1,5 +1,7 @@
 """Split learning: cut a stage table into parts, give parts to parties, move tensors
-between parties through a byte-counting Channel."""
+between parties through a byte-counting Channel (``channel.py``), which consults a CrossingPlan
+(``crossings.py``: what may cross which link) and adds to a ByteLedger (``byte_ledger.py``: the
+counts a run reports and checkpoints). ``transfer.py``: the transfer kinds and what observers see."""
 
 from medsplit.split.channel import Channel, Transfer
 from medsplit.split.cut import Part, cut
