@@ -104,22 +104,21 @@ class HijackedSplitModel(SplitModel):
         nor lets one held-out image shift another's features through batch statistics."""
         first = self.chain[0][0]
         name = first.name
-        phase, self.channel.phase = self.channel.phase, "eval"
         was_training = first.training
         first.eval()
         try:
-            out = []
-            for i in range(0, x.shape[0], batch_size):
-                sent = {self.sent_key: first({"x": x[i:i + batch_size]})[self.sent_key]}
-                transform = self.send_transforms.get(name)
-                if transform is not None:
-                    sent = transform(sent)
-                z = self.channel.send(self.data_owner.name, "server", "activation", sent, link=f"{name}->server")
-                out.append(z[self.sent_key])
-            return torch.cat(out)
+            with self.channel.evaluating():
+                out = []
+                for i in range(0, x.shape[0], batch_size):
+                    sent = {self.sent_key: first({"x": x[i:i + batch_size]})[self.sent_key]}
+                    transform = self.send_transforms.get(name)
+                    if transform is not None:
+                        sent = transform(sent)
+                    z = self.channel.send(self.data_owner.name, "server", "activation", sent, link=f"{name}->server")
+                    out.append(z[self.sent_key])
+                return torch.cat(out)
         finally:
             first.train(was_training)
-            self.channel.phase = phase
 
 
 def run_fsha_protocol(model: HijackedSplitModel, x_priv: torch.Tensor, y_priv: torch.Tensor, x_aux: torch.Tensor,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from medsplit.split.channel import Channel, Transfer
+from medsplit.split.channel import Channel
+from medsplit.split.transfer import Transfer
 from medsplit.split.split_model import SplitModel
 
 

@@ -17,6 +17,7 @@ import torch
 
 from medsplit.config import Config
 from medsplit.split import Channel
+from medsplit.split.byte_ledger import ByteLedger
 from medsplit.split.channel import MessageError
 from medsplit.transport.base import TransportError
 from medsplit.split.codecs import codecs_for
@@ -289,9 +290,9 @@ class ControlCoordinator(Coordinator):
                         final(batch_spec(self.cfg, n)[0])
             return None
         reports = [mine] + [self.control.recv(p, "report")["report"] for p in self._peers()]
-        counted = Channel()
-        counted.load_byte_rows([row for r in reports for row in r["bytes"]])
-        return {"byte_rows": counted.byte_rows, "extra": {"transport": transport_record(self.cfg, reports)}}
+        counted = ByteLedger()  # every party's own counts, in one ledger
+        counted.load([row for r in reports for row in r["bytes"]])
+        return {"byte_rows": counted.rows, "extra": {"transport": transport_record(self.cfg, reports)}}
 
     @contextlib.contextmanager
     def output_model(self, final):
