@@ -13,6 +13,7 @@ with gradient penalty. Prints a table and writes benchmarks/results/fsha_speed-<
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import time
@@ -73,6 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    load_before = os.getloadavg()
     rows = [time_setting("unet-classic", 1, 64, args.batch, args.iterations, device),
             time_setting("unet-classic", 2, 64, args.batch, args.iterations, device),
             time_setting("resnet18", 3, 64, args.batch, args.iterations, device)]
@@ -84,7 +86,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"device": str(device), "threads": torch.get_num_threads(), "platform": platform.platform(),
               "torch": torch.__version__, "iterations_timed": args.iterations, "rows": rows,
-              "note": "timed while the machine may be shared; see load average"}
+              "iteration": "one full protocol round with the hijacking server (HijackedSplitModel.train_step: every "
+                           "part and party) plus the server's autoencoder and critic updates, as the attack harness runs it",
+              "load_before": load_before, "load_after": os.getloadavg(),
+              "note": "timed while the machine may be shared: the load averages (1, 5, 15 min) are recorded"}
     out.write_text(json.dumps(record, indent=1))
     print(f"saved {out}")
 

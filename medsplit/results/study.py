@@ -83,8 +83,9 @@ def clean_command(command: str | None) -> str | None:
         if word in ("--finished-only",) or word.startswith(("--runs-dir=", "--results-dir=", "--data-root=", *MACHINE_OVERRIDES)):
             continue  # where the author's machine kept its files
         out.append(word)
-    if out and out[0] in ("python", "python3"):
-        out[0] = ".venv/bin/python"
+    program = next((i for i, w in enumerate(out) if "=" not in w), None)  # after any VAR=value prefix
+    if program is not None and out[program] in ("python", "python3"):
+        out[program] = ".venv/bin/python"
     return " ".join(shlex.quote(w) for w in out)
 
 
