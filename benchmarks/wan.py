@@ -29,6 +29,9 @@ hospitals, batch 16, synthetic images, one torch thread per party):
   for a hospital only when its schedule reaches that hospital (measured: at 20 Mbit/s the sum
   fits SplitFed within 6-9 %, the busier hospital's share alone misses by 20-40 %; the JSON
   keeps that share as ``busiest_hospital_link_s``).
+* ``--inprocess-baseline``: the same epoch with every party in one process (one thread, messages
+  still encoded and decoded with the codec), outside the namespaces: what a shaped epoch is
+  compared with (``vs_inprocess`` in the JSON: shaped epoch / in-process epoch);
 * ``--relay-cost``: what the delayer itself costs: the direct runs again with the delayer in
   the path at 0 ms (every packet through userspace and back), and a TCP probe of both.
 
@@ -92,17 +95,58 @@ _compare = _sibling("wan_compare")  # predictions beside the runs, and the table
 
 # ---- one party (a child process in its namespace) -------------------------------------------
 
-def run_party(rank: int, address: str, protocol: str, codec: str, size: int, steps: int, batch: int,
-              model: str, cut_at: int) -> dict:
-    """Party ``rank`` of one measurement: a warm-up epoch (1 batch per hospital), then one timed
-    epoch of ``steps`` batches per hospital; returns its epoch time and what crossed each link."""
+def timed_epoch(channel, ranks: set[int], protocol: str, codec: str, size: int, steps: int, batch: int,
+                model: str, cut_at: int, microbatches: int = 1, after_warm_up=None) -> float:
+    """The parties of ``ranks`` (0 the server, k + 1 hospital k) on ``channel``: a warm-up epoch (1
+    batch per hospital), then the seconds of one epoch of ``steps`` batches per hospital. Each
+    hospital's images come from its own generator, so one process holding every party draws what
+    the party processes draw. ``microbatches``: ``split.microbatches`` (pipelined across the cut).
+    ``after_warm_up()`` runs between the two (the transport's counts)."""
     import torch
     import torch.nn.functional as F
 
     from medsplit.models import build_model
+    from medsplit.train.protocols import PROTOCOLS
+
+    torch.manual_seed(0)
+    table = build_model(model, num_classes=2)
+    proto = PROTOCOLS[protocol](table, cut_at, len(NAMES) - 1,
+                                lambda params: torch.optim.Adam(params, lr=1e-3, fused=True), F.cross_entropy, channel,
+                                microbatches=microbatches)
+    data = {}
+    for rank in ranks - {0}:
+        g = torch.Generator().manual_seed(1000 + rank)
+        data[rank] = (torch.randint(0, 256, (steps * batch, 3, size, size), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 2, (steps * batch,), generator=g))
+
+    def step(split_model, k, idx):
+        if k + 1 not in ranks:  # the server alone: it only needs shapes for what it receives
+            x = torch.empty(len(idx), 3, size, size, device="meta")
+            y = torch.empty(len(idx), dtype=torch.int64, device="meta")
+        else:
+            images, labels = data[k + 1]
+            x, y = images[idx].float() / 127.5 - 1.0, labels[idx]
+        split_model.train_step(x, y)
+
+    def epoch(n: int) -> float:
+        batches = [[torch.arange(s * batch, (s + 1) * batch) for s in range(n)] if ranks & {0, k + 1} else []
+                   for k in range(len(NAMES) - 1)]
+        t = time.perf_counter()
+        proto.run_epoch(batches, step)
+        return time.perf_counter() - t
+
+    epoch(1)
+    if after_warm_up is not None:
+        after_warm_up()
+    return epoch(steps)
+
+
+def run_party(rank: int, address: str, protocol: str, codec: str, size: int, steps: int, batch: int,
+              model: str, cut_at: int, microbatches: int = 1) -> dict:
+    """Party ``rank`` of one measurement (see :func:`timed_epoch`); returns its epoch time and what
+    crossed each link in the timed epoch."""
     from medsplit.split import Channel
     from medsplit.split.codecs import codecs_for
-    from medsplit.train.protocols import PROTOCOLS
     from medsplit.transport.gloo import GlooTransport
 
     name = NAMES[rank]
@@ -111,32 +155,9 @@ def run_party(rank: int, address: str, protocol: str, codec: str, size: int, ste
     hosts = {"server", "aggregator"} if rank == 0 else {name}
     channel = Channel(serialise=True, codecs=codecs_for(codec, "none"), transport=transport, local=frozenset(hosts))
     try:
-        torch.manual_seed(0)
-        table = build_model(model, num_classes=2)
-        proto = PROTOCOLS[protocol](table, cut_at, len(NAMES) - 1,
-                                    lambda params: torch.optim.Adam(params, lr=1e-3, fused=True), F.cross_entropy, channel)
-        g = torch.Generator().manual_seed(1000 + rank)
-        images = torch.randint(0, 256, (steps * batch, 3, size, size), dtype=torch.uint8, generator=g)
-        labels = torch.randint(0, 2, (steps * batch,), generator=g)
-
-        def step(split_model, k, idx):
-            if rank == 0:  # the server only needs shapes for what it receives
-                x = torch.empty(len(idx), 3, size, size, device="meta")
-                y = torch.empty(len(idx), dtype=torch.int64, device="meta")
-            else:
-                x, y = images[idx].float() / 127.5 - 1.0, labels[idx]
-            split_model.train_step(x, y)
-
-        def epoch(n: int) -> float:
-            batches = [[torch.arange(s * batch, (s + 1) * batch) for s in range(n)] if rank in (0, k + 1) else []
-                       for k in range(len(NAMES) - 1)]
-            t = time.perf_counter()
-            proto.run_epoch(batches, step)
-            return time.perf_counter() - t
-
-        epoch(1)
-        before = {key: s.as_dict() for key, s in transport.stats.items()}
-        seconds = epoch(steps)
+        before = {}
+        seconds = timed_epoch(channel, {rank}, protocol, codec, size, steps, batch, model, cut_at, microbatches,
+                              after_warm_up=lambda: before.update({k: s.as_dict() for k, s in transport.stats.items()}))
         links = []
         for (direction, peer), s in sorted(transport.stats.items()):
             was = before.get((direction, peer), {"messages": 0, "payload_bytes": 0, "framing_bytes": 0, "seconds": 0.0})
@@ -144,6 +165,17 @@ def run_party(rank: int, address: str, protocol: str, codec: str, size: int, ste
         return {"party": name, "epoch_s": seconds, "links": links}
     finally:
         transport.close()
+
+
+def run_inprocess(protocol: str, codec: str, size: int, steps: int, batch: int, model: str, cut_at: int) -> dict:
+    """The same epoch with every party in this one process (one thread, as each party process
+    has): the in-process run a shaped epoch is compared with. Messages are still encoded and
+    decoded (``serialise``), with the codec, as across processes."""
+    from medsplit.split import Channel
+    from medsplit.split.codecs import codecs_for
+
+    channel = Channel(serialise=True, codecs=codecs_for(codec, "none"))
+    return {"epoch_s": timed_epoch(channel, set(range(len(NAMES))), protocol, codec, size, steps, batch, model, cut_at)}
 
 
 @dataclass
@@ -157,6 +189,7 @@ class Settings:
     probe_bytes: int = 10_000_000  # bytes of the TCP probe (each direction)
     party_timeout: float = 900.0
     sysctls: dict = field(default_factory=dict)  # for every party namespace
+    microbatches: int = 1  # split.microbatches of the party runs
 
 
 def run_pingpong(rank: int, address: str, exchanges: int) -> dict:
@@ -199,7 +232,8 @@ def run_parties(topology, settings: Settings, protocol: str, codec: str, size: i
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmds = [[*topology.exec_prefix(rank), sys.executable, __file__, "--party", str(rank), "--address", address,
              "--protocols", protocol, "--codecs", codec, "--sizes", str(size), "--steps", str(settings.steps),
-             "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut)] for rank in range(len(NAMES))]
+             "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut),
+             "--microbatches", str(settings.microbatches)] for rank in range(len(NAMES))]
     # nothing outlives the measurement (the namespaces go right after)
     outs = _parties.run_parties(cmds, env, settings.party_timeout,
                        [f"party {name} in {topology.party(rank)}" for rank, name in enumerate(NAMES)])
@@ -208,6 +242,15 @@ def run_parties(topology, settings: Settings, protocol: str, codec: str, size: i
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
+
+def inprocess_epoch(settings: Settings, protocol: str, codec: str, size: int) -> dict:
+    """:func:`run_inprocess` in a child process of its own (one thread, like each party)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, __file__, "--inprocess", "--protocols", protocol, "--codecs", codec, "--sizes", str(size),
+           "--steps", str(settings.steps), "--batch", str(settings.batch), "--model", settings.model, "--cut", str(settings.cut)]
+    outs = _parties.run_parties([cmd], env, settings.party_timeout, ["the in-process run"])
+    return _parties.last_json(outs[0])
+
 
 def shaped_links(rate_bps: float | None, rtt_s: float, loss: float):
     """The server unshaped, every hospital on a link of ``rate_bps``, ``rtt_s`` to the server, ``loss``."""
@@ -254,6 +297,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "wan.json")
     ap.add_argument("--reanalyse", type=Path, default=None,
                     help="recompute the predictions and tables of a results file (no runs); writes it back")
+    ap.add_argument("--microbatches", type=int, default=1,
+                    help="split.microbatches of the party runs (the in-process baseline runs without: 1)")
+    ap.add_argument("--inprocess-baseline", action="store_true",
+                    help="also time the same epoch with every party in one process (one thread), outside the namespaces")
+    ap.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--party", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--pingpong", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
@@ -261,12 +309,19 @@ def main(argv=None) -> int:
     if args.pingpong is not None:
         print(json.dumps(run_pingpong(args.party, args.address, args.pingpong)), flush=True)
         return 0
+    if args.inprocess:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(run_inprocess(args.protocols, args.codecs, int(args.sizes), args.steps, args.batch, args.model,
+                                       args.cut)), flush=True)
+        return 0
     if args.party is not None:
         import torch
 
         torch.set_num_threads(1)
         print(json.dumps(run_party(args.party, args.address, args.protocols, args.codecs, int(args.sizes), args.steps,
-                                   args.batch, args.model, args.cut)), flush=True)
+                                   args.batch, args.model, args.cut, args.microbatches)), flush=True)
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -280,7 +335,7 @@ def main(argv=None) -> int:
         return 0
 
     settings = Settings(steps=args.steps, batch=args.batch, model=args.model, cut=args.cut, probe_bytes=args.probe_bytes,
-                        party_timeout=args.party_timeout,
+                        party_timeout=args.party_timeout, microbatches=args.microbatches,
                         sysctls={"net.ipv4.tcp_slow_start_after_idle": "0"} if args.no_slow_start_after_idle else {})
     why = unavailable()
     if why:
@@ -310,6 +365,12 @@ def main(argv=None) -> int:
                              "links": _compare.link_rows(_compare.directed_links(direct["parties"]))})
                 _compare.derive(rows, model)
                 _compare.print_row(rows[-1])
+                if args.inprocess_baseline:
+                    rows.append({**key, "profile": "in-process", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0,
+                                 "method": "none", "load_before": os.getloadavg(),
+                                 **inprocess_epoch(settings, protocol, codec, size), "links": []})
+                    _compare.derive(rows, model)
+                    _compare.print_row(rows[-1])
                 if args.relay_cost:
                     zero = measure(settings, [Link()] * len(NAMES), "delayer", protocol, codec,
                                    size, probe="delayer-0" not in probed)
@@ -328,7 +389,7 @@ def main(argv=None) -> int:
                     _compare.print_row(rows[-1])
     result = {
         "benchmark": "wan", "model": args.model, "cut": args.cut, "hospitals": len(NAMES) - 1, "batch": args.batch,
-        "steps_per_hospital": args.steps, "threads_per_party": 1, "party_sysctls": settings.sysctls, "cores": os.cpu_count(),
+        "steps_per_hospital": args.steps, "microbatches": args.microbatches, "inprocess_microbatches": 1, "threads_per_party": 1, "party_sysctls": settings.sysctls, "cores": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(), "kernel": platform.release(),
         "shared_machine": "the CPU was shared with other sessions: timings are noisy; load averages are recorded per row",
         "profiles": {k: {"rate_bps": r, "rtt_s": t, "loss": l} for k, (r, t, l) in PROFILES.items()},

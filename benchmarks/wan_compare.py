@@ -81,7 +81,7 @@ def derive(rows: list[dict], model) -> None:
             row["method"] = "none"  # nothing shaped (older files named it tbf)
         direct = next((r for r in rows if r["profile"] == "direct" and
                        all(r[k] == row[k] for k in ("size", "protocol", "codec"))), None)
-        if direct is None or row is direct:
+        if direct is None or row is direct or row["profile"] == "in-process":
             continue
         row["direct_epoch_s"] = direct["epoch_s"]
         if row["rate_bps"] is None:
@@ -94,6 +94,11 @@ def derive(rows: list[dict], model) -> None:
             row[f"busiest_hospital{suffix}_link_s"] = p["busiest_hospital_link_s"]
             row[f"{suffix.lstrip('_') + '_' if suffix else ''}error_pct"] = 100 * (row["epoch_s"] / p["epoch_s"] - 1)
         row["measured_link_s"] = row["epoch_s"] - direct["epoch_s"]
+        inprocess = next((r for r in rows if r["profile"] == "in-process" and
+                          all(r[k] == row[k] for k in ("size", "protocol", "codec"))), None)
+        if inprocess is not None:  # the target: a shaped relay epoch within 1.25x of one process's
+            row["inprocess_epoch_s"] = inprocess["epoch_s"]
+            row["vs_inprocess"] = row["epoch_s"] / inprocess["epoch_s"]
 
 
 def link_rows(links: dict) -> list[dict]:
@@ -104,6 +109,8 @@ def link_rows(links: dict) -> list[dict]:
 def print_row(r: dict) -> None:
     extra = (f" model {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %), with gloo's rendezvous "
              f"{r['predicted_rendezvous_epoch_s']:.2f} s ({r['rendezvous_error_pct']:+.1f} %)" if "predicted_epoch_s" in r else "")
+    if "vs_inprocess" in r:
+        extra += f", {r['vs_inprocess']:.2f}x the in-process epoch"
     print(f"{r['size']} px {r['protocol']:<10} {r['codec']:<5} {r['profile']:<20} [{r['method']}] "
           f"epoch {r['epoch_s']:.2f} s{extra}  load {r['load_before'][0]:.1f}", flush=True)
 
@@ -117,10 +124,13 @@ def markdown(rows: list[dict]) -> str:
         mb = sum(l["bytes"] for l in r["links"]) / 1e6
         if "predicted_epoch_s" in r:
             model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
+            if "vs_inprocess" in r:
+                model += f"; {r['vs_inprocess']:.2f}x in-process"
             rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
             link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f}"
         else:
-            model = f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else ""
+            model = (f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else
+                     "every party in one process" if r["profile"] == "in-process" else "")
             rendezvous, link = "", ""
         lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
                      f"{model} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")

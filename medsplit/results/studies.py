@@ -29,6 +29,7 @@ from medsplit.results.baselines import baselines_for
 from medsplit.results.make_command import make_command
 from medsplit.results.study import (MACHINE_OVERRIDES, STUDY_PAGES, Study, clean_command, format_seconds, portable,  # noqa: F401 (re-exported)
                                     study_page)
+from medsplit.results.wan_study import is_wan, wan_study
 
 __all__ = ["Study", "load_studies", "mean_interval", "format_seconds", "study_page", "STUDY_PAGES"]
 
@@ -297,7 +298,7 @@ def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a readable JSON results file ({e})") from e
         files.append((path, data))
-    protocols, attacks, paired, reproduce, other = [], [], [], [], []
+    protocols, attacks, paired, reproduce, other, wan = [], [], [], [], [], []
     for path, data in files:
         summary = data.get("summary") if isinstance(data.get("summary"), list) else []
         if summary and "protocol" in summary[0]:
@@ -310,6 +311,8 @@ def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]
             reproduce.append((path, data))
         elif "recipes" in data:
             other.append(_recipes_study(path, data))
+        elif is_wan(data):
+            wan.append((path, data))
         else:
             other.append(_benchmark_study(path, data))
     order = ["results-retinamnist-20ep.json", "results-retinamnist.json", "results-retinamnist-20ep-ls01.json",
@@ -321,7 +324,7 @@ def load_studies(results_dir: Path | str, root: Path | str = ".") -> list[Study]
     studies += paired
     if reproduce:
         studies.append(_reproduce_rows(reproduce))
-    return studies + other
+    return studies + ([wan_study(wan)] if wan else []) + other
 
 
 def slug(text: str) -> str:

@@ -93,6 +93,25 @@ def test_the_model_adds_every_links_time_and_keeps_the_busiest_hospitals_share()
     assert rendezvous["link_s"] - got["link_s"] == pytest.approx(extra_one_ways)
 
 
+
+def test_a_shaped_epoch_is_set_beside_the_in_process_epoch_of_the_same_settings():
+    compare = _module("wan_compare")
+    key = {"size": 128, "protocol": "sequential", "codec": "int8", "loss": 0.0}
+    link = {"link": "client0->server", "bytes": 1_000_000, "messages": 4}
+    rows = [{**key, "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "method": "none", "epoch_s": 10.0, "links": [link]},
+            {**key, "profile": "in-process", "rate_bps": None, "rtt_s": 0.0, "method": "none", "epoch_s": 8.0, "links": []},
+            {**key, "profile": "100M-20ms", "rate_bps": 100e6, "rtt_s": 0.02, "method": "delayer", "epoch_s": 11.0,
+             "links": [link]},
+            {**key, "codec": "none", "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "method": "none", "epoch_s": 10.0,
+             "links": [link]},
+            {**key, "codec": "none", "profile": "100M-20ms", "rate_bps": 100e6, "rtt_s": 0.02, "method": "delayer",
+             "epoch_s": 12.0, "links": [link]}]
+    compare.derive(rows, _module("wan").link_time_model())
+    assert "relay_cost_pct" not in rows[1] and "predicted_epoch_s" not in rows[1]  # not a shaped row, not the delayer's cost
+    assert rows[2]["vs_inprocess"] == pytest.approx(11.0 / 8.0) and rows[2]["inprocess_epoch_s"] == 8.0
+    assert "predicted_epoch_s" in rows[4] and "vs_inprocess" not in rows[4]  # no in-process run of that codec
+
+
 # ---- real namespaces --------------------------------------------------------------------------
 
 @pytest.mark.slow

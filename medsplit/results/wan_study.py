@@ -1,0 +1,54 @@
+"""The emulated-link files (``benchmarks/wan.py``: ``"benchmark": "wan"``) as one leaderboard table:
+each shaped epoch beside the link-time model's prediction (as written, and with gloo's
+rendezvous) and, where the run timed it, the in-process epoch of the same settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medsplit.results.study import Study
+
+__all__ = ["is_wan", "wan_study"]
+
+
+def is_wan(data: dict) -> bool:
+    return data.get("benchmark") == "wan" and isinstance(data.get("rows"), list)
+
+
+def _error(predicted: Any, error: Any) -> str:
+    return f"{predicted:.2f} ({error:+.0f} %)" if isinstance(predicted, (int, float)) else ""
+
+
+def wan_study(files: list[tuple[Path, dict]]) -> Study:
+    rows = []
+    for path, data in files:
+        for r in data["rows"]:
+            mb = sum(link.get("bytes", 0) for link in r.get("links") or []) / 1e6
+            rows.append({
+                "file": path.name,
+                "px": r.get("size"), "protocol": r.get("protocol"), "codec": r.get("codec"),
+                "micro-batches": data.get("microbatches", 1) if r.get("profile") != "in-process" else 1,
+                "link": r.get("profile"), "method": r.get("method"),
+                "epoch s": f"{r['epoch_s']:.2f}" if isinstance(r.get("epoch_s"), (int, float)) else "",
+                "model s (error)": _error(r.get("predicted_epoch_s"), r.get("error_pct")),
+                "model + rendezvous s (error)": _error(r.get("predicted_rendezvous_epoch_s"), r.get("rendezvous_error_pct")),
+                "x in-process": f"{r['vs_inprocess']:.2f}" if isinstance(r.get("vs_inprocess"), (int, float)) else "",
+                "MB/epoch": f"{mb:.1f}" if mb else "",
+                "load": f"{r['load_before'][0]:.1f}" if r.get("load_before") else "",
+            })
+    columns = ["px", "protocol", "codec", "micro-batches", "link", "epoch s", "model s (error)",
+               "model + rendezvous s (error)", "x in-process", "MB/epoch", "load"]
+    first = files[0][1]
+    facts = {"set-up": f"{first.get('model')}, CUT {first.get('cut')}, {first.get('hospitals')} hospitals, batch "
+                       f"{first.get('batch')}, {first.get('steps_per_hospital')} timed batches per hospital, one thread "
+                       f"per party, {first.get('cores')} cores",
+             "formula": str(first.get("formula", "")),
+             "command": "sudo env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/wan.py --sizes 64 "
+                        "(see docs/studies/wan.md for every file's command)"}
+    notes = ["model: the direct (unshaped) epoch of the same run plus link_time.epoch_seconds per directed link; "
+             "+ rendezvous: three one-way delays per message instead of one (gloo's send waits for the receiver). "
+             "x in-process: the shaped epoch over the same epoch with every party in one process (one thread). "
+             "load: the 1-minute load average before the row; rows at load 6-13 are noise-limited."]
+    return Study(", ".join(p.name for p, _ in files), "Emulated hospital links (network namespaces)", "benchmark",
+                 columns, rows, facts, [], notes, "studies/wan.md")
