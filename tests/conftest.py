@@ -45,3 +45,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def nvflare():
+    """The nvflare module; tests that need it skip where the ``flare`` extra is not installed."""
+    return pytest.importorskip("nvflare")

@@ -69,11 +69,6 @@ def test_missing_nvflare_names_the_extra_to_install(monkeypatch):
 
 # ---- with NVIDIA FLARE ----------------------------------------------------------------------
 
-@pytest.fixture
-def nvflare():
-    return pytest.importorskip("nvflare")
-
-
 @pytest.mark.flare
 def test_provision_writes_mutual_tls_kits_for_every_site(tmp_path, nvflare):
     from medsplit.flare.provision import SAMPLE_POLICY, kit_files, provision

@@ -10,38 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsplit.config import load_config
 from medsplit.flare.job_defences import JobDefences, PolicyError
 from medsplit.flare.policy import PolicyRefused, load_policy
+from flare_jobs import ON_PAPER_ONLY, POLICY, SITES, policy_file, tiny_job_config
 
 torch.set_num_threads(1)
-
-SITES = ["hospital-a", "hospital-b"]
-RETINO = ["task=retinopathy", "data.synthetic_size=96", "model.name=resnet18", "split.cut=2"]
-POLICY = "site: hospital-a\nrequire:\n  hijack_detector: abort\n  laplace_min_scale: 0.5\n"
-#: The red team's job: meets `hijack_detector: abort` and `laplace_min_scale: 0.5` on paper only.
-ON_PAPER_ONLY = {"hijack_detector": True, "on_alarm": "abort", "probe_every": 10**9, "detector_threshold": -1e9,
-                 "laplace_scale": 0.5, "laplace_sensitivity": 1e9}
-
-
-def _cfg(tmp_path, *extra):
-    return load_config(None, RETINO + [
-        "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=1", "train.batch_size=16",
-        "train.eval_batch_size=64", "train.threads=1", "output.tensorboard=false", "split.protocol=sequential",
-        "split.clients=2", f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports",
-        f"data.cache_dir={tmp_path}/cache", *extra])
-
-
-def _policy_file(tmp_path, text=POLICY) -> Path:
-    path = tmp_path / "policy-a.yaml"
-    path.write_text(text)
-    return path
 
 
 # ---- finding 7: the policy bounds the effective guarantees ----------------------------------
 
 def test_policy_refuses_a_job_that_meets_it_on_paper_only(tmp_path):
-    policy = load_policy(_policy_file(tmp_path), "hospital-a")
+    policy = load_policy(policy_file(tmp_path), "hospital-a")
     with pytest.raises(PolicyRefused) as e:
         policy.enforce(JobDefences(**ON_PAPER_ONLY), job_name="job red-team", batch_size=16)
     msg = str(e.value)
@@ -53,7 +32,7 @@ def test_policy_refuses_a_job_that_meets_it_on_paper_only(tmp_path):
             "laplace_scale=0.5 give epsilon C/b=2e+09 per inference release") in msg
     # an honest job with the same knobs passes; the bounds can be set in the file
     policy.enforce(JobDefences(hijack_detector=True, probe_every=10, laplace_scale=0.5), batch_size=16)
-    strict = load_policy(_policy_file(tmp_path, POLICY + "  laplace_max_epsilon_per_training_batch: 8\n"
+    strict = load_policy(policy_file(tmp_path, POLICY + "  laplace_max_epsilon_per_training_batch: 8\n"
                                       "  detector_max_probe_every: 5\n"), "hospital-a")
     with pytest.raises(PolicyRefused, match=r"detector_max_probe_every=5: the job's probe_every=10.*"
                                             r"laplace_max_epsilon_per_training_batch=8 \(B\*C/b\): the job's "
@@ -121,18 +100,13 @@ def test_inbox_is_bounded_and_refuses_replays_naming_the_sender():
 
 # ---- with NVIDIA FLARE ----------------------------------------------------------------------
 
-@pytest.fixture
-def nvflare():
-    return pytest.importorskip("nvflare")
-
-
 @pytest.mark.slow
 @pytest.mark.flare
 def test_flare_site_refuses_the_on_paper_only_job(tmp_path, nvflare):
     from medsplit.flare.simulate import run_simulator
 
-    status = run_simulator(_cfg(tmp_path), SITES, tmp_path / "out", tmp_path / "ws", timeout_s=30,
-                           policies={"hospital-a": _policy_file(tmp_path)}, defences=ON_PAPER_ONLY)
+    status = run_simulator(tiny_job_config(tmp_path), SITES, tmp_path / "out", tmp_path / "ws", timeout_s=30,
+                           policies={"hospital-a": policy_file(tmp_path)}, defences=ON_PAPER_ONLY)
     assert status["status"] == "failed", status  # today's code: ok, with 0 probes
     message = status["errors"]["hospital-a"]
     assert "site hospital-a refuses job" in message
@@ -167,7 +141,7 @@ def _run_with_hostile_hospital(cfg, out: Path, workspace: Path) -> dict:
 @pytest.mark.flare
 def test_flare_hospital_cannot_pass_as_the_server_nor_stop_or_start_another(tmp_path, nvflare):
     sys.path.insert(0, str(Path(__file__).parent))
-    status = _run_with_hostile_hospital(_cfg(tmp_path), tmp_path / "out", tmp_path / "ws")
+    status = _run_with_hostile_hospital(tiny_job_config(tmp_path), tmp_path / "out", tmp_path / "ws")
     tries = json.loads((tmp_path / "out" / "hostile_tries.json").read_text())
     assert tries["forged_deliver"].startswith("refused") and "MessageOriginError" in tries["forged_deliver"]
     assert "a message claiming to come from site 'server' was sent by site 'hospital-b'" in tries["forged_deliver"]

@@ -22,11 +22,6 @@ IDENTITY = {"admin": "lead@eyes.example", "project": "retina-poc", "org": "Eye C
 POLICY = "site: hospital-a\nrequire:\n  hijack_detector: abort\n"
 
 
-@pytest.fixture
-def nvflare():
-    return pytest.importorskip("nvflare")
-
-
 def test_poc_project_is_the_consortiums_with_the_one_project_admin_flare_needs():
     from medsplit.flare.poc import POC_PROJECT_ADMIN, poc_project_file
 

@@ -15,36 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsplit.config import load_config
+from flare_jobs import ON_PAPER_ONLY, POLICY, SITES, policy_file, tiny_job_config
 
 torch.set_num_threads(1)
-
-SITES = ["hospital-a", "hospital-b"]
-RETINO = ["task=retinopathy", "data.synthetic_size=96", "model.name=resnet18", "split.cut=2"]
-POLICY = "site: hospital-a\nrequire:\n  hijack_detector: abort\n  laplace_min_scale: 0.5\n"
-#: The red team's job: meets `hijack_detector: abort` and `laplace_min_scale: 0.5` on paper only.
-ON_PAPER_ONLY = {"hijack_detector": True, "on_alarm": "abort", "probe_every": 10**9, "detector_threshold": -1e9,
-                 "laplace_scale": 0.5, "laplace_sensitivity": 1e9}
-
-
-
-def _cfg(tmp_path, *extra):
-    return load_config(None, RETINO + [
-        "data.source=synthetic", "data.img_size=32", "data.augment=false", "train.epochs=1", "train.batch_size=16",
-        "train.eval_batch_size=64", "train.threads=1", "output.tensorboard=false", "split.protocol=sequential",
-        "split.clients=2", f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports",
-        f"data.cache_dir={tmp_path}/cache", *extra])
-
-
-def _policy_file(tmp_path, text=POLICY) -> Path:
-    path = tmp_path / "policy-a.yaml"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def nvflare():
-    return pytest.importorskip("nvflare")
 
 
 # ---- findings 8 and 10: provisioning, the site-installed guard --------------------------------
@@ -99,7 +72,7 @@ def _job_folder(tmp_path, defences, ship_code=False) -> Path:
     from medsplit.flare.job import write_job_folder
     from medsplit.flare.simulate import build_recipe
 
-    cfg = _cfg(tmp_path)
+    cfg = tiny_job_config(tmp_path)
     if not ship_code:
         return write_job_folder(cfg, SITES, tmp_path / "jobs", defences=defences)
     from medsplit.flare.job import job_description
@@ -253,15 +226,15 @@ def test_guard_simulated_job_refuses_at_each_hospital_by_its_own_kit_before_the_
     from medsplit.flare.policy import write_site_kits
     from medsplit.flare.site_guard import guard_simulated_job
 
-    kits = write_site_kits(tmp_path / "out", {"hospital-a": _policy_file(tmp_path)})
-    paper = job_description(_cfg(tmp_path), SITES, defences=ON_PAPER_ONLY)
+    kits = write_site_kits(tmp_path / "out", {"hospital-a": policy_file(tmp_path)})
+    paper = job_description(tiny_job_config(tmp_path), SITES, defences=ON_PAPER_ONLY)
     paper["sites_root"] = str(tmp_path / "out" / "sites")  # the simulator's own folders: not the job author's
     refused = guard_simulated_job(paper, kits)
     assert refused is not None and refused["status"] == "failed" and refused["job"] == paper["name"]
     assert list(refused["errors"]) == ["hospital-a"]  # hospital-b has no policy: the defaults accept the job
     assert "site hospital-a refuses job" in refused["errors"]["hospital-a"]
     assert "epsilon C/b=2e+09 per inference release" in refused["errors"]["hospital-a"]
-    honest = job_description(_cfg(tmp_path), SITES, defences={"hijack_detector": True, "probe_every": 10,
+    honest = job_description(tiny_job_config(tmp_path), SITES, defences={"hijack_detector": True, "probe_every": 10,
                                                                "laplace_scale": 0.5})
     assert guard_simulated_job(honest, kits) is None
     assert guard_simulated_job(honest, None) is None  # no kits at all: every site has the defaults
