@@ -25,7 +25,7 @@ import torch
 
 from medsplit.config import config_from_dict
 from medsplit.data.augment import to_float
-from medsplit.tasks import task_class, task_model
+from medsplit.tasks import TaskSettings, task_class, task_model
 from medsplit.train.checkpoint import load_weights
 from medsplit.train.device import resolve_device
 from medsplit.uncertainty import test_intervals
@@ -53,10 +53,10 @@ def evaluate_run(run_dir: Path, data: str, out: Path, device: str = "auto", batc
     cfg = config_from_dict(load_yaml(config_file.read_text()))
     saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     dev = resolve_device(device, "--device {}")
-    task = task_class(cfg.task)
-    external = task.load_external(cfg, data, labels)
+    task, settings = task_class(cfg.task), TaskSettings.from_config(cfg)
+    external = task.load_external(settings, data, labels)
     images, targets, ids, patients, metrics = external.images, external.targets, external.ids, external.patients, external.metrics
-    table = task_model(cfg, task.num_outputs(cfg))
+    table = task_model(settings, task.num_outputs(settings))
     table.load_state_dict(load_weights(run_dir))
     table.to(dev).eval()
     norm = saved.get("normalisation")

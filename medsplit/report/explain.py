@@ -8,7 +8,7 @@ import torch
 
 from medsplit.config import Config
 from medsplit.models import build_model
-from medsplit.tasks import TASKS
+from medsplit.tasks import TASKS, TaskSettings
 
 __all__ = ["KAPPA_WORDS", "cut_list", "cut_words", "degenerate_classifier", "hd95_unit"]
 
@@ -36,8 +36,9 @@ def _stage_names(record: dict):
         for key, value in (config.get(section) or {}).items():
             if hasattr(getattr(cfg, section), key):
                 setattr(getattr(cfg, section), key, value)
+    settings = TaskSettings.from_config(cfg)
     with torch.device("meta"):
-        table = build_model(cfg.model.name, **task.model_kwargs(cfg, task.num_outputs(cfg)))
+        table = build_model(cfg.model.name, **task.model_kwargs(settings, task.num_outputs(settings)))
     return [s.name for s in table.stages], table.plan(record["cut"])
 
 

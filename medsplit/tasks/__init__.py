@@ -2,7 +2,8 @@
 
 ``TASKS`` maps the ``task`` config value to its :class:`Task` class. A new task is one module
 here whose class is decorated with :func:`register_task`, plus its import below (and its name in
-the config's list of task choices).
+the config's list of task choices). A task reads the run's settings from a :class:`TaskSettings`
+(plain values the runner resolves from the config once), never from the config itself.
 """
 
 from medsplit.tasks.base import (
@@ -23,6 +24,7 @@ from medsplit.tasks.registry import (
     task_of_record,
 )
 from medsplit.tasks.retinopathy import RetinopathyTask
+from medsplit.tasks.settings import TaskSettings
 
 __all__ = [
     "TASKS",
@@ -33,6 +35,7 @@ __all__ = [
     "Task",
     "TaskData",
     "TaskMetrics",
+    "TaskSettings",
     "TaskSplit",
     "make_task",
     "register_task",

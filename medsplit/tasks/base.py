@@ -2,7 +2,7 @@
 
 A Task says what is learned: data, model, loss, batches and metrics. Protocols, the training
 loop, evaluation and reports are written once against this interface and ask the task class
-(``TASKS[cfg.task].something``) rather than compare task names, so a new task is one new module
+(``TASKS[name].something``) rather than compare task names, so a new task is one new module
 in :mod:`medsplit.tasks` that registers its class (:mod:`medsplit.tasks.registry`).
 """
 
@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from medsplit.config import Config
 from medsplit.models import StageTable
+from medsplit.tasks.settings import TaskSettings
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Task:
     * ``unused_settings``: config keys that do nothing for this task (left out of reports).
 
     Args:
-        cfg: the resolved config.
+        settings: the run's task settings.
         data: the task's data, as :meth:`load_data` returns it.
         device: where batches and the model live.
     """
@@ -122,19 +122,19 @@ class Task:
     in_channels: ClassVar[int] = 3
     unused_settings: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg: Config, data: TaskData, device: torch.device):
-        self.cfg = cfg
+    def __init__(self, settings: TaskSettings, data: TaskData, device: torch.device):
+        self.settings = settings
         self.data = data
         self.device = device
-        self.select_metric = self.primary_metric if cfg.train.select_on == "auto" else cfg.train.select_on
+        self.select_metric = self.primary_metric if settings.select_on == "auto" else settings.select_on
 
-    # class-level: what is known from the config alone -----------------------------
+    # class-level: what is known from the settings alone ---------------------------
     @classmethod
-    def load_data(cls, cfg: Config) -> TaskData:
-        """Load (and split) the data ``cfg`` names.
+    def load_data(cls, settings: TaskSettings) -> TaskData:
+        """Load (and split) the data ``settings`` names.
 
         Args:
-            cfg: the resolved config (``data.*``, ``train.seed``).
+            settings: the run's task settings (``data.*``, ``train.seed``).
 
         Returns:
             the task's data container (train/val/test splits, source, summary).
@@ -142,11 +142,11 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
+    def load_external(cls, settings: TaskSettings, data: str, labels: str | None = None) -> ExternalSet:
         """Every image of an external data set, for ``python -m medsplit evaluate``.
 
         Args:
-            cfg: the trained run's config (image size, target, data root, cache).
+            settings: the trained run's task settings (image size, target, data root, cache).
             data: a set name, folder or file (see :mod:`medsplit.evaluate`).
             labels: a CSV of targets kept outside ``data``, where the task supports one.
 
@@ -156,12 +156,12 @@ class Task:
         raise NotImplementedError(f"task {cls.name!r} has no external validation")
 
     @classmethod
-    def num_outputs(cls, cfg: Config) -> int:
-        """Classes (or output channels) of the model, known from the config alone: the server,
+    def num_outputs(cls, settings: TaskSettings) -> int:
+        """Classes (or output channels) of the model, known from the settings alone: the server,
         which never sees the data, builds the same model from it.
 
         Args:
-            cfg: the resolved config.
+            settings: the run's task settings.
 
         Returns:
             the ``num_classes`` the model is built with.
@@ -169,11 +169,11 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def model_kwargs(cls, cfg: Config, num_classes: int) -> dict[str, Any]:
+    def model_kwargs(cls, settings: TaskSettings, num_classes: int) -> dict[str, Any]:
         """Keyword arguments of :func:`medsplit.models.build_model` for this task, weights aside.
 
         Args:
-            cfg: the resolved config (``model.*``).
+            settings: the run's task settings (``model.*``).
             num_classes: classes or output channels of the model.
 
         Returns:
@@ -182,11 +182,11 @@ class Task:
         return {"num_classes": num_classes, "in_channels": cls.in_channels}
 
     @classmethod
-    def batch_spec(cls, cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_spec(cls, settings: TaskSettings, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shapes (meta tensors) of a batch of ``n`` images and targets: all the server knows of it.
 
         Args:
-            cfg: the resolved config (``data.img_size``).
+            settings: the run's task settings (``data.img_size``).
             n: images in the batch.
 
         Returns:
@@ -195,12 +195,12 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss_function(cls, settings: TaskSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The loss ``(output, target) -> scalar`` without the data (the server computes it when
         it holds the last part; a task instance uses the same function).
 
         Args:
-            cfg: the resolved config.
+            settings: the run's task settings.
 
         Returns:
             a function of the model's logits and ``Batch.y`` giving the scalar loss.

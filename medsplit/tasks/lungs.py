@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsplit.config import Config
 from medsplit.data.lungs import load_lungs
 from medsplit.data.seg_augment import SegAugment
 from medsplit.models import StageTable
 from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
 from medsplit.tasks.registry import register_task, task_model
+from medsplit.tasks.settings import TaskSettings
 
 if TYPE_CHECKING:
     from medsplit.data.lungs import SegmentationData
@@ -26,7 +25,7 @@ class LungSegmentationTask(Task):
     """Lung segmentation on chest X-rays (four-part U-shaped split U-Net).
 
     Args:
-        cfg: the resolved config.
+        settings: the run's task settings.
         data: the chest X-rays and lung masks, from :meth:`load_data`.
         device: where images, masks and batches live.
     """
@@ -42,24 +41,24 @@ class LungSegmentationTask(Task):
     unused_settings = ("data.target", "data.preprocess", "data.rotation")
     data: SegmentationData
 
-    def __init__(self, cfg: Config, data: SegmentationData, device: torch.device):
-        super().__init__(cfg, data, device)
+    def __init__(self, settings: TaskSettings, data: SegmentationData, device: torch.device):
+        super().__init__(settings, data, device)
 
         self._move_to_device("images", "masks")
-        self.augment = SegAugment(backend=cfg.data.aug_backend, seed=cfg.train.seed) if cfg.data.augment else None
-        self._loss = self.loss_function(cfg)
+        self.augment = SegAugment(backend=settings.aug_backend, seed=settings.seed) if settings.augment else None
+        self._loss = self.loss_function(settings)
 
     @classmethod
-    def load_data(cls, cfg: Config) -> SegmentationData:
+    def load_data(cls, settings: TaskSettings) -> SegmentationData:
         return load_lungs(
-            cfg.data.source, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed,
-            test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-            synthetic_size=cfg.data.synthetic_size, max_images=cfg.data.max_images, duplicates=cfg.data.duplicates,
+            settings.source, settings.root, img_size=settings.img_size, seed=settings.seed,
+            test_fraction=settings.test_fraction, val_fraction=settings.val_fraction,
+            cache_dir=settings.cache_dir,
+            synthetic_size=settings.synthetic_size, max_images=settings.max_images, duplicates=settings.duplicates,
         )
 
     @classmethod
-    def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
+    def load_external(cls, settings: TaskSettings, data: str, labels: str | None = None) -> ExternalSet:
         """A lung set name, a combined source, or any folder with ``images/`` and ``masks/``
         sharing stems; every image is scored (see :mod:`medsplit.evaluate`)."""
         if labels is not None:
@@ -68,8 +67,8 @@ class LungSegmentationTask(Task):
         from medsplit.metrics import SegmentationMetrics
 
         # No split: every image of the folder is scored (test_fraction = val_fraction = 0 keeps all in "train").
-        d = load_lungs(data, cfg.data_root(), img_size=cfg.data.img_size, seed=cfg.train.seed, test_fraction=0.0,
-                       val_fraction=0.0, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+        d = load_lungs(data, settings.root, img_size=settings.img_size, seed=settings.seed, test_fraction=0.0,
+                       val_fraction=0.0, cache_dir=settings.cache_dir)
         if d.synthetic:
             raise ValueError("external validation needs real data: pass a lung folder with --data, not the synthetic source")
         parts = (d.train, d.val, d.test)
@@ -80,20 +79,20 @@ class LungSegmentationTask(Task):
         return ExternalSet(images, masks, ids, patients, d.source, SegmentationMetrics(spacing_by_id=d.spacing))
 
     @classmethod
-    def num_outputs(cls, cfg: Config) -> int:
+    def num_outputs(cls, settings: TaskSettings) -> int:
         return 1  # one lung-mask channel
 
     @classmethod
-    def model_kwargs(cls, cfg: Config, num_classes: int) -> dict[str, Any]:
-        return {"num_classes": num_classes, "in_channels": cls.in_channels, "base_channels": cfg.model.base_channels}
+    def model_kwargs(cls, settings: TaskSettings, num_classes: int) -> dict[str, Any]:
+        return {"num_classes": num_classes, "in_channels": cls.in_channels, "base_channels": settings.base_channels}
 
     @classmethod
-    def batch_spec(cls, cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        size = cfg.data.img_size
+    def batch_spec(cls, settings: TaskSettings, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = settings.img_size
         return torch.empty(n, 1, size, size, device="meta"), torch.empty(n, 1, size, size, device="meta")
 
     @classmethod
-    def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss_function(cls, settings: TaskSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         from monai.losses import DiceLoss  # monai takes seconds to import: only for the lung task's loss
 
         dice = DiceLoss(sigmoid=True)
@@ -124,7 +123,7 @@ class LungSegmentationTask(Task):
         return Batch(x, y, ids)
 
     def build_table(self) -> StageTable:
-        return task_model(self.cfg, self.num_outputs(self.cfg))
+        return task_model(self.settings, self.num_outputs(self.settings))
 
     def new_metrics(self) -> TaskMetrics:
         # imports scikit-learn (seconds): the reports read a task's facts without it

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from medsplit.config import Config
 from medsplit.models import StageTable, build_model
 from medsplit.tasks.base import Task
+from medsplit.tasks.settings import TaskSettings
 
 #: Task name -> class; each task module registers its class with :func:`register_task`.
 TASKS: dict[str, type[Task]] = {}
@@ -34,7 +34,7 @@ def task_class(name: str) -> type[Task]:
 def task_of_record(record: dict) -> type[Task]:
     """The task a saved run record (``metrics.json``) belongs to: its ``task`` field; for a record
     without a known one, the task whose headline metric its test metrics hold; else the default
-    task of :class:`~medsplit.config.Config`.
+    task (:attr:`TaskSettings.task`'s default, the config's).
 
     Args:
         record: a run's ``metrics.json`` or report JSON.
@@ -46,26 +46,26 @@ def task_of_record(record: dict) -> type[Task]:
     for cls in TASKS.values():
         if cls.primary_metric in test:
             return cls
-    return TASKS[Config.task]
+    return TASKS[TaskSettings.task]
 
 
-def task_model(cfg: Config, num_classes: int) -> StageTable:
-    """The stage table ``cfg`` trains; :mod:`medsplit.evaluate` rebuilds the same one.
+def task_model(settings: TaskSettings, num_classes: int) -> StageTable:
+    """The stage table ``settings`` trains; :mod:`medsplit.evaluate` rebuilds the same one.
 
     Args:
-        cfg: the resolved config.
+        settings: the run's task settings.
         num_classes: classes or output channels of the model.
     """
-    kwargs = task_class(cfg.task).model_kwargs(cfg, num_classes)
-    return build_model(cfg.model.name, weights=cfg.model.weights, **kwargs)
+    kwargs = task_class(settings.task).model_kwargs(settings, num_classes)
+    return build_model(settings.model, weights=settings.weights, **kwargs)
 
 
-def make_task(cfg: Config, device: torch.device) -> Task:
-    """Load the data for ``cfg.task`` and wrap it in its Task.
+def make_task(settings: TaskSettings, device: torch.device) -> Task:
+    """Load the data for ``settings.task`` and wrap it in its Task.
 
     Args:
-        cfg: the resolved config.
+        settings: the run's task settings.
         device: where the task keeps its images and builds batches.
     """
-    cls = task_class(cfg.task)
-    return cls(cfg, cls.load_data(cfg), device)
+    cls = task_class(settings.task)
+    return cls(settings, cls.load_data(settings), device)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsplit.config import Config
 from medsplit.data.augment import BatchAugment, channel_stats, to_float
 from medsplit.data.fundus_contrast import local_contrast_cached
 from medsplit.data.retinopathy import TARGETS, load_for_evaluation, load_retinopathy
 from medsplit.models import StageTable
 from medsplit.tasks.base import Batch, ExternalSet, Task, TaskMetrics
 from medsplit.tasks.registry import register_task, task_model
+from medsplit.tasks.settings import TaskSettings
 
 if TYPE_CHECKING:
     from medsplit.data.retinopathy import RetinopathyData
@@ -28,11 +27,11 @@ def _cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: 
     return F.cross_entropy(output.float(), target, label_smoothing=label_smoothing)
 
 
-def _preprocess(cfg: Config, images: torch.Tensor) -> torch.Tensor:
+def _preprocess(settings: TaskSettings, images: torch.Tensor) -> torch.Tensor:
     """``data.preprocess`` applied to decoded uint8 images: training, validation, test and
     external images all go through it (a model trained on filtered images sees filtered ones)."""
-    if cfg.data.preprocess == "local-contrast":
-        return local_contrast_cached(images, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    if settings.preprocess == "local-contrast":
+        return local_contrast_cached(images, settings.cache_dir)
     return images
 
 
@@ -41,7 +40,7 @@ class RetinopathyTask(Task):
     """Diabetic-retinopathy grading from colour fundus photographs (split ResNet).
 
     Args:
-        cfg: the resolved config.
+        settings: the run's task settings.
         data: the fundus images and grades, from :meth:`load_data`.
         device: where images, labels and batches live.
     """
@@ -56,55 +55,55 @@ class RetinopathyTask(Task):
     unused_settings = ("data.aug_backend", "model.base_channels")
     data: RetinopathyData
 
-    def __init__(self, cfg: Config, data: RetinopathyData, device: torch.device):
-        super().__init__(cfg, data, device)
+    def __init__(self, settings: TaskSettings, data: RetinopathyData, device: torch.device):
+        super().__init__(settings, data, device)
 
         self._move_to_device("images", "labels")
         self.mean, self.std = channel_stats(self.data.train.images)
-        right_angles = cfg.data.rotation == "right-angles"
-        self.augment = BatchAugment(right_angles=right_angles).to(device) if cfg.data.augment else None
-        self._loss = self.loss_function(cfg)
+        right_angles = settings.rotation == "right-angles"
+        self.augment = BatchAugment(right_angles=right_angles).to(device) if settings.augment else None
+        self._loss = self.loss_function(settings)
 
     @classmethod
-    def load_data(cls, cfg: Config) -> RetinopathyData:
+    def load_data(cls, settings: TaskSettings) -> RetinopathyData:
         data = load_retinopathy(
-            cfg.data.source, cfg.data_root(), target=cfg.data.target, img_size=cfg.data.img_size, seed=cfg.train.seed,
-            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-            max_images=cfg.data.max_images, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-            synthetic_size=cfg.data.synthetic_size, duplicates=cfg.data.duplicates,
+            settings.source, settings.root, target=settings.target, img_size=settings.img_size, seed=settings.seed,
+            val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+            max_images=settings.max_images, cache_dir=settings.cache_dir,
+            synthetic_size=settings.synthetic_size, duplicates=settings.duplicates,
         )
         for part in (data.train, data.val, data.test):
-            part.images = _preprocess(cfg, part.images)
-        if cfg.data.preprocess != "none":
-            data.notes["preprocess"] = cfg.data.preprocess
+            part.images = _preprocess(settings, part.images)
+        if settings.preprocess != "none":
+            data.notes["preprocess"] = settings.preprocess
         return data
 
     @classmethod
-    def load_external(cls, cfg: Config, data: str, labels: str | None = None) -> ExternalSet:
+    def load_external(cls, settings: TaskSettings, data: str, labels: str | None = None) -> ExternalSet:
         """A fundus folder with a labels CSV, an image folder whose CSV is ``labels``, or a
         RetinaMNIST ``.npz`` (its official test split); see :mod:`medsplit.evaluate`."""
         # imports scikit-learn (seconds): the reports read a task's facts without it
         from medsplit.metrics import ClassificationMetrics
 
-        spec = TARGETS[cfg.data.target]
-        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        images, source = load_for_evaluation(data, cfg.data_root(), cfg.data.target, cfg.data.img_size, cache, labels=labels)
-        return ExternalSet(_preprocess(cfg, images.images), images.labels, images.ids, images.patients, source,
+        spec = TARGETS[settings.target]
+        cache = settings.cache_dir
+        images, source = load_for_evaluation(data, settings.root, settings.target, settings.img_size, cache, labels=labels)
+        return ExternalSet(_preprocess(settings, images.images), images.labels, images.ids, images.patients, source,
                            ClassificationMetrics(spec.num_classes, list(spec.class_names)))
 
     @classmethod
-    def num_outputs(cls, cfg: Config) -> int:
-        return TARGETS[cfg.data.target].num_classes
+    def num_outputs(cls, settings: TaskSettings) -> int:
+        return TARGETS[settings.target].num_classes
 
     @classmethod
-    def batch_spec(cls, cfg: Config, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        size = cfg.data.img_size
+    def batch_spec(cls, settings: TaskSettings, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = settings.img_size
         return torch.empty(n, 3, size, size, device="meta"), torch.empty(n, dtype=torch.int64, device="meta")
 
     @classmethod
-    def loss_function(cls, cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        if cfg.train.label_smoothing:
-            return functools.partial(_cross_entropy, label_smoothing=cfg.train.label_smoothing)
+    def loss_function(cls, settings: TaskSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if settings.label_smoothing:
+            return functools.partial(_cross_entropy, label_smoothing=settings.label_smoothing)
         return _cross_entropy
 
     def partition_labels(self) -> np.ndarray:
@@ -123,7 +122,7 @@ class RetinopathyTask(Task):
         return Batch(x, part.labels[idx], ids)
 
     def build_table(self) -> StageTable:
-        return task_model(self.cfg, self.data.num_classes)
+        return task_model(self.settings, self.data.num_classes)
 
     def new_metrics(self) -> TaskMetrics:
         # imports scikit-learn (seconds): the reports read a task's facts without it

@@ -12,7 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from medsplit.config import Config, ConfigError
+from medsplit.config import ConfigError
+from medsplit.tracking import TrackedRun
 from medsplit.tracking.readings import epoch_scalars, run_params, final_scalars, tracked_images
 
 __all__ = ["MlflowTracker", "log_batches", "mlflow_client"]
@@ -52,24 +53,24 @@ class MlflowTracker:
 
     Args:
         uri: the tracking URI (``output.mlflow``).
-        cfg: the resolved config (params, experiment and run name, where the report goes).
+        run: the run (params, experiment and run name, where the report goes).
         run_dir: the run directory (weights and metrics.json are taken from it at the end).
     """
 
-    def __init__(self, uri: str, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, uri: str, run: TrackedRun, run_dir: Path) -> None:
         self.client = mlflow_client(uri)  # first: it names the extra when MLflow is missing
         self.run_dir = Path(run_dir)
-        self.report = Path(cfg.output.reports_dir) / f"{cfg.run_name()}.html"
-        name = f"medsplit-{cfg.task}"
+        self.report = run.report
+        name = f"medsplit-{run.task}"
         try:
             experiment = self.client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-            run = self.client.create_run(experiment_id, run_name=cfg.run_name(),
-                                         tags={"medsplit.task": cfg.task, "medsplit.run_dir": str(self.run_dir)})
+            started = self.client.create_run(experiment_id, run_name=run.name,
+                                             tags={"medsplit.task": run.task, "medsplit.run_dir": str(self.run_dir)})
         except Exception as e:  # MLflow raises its own exception types for an unreachable or refused store
             raise ConfigError(f"config key 'output.mlflow' = {uri!r}: MLflow cannot start a run there ({e})") from e
-        self.run_id = run.info.run_id
-        log_batches(self.client, self.run_id, params=run_params(cfg.to_dict()))
+        self.run_id = started.info.run_id
+        log_batches(self.client, self.run_id, params=run_params(run.params))
         self.finished = False
 
     def epoch(self, history: list[dict], epoch: int) -> None:

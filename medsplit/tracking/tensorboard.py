@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from medsplit.config import Config
+from medsplit.tracking import TrackedRun
 from medsplit.tracking.readings import epoch_scalars, run_params, final_scalars, tracked_images
 
 __all__ = ["TensorBoardTracker"]
@@ -18,15 +18,15 @@ class TensorBoardTracker:
     """Event files in ``<run directory>/tb`` (``tensorboard --logdir <run directory>/tb``).
 
     Args:
-        cfg: the resolved config; logged as text now, as hparams when the run finishes.
+        run: the run; its config is logged as text now, as hparams when the run finishes.
         run_dir: the run directory.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, run: TrackedRun, run_dir: Path) -> None:
         self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
-        self.epochs = cfg.train.epochs
-        self.params = run_params(cfg.to_dict())
-        self.writer.add_text("config", "```\n" + cfg.to_yaml() + "\n```")
+        self.epochs = run.epochs
+        self.params = run_params(run.params)
+        self.writer.add_text("config", "```\n" + run.config_yaml + "\n```")
 
     def epoch(self, history: list[dict], epoch: int) -> None:
         for tag, value in epoch_scalars(history, epoch).items():

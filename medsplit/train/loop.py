@@ -25,7 +25,7 @@ from medsplit.train.device import resolve_device
 from medsplit.train.protocols import protocol_class
 from medsplit.train.runner import Coordinator, Runner, evaluate_split
 from medsplit.train.schedule import client_indices
-from medsplit.tasks import TASKS, make_task
+from medsplit.tasks import TASKS, TaskSettings, make_task
 from medsplit.transport import placement
 from medsplit.yaml_file import load_yaml
 
@@ -37,7 +37,8 @@ def check_cut(cfg: Config) -> None:
     memory, no weights read), before any image is decoded."""
     if not protocol_class(cfg.split.protocol).split:  # the unsplit baselines have no cut
         return
-    kwargs = TASKS[cfg.task].model_kwargs(cfg, TASKS[cfg.task].num_outputs(cfg))
+    settings, task = TaskSettings.from_config(cfg), TASKS[cfg.task]
+    kwargs = task.model_kwargs(settings, task.num_outputs(settings))
     with torch.device("meta"):
         table = build_model(cfg.model.name, **kwargs)
     try:
@@ -101,6 +102,7 @@ class LocalCoordinator(Coordinator):
 
     def __init__(self, cfg: Config, run_dir: Path, device, ck: dict | None, fresh_start: bool, quiet: bool):
         self.cfg, self.run_dir, self.device, self.ck, self.fresh_start, self.quiet = cfg, run_dir, device, ck, fresh_start, quiet
+        self.task_settings = TaskSettings.from_config(cfg)  # what the task reads of the run, resolved once
         self.labels_may_cross = TASKS[cfg.task].labels_may_cross
         self.estimate = None  # the run's size and estimated time, printed once after its first batches
 
@@ -111,8 +113,9 @@ class LocalCoordinator(Coordinator):
         return ck["epoch"] + 1 if ck is not None else 0
 
     def load_data(self) -> None:
-        self.task = make_task(self.cfg, self.device)
-        self.all_clients = client_indices(self.cfg, self.task)
+        self.task = make_task(self.task_settings, self.device)
+        cfg = self.cfg
+        self.all_clients = client_indices(self.task, cfg.split.clients, cfg.data.partition, cfg.data.alpha, cfg.train.seed)
         announce_data(self.task, self.all_clients, self.quiet)  # after the partition, so a setting that cannot work fails first
         pooled = protocol_class(self.cfg.split.protocol).training_rows(self.all_clients)  # centralised pools them
         self.training_rows = dict(enumerate(pooled))

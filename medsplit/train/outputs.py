@@ -1,5 +1,7 @@
 """What a finished run leaves for people: an HTML report and a metrics JSON in
-``reports/`` (TensorBoard scalars and the checkpoint stay in the run directory)."""
+``reports/`` (TensorBoard scalars and the checkpoint stay in the run directory). What the run
+was (task, protocol, cut, hospitals, name) comes from its run record; the few settings the
+report needs besides are arguments, so this module never reads the config."""
 
 from __future__ import annotations
 
@@ -9,30 +11,43 @@ from pathlib import Path
 
 from medsplit import __version__
 from medsplit.atomic import write_atomic
-from medsplit.config import Config
 from medsplit.report.run_report import build_run_report
 from medsplit.train.console import final_line
 from medsplit.train.records import json_default
 from medsplit.uncertainty import test_intervals
 
 
-def write_outputs(cfg: Config, run_dir: Path, result: dict, task, model, quiet: bool = False) -> Path:
-    reports = Path(cfg.output.reports_dir)
+def write_outputs(run_dir: Path, reports_dir: Path, result: dict, task, model, seed: int, config_yaml: str,
+                  keep_checkpoint: bool, quiet: bool = False) -> Path:
+    """Add the test intervals to ``result`` (the run record) and write it, with the HTML report.
+
+    Args:
+        run_dir: the run folder (its ``metrics.json`` is rewritten with the intervals).
+        reports_dir: ``output.reports_dir``: the report and a copy of the metrics go there.
+        result: the run record (:func:`medsplit.train.records.run_record`).
+        task: the run's task (test split, report examples, metric names).
+        model: the tested model (the report's example images).
+        seed: ``train.seed``: seeds the intervals' bootstrap.
+        config_yaml: the resolved config as YAML, shown in the report.
+        keep_checkpoint: ``output.keep_checkpoint``: whether the report lists ``checkpoint.pt``.
+        quiet: print nothing.
+    """
+    reports = Path(reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
-    name = cfg.run_name()
-    result["test_intervals"] = _test_intervals(task, result["test"], cfg.train.seed)
+    name = result["run"]
+    result["test_intervals"] = _test_intervals(task, result["test"], seed)
     # metrics.json gains the intervals; the reports copy is the same file.
     text = json.dumps(result, indent=2, default=json_default)
     write_atomic(run_dir / "metrics.json", text)
     write_atomic(reports / f"{name}.json", text)
     record = dict(result)
     record.update({
-        "title": f"medsplit {cfg.task}: {cfg.split.protocol}" + (f", CUT={result['cut']}" if result["cut"] is not None else "") + f", {cfg.split.clients} client(s)",
+        "title": f"medsplit {result['task']}: {result['protocol']}" + (f", CUT={result['cut']}" if result["cut"] is not None else "") + f", {result['clients']} client(s)",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "medsplit_version": __version__,
-        "config_yaml": cfg.to_yaml(),
+        "config_yaml": config_yaml,
         # listed as the run will leave its folder: a checkpoint it deletes at its end is not shown
-        "artifacts": run_artifacts(run_dir, reports / f"{name}.json", removed=() if cfg.output.keep_checkpoint else ("checkpoint.pt",)),
+        "artifacts": run_artifacts(run_dir, reports / f"{name}.json", removed=() if keep_checkpoint else ("checkpoint.pt",)),
     })
     examples = task.report_examples(model, result["test"])
     if examples is not None:

@@ -21,7 +21,7 @@ from medsplit.split.byte_ledger import ByteLedger
 from medsplit.split.channel import MessageError
 from medsplit.transport.base import TransportError
 from medsplit.split.codecs import codecs_for
-from medsplit.tasks import TASKS, make_task
+from medsplit.tasks import TASKS, TaskSettings, make_task
 from medsplit.train.checkpoint import load_checkpoint
 from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
@@ -100,6 +100,7 @@ class ControlCoordinator(Coordinator):
         self.info = {"name": name, "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
                      "threads": torch.get_num_threads()}
         self.labels_may_cross = TASKS[cfg.task].labels_may_cross
+        self.task_settings = TaskSettings.from_config(cfg)  # what the task reads of the run, resolved once
         self.n_trainers = cfg.split.clients
         self.steps = 0  # this party's own steps (fault injection counts them)
         self.rosters = 0  # roster messages this hospital took in this epoch (fault injection counts them)
@@ -129,32 +130,33 @@ class ControlCoordinator(Coordinator):
         if self.is_server:
             self.sizes = {h: self.control.recv(h, "sizes")["sizes"] for h in self.hospitals}
             return
-        self.task = make_task(self.cfg, self.device)
+        self.task = make_task(self.task_settings, self.device)
         if self.own_data:
             rows = np.arange(len(self.task.split("train")))
             self.all_clients = [rows]
         else:
-            self.all_clients = client_indices(self.cfg, self.task)
+            cfg = self.cfg
+            self.all_clients = client_indices(self.task, cfg.split.clients, cfg.data.partition, cfg.data.alpha, cfg.train.seed)
             rows = self.all_clients[self.k]
         self.training_rows = {self.k: rows}
         self.control.send(SERVER, sizes={"val": len(self.task.split("val")), "test": len(self.task.split("test"))})
 
     def build_table(self):
-        return server_table(self.cfg) if self.is_server else self.task.build_table()
+        return server_table(self.task_settings) if self.is_server else self.task.build_table()
 
     def ready(self, runner: Runner) -> None:
         self.roster = runner.roster
         self.roster.notice = self.say
 
     def loss_fn(self):
-        return server_loss(self.cfg) if self.is_server else self.task.loss
+        return server_loss(self.task_settings) if self.is_server else self.task.loss
 
     def make_channel(self) -> Channel:
         cfg = self.cfg
         hosted = {SERVER, AGGREGATOR} if self.is_server else {self.name}
         return Channel(serialise=True, codecs=codecs_for(cfg.split.compress_activations, cfg.split.compress_gradients),
                        transport=self.transport, local=frozenset(hosted), device=str(self.device),
-                       compute_dtype=compute_dtype(cfg.train, self.device))
+                       compute_dtype=compute_dtype(cfg.train.amp, cfg.train.cpu_amp, self.device))
 
     # ---- an epoch --------------------------------------------------------------------------
     def share_batch_counts(self, epoch: int, own: dict[int, list]) -> list[list[torch.Tensor]]:
@@ -220,7 +222,7 @@ class ControlCoordinator(Coordinator):
         self.steps += 1
         if self.is_server:
             self.steps_ahead[k] = self.steps_ahead.get(k, 0) - 1
-            return batch_spec(self.cfg, len(idx))
+            return batch_spec(self.task_settings, len(idx))
         batch = self.task.batch("train", idx, train=True, generator=generator)
         return (batch.x * float("nan") if fault == "nan" else batch.x), batch.y
 
@@ -233,7 +235,7 @@ class ControlCoordinator(Coordinator):
             model.eval()
             for m in [len(c) for c in torch.arange(n).split(self.cfg.train.eval_batch_size)]:
                 with runner.autocast():
-                    model(batch_spec(self.cfg, m)[0])
+                    model(batch_spec(self.task_settings, m)[0])
             model.train()
             return None
         if self.name != evaluator:
@@ -287,7 +289,7 @@ class ControlCoordinator(Coordinator):
                 final.eval()
                 while (n := int(self.control.recv(reporter, "forward")["forward"])) > 0:
                     with runner.autocast():
-                        final(batch_spec(self.cfg, n)[0])
+                        final(batch_spec(self.task_settings, n)[0])
             return None
         reports = [mine] + [self.control.recv(p, "report")["report"] for p in self._peers()]
         counted = ByteLedger()  # every party's own counts, in one ledger

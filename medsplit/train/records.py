@@ -1,5 +1,6 @@
 """The run record (``metrics.json``) of a finished run, whatever its placement: what it trained,
-the history, the tested epoch, test metrics, byte counts and the data each hospital held."""
+the history (one epoch's rows: :func:`epoch_rows`), the tested epoch, test metrics, byte counts
+and the data each hospital held."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from medsplit.train.device import device_label
 
-__all__ = ["data_summary", "json_default", "run_record"]
+__all__ = ["data_summary", "epoch_rows", "json_default", "run_record"]
 
 
 def run_record(runner, test: tuple[dict, float], byte_rows, test_by_group: dict | None = None) -> dict:
@@ -40,6 +41,18 @@ def run_record(runner, test: tuple[dict, float], byte_rows, test_by_group: dict 
         **({"dropouts": [d.as_dict() for d in runner.roster.departures], "min_hospitals": runner.roster.minimum}
            if runner.roster.tolerant else {}),
     }
+
+
+def epoch_rows(protocol, epoch: int, losses: dict[int, list[float]], n_trainers: int, lr: float, val_loss: float,
+               scores: dict, seconds: float, roster) -> list[dict]:
+    """The history rows of ``epoch``: each hospital's mean training loss, then the epoch's row
+    (with the hospitals present at its end where hospitals may drop out)."""
+    rows = [{"epoch": epoch + 1, "client": protocol.history_name(k, n_trainers), "train_loss": float(np.mean(ls)) if ls else None}
+            for k, ls in losses.items()]
+    present = {"hospitals": len(roster.members())} if roster.tolerant else {}
+    rows.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss,
+                 **{f"val_{k}": v for k, v in scores.items()}, **present, "seconds": seconds})
+    return rows
 
 
 def data_summary(task, clients) -> dict:

@@ -26,18 +26,19 @@ import torch
 
 from medsplit.atomic import write_atomic
 from medsplit.config.dropout_schedule import parse_dropout
-from medsplit.tracking import Tracker, start_tracking
+from medsplit.tracking import TrackedRun, Tracker, start_tracking
 from medsplit.train import run_folder
 from medsplit.train.checkpoint import CHECKPOINT, save_checkpoint, save_weights
 from medsplit.train.outputs import write_outputs
-from medsplit.train.precision import autocast_for
+from medsplit.train.precision import autocast_for, compute_dtype
 from medsplit.train.protocols import protocol_class
-from medsplit.train.records import json_default, run_record
+from medsplit.train.records import epoch_rows, json_default, run_record
 from medsplit.train.roster import Roster
 from medsplit.train.schedule import augmentation_generator, hospital_batches, learning_rate, make_optimizer_factory
 from medsplit.transport.base import TransportError
 
-__all__ = ["Coordinator", "RunHooks", "Runner", "checkpoint_payload", "evaluate_split", "reseed_epoch", "select_epoch"]
+__all__ = ["Coordinator", "RunHooks", "Runner", "checkpoint_payload", "evaluate_split", "reseed_epoch", "select_epoch",
+           "track_run"]
 
 
 @torch.no_grad()
@@ -81,6 +82,14 @@ def checkpoint_payload(runner: Runner, epoch: int) -> dict:
             "best": runner.best, "best_weights": runner.best_weights, "epoch": epoch, "roster": runner.roster.state(),
             "elapsed_s": time.time() - runner.t0, "config": runner.cfg.to_dict(),
             "config_sha256": run_folder.config_hash(runner.cfg.to_dict())}
+
+
+def track_run(cfg, run_dir: Path) -> Tracker:
+    """The run's TensorBoard and/or MLflow tracker (``output.tensorboard``, ``output.mlflow``),
+    told what the run is."""
+    run = TrackedRun(name=cfg.run_name(), task=cfg.task, epochs=cfg.train.epochs, params=cfg.to_dict(),
+                     config_yaml=cfg.to_yaml(), report=Path(cfg.output.reports_dir) / f"{cfg.run_name()}.html")
+    return start_tracking(run, run_dir, tensorboard=cfg.output.tensorboard, mlflow=cfg.output.mlflow)
 
 
 class RunHooks:
@@ -224,7 +233,9 @@ class Runner:
                  hooks: RunHooks | None = None, quiet: bool = False):
         self.cfg, self.coordinator, self.run_dir, self.checkpoint_dir = cfg, coordinator, Path(run_dir), Path(checkpoint_dir)
         self.device, self.t0, self.hooks, self.quiet = device, started, hooks or RunHooks(), quiet
-        self.autocast = autocast_for(cfg.train, device)
+        # The runner reads the config; what it calls gets explicit values (issue 26: the config is
+        # read near the top, so a lower layer cannot depend on a setting its signature hides).
+        self.autocast = autocast_for(compute_dtype(cfg.train.amp, cfg.train.cpu_amp, device), device)
 
     @property
     def task(self):
@@ -242,7 +253,8 @@ class Runner:
             table = table.to(memory_format=torch.channels_last)
         self.channel = co.make_channel()
         self.protocol = protocol_class(cfg.split.protocol)(
-            table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg), co.loss_fn(), self.channel,
+            table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay),
+            co.loss_fn(), self.channel,
             optimizer_handover=cfg.split.optimizer_handover, labels_may_cross=co.labels_may_cross,
             microbatches=cfg.split.microbatches)
         self.roster = Roster(self.protocol.n_party_clients(), cfg.split.min_hospitals, self.protocol.history_keeper(),
@@ -254,12 +266,12 @@ class Runner:
         if ck is not None:
             self._restore(ck)
         self.hooks.started(self)
-        tracker = start_tracking(cfg, self.run_dir) if co.tracks else Tracker([])  # TensorBoard and/or MLflow
+        tracker = track_run(cfg, self.run_dir) if co.tracks else Tracker([])  # TensorBoard and/or MLflow
 
         for epoch in range(start_epoch, cfg.train.epochs):
             t_epoch = time.time()
             self.channel.at(epoch=epoch)
-            lr = learning_rate(cfg, epoch)
+            lr = learning_rate(cfg.train.lr, cfg.train.schedule, epoch, cfg.train.epochs)
             for party in self.protocol.local_parties:
                 for group in party.optimizer.param_groups if party.optimizer else []:
                     group["lr"] = lr
@@ -295,10 +307,12 @@ class Runner:
         for k in roster.members():
             if roster.scheduled_to_leave(k, epoch, 0):  # after=0: takes no part in this epoch at all
                 self._leave(k, epoch, 0, "split.dropout schedule")
-        own = {k: hospital_batches(cfg, self.task, rows, epoch, k) for k, rows in co.training_rows.items() if roster.present(k)}
+        class_balanced = cfg.train.sampling == "class-balanced"
+        own = {k: hospital_batches(self.task, rows, epoch, k, cfg.train.batch_size, cfg.train.seed, class_balanced)
+               for k, rows in co.training_rows.items() if roster.present(k)}
         own = self.hooks.plan_batches(self, epoch, own)
         batches = co.share_batch_counts(epoch, own)
-        generators = {k: augmentation_generator(cfg, epoch, k, self.device) for k in own}
+        generators = {k: augmentation_generator(cfg.train.seed, epoch, k, self.device) for k in own}
         reseed_epoch(cfg.train.seed, epoch)
         losses: dict[int, list[float]] = {k: [] for k in range(len(batches))}
         bar = co.progress(epoch, sum(len(b) for b in batches))
@@ -370,7 +384,8 @@ class Runner:
             record.update(accounting.get("extra", {}))
             write_atomic(self.run_dir / "metrics.json", json.dumps(record, indent=2, default=json_default))
             with co.output_model(final) as model:
-                write_outputs(cfg, self.run_dir, record, self.task, model, quiet=self.quiet)
+                write_outputs(self.run_dir, Path(cfg.output.reports_dir), record, self.task, model, seed=cfg.train.seed,
+                              config_yaml=cfg.to_yaml(), keep_checkpoint=cfg.output.keep_checkpoint, quiet=self.quiet)
             # after the report: MLflow stores it
             tracker.finish(record, self.task.report_examples(final, test[0]) if tracker.backends else None)
             co.finished(self, record)
@@ -380,14 +395,3 @@ class Runner:
             (self.checkpoint_dir / CHECKPOINT).unlink(missing_ok=True)
         return record
 
-
-def epoch_rows(protocol, epoch: int, losses: dict[int, list[float]], n_trainers: int, lr: float, val_loss: float,
-               scores: dict, seconds: float, roster: Roster) -> list[dict]:
-    """The history rows of ``epoch``: each hospital's mean training loss, then the epoch's row
-    (with the hospitals present at its end where hospitals may drop out)."""
-    rows = [{"epoch": epoch + 1, "client": protocol.history_name(k, n_trainers), "train_loss": float(np.mean(ls)) if ls else None}
-            for k, ls in losses.items()]
-    present = {"hospitals": len(roster.members())} if roster.tolerant else {}
-    rows.append({"epoch": epoch + 1, "client": "all", "lr": lr, "val_loss": val_loss,
-                 **{f"val_{k}": v for k, v in scores.items()}, **present, "seconds": seconds})
-    return rows

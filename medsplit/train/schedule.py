@@ -1,7 +1,10 @@
 """What every epoch draws, as functions of (seed, epoch, hospital) only: the optimiser, the
 learning rate, each hospital's rows, batches and augmentation generator. The in-process loop
 and every party process (medsplit.train.parties, FLARE sites) call the same functions, so they
-train on the same batches, and a resumed run replays the epochs an uninterrupted one trains."""
+train on the same batches, and a resumed run replays the epochs an uninterrupted one trains.
+
+Each function takes the numbers it uses, not the run's config: the runner reads them from the
+config once, so what an epoch depends on is in each signature."""
 
 from __future__ import annotations
 
@@ -11,48 +14,45 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from medsplit.config import Config
-
 if TYPE_CHECKING:
     from medsplit.tasks import Task
 
 
-def make_optimizer_factory(cfg: Config):
-    t = cfg.train
+def make_optimizer_factory(optimizer: str, lr: float, weight_decay: float):
+    """``params -> optimiser`` for ``train.optimizer`` (adam | adamw | sgd), the same for every party."""
 
     def make(params):
         # Fused kernels: on a 2-core CPU the per-parameter Adam loop cost 2.2 s per
         # ResNet-34 step, the fused one 0.27 s (measured); on CUDA it is also the fastest.
-        if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        if t.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, fused=True)
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        if optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True)
 
     return make
 
 
-def learning_rate(cfg: Config, epoch: int) -> float:
-    """The learning rate of ``epoch`` (counted from 0) under ``train.schedule``."""
-    if cfg.train.schedule == "cosine":
+def learning_rate(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (counted from 0 of ``epochs``) under ``train.schedule``
+    (constant | cosine), starting from ``lr``."""
+    if schedule == "cosine":
         # half a cosine from lr to 0: the late epochs take small steps, so where training ends
         # depends less on the last few batches (what makes short from-scratch runs noisy)
-        return cfg.train.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
-    return cfg.train.lr
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return lr
 
 
-def client_indices(cfg: Config, task: Task) -> list[np.ndarray]:
-    """Each hospital's training rows (patient-grouped); the centralised baseline pools them."""
+def client_indices(task: Task, clients: int, scheme: str, alpha: float, seed: int) -> list[np.ndarray]:
+    """Each of ``clients`` hospitals' training rows (patient-grouped) under ``data.partition``
+    ``scheme`` (``alpha``: its Dirichlet concentration); the centralised baseline pools them."""
     # imported when a hospital partitions: the data-free server never loads medsplit.data.partition
     # (a party's run record lists the medsplit.data modules it loaded)
     from medsplit.data.partition import partition
 
     train = task.split("train")
-    parts = partition(
-        task.partition_labels(), cfg.split.clients, scheme=cfg.data.partition, alpha=cfg.data.alpha, seed=cfg.train.seed,
-        groups=getattr(train, "groups", None), patients=getattr(train, "patients", None),
-    )
-    return parts
+    return partition(task.partition_labels(), clients, scheme=scheme, alpha=alpha, seed=seed,
+                     groups=getattr(train, "groups", None), patients=getattr(train, "patients", None))
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, client: int,
@@ -78,16 +78,17 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int, c
     return batches
 
 
-def hospital_batches(cfg: Config, task: Task, indices: np.ndarray, epoch: int, hospital: int) -> list[torch.Tensor]:
-    """Hospital ``hospital``'s batches of ``epoch`` under ``train.sampling`` (its own rows and, for
-    class-balanced sampling, its own labels: nothing about other hospitals' data is needed)."""
-    labels = task.partition_labels()[indices] if cfg.train.sampling == "class-balanced" else None
-    return epoch_batches(indices, cfg.train.batch_size, cfg.train.seed, epoch, hospital, labels)
+def hospital_batches(task: Task, indices: np.ndarray, epoch: int, hospital: int, batch_size: int, seed: int,
+                     class_balanced: bool) -> list[torch.Tensor]:
+    """Hospital ``hospital``'s batches of ``epoch`` (``train.sampling``: shuffled, or
+    ``class_balanced`` from its own labels: nothing about other hospitals' data is needed)."""
+    labels = task.partition_labels()[indices] if class_balanced else None
+    return epoch_batches(indices, batch_size, seed, epoch, hospital, labels)
 
 
-def augmentation_generator(cfg: Config, epoch: int, hospital: int, device: torch.device) -> torch.Generator:
+def augmentation_generator(seed: int, epoch: int, hospital: int, device: torch.device) -> torch.Generator:
     """Hospital ``hospital``'s augmentation generator for ``epoch``: a function of (seed, epoch,
     hospital) only, so it is the same whether the hospitals share a process or not, and on resume.
     Hospital 0's equals the one generator every hospital shared before 2026-12 (centralised runs,
     which pool everyone as hospital 0, are unchanged)."""
-    return torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch + 1_000_003 * hospital)
+    return torch.Generator(device=device).manual_seed(seed * 7919 + epoch + 1_000_003 * hospital)

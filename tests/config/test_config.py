@@ -62,13 +62,13 @@ def test_label_smoothing_needs_class_labels_and_reaches_the_loss():
     import torch
     import torch.nn.functional as F
 
-    from medsplit.tasks import TASKS
+    from medsplit.tasks import TASKS, TaskSettings
 
     with pytest.raises(ConfigError, match=r"'train.label_smoothing' = 0.1 needs class labels \(task=lungs"):
         load_config(None, ["task=lungs", "train.label_smoothing=0.1"])
     logits, target = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
-    loss = TASKS["retinopathy"].loss_function(load_config(None, ["train.label_smoothing=0.3"]))(logits, target)
-    plain = TASKS["retinopathy"].loss_function(load_config(None, []))(logits, target)
+    loss = TASKS["retinopathy"].loss_function(TaskSettings.from_config(load_config(None, ["train.label_smoothing=0.3"])))(logits, target)
+    plain = TASKS["retinopathy"].loss_function(TaskSettings.from_config(load_config(None, [])))(logits, target)
     # by hand: the target is 0.8 on the true class and 0.1 on each other one
     log_p = F.log_softmax(logits, 1)[0]
     assert float(loss) == pytest.approx(float(-(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])), rel=1e-6)

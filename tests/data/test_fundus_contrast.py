@@ -6,7 +6,7 @@ import torch
 from medsplit.config import CHOICES, ConfigError, load_config
 from medsplit.data.errors import DataError
 from medsplit.data.fundus_contrast import PREPROCESSING, local_contrast
-from medsplit.tasks import TASKS
+from medsplit.tasks import TASKS, TaskSettings
 
 
 def _disc(side=64, level=150):
@@ -51,9 +51,9 @@ def test_training_and_external_images_are_filtered_alike(tmp_path):
     base = ["task=retinopathy", "data.source=synthetic", "data.synthetic_size=40", "data.img_size=32",
             f"data.cache_dir={tmp_path}"]
     task = TASKS["retinopathy"]
-    plain = task.load_data(load_config(None, base))
-    cfg = load_config(None, [*base, "data.preprocess=local-contrast"])
-    filtered = task.load_data(cfg)
+    plain = task.load_data(TaskSettings.from_config(load_config(None, base)))
+    settings = TaskSettings.from_config(load_config(None, [*base, "data.preprocess=local-contrast"]))
+    filtered = task.load_data(settings)
     assert torch.equal(filtered.test.images, local_contrast(plain.test.images))
     assert filtered.summary()["preprocess"] == "local-contrast"
 

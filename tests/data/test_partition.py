@@ -220,12 +220,12 @@ def test_right_angle_geometry_gives_all_eight_symmetries_without_resampling():
 
 def test_the_fundus_task_reads_the_rotation_setting(tmp_path):
     from medsplit.config import load_config
-    from medsplit.tasks import TASKS
+    from medsplit.tasks import TASKS, TaskSettings
 
     base = ["data.source=synthetic", "data.synthetic_size=40", "data.img_size=32", f"data.cache_dir={tmp_path}"]
     for rotation, right_angles in (("any", False), ("right-angles", True)):
-        cfg = load_config(None, [*base, f"data.rotation={rotation}"])
-        task = TASKS["retinopathy"](cfg, TASKS["retinopathy"].load_data(cfg), torch.device("cpu"))
+        settings = TaskSettings.from_config(load_config(None, [*base, f"data.rotation={rotation}"]))
+        task = TASKS["retinopathy"](settings, TASKS["retinopathy"].load_data(settings), torch.device("cpu"))
         assert task.augment.right_angles is right_angles
 
 

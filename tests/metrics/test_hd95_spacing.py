@@ -16,7 +16,7 @@ from medsplit.config import load_config
 from medsplit.data.lungs import load_lungs
 from medsplit.metrics import SegmentationMetrics
 from medsplit.report.explain import hd95_unit
-from medsplit.tasks.registry import make_task
+from medsplit.tasks import TaskSettings, make_task
 
 SIZE = 32  # data.img_size of every load here
 
@@ -181,7 +181,7 @@ def _score_shifted_masks(task, split: str, metrics) -> dict:
 
 def test_the_lung_task_scores_hd95_in_mm_for_nifti_and_in_pixels_for_png(tmp_path):
     nifti = _nifti_folder(tmp_path / "nifti", 8, (40, 60), (0.6, 0.6))
-    task = make_task(_cfg(tmp_path, nifti), torch.device("cpu"))
+    task = make_task(TaskSettings.from_config(_cfg(tmp_path, nifti)), torch.device("cpu"))
     spacing = 0.6 * 60 / SIZE
     in_mm = _score_shifted_masks(task, "test", task.new_metrics())
     in_pixels = _score_shifted_masks(task, "test", SegmentationMetrics())
@@ -192,10 +192,10 @@ def test_the_lung_task_scores_hd95_in_mm_for_nifti_and_in_pixels_for_png(tmp_pat
         assert a["hd95"] == pytest.approx(b["hd95"] * spacing) and a["dice"] == b["dice"]
     assert hd95_unit(in_mm)[0] == "mm"
     # external validation on a NIfTI folder: the same per-image spacing
-    external = task.load_external(task.cfg, str(nifti))
+    external = task.load_external(task.settings, str(nifti))
     assert external.metrics.spacing_by_id == task.data.spacing
 
-    png = make_task(_cfg(tmp_path, _png_folder(tmp_path / "png", 8, (40, 60))), torch.device("cpu"))
+    png = make_task(TaskSettings.from_config(_cfg(tmp_path, _png_folder(tmp_path / "png", 8, (40, 60)))), torch.device("cpu"))
     from_png = _score_shifted_masks(png, "test", png.new_metrics())
     assert from_png["spacing"] is None and hd95_unit(from_png)[0] == "pixels"
     assert from_png["hd95"]["mean"] == pytest.approx(_score_shifted_masks(png, "test", SegmentationMetrics())["hd95"]["mean"])

@@ -125,9 +125,9 @@ def test_classification_step_is_the_row_weighted_sum_of_microbatch_gradients(mic
 
 def test_unet_step_with_loss_at_the_hospital_is_the_row_weighted_sum():
     """The U-shape: four parts, the client's skips and the loss stay at the hospital."""
-    from medsplit.tasks.lungs import LungSegmentationTask
+    from medsplit.tasks import LungSegmentationTask, TaskSettings
 
-    loss_fn = LungSegmentationTask.loss_function(load_config(None, ["task=lungs", "model.name=unet-classic"]))
+    loss_fn = LungSegmentationTask.loss_function(TaskSettings(task="lungs", model="unet-classic"))
     x, y = _mask_batch(6)
     table = _unet()
     want, want_out, want_loss = _weighted_reference(table, loss_fn, x, y, microbatch_sizes(6, 3))

@@ -19,6 +19,7 @@ from medsplit.tasks import (
     TASKS,
     Batch,
     Task,
+    TaskSettings,
     make_task,
     register_task,
     task_class,
@@ -40,6 +41,10 @@ def _cfg(tmp_path, task, *extra):
     return load_config(None, [f"task={task}", f"model.name={model}", *TINY, f"data.cache_dir={tmp_path}/cache", *extra])
 
 
+def _settings(tmp_path, task, *extra):
+    return TaskSettings.from_config(_cfg(tmp_path, task, *extra))
+
+
 def test_registry_lists_both_tasks_with_their_interface():
     assert set(TASKS) == {"retinopathy", "lungs"}
     for name, cls in TASKS.items():
@@ -58,7 +63,7 @@ def test_registry_lists_both_tasks_with_their_interface():
 @pytest.mark.parametrize("task", ["retinopathy", "lungs"])
 def test_config_alone_gives_the_servers_model_batch_and_loss(tmp_path, task):
     """What the server builds without data agrees with what the hospital's task builds."""
-    cfg = _cfg(tmp_path, task)
+    cfg = _settings(tmp_path, task)
     cls = TASKS[task]
     x, y = batch_spec(cfg, 4)
     assert x.shape == (4, cls.in_channels, 32, 32)
@@ -77,13 +82,13 @@ def test_config_alone_gives_the_servers_model_batch_and_loss(tmp_path, task):
 
 def test_losses_are_the_documented_ones():
     logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
-    cfg = load_config(None, [])
-    assert torch.equal(TASKS["retinopathy"].loss_function(cfg)(logits, labels), F.cross_entropy(logits, labels))
+    settings = TaskSettings()
+    assert torch.equal(TASKS["retinopathy"].loss_function(settings)(logits, labels), F.cross_entropy(logits, labels))
     from monai.losses import DiceLoss
 
     out, masks = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     expected = DiceLoss(sigmoid=True)(out, masks) + F.binary_cross_entropy_with_logits(out, masks)
-    assert torch.equal(TASKS["lungs"].loss_function(load_config(None, ["task=lungs", "model.name=unet-smp"]))(out, masks), expected)
+    assert torch.equal(TASKS["lungs"].loss_function(TaskSettings(task="lungs", model="unet-smp"))(out, masks), expected)
 
 
 def test_records_find_their_task():
@@ -165,13 +170,13 @@ class _TwoSquares(Task):
     headline = ("accuracy",)
     in_channels = 3
 
-    def __init__(self, cfg, data, device):
-        super().__init__(cfg, data, device)
-        self._loss = self.loss_function(cfg)
+    def __init__(self, settings, data, device):
+        super().__init__(settings, data, device)
+        self._loss = self.loss_function(settings)
 
     @classmethod
-    def load_data(cls, cfg):
-        g = torch.Generator().manual_seed(cfg.train.seed)
+    def load_data(cls, settings):
+        g = torch.Generator().manual_seed(settings.seed)
 
         def part(n):
             labels = torch.randint(0, 2, (n,), generator=g)
@@ -183,11 +188,11 @@ class _TwoSquares(Task):
         return SimpleNamespace(train=part(12), val=part(6), test=part(6), source="toy", synthetic=True)
 
     @classmethod
-    def num_outputs(cls, cfg):
+    def num_outputs(cls, settings):
         return 2
 
     @classmethod
-    def loss_function(cls, cfg):
+    def loss_function(cls, settings):
         return lambda output, target: F.cross_entropy(output.float(), target)
 
     def batch(self, split, idx, train, generator):
@@ -195,7 +200,7 @@ class _TwoSquares(Task):
         return Batch(part.images[idx].float() / 255.0, part.labels[idx], [part.ids[i] for i in idx.tolist()])
 
     def build_table(self):
-        return task_model(self.cfg, self.num_outputs(self.cfg))
+        return task_model(self.settings, self.num_outputs(self.settings))
 
     def new_metrics(self):
         return _Accuracy()
@@ -210,7 +215,8 @@ def test_a_registered_task_runs_through_make_task_and_the_loop(tmp_path, monkeyp
         register_task(type("Other", (_TwoSquares,), {}))
     cfg = _cfg(tmp_path, "retinopathy", "split.cut=3")
     cfg.task = "dummy"  # the config's list of task choices is medsplit.config's (checked by train())
-    task = make_task(cfg, torch.device("cpu"))
+    settings = TaskSettings.from_config(cfg)
+    task = make_task(settings, torch.device("cpu"))
     assert isinstance(task, _TwoSquares) and task.select_metric == "accuracy"
     check_cut(cfg)  # the cut is checked on the dummy's own model
     model = task.build_table()
@@ -218,7 +224,7 @@ def test_a_registered_task_runs_through_make_task_and_the_loop(tmp_path, monkeyp
     assert metrics["n"] == 6 and 0 <= metrics["accuracy"] <= 1 and loss > 0
     model.eval()
     with torch.no_grad():  # the server's loss is the dummy's own: the mean over the split agrees
-        whole = server_loss(cfg)(model(task.batch("val", torch.arange(6), False, None).x), task.split("val").labels)
+        whole = server_loss(settings)(model(task.batch("val", torch.arange(6), False, None).x), task.split("val").labels)
     assert float(whole) == pytest.approx(loss, rel=1e-5)
     assert compare_to_internal("dummy", {"accuracy": 0.9}, {"accuracy": 0.8})["metric"] == "accuracy"
     assert run_headline({"task": "dummy", "test": {"accuracy": 0.5}}) == {}  # the toy names no index columns

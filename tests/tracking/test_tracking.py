@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from medsplit.config import load_config
-from medsplit.tracking import start_tracking
 from medsplit.tracking.readings import epoch_scalars, overlay_image, run_params, final_scalars, tracked_images
+from medsplit.train.runner import track_run  # what a training run starts
 
 HISTORY = [
     {"epoch": 1, "client": "client0", "train_loss": 0.9},
@@ -71,7 +71,7 @@ def test_overlay_draws_both_outlines_in_the_report_colours():
 
 def test_tensorboard_gets_hparams_test_metrics_with_intervals_and_images(tmp_path):
     cfg = _cfg(tmp_path)
-    tracker = start_tracking(cfg, tmp_path / "run")
+    tracker = track_run(cfg, tmp_path / "run")
     tracker.epoch(HISTORY, 1)
     tracker.epoch(HISTORY, 2)
     tracker.finish(RESULT, _examples())
@@ -92,7 +92,7 @@ def test_tensorboard_gets_hparams_test_metrics_with_intervals_and_images(tmp_pat
 
 
 def test_nothing_is_tracked_when_both_are_off(tmp_path):
-    tracker = start_tracking(_cfg(tmp_path, "output.tensorboard=false"), tmp_path / "run")
+    tracker = track_run(_cfg(tmp_path, "output.tensorboard=false"), tmp_path / "run")
     tracker.epoch(HISTORY, 1)
     tracker.finish(RESULT, _examples())
     assert tracker.backends == [] and not (tmp_path / "run").exists()
@@ -106,7 +106,7 @@ def test_mlflow_without_mlflow_installed_names_the_key_and_the_extra(tmp_path, m
     from medsplit.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"output.mlflow.*pip install 'medsplit\[mlflow\]'"):
-        start_tracking(_cfg(tmp_path, "output.tensorboard=false", f"output.mlflow=file://{tmp_path}/mlruns"), tmp_path / "run")
+        track_run(_cfg(tmp_path, "output.tensorboard=false", f"output.mlflow=file://{tmp_path}/mlruns"), tmp_path / "run")
 
 
 def _mlflow_run(store):
@@ -129,7 +129,7 @@ def test_mlflow_logs_params_epochs_test_metrics_and_artifacts_to_a_file_store(tm
     report = tmp_path / "reports" / f"{cfg.run_name()}.html"
     report.parent.mkdir()
     report.write_text("<html></html>")
-    tracker = start_tracking(cfg, run_dir)
+    tracker = track_run(cfg, run_dir)
     tracker.epoch(HISTORY, 1)
     tracker.epoch(HISTORY, 2)
     tracker.finish(RESULT, _examples(2))
