@@ -259,7 +259,7 @@ class Task:
         Args:
             split: ``train``, ``val`` or ``test``.
             idx: positions in the split.
-            train: augment (when the config asks for it).
+            train: augment (when the settings ask for it: ``data.augment``).
             generator: the augmentation generator (see ``augmentation_generator``).
         """
         raise NotImplementedError

@@ -252,9 +252,9 @@ class Runner:
         if self.device.type == "cuda" and cfg.train.channels_last:
             table = table.to(memory_format=torch.channels_last)
         self.channel = co.make_channel()
+        optimizer = make_optimizer_factory(cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
         self.protocol = protocol_class(cfg.split.protocol)(
-            table, cfg.split.cut, cfg.split.clients, make_optimizer_factory(cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay),
-            co.loss_fn(), self.channel,
+            table, cfg.split.cut, cfg.split.clients, optimizer, co.loss_fn(), self.channel,
             optimizer_handover=cfg.split.optimizer_handover, labels_may_cross=co.labels_may_cross,
             microbatches=cfg.split.microbatches)
         self.roster = Roster(self.protocol.n_party_clients(), cfg.split.min_hospitals, self.protocol.history_keeper(),
