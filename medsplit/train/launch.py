@@ -5,7 +5,8 @@ party on loopback, each logging to ``RUN_DIR/parties/<name>.log``. The server pr
 data root at all (``MEDSPLIT_DATA`` points to a folder that does not exist). If any party fails,
 the others stop on their own (their next receive from it fails, or times out after
 ``split.timeout_s``); whatever is still running after that grace period is killed, so no
-process outlives the launcher.
+process outlives the launcher. A party left running alone, after every other one has exited, has
+nobody to exchange with: it is killed after a few seconds instead.
 
 Nor when the launcher itself is stopped: SIGTERM (or SIGHUP) makes it kill its parties before it
 exits, and on Linux every party asks the kernel for SIGKILL the moment its parent dies
@@ -110,9 +111,15 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
     return codes
 
 
+# A party still running once every other has exited, after a failure, has nobody left to
+# exchange with: it can only be finishing local work (its checkpoints are written atomically) or
+# be stuck, so it gets this long rather than the whole grace period.
+LONE_PARTY_GRACE_S = 5.0
+
+
 def _wait_all(procs: list[subprocess.Popen], grace: float, critical: list[subprocess.Popen] | None = None) -> list[int]:
     """Wait for every process; once one of ``critical`` (default: all) fails, give the rest
-    ``grace`` seconds, then kill them."""
+    ``grace`` seconds (a party left alone: :data:`LONE_PARTY_GRACE_S`), then kill them."""
     deadline = None
     critical = procs if critical is None else critical
     while True:
@@ -121,6 +128,8 @@ def _wait_all(procs: list[subprocess.Popen], grace: float, critical: list[subpro
             return codes
         if deadline is None and any(p.poll() not in (None, 0) for p in critical):
             deadline = time.time() + grace
+        if deadline is not None and len(procs) > 1 and sum(c is None for c in codes) == 1:
+            deadline = min(deadline, time.time() + LONE_PARTY_GRACE_S)
         if deadline is not None and time.time() > deadline:
             for p in procs:
                 if p.poll() is None:
