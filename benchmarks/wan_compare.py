@@ -28,6 +28,11 @@ def party_of(name: str) -> str:
 #: one-way delays a gloo message waits at worst: the data it must arrive after (an earlier message
 #: or chunk), the receiver's ready notice (gloo's send waits for the matching recv), its own
 GLOO_ONE_WAYS_PER_MESSAGE = 3
+#: the model corrected (issue 31: "within 15 % of every measured shaped epoch, or corrected until
+#: it is"): two one-way delays per message, between the model as written (1) and the rendezvous
+#: bound (3). A fit, not a prediction: it was chosen after the quiet runs of 2026-12-07 showed the
+#: truth between the bounds (1: 14 of 15 shaped epochs within 15 %, 3: 14 of 15, 2: 15 of 15).
+GLOO_ONE_WAYS_CORRECTED = 2
 
 
 def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float, rtt_s: float,
@@ -57,7 +62,8 @@ def write(result: dict, path: Path) -> None:
     result["formula"] = (
         "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum over "
         "directed links of link_time.epoch_seconds(1, 0, bytes, messages * k, rate_bps, hops * rtt_s); k = 1: the model "
-        f"as written (predicted_*), k = {GLOO_ONE_WAYS_PER_MESSAGE}: every message waits for gloo's rendezvous "
+        f"as written (predicted_*), k = {GLOO_ONE_WAYS_CORRECTED}: the model corrected (predicted_corrected_*, "
+        f"fitted to the quiet runs), k = {GLOO_ONE_WAYS_PER_MESSAGE}: every message waits for gloo's rendezvous "
         "(predicted_rendezvous_*, an upper bound on the latency term)")
     result["notes"] = [
         "bytes per link: payload + gloo's 8-byte framing per message, as each sender's transport counted them",
@@ -88,7 +94,7 @@ def derive(rows: list[dict], model) -> None:
             row["relay_cost_pct"] = 100 * (row["epoch_s"] / direct["epoch_s"] - 1)
             continue
         links = {tuple(l["link"].split("->")): l for l in row["links"]}
-        for suffix, k in (("", 1), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
+        for suffix, k in (("", 1), ("_corrected", GLOO_ONE_WAYS_CORRECTED), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
             p = predict(model, row["protocol"], direct["epoch_s"], links, row["rate_bps"], row["rtt_s"], k)
             row[f"predicted{suffix}_epoch_s"], row[f"predicted{suffix}_link_s"] = p["epoch_s"], p["link_s"]
             row[f"busiest_hospital{suffix}_link_s"] = p["busiest_hospital_link_s"]
@@ -107,7 +113,8 @@ def link_rows(links: dict) -> list[dict]:
 
 
 def print_row(r: dict) -> None:
-    extra = (f" model {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %), with gloo's rendezvous "
+    extra = (f" model {r['predicted_epoch_s']:.2f} s ({r['error_pct']:+.1f} %), corrected "
+             f"{r['predicted_corrected_epoch_s']:.2f} s ({r['corrected_error_pct']:+.1f} %), with gloo's rendezvous "
              f"{r['predicted_rendezvous_epoch_s']:.2f} s ({r['rendezvous_error_pct']:+.1f} %)" if "predicted_epoch_s" in r else "")
     if "vs_inprocess" in r:
         extra += f", {r['vs_inprocess']:.2f}x the in-process epoch"
@@ -117,23 +124,25 @@ def print_row(r: dict) -> None:
 
 def markdown(rows: list[dict]) -> str:
     """The epoch table (one line per run) and the link table (one line per probed link)."""
-    lines = ["| px | protocol | codec | link | method | epoch s | model s (error) | model+rendezvous s (error) | "
-             "link s: model / +rendezvous | MB/epoch | load |",
-             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| px | protocol | codec | link | method | epoch s | model s (error) | corrected model s (error) | "
+             "model+rendezvous s (error) | link s: model / corrected / +rendezvous | MB/epoch | load |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mb = sum(l["bytes"] for l in r["links"]) / 1e6
         if "predicted_epoch_s" in r:
             model = f"{r['predicted_epoch_s']:.2f} ({r['error_pct']:+.0f} %)"
             if "vs_inprocess" in r:
                 model += f"; {r['vs_inprocess']:.2f}x in-process"
+            corrected = f"{r['predicted_corrected_epoch_s']:.2f} ({r['corrected_error_pct']:+.0f} %)"
             rendezvous = f"{r['predicted_rendezvous_epoch_s']:.2f} ({r['rendezvous_error_pct']:+.0f} %)"
-            link = f"{r['predicted_link_s']:.2f} / {r['predicted_rendezvous_link_s']:.2f}"
+            link = (f"{r['predicted_link_s']:.2f} / {r['predicted_corrected_link_s']:.2f} / "
+                    f"{r['predicted_rendezvous_link_s']:.2f}")
         else:
             model = (f"relay cost {r['relay_cost_pct']:+.0f} %" if "relay_cost_pct" in r else
                      "every party in one process" if r["profile"] == "in-process" else "")
-            rendezvous, link = "", ""
+            corrected, rendezvous, link = "", "", ""
         lines.append(f"| {r['size']} | {r['protocol']} | {r['codec']} | {r['profile']} | {r['method']} | {r['epoch_s']:.2f} | "
-                     f"{model} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")
+                     f"{model} | {corrected} | {rendezvous} | {link} | {mb:.1f} | {r['load_before'][0]:.1f} |")
     lines += ["", "| link | method | TCP round trip ms, median (min) | gloo message round trip ms, median (min) | "
               "TCP upload Mbit/s | TCP download Mbit/s |",
               "|---|---|---:|---:|---:|---:|"]
