@@ -31,6 +31,8 @@ IMAGE_MULTIPLE = {"unet-classic": 16}
 # The built-in protocols whose parties can run as separate processes (split.transport=gloo | flare),
 # from the torch-free facts of medsplit.protocol_names (tests/train/test_protocols.py checks them against the classes).
 PROCESS_PROTOCOLS = tuple(n for n, facts in BUILTIN.items() if facts.runs_as_processes)
+# The protocols whose runs go on over FLARE when a hospital's site dies (split.min_hospitals; tests/flare/test_flare_dropout.py).
+FLARE_DROPOUT_PROTOCOLS = ("splitfed", "sequential")
 
 
 def validate(cfg: Config) -> None:
@@ -105,9 +107,10 @@ def _check_dropout(cfg: Config) -> None:
                           f"(split.protocol={s.protocol} pools every hospital's images in one party)")
     if s.min_hospitals is not None and not 1 <= s.min_hospitals <= s.clients:
         raise ConfigError(f"config key 'split.min_hospitals' = {s.min_hospitals} must be in 1..{s.clients} (split.clients) or null (all)")
-    if s.transport == "flare":
-        raise ConfigError("config keys 'split.min_hospitals' / 'split.dropout' are not supported with split.transport=flare yet "
-                          "(no FLARE run has been tested with a hospital dropping out); use inprocess or gloo")
+    if s.transport == "flare" and s.protocol not in FLARE_DROPOUT_PROTOCOLS:
+        raise ConfigError(f"config key 'split.min_hospitals' with split.transport=flare is supported for split.protocol in "
+                          f"{list(FLARE_DROPOUT_PROTOCOLS)} (a FLARE site killed mid-epoch is tested for those), not "
+                          f"split.protocol={s.protocol}; use inprocess or gloo")
     if schedule and s.transport != "inprocess":
         raise ConfigError(f"config key 'split.dropout' schedules dropouts in one process (split.transport=inprocess); "
                           f"over {s.transport} a hospital drops out by failing (split.min_hospitals lets the run go on)")

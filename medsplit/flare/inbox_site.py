@@ -58,3 +58,8 @@ class InboxSite:
         # transport naming the caller: that link has lost a message and cannot continue.
         self.inbox.put(caller, seq, payload)
         return True
+
+    @collab.publish
+    def alive(self) -> bool:
+        """Answers while this site runs: a peer waiting on it asks (FlareTransport.check_alive)."""
+        return True

@@ -147,7 +147,7 @@ class SiteHooks(RunHooks):
 
 
 def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_data: bool = False, resume: bool = False,
-                   guard: HospitalGuard | None = None) -> dict | None:
+                   guard: HospitalGuard | None = None, departed: list[int] | None = None) -> dict | None:
     """Run ``party`` of ``cfg`` on this site; the evaluating hospital returns the run record.
 
     Args:
@@ -159,6 +159,8 @@ def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_dat
         own_data: the hospital trains on all of its own folder's training rows (production).
         resume: continue from this party's last checkpoint.
         guard: the hospital's defences (hospitals only).
+        departed: gets the hospitals (client indices) that dropped out and are not back
+            (``split.min_hospitals``), so the server site waits for no call of theirs.
     """
     check_flare_config(cfg)
     cfg = with_outputs(cfg, Path(root))
@@ -173,4 +175,9 @@ def run_site_party(cfg: Config, party: str, transport, root: str | Path, own_dat
         torch.set_num_threads(cfg.train.threads)
     coordinator = ControlCoordinator(cfg, party, names, party_dir, device, transport, own_data, resume, quiet=True)
     hooks = SiteHooks(party, guard) if guard is not None else None
-    return Runner(cfg, coordinator, run_dir, party_dir, device, time.time(), hooks=hooks, quiet=True).run()
+    runner = Runner(cfg, coordinator, run_dir, party_dir, device, time.time(), hooks=hooks, quiet=True)
+    try:
+        return runner.run()
+    finally:
+        if departed is not None and getattr(runner, "roster", None) is not None:
+            departed.extend(d.hospital for d in runner.roster.departures if d.rejoined is None)

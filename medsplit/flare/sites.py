@@ -18,9 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import threading
 import time
-import traceback
 from pathlib import Path
 
 import nvflare
@@ -28,7 +26,8 @@ from nvflare.collab import collab
 
 from medsplit import __version__
 from medsplit.config import config_from_dict
-from medsplit.flare.inbox_site import InboxSite, only_from_server
+from medsplit.flare.hospital_calls import HospitalCalls, Outcomes, root_message
+from medsplit.flare.inbox_site import InboxSite, authenticated_caller, only_from_server
 from medsplit.flare.policy import HospitalGuard, JobDefences, policy_for_site
 from medsplit.flare.site_run import client_party, party_sites, run_site_party
 from medsplit.flare.transport import FlareTransport
@@ -37,6 +36,9 @@ from medsplit.train.records import json_default
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
 POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
+#: Runs that go on without a hospital that dropped out: while the server waits on a hospital, it
+#: asks FLARE this often (seconds) whether that hospital's site is still there.
+CHECK_ALIVE_S = 2.0
 
 
 def _job_parts(job: dict):
@@ -54,6 +56,11 @@ def _site_root(job: dict, site: str) -> Path:
     return Path(collab.context.workspace.get_root_dir()) / "medsplit"
 
 
+def _may_lose_hospitals(cfg) -> bool:
+    """``split.min_hospitals`` below the hospitals: the run goes on without a hospital that left."""
+    return cfg.split.min_hospitals is not None and cfg.split.min_hospitals < cfg.split.clients
+
+
 def _plain(obj):
     """JSON round trip: what crosses FLARE is plain lists/dicts/numbers (no numpy, no objects)."""
     return json.loads(json.dumps(obj, default=json_default))
@@ -69,7 +76,15 @@ class MedsplitServer(InboxSite):
 
     def __init__(self, job: dict):
         self.job = job
+        self.outcomes = Outcomes()
         super().__init__()
+
+    @collab.publish
+    def report(self, outcome: dict) -> bool:
+        """A hospital's outcome of ``train()`` where hospitals may drop out (only for itself:
+        the site is FLARE's authenticated caller)."""
+        self.outcomes.put(authenticated_caller(), dict(outcome))
+        return True
 
     @collab.main
     def main(self):
@@ -85,46 +100,28 @@ class MedsplitServer(InboxSite):
         if missing:
             raise RuntimeError(f"job {job['name']!r} needs hospital site(s) {missing}; connected: {sorted(proxies)}")
         timeout = float(job.get("timeout_s", 120))
-        transport = FlareTransport("server", site_of, proxies, self.inbox, timeout=timeout)
-        results: dict[str, dict] = {}
-        errors: dict[str, str] = {}
-
-        def run_hospital(site: str) -> None:
-            try:
-                results[site] = proxies[site](timeout=float(job.get("job_timeout_s", 86400))).train()
-            except Exception as e:  # the site's own error, as FLARE relays it
-                errors[site] = _root_message(e)
-                self.inbox.fail(site, errors[site])
-                for other in sites:  # release hospitals waiting on the server
-                    if other != site:
-                        try:
-                            proxies[other](expect_result=False).stop(site, errors[site])
-                        except Exception:
-                            pass
-
-        threads = [threading.Thread(target=run_hospital, args=(s,), daemon=True) for s in sites]
-        for t in threads:
-            t.start()
+        tolerant = _may_lose_hospitals(cfg)
+        transport = FlareTransport("server", site_of, proxies, self.inbox, timeout=timeout,
+                                   check_alive_s=CHECK_ALIVE_S if tolerant else None)
+        calls = HospitalCalls(sites, proxies, self.inbox, float(job.get("job_timeout_s", 86400)), tolerant, self.outcomes)
+        calls.start()
+        departed: list[int] = []  # the hospitals the server's roster let go (split.min_hospitals)
+        server_error = None
         try:
-            run_site_party(cfg, "server", transport, _site_root(job, "server"), resume=bool(job.get("resume")))
+            run_site_party(cfg, "server", transport, _site_root(job, "server"), resume=bool(job.get("resume")),
+                           departed=departed)
         except Exception as e:
-            errors.setdefault("server", _root_message(e))
-            for site in sites:
-                try:
-                    proxies[site](expect_result=False).stop("server", errors["server"])
-                except Exception:
-                    pass
-        for t in threads:
-            # A hospital whose process died never answers its call: once the server's own part
-            # has ended in error, wait for the others only as long as for any message.
-            t.join(timeout if "server" in errors else None)
-        for site, t in zip(sites, threads):
-            if t.is_alive() and site not in errors:
-                errors[site] = f"did not finish within {timeout:.0f} s after the server stopped (site process gone?)"
+            server_error = root_message(e)
+            calls.stop_others("server", server_error)
+        gone = {sites[k] for k in departed}
+        errors = calls.wait(server_error is not None, timeout, gone)
+        if server_error is not None:
+            errors = {"server": server_error, **errors}
         if errors:
             status = {"status": "failed", "job": job["name"], "errors": errors}
             (out / "medsplit_result.json").write_text(json.dumps(status, indent=2))
             raise RuntimeError(f"medsplit job {job['name']!r} failed: " + "; ".join(f"{s}: {m}" for s, m in errors.items()))
+        results = calls.results
         records = [r["record"] for r in results.values() if r.get("record")]
         if len(records) != 1:
             raise RuntimeError(f"expected the run record from exactly one (the evaluating) hospital, got {len(records)}")
@@ -140,6 +137,12 @@ class MedsplitServer(InboxSite):
         # covers its images after a FLARE job, which trains).
         record["transport"]["laplace"] = {s: r.get("laplace") for s, r in results.items() if r.get("laplace")}
         record["transport"]["job_wall_time_s"] = time.time() - t0
+        for d in record.get("dropouts", []):  # the console line the other placements' server prints
+            site = sites[int(d["hospital"].removeprefix("client"))]
+            print(f"[server] {d['hospital']} (site {site}) dropped out in epoch {d['epoch']} after {d['after']} of its "
+                  f"batches ({d['why']}); the run went on without it", flush=True)
+        if gone:  # what FLARE said of their train() calls, if they ended at all
+            record["transport"]["sites_dropped"] = {s: calls.errors.get(s, "no answer") for s in sorted(gone)}
         write_report(cfg, record, out)
         (out / "medsplit_result.json").write_text(json.dumps({"status": "ok", "job": job["name"], "out": str(out)}))
         print(f"[server] medsplit job {job['name']} finished: report in {out}", flush=True)
@@ -169,6 +172,21 @@ class MedsplitHospital(InboxSite):
         """Check the job against this site's policy, then train this hospital's parts (only the
         server may start it)."""
         only_from_server("train")
+        cfg = _job_parts(self.job)[0]
+        if not _may_lose_hospitals(cfg):
+            return self._train()
+        # Hospitals may drop out: the server does not wait on this call (see HospitalCalls), so
+        # this site reports its outcome to the server site itself.
+        server = collab.server(expect_result=True, timeout=float(self.job.get("timeout_s", 120)))
+        try:
+            outcome = self._train()
+        except Exception as e:
+            server.report({"error": root_message(e), "type": type(e).__name__})
+            raise
+        server.report({"result": outcome})
+        return outcome
+
+    def _train(self) -> dict:
         job = self.job
         cfg, sites, site_of = _job_parts(job)
         site = collab.site_name
@@ -200,11 +218,6 @@ class MedsplitHospital(InboxSite):
         return _plain({"record": record, "handed_bytes": transport.handed_bytes,
                        "policy": policy.source if policy is not None else None, "detector": detector,
                        "laplace": laplace})
-
-
-def _root_message(e: BaseException) -> str:
-    msg = str(e)
-    return msg if msg else "".join(traceback.format_exception_only(type(e), e)).strip()
 
 
 def _nvflare_version() -> str:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from medsplit.transport.base import Transport, TransportError
+from medsplit.transport.framing import FrameError
 
 
 #: Default bounds of a site's inbox: messages waiting per sending site (also the window of
@@ -39,6 +41,35 @@ class MessageOriginError(InboxRefused):
 
 class InboxOverflow(InboxRefused):
     """A message past the inbox's bounds (messages per sender, bytes in all)."""
+
+
+class SiteGone(TransportError):
+    """A wait on a site that stopped answering (its process died or its link failed): an outage
+    (:func:`~medsplit.train.roster.is_outage`), which a run with ``split.min_hospitals`` survives."""
+
+
+class RefusedSite(FrameError):
+    """Every wait of a site that refused a message (replayed, out of window, over the bounds):
+    that link lost a message and its peer broke the rules, which is an attack, not an outage
+    (a :class:`~medsplit.transport.framing.FrameError`), so the run stops."""
+
+
+class RunStopped(RuntimeError):
+    """A wait ended because another site stopped the run (its own error: a policy refusal, an
+    alarm, a refused message); not a transport failure of the site waited on, so no run goes on
+    without that site over it."""
+
+
+def site_went_away(error: BaseException) -> bool:
+    """Whether a site's failed Collab call (FLARE's ``CollabCallError``) says the site went away:
+    FLARE could not reach it or heard nothing back in time, or the site's own run stopped on an
+    outage (a :class:`TransportError` there: a peer it waited on stopped answering). Anything
+    else the site raised (a refused or malformed message, its policy refusing the job, its
+    hijack detector's alarm) is the site stopping the run on purpose."""
+    cause_type = getattr(error, "cause_type", None)
+    if cause_type in ("TransportError", SiteGone.__name__, "TimeoutError"):
+        return True
+    return cause_type == "str" and any(code in str(error) for code in ("target_unreachable", "comm_error"))
 
 
 class Inbox:
@@ -65,6 +96,7 @@ class Inbox:
         self._next: dict[str, int] = {}
         self._bytes = 0
         self.failed: dict[str, str] = {}  # site -> why it stopped (ends every wait on it)
+        self.stops_run: set[str] = set()  # failed sites whose failure ends every wait (the run stops)
         self.refused: dict[str, str] = {}  # site -> the first message refused from it (ends every wait)
 
     def put(self, sender: str, seq: int, payload: bytes) -> None:
@@ -104,33 +136,50 @@ class Inbox:
             self._cond.notify_all()
         return error
 
-    def fail(self, site: str, why: str) -> None:
+    def fail(self, site: str, why: str, stops_run: bool = True) -> None:
+        """Site ``site`` stopped because ``why``: waits on it end (:class:`SiteGone`) and, where
+        ``stops_run``, every other wait too (:class:`RunStopped`); without it the run may go on
+        without that site (``split.min_hospitals``), whose next exchange with it decides."""
         with self._cond:
             self.failed[site] = why
+            if stops_run:
+                self.stops_run.add(site)
             self._cond.notify_all()
 
-    def take(self, sender: str, timeout: float, me: str) -> bytes:
+    def take(self, sender: str, timeout: float, me: str, check: Callable[[str], None] | None = None,
+             check_every: float = 2.0) -> bytes:
+        """The next message from site ``sender``, waiting at most ``timeout`` seconds; every
+        ``check_every`` seconds of waiting ``check(sender)`` (if given) may end the wait by raising
+        (it runs without the inbox's lock, so messages keep arriving meanwhile)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                seq = self._next.get(sender, 0)
-                box = self._boxes.get(sender, {})
-                if seq in box:
-                    self._next[sender] = seq + 1
-                    payload = box.pop(seq)
-                    self._bytes -= len(payload)
-                    return payload
-                if self.refused:
-                    site, why = next(iter(self.refused.items()))
-                    raise TransportError(f"{me}: stopped because site {site} sent a message this site refused: {why}")
-                if self.failed:
-                    site, why = next(iter(self.failed.items()))
-                    raise TransportError(f"{me}: site {site} stopped: {why}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TransportError(f"{me}: no message from site {sender} within {timeout:.0f} s "
-                                         f"(message #{seq} of that link); is {sender} still running?")
-                self._cond.wait(min(left, 1.0))
+        next_check = time.monotonic() + check_every
+        while True:
+            with self._cond:
+                while True:
+                    seq = self._next.get(sender, 0)
+                    box = self._boxes.get(sender, {})
+                    if seq in box:
+                        self._next[sender] = seq + 1
+                        payload = box.pop(seq)
+                        self._bytes -= len(payload)
+                        return payload
+                    if self.refused:
+                        site, why = next(iter(self.refused.items()))
+                        raise RefusedSite(f"{me}: stopped because site {site} sent a message this site refused: {why}")
+                    if self.stops_run:
+                        site = sender if sender in self.stops_run else min(self.stops_run)
+                        raise RunStopped(f"{me}: site {site} stopped: {self.failed[site]}")
+                    if sender in self.failed:
+                        raise SiteGone(f"{me}: site {sender} stopped: {self.failed[sender]}")
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise TransportError(f"{me}: no message from site {sender} within {timeout:.0f} s "
+                                             f"(message #{seq} of that link); is {sender} still running?")
+                    if check is not None and now >= next_check:
+                        break
+                    self._cond.wait(min(deadline - now, 1.0, next_check - now if check is not None else 1.0))
+            check(sender)
+            next_check = time.monotonic() + check_every
 
 
 class FlareTransport(Transport):
@@ -144,11 +193,17 @@ class FlareTransport(Transport):
         proxies: site -> Collab proxy of that site (``collab.server``, ``collab.clients``).
         inbox: this site's :class:`Inbox` (owned by its Collab object).
         timeout: seconds a receive (and a send's delivery) waits before naming the silent site.
+        check_alive_s: while a receive waits, ask FLARE every this many seconds whether the silent
+            site is still there (:meth:`check_alive`), so a site whose process died is found in
+            seconds, not after ``timeout`` (``None``: never; runs that go on without a hospital
+            that dropped out, ``split.min_hospitals``, ask).
     """
 
-    def __init__(self, name: str, site_of: dict[str, str], proxies: dict, inbox: Inbox, timeout: float = 120.0):
+    def __init__(self, name: str, site_of: dict[str, str], proxies: dict, inbox: Inbox, timeout: float = 120.0,
+                 check_alive_s: float | None = None):
         super().__init__(name)
         self.site_of, self.proxies, self.inbox, self.timeout = dict(site_of), dict(proxies), inbox, timeout
+        self.check_alive_s = check_alive_s
         self.site = self.site_of.get(name, name)
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -179,8 +234,20 @@ class FlareTransport(Transport):
         except Exception as e:
             raise TransportError(f"{self.name}: sending message #{seq} to site {site} ({receiver}) failed: {e}") from e
 
+    def check_alive(self, site: str) -> None:
+        """Raise :class:`SiteGone` when FLARE says ``site`` went away (its published ``alive``
+        unreachable or unanswered); any other answer leaves the wait to its timeout."""
+        try:
+            self.proxies[site](expect_result=True, timeout=self.timeout).alive()
+        except Exception as e:
+            if site_went_away(e):
+                raise SiteGone(f"{self.name}: site {site} stopped answering: FLARE cannot reach it ({e})") from e
+
     def _recv(self, sender: str, max_bytes: int) -> bytes:
-        payload = self.inbox.take(self._site(sender), self.timeout, self.name)
+        if self.check_alive_s is None:
+            payload = self.inbox.take(self._site(sender), self.timeout, self.name)
+        else:
+            payload = self.inbox.take(self._site(sender), self.timeout, self.name, self.check_alive, self.check_alive_s)
         if len(payload) > max_bytes:
             raise TransportError(f"{self.name}: message from {sender} is {len(payload)} bytes, over the limit of {max_bytes}")
         return payload
