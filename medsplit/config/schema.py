@@ -112,7 +112,7 @@ class SplitConfig:
     train.batch_size / 2 (two images each); a smaller last batch uses fewer."""
     min_hospitals: int | None = None
     """The fewest hospitals a run goes on with (splitfed, splitfed-v1, fedavg, sequential; in one
-    process or over gloo). A hospital that stops answering (or leaves by split.dropout) is dropped:
+    process or over gloo; splitfed and sequential over flare). A hospital that stops answering (or leaves by split.dropout) is dropped:
     the averaging protocols average over the hospitals present that round, the relay skips it and
     hands the weights on; each dropout is in metrics.json, the console and the report. The hospital that evaluates and
     keeps the history (client0; the relay's last hospital) cannot be dropped. null: all of them

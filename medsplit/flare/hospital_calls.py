@@ -110,16 +110,20 @@ class HospitalCalls:
 
         Args:
             server_failed: the server's own part ended in error: a hospital whose process died
-                never answers its call, so the others are waited for only ``timeout`` seconds.
+                never answers its call, so the others are waited for only ``timeout`` seconds
+                (so are they where hospitals may drop out: one may die after its last exchange
+                with the server, and its report never comes).
             timeout: seconds a site may wait for a message.
             departed: the sites the run went on without (the server's roster): not waited for,
                 and their failure is not the job's when they went away.
         """
+        bounded = server_failed or self.tolerant
         for site, t in self._threads.items():
             if site not in departed:
-                t.join(timeout if server_failed else None)
+                t.join(timeout if bounded else None)
         failed = {s: m for s, m in self.errors.items() if not (s in departed and s in self.went_away)}
         for site, t in self._threads.items():
             if site not in departed and t.is_alive() and site not in failed:
-                failed[site] = f"did not finish within {timeout:.0f} s after the server stopped (site process gone?)"
+                failed[site] = (f"did not finish within {timeout:.0f} s after the server "
+                                f"{'stopped' if server_failed else 'finished'} (site process gone?)")
         return failed

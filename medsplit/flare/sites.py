@@ -11,6 +11,10 @@ server's share itself, collects each site's result (aggregates only: no image-le
 hospital) and writes ``metrics.json`` and the HTML report. A hospital first checks the job
 against its OWN site policy (``local/medsplit_policy.yaml`` in its workspace), then trains its
 own parts on its own data.
+
+Where hospitals may drop out (``split.min_hospitals``), the server asks FLARE whether a silent
+hospital's site is still there and goes on without one whose site went away, as over gloo; see
+:mod:`medsplit.flare.hospital_calls` for which failures stop the job.
 """
 
 from __future__ import annotations

@@ -156,3 +156,57 @@ def test_a_hospital_site_killed_over_flare_equals_the_in_process_schedule(tmp_pa
     assert "Hospitals that dropped out" in report and "hospital-b" in report
     console = capfd.readouterr().out
     assert "[server] client1 (site hospital-b) dropped out in epoch 2 after 1 of its batches" in console
+
+
+# ---- the server site's calls of the hospitals -------------------------------------------------
+class _Hospital:
+    """A hospital site's Collab proxy: its train() reports ``outcome`` (None: its process died)."""
+
+    def __init__(self, site, outcomes, outcome, stopped):
+        self.site, self.outcomes, self.outcome, self.stopped = site, outcomes, outcome, stopped
+
+    def __call__(self, expect_result=True, timeout=None):
+        return self
+
+    def train(self):
+        if self.outcome is not None:
+            self.outcomes.put(self.site, self.outcome)
+
+    def stop(self, site, why):
+        self.stopped.append((self.site, site))
+
+
+def _calls(outcome_b):
+    from medsplit.flare.hospital_calls import HospitalCalls, Outcomes
+
+    outcomes, stopped, inbox = Outcomes(), [], Inbox("server")
+    reports = {"hospital-a": {"result": {"record": None}}, "hospital-b": outcome_b, "hospital-c": {"result": {"record": 1}}}
+    proxies = {s: _Hospital(s, outcomes, reports[s], stopped) for s in SITES}
+    calls = HospitalCalls(SITES, proxies, inbox, call_timeout=60, tolerant=True, outcomes=outcomes)
+    calls.start()
+    return calls, inbox, stopped
+
+
+def test_a_hospital_that_died_is_not_waited_for_and_fails_nothing_once_it_left():
+    calls, inbox, stopped = _calls(None)  # hospital-b's process died: it never reports
+    t0 = time.monotonic()
+    assert calls.wait(server_failed=False, timeout=30, departed={"hospital-b"}) == {}
+    assert time.monotonic() - t0 < 5 and calls.results["hospital-c"] == {"record": 1} and not stopped
+    # had the server not let it go, the job fails naming it, after the wait for a message
+    calls, inbox, stopped = _calls(None)
+    failed = calls.wait(server_failed=False, timeout=0.5, departed=set())
+    assert failed == {"hospital-b": "did not finish within 0 s after the server finished (site process gone?)"}
+
+
+def test_a_hospital_whose_own_run_lost_a_peer_went_away_but_one_that_raised_the_alarm_stops_the_job():
+    calls, inbox, stopped = _calls({"error": "client1: no message from site server within 60 s", "type": "TransportError"})
+    assert calls.wait(server_failed=False, timeout=5, departed={"hospital-b"}) == {}
+    with pytest.raises(SiteGone):  # the server's waits on it end as an outage; the others' go on
+        inbox.take("hospital-b", 1.0, "server")
+    assert not stopped
+    calls, inbox, stopped = _calls({"error": "site hospital-b: the hijack detector raised the alarm", "type": "HijackAbort"})
+    failed = calls.wait(server_failed=False, timeout=5, departed={"hospital-b"})
+    assert failed == {"hospital-b": "HijackAbort: site hospital-b: the hijack detector raised the alarm"}
+    with pytest.raises(RunStopped):  # every wait of the server ends: the run stops
+        inbox.take("hospital-a", 1.0, "server")
+    assert sorted(stopped) == [("hospital-a", "hospital-b"), ("hospital-c", "hospital-b")]  # the others are told

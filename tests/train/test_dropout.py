@@ -55,7 +55,7 @@ def _weights_bytes(m, epoch):
     (["split.min_hospitals=2", "split.dropout=client1:epoch=1:after=0,client2:epoch=2:after=0"], r"leaves 1 of 3"),
     (["split.protocol=centralised", "split.min_hospitals=2"], r"pools every hospital's images"),
     (["split.min_hospitals=2", "split.transport=gloo", "split.dropout=client1:epoch=1:after=0"], r"over gloo a hospital drops out by failing"),
-    (["split.min_hospitals=2", "split.transport=flare"], r"not supported with split.transport=flare"),
+    (["split.min_hospitals=2", "split.transport=flare", "split.dropout=client1:epoch=1:after=0"], r"over flare a hospital drops out by failing"),
 ])
 def test_a_dropout_setting_that_cannot_work_is_refused_naming_the_key(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):
