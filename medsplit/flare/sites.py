@@ -40,8 +40,8 @@ from medsplit.train.records import json_default
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
 POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
-#: Runs that go on without a hospital that dropped out: while the server waits on a hospital, it
-#: asks FLARE this often (seconds) whether that hospital's site is still there.
+#: Runs that go on without a hospital that dropped out: while a site waits on another (a message
+#: from it, or its answer to a delivery), it asks FLARE this often (seconds) whether that site is still there.
 CHECK_ALIVE_S = 2.0
 
 
@@ -209,7 +209,8 @@ class MedsplitHospital(InboxSite):
         if defences.hijack_detector or defences.laplace_scale is not None or defences.nopeek_alpha:
             guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
         proxies = {"server": collab.server, **{c.name: c for c in collab.other_clients}}
-        transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)))
+        transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)),
+                                   check_alive_s=CHECK_ALIVE_S if _may_lose_hospitals(cfg) else None)
         record = run_site_party(cfg, client_party(k), transport, _site_root(job, site), own_data=bool(job.get("own_data")),
                                 resume=bool(job.get("resume")), guard=guard)
         if record is not None:

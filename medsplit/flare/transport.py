@@ -66,10 +66,12 @@ def site_went_away(error: BaseException) -> bool:
     outage (a :class:`TransportError` there: a peer it waited on stopped answering). Anything
     else the site raised (a refused or malformed message, its policy refusing the job, its
     hijack detector's alarm) is the site stopping the run on purpose."""
-    cause_type = getattr(error, "cause_type", None)
-    if cause_type in ("TransportError", SiteGone.__name__, "TimeoutError"):
-        return True
-    return cause_type == "str" and any(code in str(error) for code in ("target_unreachable", "comm_error"))
+    return getattr(error, "cause_type", None) in ("TransportError", SiteGone.__name__, "TimeoutError") or flare_cannot_reach(error)
+
+
+def flare_cannot_reach(error: BaseException) -> bool:
+    """Whether a failed Collab call says FLARE could not reach the site (no connection to it)."""
+    return getattr(error, "cause_type", None) == "str" and any(code in str(error) for code in ("target_unreachable", "comm_error"))
 
 
 class Inbox:
@@ -230,17 +232,44 @@ class FlareTransport(Transport):
         try:
             # expect_result: the call returns once the receiver has queued the message, so a lost
             # message is an error here, named, instead of a silent hang at the receiver.
-            proxy(expect_result=True, timeout=self.timeout).deliver(self.site, seq, bytes(payload))
+            deliver = lambda: proxy(expect_result=True, timeout=self.timeout).deliver(self.site, seq, bytes(payload))  # noqa: E731
+            if self.check_alive_s is None:
+                deliver()
+            else:
+                self._while_alive(site, deliver)
+        except SiteGone:
+            raise
         except Exception as e:
             raise TransportError(f"{self.name}: sending message #{seq} to site {site} ({receiver}) failed: {e}") from e
 
+    def _while_alive(self, site: str, call) -> None:
+        """``call()`` (a delivery to ``site``), asking FLARE whether ``site`` is still there while
+        it waits: a message in flight when the site's process dies is never answered, and FLARE
+        would hold the call for the whole timeout. (FLARE's own call then ends at its timeout.)"""
+        done, outcome = threading.Event(), {}
+
+        def run():
+            try:
+                call()
+            except Exception as e:
+                outcome["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=run, daemon=True, name=f"deliver-to-{site}").start()
+        while not done.wait(self.check_alive_s):
+            self.check_alive(site)
+        if "error" in outcome:
+            raise outcome["error"]
+
     def check_alive(self, site: str) -> None:
-        """Raise :class:`SiteGone` when FLARE says ``site`` went away (its published ``alive``
-        unreachable or unanswered); any other answer leaves the wait to its timeout."""
+        """Raise :class:`SiteGone` when FLARE cannot reach ``site`` (its published ``alive``);
+        any other answer, or none within ``check_alive_s`` (a busy machine), leaves the wait to
+        its timeout."""
         try:
-            self.proxies[site](expect_result=True, timeout=self.timeout).alive()
+            self.proxies[site](expect_result=True, timeout=max(self.check_alive_s or 0, 5.0)).alive()
         except Exception as e:
-            if site_went_away(e):
+            if flare_cannot_reach(e):
                 raise SiteGone(f"{self.name}: site {site} stopped answering: FLARE cannot reach it ({e})") from e
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:

@@ -108,6 +108,39 @@ def test_a_wait_asks_whether_the_silent_site_is_there_and_ends_when_it_is_not():
     assert asked == ["hospital-b", "hospital-b"] and time.monotonic() - t0 < 5  # not the 30 s timeout
 
 
+class _DeadSite:
+    """The Collab proxy of a site whose process died while a delivery to it was in flight: the
+    delivery is never answered; asking whether it is alive says FLARE cannot reach it."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def __call__(self, expect_result=True, timeout=None):
+        return self
+
+    def deliver(self, sender, seq, payload):
+        self.release.wait(30)
+
+    def alive(self):
+        raise _CallError("str", "call to hospital-b.client.alive failed: Message sending error to target "
+                                "hospital-b.simulate_job: target_unreachable")
+
+
+def test_a_delivery_to_a_site_that_died_ends_in_seconds_as_an_outage():
+    from medsplit.flare.transport import FlareTransport
+
+    dead = _DeadSite()
+    transport = FlareTransport("server", {"server": "server", "client1": "hospital-b"}, {"hospital-b": dead},
+                               Inbox("server"), timeout=30, check_alive_s=0.1)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SiteGone, match="server: site hospital-b stopped answering: FLARE cannot reach it") as gone:
+            transport.send("client1", b"gradient")
+    finally:
+        dead.release.set()
+    assert is_outage(gone.value) and time.monotonic() - t0 < 5  # not the 30 s timeout
+
+
 class _CallError(Exception):  # FLARE's CollabCallError, as the sites see it
     def __init__(self, cause_type, text):
         super().__init__(text)
