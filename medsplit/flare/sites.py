@@ -181,14 +181,21 @@ class MedsplitHospital(InboxSite):
             return self._train()
         # Hospitals may drop out: the server does not wait on this call (see HospitalCalls), so
         # this site reports its outcome to the server site itself.
-        server = collab.server(expect_result=True, timeout=float(self.job.get("timeout_s", 120)))
         try:
             outcome = self._train()
         except Exception as e:
-            server.report({"error": root_message(e), "type": type(e).__name__})
+            self._report({"error": root_message(e), "type": type(e).__name__})
             raise
-        server.report({"result": outcome})
+        self._report({"result": outcome})
         return outcome
+
+    def _report(self, outcome: dict) -> None:
+        """Tell the server site this hospital's outcome; if that fails too, the server names this
+        site when its wait for the report runs out (HospitalCalls.wait)."""
+        try:
+            collab.server(expect_result=True, timeout=float(self.job.get("timeout_s", 120))).report(outcome)
+        except Exception as e:
+            print(f"[{collab.site_name}] could not report to the server: {root_message(e)}", flush=True)
 
     def _train(self) -> dict:
         job = self.job
