@@ -53,9 +53,8 @@ def announce_data(task: Any, clients: list, quiet: bool = False) -> None:
     if quiet:
         return
     if task.data.synthetic:
-        cfg = getattr(task, "cfg", None)
-        source = cfg.data.source if cfg is not None else "auto"
-        print(synthetic_banner(source, cfg.data_root() if cfg is not None else None))
+        settings = task.settings  # data.source and the folder data.source=auto searched
+        print(synthetic_banner(settings.source, settings.root))
     print(data_line(task.data.summary(), clients))
 
 
