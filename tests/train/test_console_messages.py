@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from medsplit.config import load_config
 from medsplit.train.console import LONG_RUN_S, RunEstimate, announce_data, estimate_line, format_duration, synthetic_banner
+from medsplit.tasks.settings import TaskSettings
 
 
 def test_banner_says_whether_synthetic_data_was_chosen_or_nothing_was_found(tmp_path):
@@ -19,11 +20,15 @@ def test_banner_says_whether_synthetic_data_was_chosen_or_nothing_was_found(tmp_
 
 
 def test_announce_data_prints_the_reason_of_the_run_config(capsys, tmp_path):
-    cfg = load_config(None, ["data.source=synthetic"])
+    settings = TaskSettings.from_config(load_config(None, ["data.source=synthetic"]))
     data = SimpleNamespace(synthetic=True, summary=lambda: {"source": "synthetic fundus generator", "splits": {}})
-    announce_data(SimpleNamespace(cfg=cfg, data=data), [[0, 1], [2]])
+    announce_data(SimpleNamespace(settings=settings, data=data), [[0, 1], [2]])
     out = capsys.readouterr().out
     assert "as chosen" in out and "training images per client: 2/1" in out
+    auto = TaskSettings.from_config(load_config(None, ["data.source=auto", "data.root=/nowhere"]))
+    announce_data(SimpleNamespace(settings=auto, data=data), [[0, 1], [2]])
+    out = capsys.readouterr().out
+    assert "no real images were found under /nowhere (data.source=auto)" in out
 
 
 def test_estimate_times_the_batches_after_a_warm_up_and_prints_once():
