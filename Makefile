@@ -66,10 +66,11 @@ lock:
 wheel-check: setup
 	PY=$(PY) bash .ci/wheel_check.sh
 
-# Two pytest workers by default (pytest-xdist): most tests wait on party processes or compute on
-# one thread, so two share two cores well. TEST_WORKERS=0 runs everything in one process. The
-# slowest tests are listed at the end.
-TEST_WORKERS ?= 2
+# Three pytest workers by default (pytest-xdist) on a 2-core machine: the process-level tests
+# spend much of their time waiting (for a timeout, a FLARE site, a party's start-up), about a
+# third of a core busy on average, so a third worker fills the idle time. TEST_WORKERS=0 runs
+# everything in one process. The slowest tests are listed at the end.
+TEST_WORKERS ?= 3
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=25 $(PYTEST_ARGS)
 

@@ -13,7 +13,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # make test runs two workers on the machine's cores: one thread each, as each party process
+    # make test runs its workers on the machine's cores: one thread each, as each party process
     # gets its share (tests that compare placements set train.threads themselves).
     torch.set_num_threads(1)
 
