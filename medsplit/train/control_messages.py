@@ -163,6 +163,8 @@ def schemas(batch_size: int = MAX_BATCH, clients: int = MAX_PARTIES - 1) -> dict
         "sizes": Record({"val": Int(0, MAX_ROWS), "test": Int(0, MAX_ROWS)}),
         "batches": List(Int(1, batch_size), MAX_STEPS),
         "losses": IndexMap(List(Float(), MAX_STEPS), clients),
+        # a relay turn's end (split.min_hospitals): the hospital's training losses of that turn
+        "turn": List(Float(), MAX_STEPS),
         "best": Bool(),
         "forward": Int(0, MAX_BATCH),
         # split.min_hospitals: who has dropped out so far (the server's view, sent to those present)

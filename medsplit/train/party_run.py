@@ -107,6 +107,8 @@ class ControlCoordinator(Coordinator):
         self.epoch = 0
         #: the server: each hospital's steps still to run this epoch (a roster it cannot deliver waits for the next)
         self.steps_ahead: dict[int, int] = {}
+        #: the server: the losses each hospital reported at the end of its relay turn this epoch
+        self.turn_losses: dict[int, list[float]] = {}
 
     def _reporter(self, runner: Runner) -> str:
         return self.hospitals[runner.protocol.eval_client_index()]
@@ -145,8 +147,9 @@ class ControlCoordinator(Coordinator):
         return server_table(self.task_settings) if self.is_server else self.task.build_table()
 
     def ready(self, runner: Runner) -> None:
-        self.roster = runner.roster
+        self.runner, self.roster = runner, runner.roster
         self.roster.notice = self.say
+        self.roster.turn_report = self.report_turn
 
     def loss_fn(self):
         return server_loss(self.task_settings) if self.is_server else self.task.loss
@@ -168,20 +171,57 @@ class ControlCoordinator(Coordinator):
             self.control.send(SERVER, batches=[len(b) for b in own[self.k]])
             return [own[self.k] if k == self.k else [] for k in range(K)]
         batches = []
+        self.turn_losses = {}
         for k, h in enumerate(self.hospitals):
             if not self.roster.present(k):
                 batches.append([])  # dropped out: nothing to wait for
                 continue
-            sizes = self.control.recv(h, "batches")["batches"]
+            try:
+                sizes = self.control.recv(h, "batches")["batches"]
+            except TransportError as e:  # gone since the last epoch (e.g. after its relay turn): it leaves now
+                if not (self.roster.tolerant and is_outage(e)):
+                    raise
+                self._decide_departure(k, 0, e)
+                batches.append([])
+                continue
             if not isinstance(sizes, list) or not all(isinstance(n, int) and 1 <= n <= limit for n in sizes):
                 raise MessageError(f"{h} announced batch sizes {str(sizes)[:200]} for epoch {epoch}; each must be an "
                                    f"integer in 1..{limit} (train.batch_size)")
             batches.append([torch.empty(n) for n in sizes])
-        self.steps_ahead = {k: len(b) for k, b in enumerate(batches)}
+        self.announced = {k: len(b) for k, b in enumerate(batches)}
+        self.steps_ahead = dict(self.announced)
         return batches
 
     def trains(self, k: int) -> bool:
         return self.is_server or k == self.k
+
+    def _decide_departure(self, k: int, after: int, error: Exception) -> None:
+        """The server decides that hospital ``k`` left this epoch after ``after`` of its batches,
+        because its exchange with it failed with ``error`` (said on the console; the others learn it
+        at the next meeting point). Its losses of the epoch leave with it, as in a failed step."""
+        self.runner._leave(k, self.epoch, after, str(error).splitlines()[0][:300])  # the runner's own console line
+        if k in self.runner.losses:
+            self.runner.losses[k].clear()
+
+    def _decided_later(self, k: int) -> bool:
+        """Whether the server has an exchange with hospital ``k`` still ahead that decides whether it
+        left: a step of this epoch, or the next epoch's batch counts."""
+        return self.steps_ahead.get(k, 0) > 0 or self.epoch + 1 < self.cfg.train.epochs
+
+    def report_turn(self, k: int) -> None:
+        """The end of hospital ``k``'s relay turn (:meth:`~medsplit.train.roster.Roster.end_turn`):
+        its process sends the server its losses of the turn, which the server passes on to the
+        evaluating hospital with its own. A report that does not arrive is the server's exchange
+        with ``k`` failing: ``k`` left after all its batches, before it handed the weights on."""
+        if k == self.k:
+            self.control.send(SERVER, turn=list(self.runner.losses[k]))
+        elif self.is_server:
+            try:
+                self.turn_losses[k] = self.control.recv(self.hospitals[k], "turn")["turn"]
+            except TransportError as e:
+                if not is_outage(e):
+                    raise
+                self._decide_departure(k, self.announced[k], e)
 
     def may_lose(self, k: int, error: Exception) -> bool:
         """The server drops a hospital whose link failed or went silent (split.timeout_s); a
@@ -194,19 +234,20 @@ class ControlCoordinator(Coordinator):
 
         A hospital that cannot be told (it died since the last meeting point, e.g. while another
         hospital of the relay trained) is not dropped here, where the others may have been told
-        already: when the server still has a step of it to run this epoch, that step fails and
-        decides, and the next meeting point tells everyone. Without a step ahead the failure
-        stops the run, as before (nothing later would decide it for every process alike)."""
+        already: when the server still has a step of it to run this epoch, or a next epoch whose
+        batch counts it must announce, that exchange fails and decides, and the next meeting point
+        tells everyone. In the last epoch, after its last step, the failure stops the run, as
+        before (nothing later would decide it for every process alike)."""
         if self.is_server:
             news = [{"hospital": d.hospital, "epoch": d.epoch, "after": d.after, "why": d.why} for d in roster.departures]
             for k in roster.members():
                 try:
                     self.control.send(self.hospitals[k], roster=news)
                 except TransportError as e:
-                    if not (is_outage(e) and self.steps_ahead.get(k, 0) > 0):
+                    if not (is_outage(e) and self._decided_later(k)):
                         raise
                     self.say(f"could not tell {self.hospitals[k]} who has left ({str(e).splitlines()[0][:300]}); "
-                             f"its next step decides whether it left")
+                             f"the server's next exchange with it decides whether it left")
             return
         for d in self.control.recv(SERVER, "roster")["roster"]:
             roster.record(Departure(**d))
@@ -243,12 +284,22 @@ class ControlCoordinator(Coordinator):
         return evaluate_split(model, self.task, split, self.cfg.train.eval_batch_size, runner.autocast)
 
     def gather_losses(self, runner: Runner, losses: dict) -> dict | None:
-        """Every party's training losses at the evaluating hospital (``None`` elsewhere)."""
+        """Every party's training losses at the evaluating hospital (``None`` elsewhere).
+
+        Where the relay's hospitals reported their turns (:meth:`report_turn`), their losses are
+        with the server already, which sends them on with its own: the evaluating hospital then
+        waits on no hospital that may have died after handing on its weights."""
         reporter = self._reporter(runner)
+        via_server = self.roster.tolerant and runner.protocol.reports_turns
         if self.name != reporter:
-            self.control.send(reporter, losses={str(k): v for k, v in losses.items() if v})
+            if self.is_server and via_server:
+                for k, v in self.turn_losses.items():
+                    if self.hospitals[k] != reporter:  # the evaluating hospital has its own
+                        losses[k].extend(v)
+            if self.is_server or not via_server:
+                self.control.send(reporter, losses={str(k): v for k, v in losses.items() if v})
             return None
-        for peer in self._peers():
+        for peer in [SERVER] if via_server else self._peers():
             for k, v in self.control.recv(peer, "losses")["losses"].items():
                 losses[int(k)].extend(float(x) for x in v)
         return losses
@@ -259,7 +310,15 @@ class ControlCoordinator(Coordinator):
         if self.name != reporter:
             return bool(self.control.recv(reporter, "best")["best"])
         for peer in self._peers():
-            self.control.send(peer, best=bool(is_best))
+            try:
+                self.control.send(peer, best=bool(is_best))
+            except TransportError as e:
+                # a hospital gone since its last turn: not this hospital's decision, and the server's
+                # next exchange with it (the next epoch's batch counts) decides for every process
+                if not (peer != SERVER and self.roster.tolerant and is_outage(e) and self.epoch + 1 < self.cfg.train.epochs):
+                    raise
+                self.say(f"could not tell {peer} which epoch is tested ({str(e).splitlines()[0][:300]}); "
+                         f"the server's next exchange with it decides whether it left")
         return bool(is_best)
 
     def epoch_done(self, epoch: int, val_loss: float, scores: dict, metric: str) -> None:

@@ -69,6 +69,8 @@ class Roster:
         self.exchange: Callable[[Roster], None] | None = None
         #: a console line for what this process noticed but does not decide (set by a multi-process placement)
         self.notice: Callable[[str], None] = lambda text: None
+        #: how the end of a relay turn reaches the server (set by a multi-process placement; see :meth:`end_turn`)
+        self.turn_report: Callable[[int], None] | None = None
 
     @property
     def tolerant(self) -> bool:
@@ -117,6 +119,15 @@ class Roster:
         """Bring every process to the same view of who is present (nothing to do in one process)."""
         if self.exchange is not None and self.tolerant:
             self.exchange(self)
+
+    def end_turn(self, k: int) -> None:
+        """Hospital ``k``'s relay turn ended. Across processes it reports the turn (its losses) to
+        the server before it hands the weights on, so that afterwards nothing of the epoch waits on
+        it: a hospital that dies after handing on its weights leaves at the server's next exchange
+        with it (the next epoch's batch counts), as ``epoch=<next>:after=0`` does in one process;
+        one whose report does not arrive leaves with its turn's weights, as ``after=<its batches>``."""
+        if self.turn_report is not None and self.tolerant and self.present(k):
+            self.turn_report(k)
 
     def record(self, dep: Departure) -> None:
         """Take in a departure another process found (see :meth:`sync`)."""

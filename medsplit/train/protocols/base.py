@@ -74,6 +74,9 @@ class Protocol:
     pooled = False
     #: can run with every party in its own process (``split.transport=gloo`` or ``flare``)
     runs_as_processes = False
+    #: each hospital's turn ends with :meth:`Roster.end_turn <medsplit.train.roster.Roster.end_turn>`
+    #: (across processes its losses then go to the server, not to the evaluating hospital)
+    reports_turns = False
     #: position in listings (``split.protocol`` choices, CLI help): lower comes first
     order = 100
 

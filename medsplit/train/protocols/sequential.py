@@ -14,6 +14,7 @@ class SequentialRelay(Protocol):
 
     name = "sequential"
     runs_as_processes = True
+    reports_turns = True
     order = 0
 
     def __init__(self, *args, **kwargs):
@@ -30,6 +31,7 @@ class SequentialRelay(Protocol):
                 self._pass_weights(self.last, k)
             for idx in batches:
                 step(self.models[k], k, idx)
+            self.roster.end_turn(k)
             self._turn = k
         self._settle_turn()
 
