@@ -73,7 +73,7 @@ def _replace(value, path, new):
 
 
 def test_every_kind_party_run_uses_has_a_schema():
-    assert set(cm.KINDS) == {"hello", "welcome", "sizes", "batches", "losses", "best", "forward", "report", "roster"}
+    assert set(cm.KINDS) == {"hello", "welcome", "sizes", "batches", "losses", "best", "forward", "report", "roster", "turn"}
 
 
 @pytest.mark.parametrize("kind", cm.KINDS)
