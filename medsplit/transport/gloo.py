@@ -110,6 +110,7 @@ class GlooTransport(Transport):
         self.links: dict[int, Link] = {}  # peer rank -> this party's end of the link
         self.device = self.store = self.liveness = None
         self._secret, self._rejoins_seen = secret, 0
+        self._rejoins_pending: dict[int, tuple[dict, list[str]]] = {}  # request -> (record, problems), unanswered
         host, port = parse_address(address)
         self._listener = None
         deadline = time.monotonic() + timeout_s
@@ -174,13 +175,12 @@ class GlooTransport(Transport):
 
     # ---- the server: restarted hospitals asking to rejoin ----------------------------------
     def rejoin_requests(self) -> list[tuple[int, dict, list[str]]]:
-        """Restarted hospitals that asked to join again since the last call: ``(request, record,
+        """Restarted hospitals that asked to join again and have no answer yet: ``(request, record,
         problems)``, each judged as at check-in (rank, number of parties, config keys, secret)."""
         names = {r: n for r, n in self.names_by_rank.items() if r}
-        found = rejoin_requests(self.store, self._rejoins_seen, self._mine, names, self._secret)
-        if found:
-            self._rejoins_seen = found[-1][0]
-        return found
+        for n, record, problems in rejoin_requests(self.store, self._rejoins_seen, self._mine, names, self._secret):
+            self._rejoins_pending[n], self._rejoins_seen = (record, problems), n
+        return [(n, record, problems) for n, (record, problems) in sorted(self._rejoins_pending.items())]
 
     def admit(self, request: int, rank: int, present: list[int]) -> int:
         """Admit rejoin request ``request`` as ``rank``'s next incarnation, which forms links with
@@ -190,12 +190,14 @@ class GlooTransport(Transport):
         answer = {"ok": True, "reason": "", "nonce": self.nonce, "present": sorted(present),
                   "incarnations": {str(r): i for r, i in (self.incarnations | {rank: incarnation}).items()}}
         answer_rejoin(self.store, request, answer, self._secret)
+        self._rejoins_pending.pop(request, None)
         self.relink(self.names_by_rank[rank], incarnation)
         return incarnation
 
     def refuse(self, request: int, reason: str) -> None:
         """Refuse rejoin request ``request``; the restarted party stops, naming ``reason``."""
         answer_rejoin(self.store, request, {"ok": False, "reason": reason}, self._secret)
+        self._rejoins_pending.pop(request, None)
 
     def _peer_rank(self, peer: str) -> int:
         if peer not in self.ranks:

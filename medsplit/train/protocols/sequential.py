@@ -71,7 +71,10 @@ class SequentialRelay(Protocol):
         return len(self.clients) - 1  # the last turn of every epoch is its
 
     def rejoin(self, k):
-        """Nothing to send now: the hospital before it in the relay hands it the weights at its turn."""
+        """Nothing to send now: the hospital before it in the relay hands it the weights at its turn.
+        An epoch starts with the weights at the history keeper (the last turn of every epoch is its),
+        which a restarted process, built afresh, learns here."""
+        self.last = self.history_keeper()
 
     def eval_model(self):
         return self.models[self.last]
