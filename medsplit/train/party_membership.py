@@ -110,7 +110,14 @@ class Membership:
                 present = [0] + [m + 1 for m in self.roster.members()]
                 back.append({"hospital": k, "incarnation": self.transport.admit(request, k + 1, present), "hello": record})
         for m in self.roster.members():
-            self.control.send(self.hospitals[m], rejoins=[{"hospital": b["hospital"], "incarnation": b["incarnation"]} for b in back])
+            try:
+                self.control.send(self.hospitals[m], rejoins=[{"hospital": b["hospital"], "incarnation": b["incarnation"]}
+                                                              for b in back])
+            except TransportError as e:  # gone since the last epoch: this epoch's batch counts, next, decide
+                if not is_outage(e):
+                    raise
+                self.say(f"could not tell {self.hospitals[m]} who rejoins ({str(e).splitlines()[0][:300]}); "
+                         f"the server's next exchange with it decides whether it left")
         for b in back:
             state = self.roster.state()
             self.control.send(self.hospitals[b["hospital"]], rejoined={
