@@ -111,6 +111,7 @@ def build_parser(command: str | None = None) -> CommandParser:
         p.add_argument("--address", required=True, help="HOST:PORT of the server's rendezvous")
         p.add_argument("--run-dir", required=True, help="the run folder")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        p.add_argument("--rejoin", action="store_true", help="this hospital restarted: rejoin the running run at an epoch's start")
 
     p = sub.add_parser("evaluate", help="score a trained run on a dataset (external validation)")
     p.add_argument("run_dir", help="a finished run folder (config.yaml, model.safetensors, metrics.json), "
@@ -260,7 +261,8 @@ def _party(args) -> int:
     try:
         if args.command == "party":
             cfg = config_from_dict(load_yaml(Path(args.config).read_text()))
-            run_party(cfg, args.rank, Path(args.run_dir), address=args.address, resume=args.resume, quiet=False)
+            run_party(cfg, args.rank, Path(args.run_dir), address=args.address, resume=args.resume, quiet=False,
+                      rejoin=args.rejoin)
         else:
             overrides = list(args.overrides) + ["split.transport=gloo", f"split.address={args.address}"]
             if args.command == "serve":

@@ -93,6 +93,16 @@ class Str:
 
 
 @dataclass(frozen=True)
+class Maybe:
+    """``null`` or what ``item`` accepts."""
+
+    item: object
+
+    def __call__(self, value, path):
+        return None if value is None else self.item(value, path)
+
+
+@dataclass(frozen=True)
 class List:
     item: object
     max_len: int
@@ -163,11 +173,21 @@ def schemas(batch_size: int = MAX_BATCH, clients: int = MAX_PARTIES - 1) -> dict
         "sizes": Record({"val": Int(0, MAX_ROWS), "test": Int(0, MAX_ROWS)}),
         "batches": List(Int(1, batch_size), MAX_STEPS),
         "losses": IndexMap(List(Float(), MAX_STEPS), clients),
+        # a relay turn's end (split.min_hospitals): the hospital's training losses of that turn
+        "turn": List(Float(), MAX_STEPS),
         "best": Bool(),
         "forward": Int(0, MAX_BATCH),
         # split.min_hospitals: who has dropped out so far (the server's view, sent to those present)
         "roster": List(Record({"hospital": Int(0, max(0, clients - 1)), "epoch": Int(1, MAX_EPOCH), "after": Int(0, MAX_STEPS),
                                "why": Str(MAX_TEXT)}), clients),
+        # a restarted hospital (gloo): the server tells those present whom to link with again ...
+        "rejoins": List(Record({"hospital": Int(0, max(0, clients - 1)), "incarnation": Int(1, MAX_EPOCH)}), clients),
+        # ... and the restarted one where the run stands: the epoch it joins at, who left, every party's hello
+        "rejoined": Record({"epoch": Int(0, MAX_EPOCH), "absent": List(Int(0, max(0, clients - 1)), clients),
+                            "departures": List(Record({"hospital": Int(0, max(0, clients - 1)), "epoch": Int(1, MAX_EPOCH),
+                                                       "after": Int(0, MAX_STEPS), "why": Str(MAX_TEXT),
+                                                       "rejoined": Maybe(Int(1, MAX_EPOCH))}), 16 * clients),
+                            "parties": List(HELLO, clients + 1)}),
         "report": Record({"party": Record(PARTY), "bytes": List(BYTE_ROW, MAX_STEPS), "links": List(LINK_ROW, 4 * MAX_PARTIES),
                           "control_bytes_sent": Int(0, MAX_COUNT), "data_loaded": Bool(),
                           "data_modules": List(Str(), 4096)}),

@@ -36,14 +36,15 @@ def local_address(cfg: Config) -> str:
     return f"{host}:{port or free_port(host)}"
 
 
-def party_command(config_path: Path, rank: int, address: str, run_dir: Path, resume: bool) -> list[str]:
+def party_command(config_path: Path, rank: int, address: str, run_dir: Path, resume: bool, rejoin: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "medsplit", "party", str(config_path), "--rank", str(rank),
            "--address", address, "--run-dir", str(run_dir)]
-    return cmd + (["--resume"] if resume else [])
+    return cmd + (["--resume"] if resume else []) + (["--rejoin"] if rejoin else [])
 
 
 def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | None = None,
-                 party_env: dict[str, dict] | None = None, quiet: bool = False, grace_s: float | None = None) -> list[int]:
+                 party_env: dict[str, dict] | None = None, quiet: bool = False, grace_s: float | None = None,
+                 restart: tuple[str, ...] = ()) -> list[int]:
     """Run every party of ``cfg`` as a child process; returns their exit codes (server first).
 
     Args:
@@ -55,6 +56,9 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
         quiet: do not echo the evaluating hospital's log.
         grace_s: how long the others may take to stop after one failed (default
             ``split.timeout_s`` + 30 s); then they are killed.
+        restart: hospitals restarted once (``party --rejoin``, without ``env``) when their process
+            ends abnormally, as an operator would: they rejoin the run at an epoch's start. Their
+            exit codes stay the first process's; a restarted process that fails is an error.
 
     Raises:
         RuntimeError: a party failed; the message names it with its exit code and log tail.
@@ -66,32 +70,43 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
     address = local_address(cfg)
     names = party_names(cfg.split.clients)
     grace = cfg.split.timeout_s + 30 if grace_s is None else grace_s
-    procs, logs = [], []
+    procs, logs, restarted = [], [], []
+
+    def start(rank: int, name: str, rejoin: bool = False) -> subprocess.Popen:
+        child_env = dict(os.environ, **({} if rejoin else env or {}), **((party_env or {}).get(name, {})))
+        # The parties share this machine's cores (train.threads overrides the even share).
+        child_env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or max(1, (os.cpu_count() or 1) // len(names))))
+        if rank == 0:  # the server never needs images: give it none to find
+            child_env["MEDSPLIT_DATA"] = str(run_dir / "parties" / "server" / "no-data-here")
+        log = open(run_dir / "parties" / f"{name}.log", "a")
+        logs.append(log)
+        return subprocess.Popen(party_command(config_path, rank, address, run_dir, resume, rejoin),
+                                stdout=log, stderr=subprocess.STDOUT, env=child_env, preexec_fn=_die_with_parent(os.getpid()))
+
+    def restart_failed(i: int) -> None:
+        if names[i] in restart and names[i] not in [n for n, _ in restarted]:
+            restarted.append((names[i], start(i, names[i], rejoin=True)))
+
     try:
         for rank, name in enumerate(names):
-            child_env = dict(os.environ, **(env or {}), **((party_env or {}).get(name, {})))
-            # The parties share this machine's cores (train.threads overrides the even share).
-            child_env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or max(1, (os.cpu_count() or 1) // len(names))))
-            if rank == 0:  # the server never needs images: give it none to find
-                child_env["MEDSPLIT_DATA"] = str(run_dir / "parties" / "server" / "no-data-here")
-            log = open(run_dir / "parties" / f"{name}.log", "a")
-            logs.append(log)
-            procs.append(subprocess.Popen(party_command(config_path, rank, address, run_dir, resume),
-                                          stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                          preexec_fn=_die_with_parent(os.getpid())))
+            procs.append(start(rank, name))
         # With split.min_hospitals below the hospitals, a hospital that fails is a dropout the
         # others go on without: only the server failing starts the others' grace period.
         tolerant = cfg.split.min_hospitals is not None and cfg.split.min_hospitals < cfg.split.clients
         with _stopped_by_signals():
-            codes = _wait_all(procs, grace, critical=procs[:1] if tolerant else procs)
+            codes = _wait_all(procs, grace, critical=procs[:1] if tolerant else procs, failed=restart_failed,
+                              also=lambda: [p for _, p in restarted])
     finally:
-        for p in procs:  # never leave a child behind, even on KeyboardInterrupt
+        for p in procs + [p for _, p in restarted]:  # never leave a child behind, even on KeyboardInterrupt
             if p.poll() is None:
                 p.kill()
                 p.wait()
         for log in logs:
             log.close()
     failed = [(n, c) for n, c in zip(names, codes) if c != 0]
+    if any(p.returncode != 0 for _, p in restarted):
+        raise RuntimeError("restarted party process(es) failed: " + ", ".join(f"{n} (exit {p.returncode})" for n, p in restarted
+                                                                               if p.returncode != 0))
     if failed and tolerant and codes[0] == 0 and (run_dir / "metrics.json").exists():
         if not quiet:  # the run finished without them (metrics.json lists who left, when and why)
             print("dropped out: " + ", ".join(f"{n} (exit {c})" for n, c in failed))
@@ -117,21 +132,30 @@ def launch_local(cfg: Config, run_dir: Path, resume: bool = False, env: dict | N
 LONE_PARTY_GRACE_S = 5.0
 
 
-def _wait_all(procs: list[subprocess.Popen], grace: float, critical: list[subprocess.Popen] | None = None) -> list[int]:
-    """Wait for every process; once one of ``critical`` (default: all) fails, give the rest
-    ``grace`` seconds (a party left alone: :data:`LONE_PARTY_GRACE_S`), then kill them."""
+def _wait_all(procs: list[subprocess.Popen], grace: float, critical: list[subprocess.Popen] | None = None,
+              failed=lambda i: None, also=lambda: []) -> list[int]:
+    """Wait for every process (and those ``also()`` lists: restarted parties); once one of
+    ``critical`` (default: all) fails, give the rest ``grace`` seconds (a party left alone:
+    :data:`LONE_PARTY_GRACE_S`), then kill them. ``failed(i)`` is called once when ``procs[i]``
+    ends abnormally."""
     deadline = None
     critical = procs if critical is None else critical
+    seen: set[int] = set()
     while True:
         codes = [p.poll() for p in procs]
-        if all(c is not None for c in codes):
+        for i, c in enumerate(codes):
+            if c not in (None, 0) and i not in seen:
+                seen.add(i)
+                failed(i)
+        if all(c is not None for c in codes) and all(p.poll() is not None for p in also()):
             return codes
         if deadline is None and any(p.poll() not in (None, 0) for p in critical):
             deadline = time.time() + grace
-        if deadline is not None and len(procs) > 1 and sum(c is None for c in codes) == 1:
+        running = sum(c is None for c in codes) + sum(p.poll() is None for p in also())
+        if deadline is not None and len(procs) > 1 and running == 1:
             deadline = min(deadline, time.time() + LONE_PARTY_GRACE_S)
         if deadline is not None and time.time() > deadline:
-            for p in procs:
+            for p in procs + also():
                 if p.poll() is None:
                     p.kill()
             return [p.wait() for p in procs]

@@ -62,7 +62,7 @@ def config_key_hashes(cfg: Config) -> dict[str, str]:
 
 
 def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None, own_data: bool = False,
-              resume: bool = False, quiet: bool = True) -> dict | None:
+              resume: bool = False, quiet: bool = True, rejoin: bool = False) -> dict | None:
     """Run party ``rank`` of ``cfg`` to the end; the evaluating hospital returns the run record.
 
     Args:
@@ -74,6 +74,8 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
             instead of its partition of the configured data set.
         resume: continue from this party's last checkpoint.
         quiet: no console output beyond errors.
+        rejoin: this hospital restarted while the run goes on: it checks in again and the server
+            admits it at an epoch's start (waiting up to ten times ``split.timeout_s``).
     """
     names = party_names(cfg.split.clients)
     if not 0 <= rank < len(names):
@@ -89,9 +91,11 @@ def run_party(cfg: Config, rank: int, run_dir: Path, address: str | None = None,
     ranks = {n: r for r, n in enumerate(names)} | {AGGREGATOR: 0}
     secret = read_secret(cfg.split.secret_file) if cfg.split.secret_file else None
     transport = TRANSPORTS["gloo"](name, ranks, address or cfg.split.address, cfg.split.timeout_s,
-                                   checkin={"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}, secret=secret)
+                                   checkin={"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}, secret=secret,
+                                   rejoin_wait_s=10 * cfg.split.timeout_s if rejoin else None)
     try:
-        coordinator = ControlCoordinator(cfg, name, names, party_dir, device, transport, own_data, resume, quiet)
+        coordinator = ControlCoordinator(cfg, name, names, party_dir, device, transport, own_data, resume, quiet,
+                                         restarted=rejoin)
         return Runner(cfg, coordinator, run_dir, party_dir, device, started, quiet=quiet).run()
     finally:
         transport.close()

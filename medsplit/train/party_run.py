@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
-import time
 
 import numpy as np
 import torch
@@ -23,51 +21,18 @@ from medsplit.transport.base import TransportError
 from medsplit.split.codecs import codecs_for
 from medsplit.tasks import TASKS, TaskSettings, make_task
 from medsplit.train.checkpoint import load_checkpoint
+from medsplit.train.fault_injection import FAULT_ENV, fault_hook  # noqa: F401 - FAULT_ENV: where tests look it up
+from medsplit.train.party_membership import Membership
 from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER
 from medsplit.train.party_report import MirroredModel, transport_record, transport_summary
 from medsplit.train.precision import compute_dtype
-from medsplit.train.roster import Departure, Roster, is_outage
+from medsplit.train.roster import is_outage
 from medsplit.train.runner import Coordinator, Runner, evaluate_split
 from medsplit.train.schedule import client_indices
 from medsplit.train.server_view import batch_spec, server_loss, server_table
 
-FAULT_ENV = "MEDSPLIT_FAULT"  # tests: "client1:epoch=1:step=2" kills that party there (SIGKILL)
-
-
-def _fault_hook(name: str, epoch: int, count: int, at: str = "step") -> str | None:
-    """Test-only fault injection: ``MEDSPLIT_FAULT=client1:epoch=1:step=2`` kills that party
-    as it starts its step 2 of epoch 1 (both from 0; ``:mode=hang`` makes it stop answering
-    instead, ``:mode=nan`` makes it send NaN).
-
-    ``MEDSPLIT_FAULT=client1:epoch=1:roster=0`` kills it while it is idle instead: right after it
-    took in its roster message 0 of epoch 1 (``split.min_hospitals`` runs; the relay sends one
-    before every turn, so ``roster=0`` is the meeting point before client0's turn and client1 dies
-    while client0 trains, between its own turns, with nothing in flight to or from it).
-
-    Args:
-        name: this party; epoch: the epoch (from 0).
-        count: how many ``at`` points this party passed before this one in ``epoch`` (from 0).
-        at: which point calls: ``"step"`` (a training step) or ``"roster"`` (a roster received).
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    who, *rest = spec.split(":")
-    where = dict(item.split("=") for item in rest)
-    point = "roster" if "roster" in where else "step"
-    if who == name and point == at and int(where.get("epoch", 0)) == epoch and int(where.get(point, 0)) == count:
-        mode = where.get("mode", "kill")
-        if mode == "hang":
-            time.sleep(10_000)  # stops answering without closing its sockets
-        elif mode == "nan":
-            return "nan"
-        else:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return None
-
-
-class ControlCoordinator(Coordinator):
+class ControlCoordinator(Membership, Coordinator):
     """Party ``name`` of ``names`` (rank 0 the server, rank k + 1 hospital k) meeting the others
     through control messages on ``transport``.
 
@@ -85,10 +50,13 @@ class ControlCoordinator(Coordinator):
         own_data: the hospital trains on all of its own folder's training rows.
         resume: continue from this party's last checkpoint.
         quiet: no console output beyond errors.
+        restarted: this hospital restarted while the run goes on and rejoins it (its transport
+            was admitted by the server; the server tells it where the run stands).
     """
 
     def __init__(self, cfg: Config, name: str, names: list[str], party_dir, device, transport, own_data: bool,
-                 resume: bool, quiet: bool):
+                 resume: bool, quiet: bool, restarted: bool = False):
+        self.restarted = restarted
         self.cfg, self.name, self.names, self.party_dir, self.device = cfg, name, names, party_dir, device
         self.transport, self.own_data, self.resume, self.quiet = transport, own_data, resume, quiet
         self.rank = names.index(name)
@@ -107,6 +75,8 @@ class ControlCoordinator(Coordinator):
         self.epoch = 0
         #: the server: each hospital's steps still to run this epoch (a roster it cannot deliver waits for the next)
         self.steps_ahead: dict[int, int] = {}
+        #: the server: the losses each hospital reported at the end of its relay turn this epoch
+        self.turn_losses: dict[int, list[float]] = {}
 
     def _reporter(self, runner: Runner) -> str:
         return self.hospitals[runner.protocol.eval_client_index()]
@@ -120,7 +90,10 @@ class ControlCoordinator(Coordinator):
         return load_checkpoint(self.party_dir) if self.resume else None
 
     def agree_start_epoch(self, ck: dict | None) -> int:
-        """Check every hospital runs the same protocol version and config; agree on the epoch."""
+        """Check every hospital runs the same protocol version and config; agree on the epoch (a
+        restarted hospital: its config was checked at its check-in; it joins where the run stands)."""
+        if self.restarted:
+            return self.rejoin_run()
         start_epoch, self.parties = handshake(self.control, self.cfg, self.name, self.info, self.hospitals,
                                               ck["epoch"] + 1 if ck else 0)
         return start_epoch
@@ -139,14 +112,20 @@ class ControlCoordinator(Coordinator):
             self.all_clients = client_indices(self.task, cfg.split.clients, cfg.data.partition, cfg.data.alpha, cfg.train.seed)
             rows = self.all_clients[self.k]
         self.training_rows = {self.k: rows}
-        self.control.send(SERVER, sizes={"val": len(self.task.split("val")), "test": len(self.task.split("test"))})
+        if not self.restarted:  # the server has them from its first start
+            self.control.send(SERVER, sizes={"val": len(self.task.split("val")), "test": len(self.task.split("test"))})
 
     def build_table(self):
         return server_table(self.task_settings) if self.is_server else self.task.build_table()
 
     def ready(self, runner: Runner) -> None:
-        self.roster = runner.roster
+        self.runner, self.roster = runner, runner.roster
         self.roster.notice = self.say
+        self.roster.turn_report = self.report_turn
+        if hasattr(self.transport, "relink"):  # a transport whose links can be formed anew: restarts rejoin
+            self.roster.admission = self.admit_rejoins
+        if self.restarted:
+            self.restore_roster()
 
     def loss_fn(self):
         return server_loss(self.task_settings) if self.is_server else self.task.loss
@@ -168,57 +147,36 @@ class ControlCoordinator(Coordinator):
             self.control.send(SERVER, batches=[len(b) for b in own[self.k]])
             return [own[self.k] if k == self.k else [] for k in range(K)]
         batches = []
+        self.turn_losses = {}
         for k, h in enumerate(self.hospitals):
             if not self.roster.present(k):
                 batches.append([])  # dropped out: nothing to wait for
                 continue
-            sizes = self.control.recv(h, "batches")["batches"]
+            try:
+                sizes = self.control.recv(h, "batches")["batches"]
+            except TransportError as e:  # gone since the last epoch (e.g. after its relay turn): it leaves now
+                if not (self.roster.tolerant and is_outage(e)):
+                    raise
+                self._decide_departure(k, 0, e)
+                batches.append([])
+                continue
             if not isinstance(sizes, list) or not all(isinstance(n, int) and 1 <= n <= limit for n in sizes):
                 raise MessageError(f"{h} announced batch sizes {str(sizes)[:200]} for epoch {epoch}; each must be an "
                                    f"integer in 1..{limit} (train.batch_size)")
             batches.append([torch.empty(n) for n in sizes])
-        self.steps_ahead = {k: len(b) for k, b in enumerate(batches)}
+        self.announced = {k: len(b) for k, b in enumerate(batches)}
+        self.steps_ahead = dict(self.announced)
         return batches
 
     def trains(self, k: int) -> bool:
         return self.is_server or k == self.k
-
-    def may_lose(self, k: int, error: Exception) -> bool:
-        """The server drops a hospital whose link failed or went silent (split.timeout_s); a
-        frame that broke the rules (a :class:`~medsplit.transport.framing.FrameError`) stays an
-        error: that is an attack, not an outage (:func:`~medsplit.train.roster.is_outage`)."""
-        return self.is_server and is_outage(error)
-
-    def share_roster(self, roster: Roster) -> None:
-        """The server tells every hospital still present who has left (all of it, each time: small).
-
-        A hospital that cannot be told (it died since the last meeting point, e.g. while another
-        hospital of the relay trained) is not dropped here, where the others may have been told
-        already: when the server still has a step of it to run this epoch, that step fails and
-        decides, and the next meeting point tells everyone. Without a step ahead the failure
-        stops the run, as before (nothing later would decide it for every process alike)."""
-        if self.is_server:
-            news = [{"hospital": d.hospital, "epoch": d.epoch, "after": d.after, "why": d.why} for d in roster.departures]
-            for k in roster.members():
-                try:
-                    self.control.send(self.hospitals[k], roster=news)
-                except TransportError as e:
-                    if not (is_outage(e) and self.steps_ahead.get(k, 0) > 0):
-                        raise
-                    self.say(f"could not tell {self.hospitals[k]} who has left ({str(e).splitlines()[0][:300]}); "
-                             f"its next step decides whether it left")
-            return
-        for d in self.control.recv(SERVER, "roster")["roster"]:
-            roster.record(Departure(**d))
-        _fault_hook(self.name, self.epoch, self.rosters, at="roster")
-        self.rosters += 1
 
     def say(self, text: str) -> None:
         if not self.quiet:
             print(f"{self.name}: {text}", flush=True)
 
     def train_inputs(self, k: int, idx: torch.Tensor, generator, epoch: int):
-        fault = _fault_hook(self.name, epoch, self.steps)
+        fault = fault_hook(self.name, epoch, self.steps)
         self.steps += 1
         if self.is_server:
             self.steps_ahead[k] = self.steps_ahead.get(k, 0) - 1
@@ -243,12 +201,22 @@ class ControlCoordinator(Coordinator):
         return evaluate_split(model, self.task, split, self.cfg.train.eval_batch_size, runner.autocast)
 
     def gather_losses(self, runner: Runner, losses: dict) -> dict | None:
-        """Every party's training losses at the evaluating hospital (``None`` elsewhere)."""
+        """Every party's training losses at the evaluating hospital (``None`` elsewhere).
+
+        Where the relay's hospitals reported their turns (:meth:`report_turn`), their losses are
+        with the server already, which sends them on with its own: the evaluating hospital then
+        waits on no hospital that may have died after handing on its weights."""
         reporter = self._reporter(runner)
+        via_server = self.roster.tolerant and runner.protocol.reports_turns
         if self.name != reporter:
-            self.control.send(reporter, losses={str(k): v for k, v in losses.items() if v})
+            if self.is_server and via_server:
+                for k, v in self.turn_losses.items():
+                    if self.hospitals[k] != reporter:  # the evaluating hospital has its own
+                        losses[k].extend(v)
+            if self.is_server or not via_server:
+                self.control.send(reporter, losses={str(k): v for k, v in losses.items() if v})
             return None
-        for peer in self._peers():
+        for peer in [SERVER] if via_server else self._peers():
             for k, v in self.control.recv(peer, "losses")["losses"].items():
                 losses[int(k)].extend(float(x) for x in v)
         return losses
@@ -259,7 +227,15 @@ class ControlCoordinator(Coordinator):
         if self.name != reporter:
             return bool(self.control.recv(reporter, "best")["best"])
         for peer in self._peers():
-            self.control.send(peer, best=bool(is_best))
+            try:
+                self.control.send(peer, best=bool(is_best))
+            except TransportError as e:
+                # a hospital gone since its last turn: not this hospital's decision, and the server's
+                # next exchange with it (the next epoch's batch counts) decides for every process
+                if not (peer != SERVER and self.roster.tolerant and is_outage(e) and self.epoch + 1 < self.cfg.train.epochs):
+                    raise
+                self.say(f"could not tell {peer} which epoch is tested ({str(e).splitlines()[0][:300]}); "
+                         f"the server's next exchange with it decides whether it left")
         return bool(is_best)
 
     def epoch_done(self, epoch: int, val_loss: float, scores: dict, metric: str) -> None:
@@ -275,10 +251,12 @@ class ControlCoordinator(Coordinator):
         the server then mirrors the forwards the report makes (segmentation examples)."""
         reporter = self._reporter(runner)
         channel = runner.channel
-        # a hospital that dropped out cannot report what it sent: its receivers report it for it
-        gone = {f"client{d.hospital}" for d in self.roster.departures}
+        # a hospital that dropped out cannot report what it sent: its receivers report it for it, up
+        # to the epoch it came back from (a restarted process counts its own from then on)
+        back = {f"client{d.hospital}": d.rejoined for d in self.roster.departures}  # its latest departure's
         counted = [r for r in channel.byte_rows(None)
-                   if channel.hosts(r["sender"]) or (r["sender"] in gone and channel.hosts(r["receiver"]))]
+                   if channel.hosts(r["sender"]) or (r["sender"] in back and channel.hosts(r["receiver"])
+                                                     and (back[r["sender"]] is None or r["epoch"] + 1 < back[r["sender"]]))]
         mine = {"party": self.info, "bytes": counted,
                 "links": self.transport.stats_rows(), "control_bytes_sent": self.control.bytes_sent,
                 "data_loaded": self.task is not None,

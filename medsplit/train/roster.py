@@ -69,6 +69,10 @@ class Roster:
         self.exchange: Callable[[Roster], None] | None = None
         #: a console line for what this process noticed but does not decide (set by a multi-process placement)
         self.notice: Callable[[str], None] = lambda text: None
+        #: which restarted hospitals come back at an epoch's start (set by a multi-process placement; see :meth:`rejoin_at`)
+        self.admission: Callable[[int], list[int]] | None = None
+        #: how the end of a relay turn reaches the server (set by a multi-process placement; see :meth:`end_turn`)
+        self.turn_report: Callable[[int], None] | None = None
 
     @property
     def tolerant(self) -> bool:
@@ -89,8 +93,11 @@ class Roster:
         return d is not None and d.epoch == epoch and self.present(k) and (d.after == done or (last and d.after > done))
 
     def rejoin_at(self, epoch: int) -> list[int]:
-        """The hospitals the schedule brings back at the start of ``epoch`` (from 0); marks them present."""
+        """The hospitals back at the start of ``epoch`` (from 0), the schedule's in one process, the
+        restarted ones the server admitted across processes; marks them present."""
         back = [k for k, d in self.schedule.items() if d.rejoin == epoch and not self.present(k)]
+        if self.admission is not None and self.tolerant:
+            back += [k for k in self.admission(epoch) if not self.present(k) and k not in back]
         for k in back:
             self._absent.discard(k)
             for dep in self.departures:
@@ -118,9 +125,20 @@ class Roster:
         if self.exchange is not None and self.tolerant:
             self.exchange(self)
 
+    def end_turn(self, k: int) -> None:
+        """Hospital ``k``'s relay turn ended. Across processes it reports the turn (its losses) to
+        the server before it hands the weights on, so that afterwards nothing of the epoch waits on
+        it: a hospital that dies after handing on its weights leaves at the server's next exchange
+        with it (the next epoch's batch counts), as ``epoch=<next>:after=0`` does in one process;
+        one whose report does not arrive leaves with its turn's weights, as ``after=<its batches>``."""
+        if self.turn_report is not None and self.tolerant and self.present(k):
+            self.turn_report(k)
+
     def record(self, dep: Departure) -> None:
-        """Take in a departure another process found (see :meth:`sync`)."""
-        if self.present(dep.hospital):
+        """Take in a departure another process found (see :meth:`sync`); one this process knows
+        already (the server tells all of them each time) changes nothing, also after a rejoin."""
+        known = any((d.hospital, d.epoch, d.after) == (dep.hospital, dep.epoch, dep.after) for d in self.departures)
+        if self.present(dep.hospital) and not known:
             self._absent.add(dep.hospital)
             self.departures.append(dep)
 

@@ -314,7 +314,8 @@ class Runner:
         batches = co.share_batch_counts(epoch, own)
         generators = {k: augmentation_generator(cfg.train.seed, epoch, k, self.device) for k in own}
         reseed_epoch(cfg.train.seed, epoch)
-        losses: dict[int, list[float]] = {k: [] for k in range(len(batches))}
+        # self.losses: a multi-process placement reports a relay turn's losses when the turn ends
+        self.losses = losses = {k: [] for k in range(len(batches))}
         bar = co.progress(epoch, sum(len(b) for b in batches))
         done = dict.fromkeys(range(len(batches)), 0)  # each hospital's batches so far this epoch
 

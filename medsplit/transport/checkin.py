@@ -185,3 +185,56 @@ def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None, d
         raise TransportError(f"{name}: rank {mine['rank']} is already taken by "
                              f"{verdict.get('parties', {}).get(str(mine['rank']), 'another process')} (a duplicated --rank)")
     return verdict
+
+
+# ---- a restarted hospital asks to join the run again ----------------------------------------
+REJOINS = "medsplit/rejoin/arrivals"
+REJOIN_RECORD = "medsplit/rejoin/{}"
+REJOIN_ANSWER = "medsplit/rejoin/{}/answer"
+
+
+def request_rejoin(store, mine: dict, wait_s: float, secret: bytes | None) -> dict:
+    """A restarted hospital checks in again (the same record as :func:`client_check_in`, signed
+    with ``split.secret_file``'s secret) and waits up to ``wait_s`` for the server's answer, which
+    comes at the run's next epoch boundary.
+
+    Returns:
+        The admission: ``nonce`` (the run's), ``incarnations`` (rank -> how often it has joined,
+        this party's new one included) and ``present`` (the ranks it forms links with).
+
+    Raises:
+        TransportError: refused (the server's reason), no answer in time, or not authenticated.
+    """
+    name = mine["name"]
+    n = store.add(REJOINS, 1)
+    store.set(REJOIN_RECORD.format(n), _encode(mine, secret))
+    try:
+        store.wait([REJOIN_ANSWER.format(n)], datetime.timedelta(seconds=wait_s))
+        raw = store.get(REJOIN_ANSWER.format(n))
+    except Exception as e:  # noqa: BLE001 - the store raises several C++ error types
+        raise TransportError(f"{name} (rank {mine['rank']}): the server did not admit this restarted party within "
+                             f"{wait_s:g} s (it answers at the next epoch boundary): {e}") from e
+    answer, signed = _decode(raw, secret)
+    if not signed or answer.get("malformed"):
+        raise TransportError(f"{name}: the server's answer to its rejoin request is not authenticated by "
+                             "split.secret_file's secret (another server, or a process without the secret wrote it)")
+    if not answer.get("ok"):
+        raise TransportError(f"{name}: the server refused to let it rejoin: {answer.get('reason')}")
+    return answer
+
+
+def rejoin_requests(store, seen: int, mine: dict, names: dict[int, str], secret: bytes | None) -> list[tuple[int, dict, list[str]]]:
+    """The rejoin requests after number ``seen`` whose record is written: ``(number, record,
+    problems)``, each judged as a check-in (:func:`judge`: rank, parties, config keys, secret)."""
+    found = []
+    for n in range(seen + 1, store.add(REJOINS, 0) + 1):
+        if not store.check([REJOIN_RECORD.format(n)]):
+            break  # claimed a number, record not written yet: the next boundary reads it
+        record, signed = _decode(store.get(REJOIN_RECORD.format(n)), secret)
+        found.append((n, record, judge(mine, {n: (record, signed)}, names)[0]))
+    return found
+
+
+def answer_rejoin(store, n: int, answer: dict, secret: bytes | None) -> None:
+    """The server's answer to rejoin request ``n`` (see :func:`request_rejoin`)."""
+    store.set(REJOIN_ANSWER.format(n), _encode(answer, secret))

@@ -36,7 +36,8 @@ import torch.distributed as dist
 from medsplit.transport import framing
 from medsplit.transport.auth import RunKey
 from medsplit.transport.base import Transport, TransportError
-from medsplit.transport.checkin import client_check_in, server_check_in
+from medsplit.transport.checkin import answer_rejoin, client_check_in, rejoin_requests, request_rejoin, server_check_in
+from medsplit.transport.links import Link, form_link, party_id
 from medsplit.transport.liveness import Liveness
 
 TAG = 0  # every frame's chunks, in order, on one tag per pair of ranks
@@ -83,10 +84,15 @@ class GlooTransport(Transport):
             number of parties: ``config_hash`` and ``config_keys`` (a hash per config key), which
             the server compares with its own.
         secret: the shared secret of ``split.secret_file`` (authenticates check-in and frames), or None.
+        rejoin_wait_s: this hospital restarted while the run goes on: it checks in again and waits
+            up to this long for the server to admit it (:meth:`admit`, at an epoch boundary).
+
+    Each pair of parties talks over its own two-rank gloo group (:mod:`~medsplit.transport.links`),
+    formed at start-up; :meth:`relink` forms one anew when its peer restarted.
     """
 
     def __init__(self, name: str, ranks: dict[str, int], address: str, timeout_s: float = 120.0, local_host: str | None = None,
-                 checkin: dict | None = None, secret: bytes | None = None):
+                 checkin: dict | None = None, secret: bytes | None = None, rejoin_wait_s: float | None = None):
         super().__init__(name)
         if name not in ranks:
             raise ValueError(f"party {name!r} has no rank; ranks are {ranks}")
@@ -100,9 +106,11 @@ class GlooTransport(Transport):
         self.names_by_rank = {r: "/".join(n for n, rr in ranks.items() if rr == r) for r in range(self.world_size)}
         self.run_key: RunKey | None = None
         self.framing_bytes_per_message = framing.overhead(secret is not None)
-        self._sent = dict.fromkeys(range(self.world_size), 0)  # next frame's sequence number per peer rank
-        self._received = dict.fromkeys(range(self.world_size), 0)
-        self.pg = self.store = self.liveness = None
+        self.incarnations = dict.fromkeys(range(self.world_size), 0)  # how often each rank has (re)joined
+        self.links: dict[int, Link] = {}  # peer rank -> this party's end of the link
+        self.device = self.store = self.liveness = None
+        self._secret, self._rejoins_seen = secret, 0
+        self._rejoins_pending: dict[int, tuple[dict, list[str]]] = {}  # request -> (record, problems), unanswered
         host, port = parse_address(address)
         self._listener = None
         deadline = time.monotonic() + timeout_s
@@ -119,15 +127,25 @@ class GlooTransport(Transport):
                 self.store = dist.TCPStore(host, port, self.world_size, is_master=False, timeout=self.timeout, use_libuv=False)
             mine = {"name": name, "rank": self.rank, "world_size": self.world_size, "host": socket.gethostname(),
                     "pid": os.getpid(), "authenticated": secret is not None, **(checkin or {})}
+            self._mine = mine  # the server judges rejoin requests against its own check-in
+            peers = [r for r in range(self.world_size) if r != self.rank]
             if self.rank == 0:
                 names = {r: n for r, n in self.names_by_rank.items() if r}
                 verdict = server_check_in(self.store, mine, names, timeout_s, secret, deadline)
+            elif rejoin_wait_s is not None:
+                verdict = request_rejoin(self.store, mine, rejoin_wait_s, secret)
+                self.incarnations.update({int(r): int(i) for r, i in verdict["incarnations"].items()})
+                peers = sorted(int(r) for r in verdict["present"] if int(r) != self.rank)
+                deadline = time.monotonic() + timeout_s  # the wait for admission is not start-up
             else:
                 verdict = client_check_in(self.store, mine, timeout_s, secret, deadline)
+            self.nonce = verdict["nonce"]
             if secret is not None:
                 self.run_key = RunKey(secret, verdict["nonce"], str(mine.get("config_hash")))
             self.liveness = Liveness(host, port, self.rank, self.names_by_rank)
-            self.pg = self._form_group(host, port, local_host, deadline)
+            self.device = dist.ProcessGroupGloo.create_device(hostname=local_host or _local_address_towards(host, port))
+            for peer in peers:  # in the same order everywhere: each pair's two ends meet
+                self.links[peer] = self._form_link(peer, deadline)
         except Exception as e:  # noqa: BLE001 - start-up errors come from C++ as several types
             self.close()
             if isinstance(e, TransportError):
@@ -135,31 +153,51 @@ class GlooTransport(Transport):
             raise TransportError(f"{name} (rank {self.rank}) could not join the gloo group at {address} "
                                  f"within {timeout_s:g} s: {e}") from e
 
-    def _form_group(self, host: str, port: int, local_host: str | None, deadline: float):
-        """The gloo process group, formed under the start-up deadline.
+    def _form_link(self, peer: int, deadline: float) -> Link:
+        """The link to rank ``peer`` in both parties' current incarnations, formed under ``deadline``."""
+        try:
+            return form_link(self.store, self.rank, peer, self.incarnations, self.device, self.timeout, deadline)
+        except (RuntimeError, TimeoutError) as e:
+            alive = self.liveness.report() if self.liveness else ""
+            raise TransportError(f"{self.name} (rank {self.rank}): the link to {self.names_by_rank[peer]} (rank {peer}) "
+                                 f"{'failed: ' if isinstance(e, RuntimeError) else ''}{e}" + (f"; {alive}" if alive else "")) from e
 
-        gloo's set-up has been seen waiting far past its own timeout (70-150 s for a 30 s one):
-        it runs in a thread that this party stops waiting for at the deadline.
-        """
-        opts = dist.ProcessGroupGloo._Options()
-        opts._timeout = self.timeout
-        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_host or _local_address_towards(host, port))]
-        result: dict = {}
+    def relink(self, peer: str, incarnation: int) -> None:
+        """Form the link to ``peer`` anew: it restarted and joins again as ``incarnation`` (its
+        frames count from 0 again, under new authentication codes). Both ends call this; it waits
+        for the other end under ``split.timeout_s``."""
+        rank = self._peer_rank(peer)
+        old = self.links.pop(rank, None)
+        if old is not None:
+            old.close()
+        self.incarnations[rank] = incarnation
+        self.links[rank] = self._form_link(rank, time.monotonic() + self.timeout_s)
 
-        def form():
-            try:
-                result["pg"] = dist.ProcessGroupGloo(self.store, self.rank, self.world_size, opts)
-            except Exception as e:  # noqa: BLE001
-                result["error"] = e
+    # ---- the server: restarted hospitals asking to rejoin ----------------------------------
+    def rejoin_requests(self) -> list[tuple[int, dict, list[str]]]:
+        """Restarted hospitals that asked to join again and have no answer yet: ``(request, record,
+        problems)``, each judged as at check-in (rank, number of parties, config keys, secret)."""
+        names = {r: n for r, n in self.names_by_rank.items() if r}
+        for n, record, problems in rejoin_requests(self.store, self._rejoins_seen, self._mine, names, self._secret):
+            self._rejoins_pending[n], self._rejoins_seen = (record, problems), n
+        return [(n, record, problems) for n, (record, problems) in sorted(self._rejoins_pending.items())]
 
-        thread = threading.Thread(target=form, name="medsplit-gloo-setup", daemon=True)
-        thread.start()
-        thread.join(max(1.0, deadline - time.monotonic()))
-        if "pg" in result:
-            return result["pg"]
-        why = f"failed: {result['error']}" if "error" in result else f"did not form within {self.timeout_s:g} s (split.timeout_s)"
-        alive = self.liveness.report() if self.liveness else ""
-        raise TransportError(f"{self.name} (rank {self.rank}): the gloo group {why}" + (f"; {alive}" if alive else ""))
+    def admit(self, request: int, rank: int, present: list[int]) -> int:
+        """Admit rejoin request ``request`` as ``rank``'s next incarnation, which forms links with
+        the ranks ``present`` (the server's first: formed here, before this returns; every other
+        one must :meth:`relink` it). Returns the incarnation."""
+        incarnation = self.incarnations[rank] + 1
+        answer = {"ok": True, "reason": "", "nonce": self.nonce, "present": sorted(present),
+                  "incarnations": {str(r): i for r, i in (self.incarnations | {rank: incarnation}).items()}}
+        answer_rejoin(self.store, request, answer, self._secret)
+        self._rejoins_pending.pop(request, None)
+        self.relink(self.names_by_rank[rank], incarnation)
+        return incarnation
+
+    def refuse(self, request: int, reason: str) -> None:
+        """Refuse rejoin request ``request``; the restarted party stops, naming ``reason``."""
+        answer_rejoin(self.store, request, {"ok": False, "reason": reason}, self._secret)
+        self._rejoins_pending.pop(request, None)
 
     def _peer_rank(self, peer: str) -> int:
         if peer not in self.ranks:
@@ -184,18 +222,19 @@ class GlooTransport(Transport):
         """Post every chunk of ``payload``'s frame and return the function that waits for them
         (pipelined micro-batches compute on while the link carries the frame)."""
         dst = self._peer_rank(receiver)
+        link = self.links[dst]
         mac = None
         if self.run_key is not None:
-            mac = lambda *parts: self.run_key.mac(str(self.rank), str(dst), *parts)  # noqa: E731
-        frame = framing.encode_frame(bytes(payload), self._sent[dst], mac)
+            mac = lambda *parts: self.run_key.mac(self._id(self.rank), self._id(dst), *parts)  # noqa: E731
+        frame = framing.encode_frame(bytes(payload), link.sent, mac)
         chunks = framing.chunks(frame)
         # Every chunk posted before waiting: the payload does not wait for a round trip per chunk.
         # Posting fails at once on a connection the peer has closed: name the peer then too.
         try:
-            works = [self.pg.send([chunk], dst, TAG) for chunk in chunks]
+            works = [link.pg.send([chunk], link.other, TAG) for chunk in chunks]
         except Exception as e:  # noqa: BLE001
             raise self._failed(e, "sending a message to", receiver) from e
-        self._sent[dst] += 1  # frames are numbered in posting order, which is the order they arrive in
+        link.sent += 1  # frames are numbered in posting order, which is the order they arrive in
 
         def wait(keep_alive=(frame, chunks)) -> None:  # the buffers must live until gloo has sent them
             for work in works:
@@ -205,10 +244,11 @@ class GlooTransport(Transport):
 
     def _recv(self, sender: str, max_bytes: int) -> bytes:
         src = self._peer_rank(sender)
+        link = self.links[src]
 
         def receive(buffers):
             try:
-                works = [self.pg.recv([b], src, TAG) for b in buffers]
+                works = [link.pg.recv([b], link.other, TAG) for b in buffers]
             except Exception as e:  # noqa: BLE001 - fails at once on a connection the peer has closed
                 raise self._failed(e, "waiting for a message from", sender) from e
             for work in works:
@@ -216,23 +256,22 @@ class GlooTransport(Transport):
 
         verify = None
         if self.run_key is not None:
-            verify = lambda *parts_then_code: self.run_key.verify(str(src), str(self.rank), *parts_then_code)  # noqa: E731
-        where = f"{self.name}: frame {self._received[src]} from {sender} (rank {src})"
-        payload = framing.receive_frame(receive, max_bytes, self._received[src], where, verify)
-        self._received[src] += 1
+            verify = lambda *parts_then_code: self.run_key.verify(self._id(src), self._id(self.rank), *parts_then_code)  # noqa: E731
+        where = f"{self.name}: frame {link.received} from {sender} (rank {src})"
+        payload = framing.receive_frame(receive, max_bytes, link.received, where, verify)
+        link.received += 1
         return payload
+
+    def _id(self, rank: int) -> str:
+        return party_id(rank, self.incarnations[rank])
 
     def close(self) -> None:
         if self.liveness is not None:
             self.liveness.close()
             self.liveness = None
-        pg = self.pg
-        if pg is not None:
-            try:
-                pg.shutdown()  # releases gloo's sockets and threads promptly
-            except Exception:  # noqa: BLE001 - already broken by a dead peer
-                pass
-            self.pg = None
+        links, self.links = self.links, {}
+        for link in links.values():
+            link.close()
         # The store's daemon polls the listening socket: stop it (drop the store) before the
         # socket is closed, or the daemon aborts the process.
         self.store = None

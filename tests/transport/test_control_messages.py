@@ -26,6 +26,8 @@ def _strategy(check):
     if isinstance(check, cm.Float):
         lo = None if math.isinf(check.lo) else check.lo
         return st.floats(min_value=lo, allow_nan=False, allow_infinity=False)
+    if isinstance(check, cm.Maybe):
+        return st.none() | _strategy(check.item)
     if isinstance(check, cm.Bool):
         return st.booleans()
     if isinstance(check, cm.Str):
@@ -73,7 +75,8 @@ def _replace(value, path, new):
 
 
 def test_every_kind_party_run_uses_has_a_schema():
-    assert set(cm.KINDS) == {"hello", "welcome", "sizes", "batches", "losses", "best", "forward", "report", "roster"}
+    assert set(cm.KINDS) == {"hello", "welcome", "sizes", "batches", "losses", "best", "forward", "report", "roster", "turn",
+                            "rejoins", "rejoined"}
 
 
 @pytest.mark.parametrize("kind", cm.KINDS)

@@ -257,9 +257,10 @@ for name, messages in SCENARIOS.items():
     [t.start() for t in threads]; [t.join() for t in threads]
     hostile = ends["client0"]
     posted = []  # kept alive (tensors and works) until the server is done: posted, not waited for
+    link = hostile.links[0]  # its own gloo group with the server
     for tag, data in messages:
         tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        posted.append((tensor, hostile.pg.send([tensor], 0, tag)))
+        posted.append((tensor, link.pg.send([tensor], link.other, tag)))
     try:
         got = ends["server"].recv("client0", 1 << 20)
         results[name] = f"accepted {len(got)} bytes"

@@ -166,11 +166,23 @@ def test_forming_the_group_is_bounded_by_the_timeout(monkeypatch):
             raise RuntimeError("released")
 
     monkeypatch.setattr(gloo_module.dist, "ProcessGroupGloo", Stuck)
+    address, errors = f"127.0.0.1:{free_port()}", {}
+
+    def start(name):
+        try:
+            GlooTransport(name, {"server": 0, "client0": 1}, address, 2, checkin=CHECKIN)
+        except TransportError as e:
+            errors[name] = str(e)
+
     t0 = time.monotonic()
+    threads = [threading.Thread(target=start, args=(n,), daemon=True) for n in ("server", "client0")]
     try:
-        with pytest.raises(TransportError, match=r"server \(rank 0\): the gloo group did not form within 2 s \(split.timeout_s\)"):
-            GlooTransport("server", {"server": 0}, f"127.0.0.1:{free_port()}", 2, checkin=CHECKIN)
+        [t.start() for t in threads]
+        [t.join(15) for t in threads]
         assert time.monotonic() - t0 < 10
+        # each pair of parties forms its own two-rank group (medsplit/transport/links.py)
+        assert "server (rank 0): the link to client0 (rank 1) did not form within 2 s (split.timeout_s)" in errors["server"]
+        assert "client0 (rank 1): the link to server (rank 0) did not form within 2 s (split.timeout_s)" in errors["client0"]
     finally:
         release.set()
 

@@ -74,6 +74,9 @@ class Protocol:
     pooled = False
     #: can run with every party in its own process (``split.transport=gloo`` or ``flare``)
     runs_as_processes = False
+    #: each hospital's turn ends with :meth:`Roster.end_turn <medsplit.train.roster.Roster.end_turn>`
+    #: (across processes its losses then go to the server, not to the evaluating hospital)
+    reports_turns = False
     #: position in listings (``split.protocol`` choices, CLI help): lower comes first
     order = 100
 
@@ -99,6 +102,8 @@ class Protocol:
                 party.to("meta")  # held by another process; only its shapes are needed here
                 party.optimizer = None
         self.models = [self._chain_for(k) for k in range(len(self.clients))]
+        #: aggregator -> the last round's average (weights, optimiser state) where it runs in this process
+        self._averages: dict[str, tuple[dict, dict]] = {}
         # Who takes part (every hospital, unless the runner installs split.min_hospitals' roster).
         self.roster = Roster(len(self.clients), None, self.history_keeper())
         for model in self.models:
@@ -187,15 +192,24 @@ class Protocol:
         link names, as in :meth:`_average`."""
         via = via or sender.name
         here = self.channel.hosts(receiver.name)
-        weights = self.channel.send(via, receiver.name, "weights", dict(sender.parts.state_dict()), link=f"{links}weights")
+        held, held_state = self._held_by(via, sender)
+        weights = self.channel.send(via, receiver.name, "weights", held, link=f"{links}weights")
         if here:
             receiver.parts.load_state_dict(weights)
         if self.optimizer_handover == "carry":
-            state = self._send_optimizer_state(via, receiver.name, sender.optimizer_tensors(), receiver, f"{links}optimizer state")
+            state = self._send_optimizer_state(via, receiver.name, held_state, receiver, f"{links}optimizer state")
             if here:
                 receiver.load_optimizer_tensors(state)
         elif self.optimizer_handover == "reset":
             receiver.clear_optimizer_state()
+
+    def _held_by(self, via: str, sender: Party) -> tuple[dict, dict]:
+        """``sender``'s weights and optimiser state as ``via`` holds them: ``sender``'s own, except
+        where an aggregator sends them and ``sender`` runs in another process (a hospital rejoining
+        a multi-process run): then the aggregator's last average, which every member loaded."""
+        if via in self._averages and via != sender.name and not self.channel.hosts(sender.name):
+            return self._averages[via]
+        return dict(sender.parts.state_dict()), sender.optimizer_tensors()
 
     def _fedavg(self, weights: list[float]) -> None:
         """Average the present hospitals' client parts (weighted by sample count) and give each of
@@ -218,6 +232,8 @@ class Protocol:
         uploads = [self._send_weights(c, aggregator, weights_link) for c in members]
         # Elsewhere only the shapes matter (what each member expects back).
         avg = weighted_average(uploads, weights) if aggregator_here else dict(members[0].parts.state_dict())
+        if aggregator_here:
+            self._averages[aggregator] = (avg, {})
         for c in members:
             received = self.channel.send(aggregator, c.name, "weights", avg, link=weights_link)
             if self.channel.hosts(c.name):
@@ -231,6 +247,7 @@ class Protocol:
             kept = [(s, w) for s, w in zip(states, weights) if s]
             if aggregator_here and kept:
                 avg_state = weighted_average([s for s, _ in kept], [w for _, w in kept])
+                self._averages[aggregator] = (avg, avg_state)
             else:
                 avg_state = {}
             # Across processes a member cannot know whether the others had state, so the

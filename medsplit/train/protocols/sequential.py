@@ -14,6 +14,7 @@ class SequentialRelay(Protocol):
 
     name = "sequential"
     runs_as_processes = True
+    reports_turns = True
     order = 0
 
     def __init__(self, *args, **kwargs):
@@ -30,6 +31,7 @@ class SequentialRelay(Protocol):
                 self._pass_weights(self.last, k)
             for idx in batches:
                 step(self.models[k], k, idx)
+            self.roster.end_turn(k)
             self._turn = k
         self._settle_turn()
 
@@ -69,7 +71,10 @@ class SequentialRelay(Protocol):
         return len(self.clients) - 1  # the last turn of every epoch is its
 
     def rejoin(self, k):
-        """Nothing to send now: the hospital before it in the relay hands it the weights at its turn."""
+        """Nothing to send now: the hospital before it in the relay hands it the weights at its turn.
+        An epoch starts with the weights at the history keeper (the last turn of every epoch is its),
+        which a restarted process, built afresh, learns here."""
+        self.last = self.history_keeper()
 
     def eval_model(self):
         return self.models[self.last]
