@@ -69,13 +69,10 @@ wheel-check: setup
 # Three pytest workers by default (pytest-xdist) on a 2-core machine: the process-level tests
 # spend much of their time waiting (for a timeout, a FLARE site, a party's start-up: the two
 # timeout tests used 35 s of CPU in 109 s), so a third worker fills the idle time. TEST_WORKERS=0 runs
-# everything in one process. --dist load hands out the first quarter of the (slow-first) list
-# round-robin, then two tests at a time to whichever worker is free, so the slow tests run on every
-# worker at once from the start (worksteal gave one worker all of them and left some to the end).
-# The slowest tests are listed at the end.
+# everything in one process. The slowest tests are listed at the end.
 TEST_WORKERS ?= 3
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist load --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=25 $(PYTEST_ARGS)
 
 # The quick tier for day-to-day work: everything not marked slow (no party processes, no FLARE sites).
 test-fast: setup
