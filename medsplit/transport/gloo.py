@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import threading
 import time
 
 import torch.distributed as dist
