@@ -16,9 +16,11 @@ without waiting for its answer and each hospital reports its outcome back (the s
 from __future__ import annotations
 
 import threading
+import time
 import traceback
+from collections.abc import Callable
 
-from medsplit.flare.transport import Inbox, site_went_away
+from medsplit.flare.transport import Inbox, SiteGone, site_went_away
 
 
 def root_message(e: BaseException) -> str:
@@ -105,7 +107,8 @@ class HospitalCalls:
                 except Exception:
                     pass
 
-    def wait(self, server_failed: bool, timeout: float, departed: set[str]) -> dict[str, str]:
+    def wait(self, server_failed: bool, timeout: float, departed: set[str],
+             check_alive: Callable[[str], None] | None = None, check_every: float = 2.0) -> dict[str, str]:
         """Wait for the hospitals' calls; the errors that fail the job (site -> message).
 
         Args:
@@ -116,14 +119,31 @@ class HospitalCalls:
             timeout: seconds a site may wait for a message.
             departed: the sites the run went on without (the server's roster): not waited for,
                 and their failure is not the job's when they went away.
+            check_alive: raises :class:`~medsplit.flare.transport.SiteGone` for a site FLARE
+                cannot reach (asked every ``check_every`` seconds of a bounded wait): a site whose
+                process died is named at once, not after ``timeout``.
         """
         bounded = server_failed or self.tolerant
+        unreachable: dict[str, str] = {}
         for site, t in self._threads.items():
-            if site not in departed:
-                t.join(timeout if bounded else None)
+            if site in departed:
+                continue
+            if not bounded:
+                t.join()
+                continue
+            deadline = time.monotonic() + timeout
+            while t.is_alive() and time.monotonic() < deadline:
+                t.join(min(check_every, max(deadline - time.monotonic(), 0.0)))
+                if t.is_alive() and check_alive is not None:
+                    try:
+                        check_alive(site)
+                    except SiteGone as e:
+                        unreachable[site] = str(e)
+                        break
         failed = {s: m for s, m in self.errors.items() if not (s in departed and s in self.went_away)}
         for site, t in self._threads.items():
             if site not in departed and t.is_alive() and site not in failed:
-                failed[site] = (f"did not finish within {timeout:.0f} s after the server "
-                                f"{'stopped' if server_failed else 'finished'} (site process gone?)")
+                failed[site] = unreachable.get(site) or (
+                    f"did not finish within {timeout:.0f} s after the server "
+                    f"{'stopped' if server_failed else 'finished'} (site process gone?)")
         return failed

@@ -40,8 +40,9 @@ from medsplit.train.records import json_default
 
 #: Simulator only: a folder holding each site's kit-like folder (``<site>/local/medsplit_policy.yaml``).
 POLICY_ROOT_ENV = "MEDSPLIT_SITE_KITS"
-#: Runs that go on without a hospital that dropped out: while a site waits on another (a message
-#: from it, or its answer to a delivery), it asks FLARE this often (seconds) whether that site is still there.
+#: While a site waits on another (a message from it, or its answer to a delivery), it asks FLARE this
+#: often (seconds) whether that site is still there: a site whose process died is found in seconds,
+#: not after the job's timeout (and a run that may lose hospitals goes on without it).
 CHECK_ALIVE_S = 2.0
 
 
@@ -106,7 +107,7 @@ class MedsplitServer(InboxSite):
         timeout = float(job.get("timeout_s", 120))
         tolerant = _may_lose_hospitals(cfg)
         transport = FlareTransport("server", site_of, proxies, self.inbox, timeout=timeout,
-                                   check_alive_s=CHECK_ALIVE_S if tolerant else None)
+                                   check_alive_s=CHECK_ALIVE_S, hospitals_may_leave=tolerant)
         calls = HospitalCalls(sites, proxies, self.inbox, float(job.get("job_timeout_s", 86400)), tolerant, self.outcomes)
         calls.start()
         departed: list[int] = []  # the hospitals the server's roster let go (split.min_hospitals)
@@ -118,7 +119,7 @@ class MedsplitServer(InboxSite):
             server_error = root_message(e)
             calls.stop_others("server", server_error)
         gone = {sites[k] for k in departed}
-        errors = calls.wait(server_error is not None, timeout, gone)
+        errors = calls.wait(server_error is not None, timeout, gone, transport.check_alive)
         if server_error is not None:
             errors = {"server": server_error, **errors}
         if errors:
@@ -217,7 +218,7 @@ class MedsplitHospital(InboxSite):
             guard = HospitalGuard.build(site, defences, seed=cfg.train.seed + k, log=lambda m: print(f"[{site}] {m}", flush=True))
         proxies = {"server": collab.server, **{c.name: c for c in collab.other_clients}}
         transport = FlareTransport(client_party(k), site_of, proxies, self.inbox, timeout=float(job.get("timeout_s", 120)),
-                                   check_alive_s=CHECK_ALIVE_S if _may_lose_hospitals(cfg) else None)
+                                   check_alive_s=CHECK_ALIVE_S, hospitals_may_leave=_may_lose_hospitals(cfg))
         record = run_site_party(cfg, client_party(k), transport, _site_root(job, site), own_data=bool(job.get("own_data")),
                                 resume=bool(job.get("resume")), guard=guard)
         if record is not None:

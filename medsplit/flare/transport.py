@@ -197,15 +197,17 @@ class FlareTransport(Transport):
         timeout: seconds a receive (and a send's delivery) waits before naming the silent site.
         check_alive_s: while a receive waits, ask FLARE every this many seconds whether the silent
             site is still there (:meth:`check_alive`), so a site whose process died is found in
-            seconds, not after ``timeout`` (``None``: never; runs that go on without a hospital
-            that dropped out, ``split.min_hospitals``, ask).
+            seconds, not after ``timeout`` (``None``: never).
+        hospitals_may_leave: the run goes on without a hospital that went away
+            (``split.min_hospitals``): a send to a site that went away does not raise, the next
+            receive from that site does (see :meth:`_send`), as over gloo.
     """
 
     def __init__(self, name: str, site_of: dict[str, str], proxies: dict, inbox: Inbox, timeout: float = 120.0,
-                 check_alive_s: float | None = None):
+                 check_alive_s: float | None = None, hospitals_may_leave: bool = False):
         super().__init__(name)
         self.site_of, self.proxies, self.inbox, self.timeout = dict(site_of), dict(proxies), inbox, timeout
-        self.check_alive_s = check_alive_s
+        self.check_alive_s, self.hospitals_may_leave = check_alive_s, hospitals_may_leave
         self.site = self.site_of.get(name, name)
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -237,10 +239,20 @@ class FlareTransport(Transport):
                 deliver()
             else:
                 self._while_alive(site, deliver)
-        except SiteGone:
-            raise
         except Exception as e:
-            raise TransportError(f"{self.name}: sending message #{seq} to site {site} ({receiver}) failed: {e}") from e
+            error = e if isinstance(e, SiteGone) else TransportError(
+                f"{self.name}: sending message #{seq} to site {site} ({receiver}) failed: {e}")
+            if self.hospitals_may_leave and (isinstance(e, SiteGone) or site_went_away(e)):
+                # A run that may lose a hospital treats a delivery to a site that went away as a
+                # gloo send to a dead peer: the message is lost and the next receive from that site
+                # says it left. So whether a step counts is decided by what this party received,
+                # not by whether the dead site's acknowledgement of its last message got back
+                # before it died (a race: the site may have taken the message and then died).
+                self.inbox.fail(site, str(error).splitlines()[0], stops_run=False)
+                return
+            if error is e:
+                raise
+            raise error from e
 
     def _while_alive(self, site: str, call) -> None:
         """``call()`` (a delivery to ``site``), asking FLARE whether ``site`` is still there while

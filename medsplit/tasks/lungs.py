@@ -93,11 +93,16 @@ class LungSegmentationTask(Task):
 
     @classmethod
     def loss_function(cls, settings: TaskSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        from monai.losses import DiceLoss  # monai takes seconds to import: only for the lung task's loss
-
-        dice = DiceLoss(sigmoid=True)
+        # Built at the first call: monai takes seconds to import, and a party process that never
+        # computes the loss (the server of a U-shaped split) need not pay for it.
+        dice = None
 
         def dice_plus_bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            nonlocal dice
+            if dice is None:
+                from monai.losses import DiceLoss  # seconds to import: see above
+
+                dice = DiceLoss(sigmoid=True)
             output = output.float()
             return dice(output, target) + F.binary_cross_entropy_with_logits(output, target)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from medsplit import __version__
 from medsplit.atomic import write_atomic
-from medsplit.report.run_report import build_run_report
 from medsplit.train.console import final_line
 from medsplit.train.records import json_default
 from medsplit.uncertainty import test_intervals
@@ -52,6 +51,10 @@ def write_outputs(run_dir: Path, reports_dir: Path, result: dict, task, model, s
     examples = task.report_examples(model, result["test"])
     if examples is not None:
         record["examples"] = examples
+    # The report draws with matplotlib, which takes a third of a second to import: only the
+    # process that writes the report (one per run) pays for it, not every party process.
+    from medsplit.report.run_report import build_run_report
+
     # Both written atomically: a kill mid-write leaves the previous report, never half of one.
     html = write_atomic(reports / f"{name}.html", build_run_report(record).render())
     if not quiet:

@@ -5,37 +5,14 @@ gloo give the same numbers. Tiny synthetic images, one thread per process; proce
 what is left of their parties in a ``finally`` (launch_local's own) and check none is left.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 
-from medsplit.config import ConfigError, load_config
+from medsplit.config import ConfigError
 from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
 from medsplit.train.roster import DropoutError
+from dropout_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny
 from party_processes import party_pids
-
-
-def _tiny(tmp_path, task, protocol, *extra, clients=3):
-    if task == "retinopathy":
-        base = ["task=retinopathy", "data.synthetic_size=72", "data.img_size=32", "model.name=resnet18",
-                "train.batch_size=8", "train.eval_batch_size=64", "split.cut=3"]
-    else:
-        base = ["task=lungs", "data.synthetic_size=48", "data.img_size=32", "model.name=unet-smp",
-                "train.batch_size=4", "train.eval_batch_size=16", "split.cut=1"]
-    return load_config(None, base + [
-        "data.source=synthetic", "data.augment=true", "train.epochs=3", "train.threads=1", "output.tensorboard=false",
-        f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache",
-        f"split.protocol={protocol}", f"split.clients={clients}", "split.timeout_s=60", *extra])
-
-
-def _metrics(run_dir):
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
-
-
-def _history(m):
-    return [(r["epoch"], r["client"], r.get("train_loss"), r.get("val_loss"), r.get("hospitals")) for r in m["history"]]
 
 
 def _weights_bytes(m, epoch):
