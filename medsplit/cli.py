@@ -102,6 +102,8 @@ def build_parser(command: str | None = None) -> CommandParser:
     p.add_argument("--data", required=True, help="this hospital's own data folder (any supported layout); all of its training rows are used")
     p.add_argument("--run-dir", default=None, help="where this hospital keeps its checkpoints and (if it evaluates) the report")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (every party must resume)")
+    p.add_argument("--rejoin", action="store_true", help="this hospital left a run that goes on without it "
+                   "(split.min_hospitals): rejoin it at the next epoch's start with the current weights")
 
     if command == "party":  # internal, so not listed: what `train` with split.transport=gloo starts, one per party
         p = sub.add_parser("party", description="Internal: one party of a run that `medsplit train` launched "
@@ -278,7 +280,8 @@ def _party(args) -> int:
                     raise ConfigError(f"--rank {rank}: hospitals take ranks 1..K (rank 0 is the server)")
             cfg = load_config(args.config, overrides)
             run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output.runs_dir) / cfg.run_name()
-            run_party(cfg, rank, run_dir, own_data=own_data, resume=args.resume, quiet=False)
+            run_party(cfg, rank, run_dir, own_data=own_data, resume=args.resume, quiet=False,
+                      rejoin=getattr(args, "rejoin", False))  # join only: the server cannot rejoin
     except Exception as e:  # noqa: BLE001 - every failure is reported, then the process exits
         print(f"medsplit {args.command}: error: {e}", file=sys.stderr, flush=True)
         code = 3

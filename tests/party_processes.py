@@ -31,19 +31,31 @@ def spawn(args, log, env=None) -> subprocess.Popen:
                             cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
-def run_all(cmds, tmp_path, timeout=300) -> tuple[list[int], list[str]]:
+def run_all(cmds, tmp_path, timeout=300, restart=None) -> tuple[list[int], list[str]]:
     """Run every ``(args, env)`` of ``cmds`` at once until all exit (at most ``timeout`` s in all);
-    returns their exit codes and logs. Whatever is still running afterwards is killed."""
+    returns their exit codes and logs. ``restart`` (index -> ``(args, env)``): started once when
+    command ``index`` has exited, as an operator restarts a hospital; its code and log come last.
+    Whatever is still running afterwards is killed."""
     procs, logs = [], []
+    pending = dict(restart or {})
+
+    def start(args, env):
+        log = open(tmp_path / f"p{len(procs)}.log", "w")
+        logs.append(log)
+        procs.append(spawn(args, log, env))
+
     try:
-        for i, (args, env) in enumerate(cmds):
-            log = open(tmp_path / f"p{i}.log", "w")
-            logs.append(log)
-            procs.append(spawn(args, log, env))
+        for args, env in cmds:
+            start(args, env)
         deadline = time.time() + timeout
-        for p in procs:
-            p.wait(timeout=max(1, deadline - time.time()))
-        return [p.returncode for p in procs], [(tmp_path / f"p{i}.log").read_text() for i in range(len(cmds))]
+        while any(p.poll() is None for p in procs) or pending:
+            for i in [i for i in pending if procs[i].poll() is not None]:
+                start(*pending.pop(i))
+            if time.time() > deadline:
+                raise TimeoutError(f"commands still running after {timeout} s: "
+                                   f"{[i for i, p in enumerate(procs) if p.poll() is None]}")
+            time.sleep(0.2)
+        return [p.returncode for p in procs], [(tmp_path / f"p{i}.log").read_text() for i in range(len(procs))]
     finally:
         for p in procs:
             if p.poll() is None:

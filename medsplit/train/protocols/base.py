@@ -167,7 +167,15 @@ class Protocol:
         return 0
 
     def rejoin(self, k: int) -> None:
-        """Hospital ``k`` takes part again: it continues from the current client weights (and, with
+        """Hospital ``k`` takes part again (see :meth:`_take_back`). Under ``local`` its own
+        optimiser starts afresh: its state left with it, as a restarted process has none, so the
+        in-process schedule and a restart across processes give the same numbers."""
+        self._take_back(k)
+        if self.optimizer_handover == "local" and self.channel.hosts(self.clients[k].name):
+            self.clients[k].clear_optimizer_state()
+
+    def _take_back(self, k: int) -> None:
+        """What a rejoining hospital ``k`` is given: the current client weights (and, with
         ``carry``, optimiser state), which the aggregator sends it."""
         self._hand_over(self.clients[self._rejoin_source(k)], self.clients[k], via="aggregator")
 

@@ -70,7 +70,7 @@ class SequentialRelay(Protocol):
     def history_keeper(self):
         return len(self.clients) - 1  # the last turn of every epoch is its
 
-    def rejoin(self, k):
+    def _take_back(self, k):
         """Nothing to send now: the hospital before it in the relay hands it the weights at its turn.
         An epoch starts with the weights at the history keeper (the last turn of every epoch is its),
         which a restarted process, built afresh, learns here."""

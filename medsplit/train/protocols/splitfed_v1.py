@@ -70,7 +70,7 @@ class SplitFedV1(SplitFed):
         self._fedavg(counts)
         self._average(*self._present(self.servers, counts), MAIN_SERVER, links=SERVER_LINKS)
 
-    def rejoin(self, k):
+    def _take_back(self, k):
         """Hospital ``k`` and its server copy continue from the current weights of both."""
-        super().rejoin(k)
+        super()._take_back(k)
         self._hand_over(self.servers[self._rejoin_source(k)], self.servers[k], via=MAIN_SERVER, links=SERVER_LINKS)
