@@ -163,23 +163,11 @@ def client_check_in(store, mine: dict, timeout_s: float, secret: bytes | None, d
         TransportError: the server refused the run (its reason), gave no verdict in time, its
             verdict is not authenticated, or this party's rank is held by another process.
     """
+    n, verdict = _post_and_await(store, ARRIVALS, RECORD, VERDICT, mine, timeout_s if deadline is None else
+                                 max(0.5, deadline - time.monotonic()), secret, what="check-in verdict",
+                                 late=f"the server gave no check-in verdict within {timeout_s:g} s (split.timeout_s)",
+                                 refused="the server refused this run", read_counter=READ)
     name = mine["name"]
-    n = store.add(ARRIVALS, 1)
-    store.set(RECORD.format(n), _encode(mine, secret))
-    try:
-        left = timeout_s if deadline is None else max(0.5, deadline - time.monotonic())
-        store.wait([VERDICT], datetime.timedelta(seconds=left))
-        raw = store.get(VERDICT)
-    except Exception as e:  # noqa: BLE001 - the store raises several C++ error types
-        raise TransportError(f"{name} (rank {mine['rank']}): the server gave no check-in verdict within "
-                             f"{timeout_s:g} s (split.timeout_s): {e}") from e
-    store.add(READ, 1)
-    verdict, signed = _decode(raw, secret)
-    if not signed or verdict.get("malformed"):
-        raise TransportError(f"{name}: the check-in verdict in the rendezvous store is not authenticated by "
-                             "split.secret_file's secret (another server, or a process without the secret wrote it)")
-    if not verdict.get("ok"):
-        raise TransportError(f"{name}: the server refused this run: {verdict.get('reason')}")
     holder = verdict.get("holders", {}).get(str(mine["rank"]))
     if holder != n:
         raise TransportError(f"{name}: rank {mine['rank']} is already taken by "
@@ -205,22 +193,41 @@ def request_rejoin(store, mine: dict, wait_s: float, secret: bytes | None) -> di
     Raises:
         TransportError: refused (the server's reason), no answer in time, or not authenticated.
     """
+    _, answer = _post_and_await(store, REJOINS, REJOIN_RECORD, REJOIN_ANSWER, mine, wait_s, secret,
+                                what="answer to its rejoin request",
+                                late=f"the server did not admit this restarted party within {wait_s:g} s "
+                                     "(it answers at the next epoch boundary)",
+                                refused="the server refused to let it rejoin")
+    return answer
+
+
+def _post_and_await(store, counter: str, record_key: str, answer_key: str, mine: dict, wait_s: float,
+                    secret: bytes | None, what: str, late: str, refused: str,
+                    read_counter: str | None = None) -> tuple[int, dict]:
+    """Post ``mine`` (signed) as arrival ``n`` of ``counter`` and wait up to ``wait_s`` for the
+    server's signed answer (``answer_key``, formatted with ``n`` where it has a ``{}``); returns
+    ``(n, answer)``. ``read_counter``: counted up once the answer is read, whatever it says (a
+    refusing server waits for that before its store goes). Raises :class:`TransportError` naming
+    this party: no answer in time (``late``), an answer not signed with the run's secret, or a
+    refusal (``refused``: its reason)."""
     name = mine["name"]
-    n = store.add(REJOINS, 1)
-    store.set(REJOIN_RECORD.format(n), _encode(mine, secret))
+    n = store.add(counter, 1)
+    store.set(record_key.format(n), _encode(mine, secret))
+    key = answer_key.format(n)
     try:
-        store.wait([REJOIN_ANSWER.format(n)], datetime.timedelta(seconds=wait_s))
-        raw = store.get(REJOIN_ANSWER.format(n))
+        store.wait([key], datetime.timedelta(seconds=wait_s))
+        raw = store.get(key)
     except Exception as e:  # noqa: BLE001 - the store raises several C++ error types
-        raise TransportError(f"{name} (rank {mine['rank']}): the server did not admit this restarted party within "
-                             f"{wait_s:g} s (it answers at the next epoch boundary): {e}") from e
+        raise TransportError(f"{name} (rank {mine['rank']}): {late}: {e}") from e
+    if read_counter is not None:
+        store.add(read_counter, 1)
     answer, signed = _decode(raw, secret)
     if not signed or answer.get("malformed"):
-        raise TransportError(f"{name}: the server's answer to its rejoin request is not authenticated by "
+        raise TransportError(f"{name}: the {what} in the rendezvous store is not authenticated by "
                              "split.secret_file's secret (another server, or a process without the secret wrote it)")
     if not answer.get("ok"):
-        raise TransportError(f"{name}: the server refused to let it rejoin: {answer.get('reason')}")
-    return answer
+        raise TransportError(f"{name}: {refused}: {answer.get('reason')}")
+    return n, answer
 
 
 def rejoin_requests(store, seen: int, mine: dict, names: dict[int, str], secret: bytes | None) -> list[tuple[int, dict, list[str]]]:
