@@ -26,7 +26,7 @@ from medsplit.config import load_config
 from medsplit.config.dropout_schedule import parse_dropout
 from medsplit.results.studies import mean_interval
 from medsplit.train.loop import train
-from medsplit.train.party_run import FAULT_ENV
+from medsplit.train.fault_injection import FAULT_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

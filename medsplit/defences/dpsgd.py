@@ -45,7 +45,6 @@ from torch import nn
 
 from medsplit.defences.group_privacy import patient_epsilon
 from medsplit.defences.registry import DefenceSetting, DefenceSpec
-from medsplit.defences.sampling import poisson_batch  # noqa: F401  (re-exported: the sampling DP-SGD needs)
 from medsplit.split.split_model import SplitModel
 
 # opacus is imported where it is used: importing it takes over a second, and the defence

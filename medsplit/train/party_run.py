@@ -21,7 +21,7 @@ from medsplit.transport.base import TransportError
 from medsplit.split.codecs import codecs_for
 from medsplit.tasks import TASKS, TaskSettings, make_task
 from medsplit.train.checkpoint import load_checkpoint
-from medsplit.train.fault_injection import FAULT_ENV, fault_hook  # noqa: F401 - FAULT_ENV: where tests look it up
+from medsplit.train.fault_injection import fault_hook
 from medsplit.train.party_membership import Membership
 from medsplit.train.party_control import Control, handshake
 from medsplit.train.party_plan import AGGREGATOR, SERVER

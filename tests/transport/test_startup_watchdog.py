@@ -91,7 +91,7 @@ def test_a_config_mismatch_names_the_keys_that_differ():
     other = {"config_hash": config_hash(cfg), "config_keys": config_key_hashes(cfg)}
     out, _ = _open_all([_party("server"), _party("client0", checkin=other), _party("client1")], stagger_s=0.3)
     server = str(out[0])
-    assert f"client0 (rank 1, host" in server and f"has config hash {other['config_hash']}, the server {CHECKIN['config_hash']}" in server
+    assert "client0 (rank 1, host" in server and f"has config hash {other['config_hash']}, the server {CHECKIN['config_hash']}" in server
     assert "the configs differ in split.cut, train.lr" in server  # data.source is a site's own: not compared
     assert "the server refused this run" in str(out[1]) and "train.lr" in str(out[1])
 
@@ -133,7 +133,6 @@ def test_a_party_without_the_shared_secret_is_refused_and_named(server_secret, c
 
 def test_parties_with_the_same_secret_form_the_group_and_authenticate_every_frame():
     ranks = {"server": 0, "client0": 1}
-    out, _ = {}, None
     address = f"127.0.0.1:{free_port()}"
     ends = {}
     threads = [threading.Thread(target=lambda n=n: ends.__setitem__(n, GlooTransport(n, ranks, address, 20, checkin=CHECKIN, secret=b"s" * 32)),
