@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="64")
     ap.add_argument("--protocols", default="sequential,splitfed")
     ap.add_argument("--codecs", default="none,int8", help="split.compress_activations values (gradients stay fp32)")
-    ap.add_argument("--profiles", default=",".join(PROFILES), help=f"from {', '.join(PROFILES)}")
+    ap.add_argument("--profiles", default=",".join(PROFILES), help=f"from {', '.join(PROFILES)}".replace("%", "%%"))  # argparse %-formats help
     ap.add_argument("--steps", type=int, default=4, help="timed batches per hospital")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--model", default="resnet34")
