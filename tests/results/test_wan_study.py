@@ -32,13 +32,20 @@ def test_every_committed_wan_file_is_in_the_one_table():
     assert any(r["x in-process"] for r in studies[0].rows)
 
 
-def test_the_corrected_model_is_within_15_percent_of_every_quiet_shaped_epoch():
-    """Issue 31's target for the link-time model, read from the committed quiet runs (load below 3):
-    the model as written misses one of them, the corrected one (two one-way delays per message) none."""
+def test_the_corrected_model_is_within_15_percent_of_every_quiet_unpipelined_epoch_and_above_the_pipelined_ones():
+    """Issue 31's target for the link-time model, read from the committed quiet runs (load below 3).
+    Without micro-batches the model as written misses one of them, the corrected one (two one-way
+    delays per message) none. With micro-batches the link partly hides behind compute, which the
+    model does not count: there it is an upper bound, and the measured epochs lie below it (the
+    furthest, SplitFed with two micro-batches, 15.4 % below: outside the 15 %)."""
     import json
 
-    rows = [r for p in sorted(RESULTS.glob("wan*quiet*.json")) for r in json.loads(p.read_text())["rows"]
-            if "corrected_error_pct" in r and r["load_before"][0] < 3]
-    assert len(rows) == 15
-    assert sum(abs(r["error_pct"]) > 15 for r in rows) == 1
-    assert max(abs(r["corrected_error_pct"]) for r in rows) <= 15
+    rows = [(json.loads(p.read_text()).get("microbatches", 1), r) for p in sorted(RESULTS.glob("wan*quiet*.json"))
+            for r in json.loads(p.read_text())["rows"] if "corrected_error_pct" in r and r["load_before"][0] < 3]
+    plain = [r for m, r in rows if m == 1]
+    pipelined = [r for m, r in rows if m > 1]
+    assert len(plain) == 14 and len(pipelined) == 3
+    assert sum(abs(r["error_pct"]) > 15 for r in plain) == 1
+    assert max(abs(r["corrected_error_pct"]) for r in plain) <= 15
+    assert all(r["epoch_s"] < r["predicted_corrected_epoch_s"] for r in pipelined)
+    assert min(r["corrected_error_pct"] for r in pipelined) < -15  # the target is missed there, and said so
