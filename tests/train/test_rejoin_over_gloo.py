@@ -14,7 +14,7 @@ from party_processes import party_pids, run_all
 @pytest.mark.slow
 @pytest.mark.parametrize("task,protocol,handover", [
     ("retinopathy", "splitfed", "carry"),  # the aggregator's averaged optimiser state reaches the restart
-    ("lungs", "sequential", "local"),  # each hospital keeps its own Adam moments: the restart's start afresh
+    ("lungs", "sequential", "local"),  # each hospital keeps its own Adam moments: the restarted one's start afresh
 ])
 def test_a_restarted_hospital_rejoins_with_the_current_weights_and_equals_the_schedule(tmp_path, task, protocol, handover):
     # it leaves in epoch 1; its restart is admitted at the start of epoch 2, 3 or 4
