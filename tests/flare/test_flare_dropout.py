@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from dropout_runs import history_rows as _history, tiny_federation
+from tiny_runs import history_rows as _history, tiny_federation
 from flare_jobs import run_simulator_bounded
 from medsplit.config import ConfigError
 from medsplit.flare.transport import Inbox, RefusedSite, RunStopped, SiteGone, site_went_away
@@ -25,7 +25,7 @@ SITES = ["hospital-a", "hospital-b", "hospital-c"]
 
 
 def _tiny(tmp_path, task, protocol, *extra):
-    """Three hospitals, two epochs, any two of them enough (tests/dropout_runs.py's runs)."""
+    """Three hospitals, two epochs, any two of them enough (tests/tiny_runs.py's runs)."""
     return tiny_federation(tmp_path, task, protocol, "split.min_hospitals=2", *extra, epochs=2)
 
 

@@ -11,7 +11,7 @@ from medsplit.config import ConfigError
 from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
 from medsplit.train.roster import DropoutError
-from dropout_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny
+from tiny_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny
 from party_processes import party_pids
 
 

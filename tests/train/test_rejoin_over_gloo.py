@@ -7,7 +7,7 @@ import pytest
 from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
 from medsplit.transport.gloo import free_port
-from dropout_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny, tiny_federation_overrides
+from tiny_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny, tiny_federation_overrides
 from party_processes import party_pids, run_all
 
 

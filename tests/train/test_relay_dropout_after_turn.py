@@ -11,7 +11,7 @@ import pytest
 from medsplit.train.launch import launch_local
 from medsplit.train.loop import train
 from party_processes import party_pids
-from dropout_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny
+from tiny_runs import history_rows as _history, run_metrics as _metrics, tiny_federation as _tiny
 
 
 @pytest.mark.slow

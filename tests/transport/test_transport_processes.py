@@ -4,9 +4,7 @@ Every test starts real ``python -m medsplit`` processes and kills whatever is le
 ``finally``, even when an assertion fails. Tiny synthetic images, one thread per process.
 """
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,26 +14,18 @@ from medsplit.train.loop import train
 from medsplit.transport import framing
 from medsplit.transport.gloo import free_port
 from party_processes import party_pids, run_all
+from tiny_runs import run_metrics as _metrics, tiny_federation_overrides
 
 pytestmark = pytest.mark.slow
 
 
+# Two hospitals, two epochs, and fewer, larger batches than the dropout tests' runs.
+_SIZES = {"retinopathy": ["data.synthetic_size=64", "train.batch_size=16"],
+          "lungs": ["data.synthetic_size=32", "train.batch_size=8"]}
+
 
 def _tiny(tmp_path, task, protocol, *extra):
-    if task == "retinopathy":
-        base = ["task=retinopathy", "data.synthetic_size=64", "data.img_size=32", "model.name=resnet18",
-                "train.batch_size=16", "train.eval_batch_size=64", "split.cut=3"]
-    else:
-        base = ["task=lungs", "data.synthetic_size=32", "data.img_size=32", "model.name=unet-smp",
-                "train.batch_size=8", "train.eval_batch_size=16", "split.cut=1"]
-    base += ["data.source=synthetic", "data.augment=true", "train.epochs=2", "train.threads=1", "output.tensorboard=false",
-             f"output.runs_dir={tmp_path}/runs", f"output.reports_dir={tmp_path}/reports", f"data.cache_dir={tmp_path}/cache",
-             f"split.protocol={protocol}", "split.clients=2", "split.timeout_s=60"]
-    return base + list(extra)
-
-
-def _metrics(run_dir):
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+    return tiny_federation_overrides(tmp_path, task, protocol, *_SIZES[task], *extra, clients=2, epochs=2)
 
 
 def _history(m):

@@ -1,6 +1,6 @@
-"""The tiny runs every dropout and rejoin test shares (tests/train/test_dropout.py and its
-neighbours, tests/flare/test_flare_dropout.py): three hospitals on tiny synthetic images, one
-thread per process, so the in-process schedule and the killed process can be compared number for
+"""The tiny runs the process-level tests share (dropout and rejoin over gloo, FLARE and
+serve/join; the gloo equality and failure tests): hospitals on tiny synthetic images, one thread
+per process, so a run across processes and its in-process twin can be compared number for
 number."""
 
 import json
