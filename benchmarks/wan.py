@@ -1,6 +1,7 @@
 """Split training over emulated hospital links: epoch time, bytes and per-link throughput of the
 relay (``split.protocol=sequential``) and SplitFed, with fp32 and int8 activations
-(``split.compress_activations``), measured with the server and each hospital in its own network
+(``split.compress_activations``; ``--codecs int8/int8`` compresses the returned gradients too,
+``split.compress_gradients``), measured with the server and each hospital in its own network
 namespace and set beside the link-time model's prediction (``benchmarks/link_time.py``).
 
 Links (:mod:`medsplit.netem.topology`): each hospital's veth pair to the router namespace is
@@ -179,7 +180,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="64")
     ap.add_argument("--protocols", default="sequential,splitfed")
-    ap.add_argument("--codecs", default="none,int8", help="split.compress_activations values (gradients stay fp32)")
+    ap.add_argument("--codecs", default="none,int8",
+                    help="per run ACT (split.compress_activations; gradients go back in fp32) or ACT/GRAD "
+                         "(split.compress_gradients too), e.g. none,int8,int8/int8")
     ap.add_argument("--profiles", default=",".join(PROFILES), help=f"from {', '.join(PROFILES)}".replace("%", "%%"))  # argparse %-formats help
     ap.add_argument("--steps", type=int, default=4, help="timed batches per hospital")
     ap.add_argument("--batch", type=int, default=16)
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
     model = link_time_model()
     if args.reanalyse:
         result = json.loads(args.reanalyse.read_text())
-        _compare.derive(result["rows"], model)
+        _compare.derive(result["rows"], model, result.get("microbatches") or 1)
         _compare.write(result, args.reanalyse)
         return 0
 
@@ -260,13 +263,13 @@ def main(argv=None) -> int:
                 probed.add("direct")
                 rows.append({**key, "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **direct,
                              "links": _compare.link_rows(_compare.directed_links(direct["parties"]))})
-                _compare.derive(rows, model)
+                _compare.derive(rows, model, settings.microbatches)
                 _compare.print_row(rows[-1])
                 if args.inprocess_baseline:
                     rows.append({**key, "profile": "in-process", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0,
                                  "method": "none", "load_before": os.getloadavg(),
                                  **inprocess_epoch(settings, protocol, codec, size), "links": []})
-                    _compare.derive(rows, model)
+                    _compare.derive(rows, model, settings.microbatches)
                     _compare.print_row(rows[-1])
                 if args.relay_cost:
                     zero = measure(settings, [Link()] * len(NAMES), "delayer", protocol, codec,
@@ -274,7 +277,7 @@ def main(argv=None) -> int:
                     probed.add("delayer-0")
                     rows.append({**key, "profile": "direct+delayer-0ms", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **zero,
                                  "links": _compare.link_rows(_compare.directed_links(zero["parties"]))})
-                    _compare.derive(rows, model)
+                    _compare.derive(rows, model, settings.microbatches)
                     _compare.print_row(rows[-1])
                 for profile in profiles:
                     rate, rtt, loss = PROFILES[profile]
@@ -282,7 +285,7 @@ def main(argv=None) -> int:
                     probed.add(profile)
                     rows.append({**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
                                  "links": _compare.link_rows(_compare.directed_links(got["parties"]))})
-                    _compare.derive(rows, model)
+                    _compare.derive(rows, model, settings.microbatches)
                     _compare.print_row(rows[-1])
     result = {
         "benchmark": "wan", "model": args.model, "cut": args.cut, "hospitals": len(NAMES) - 1, "batch": args.batch,

@@ -11,6 +11,16 @@ import time
 NAMES = ("server", "client0", "client1")  # rank 0 the server, rank k + 1 hospital k
 
 
+def channel_codecs(codec: str):
+    """The channel's codecs for a benchmark codec spec: ``ACT`` compresses the activations only
+    (gradients go back in fp32), ``ACT/GRAD`` both (``split.compress_activations`` /
+    ``split.compress_gradients``), e.g. ``int8/int8``."""
+    from medsplit.split.codecs import codecs_for
+
+    activations, _, gradients = codec.partition("/")
+    return codecs_for(activations, gradients or "none")
+
+
 def timed_epoch(channel, ranks: set[int], protocol: str, codec: str, size: int, steps: int, batch: int,
                 model: str, cut_at: int, microbatches: int = 1, after_warm_up=None) -> float:
     """The parties of ``ranks`` (0 the server, k + 1 hospital k) on ``channel``: a warm-up epoch (1
@@ -62,14 +72,13 @@ def run_party(rank: int, address: str, protocol: str, codec: str, size: int, ste
     """Party ``rank`` of one measurement (see :func:`timed_epoch`); returns its epoch time and what
     crossed each link in the timed epoch."""
     from medsplit.split import Channel
-    from medsplit.split.codecs import codecs_for
     from medsplit.transport.gloo import GlooTransport
 
     name = NAMES[rank]
     ranks = {n: r for r, n in enumerate(NAMES)} | {"aggregator": 0}
     transport = GlooTransport(name, ranks, address, timeout_s=300)
     hosts = {"server", "aggregator"} if rank == 0 else {name}
-    channel = Channel(serialise=True, codecs=codecs_for(codec, "none"), transport=transport, local=frozenset(hosts))
+    channel = Channel(serialise=True, codecs=channel_codecs(codec), transport=transport, local=frozenset(hosts))
     try:
         before = {}
         seconds = timed_epoch(channel, {rank}, protocol, codec, size, steps, batch, model, cut_at, microbatches,
@@ -88,9 +97,8 @@ def run_inprocess(protocol: str, codec: str, size: int, steps: int, batch: int, 
     has): the in-process run a shaped epoch is compared with. Messages are still encoded and
     decoded (``serialise``), with the codec, as across processes."""
     from medsplit.split import Channel
-    from medsplit.split.codecs import codecs_for
 
-    channel = Channel(serialise=True, codecs=codecs_for(codec, "none"))
+    channel = Channel(serialise=True, codecs=channel_codecs(codec))
     return {"epoch_s": timed_epoch(channel, set(range(len(NAMES))), protocol, codec, size, steps, batch, model, cut_at)}
 
 

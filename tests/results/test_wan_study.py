@@ -32,21 +32,42 @@ def test_every_committed_wan_file_is_in_the_one_table():
     assert any(r["x in-process"] for r in studies[0].rows)
 
 
-def test_the_corrected_model_is_within_15_percent_of_every_quiet_unpipelined_epoch_and_above_the_pipelined_ones():
+def test_the_corrected_model_is_within_15_percent_of_every_quiet_shaped_epoch():
     """Issue 31's target for the link-time model, read from the committed quiet runs (load below 3).
-    Without micro-batches the model as written misses one of them, the corrected one (two one-way
-    delays per message) none. With micro-batches the link partly hides behind compute, which the
-    model does not count: there it is an upper bound, and the measured epochs lie below it (the
-    furthest, SplitFed with two micro-batches, 15.4 % below: outside the 15 %)."""
+    The model as written (one one-way delay per message) misses one unpipelined epoch; the
+    corrected one (two per message, one where micro-batches pipeline the sends) none. The 8
+    unpipelined runs measured after the correction was fitted (int8 gradients, 2026-12-07) are
+    within 15 % of it too."""
     import json
 
-    studies = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("wan*quiet*.json"))]
-    rows = [(study.get("microbatches", 1), r) for study in studies for r in study["rows"]
+    studies = [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob("wan*quiet*.json"))]
+    rows = [(name, study.get("microbatches", 1), r) for name, study in studies for r in study["rows"]
             if "corrected_error_pct" in r and r["load_before"][0] < 3]
-    plain = [r for m, r in rows if m == 1]
-    pipelined = [r for m, r in rows if m > 1]
-    assert len(plain) == 14 and len(pipelined) == 3
+    plain = [r for _, m, r in rows if m == 1]
+    pipelined = [r for _, m, r in rows if m > 1]
+    unseen = [r for name, m, r in rows if m == 1 and "int8-gradients" in name]
+    assert (len(plain), len(pipelined), len(unseen)) == (22, 8, 8)
     assert sum(abs(r["error_pct"]) > 15 for r in plain) == 1
-    assert max(abs(r["corrected_error_pct"]) for r in plain) <= 15
-    assert all(r["epoch_s"] < r["predicted_corrected_epoch_s"] for r in pipelined)
-    assert min(r["corrected_error_pct"] for r in pipelined) < -15  # the target is missed there, and said so
+    assert max(abs(r["corrected_error_pct"]) for r in plain + pipelined) <= 15
+    assert max(abs(r["corrected_error_pct"]) for r in unseen) <= 15
+
+
+def test_the_relay_over_100_mbit_20_ms_stays_above_the_issues_1_25x_target():
+    """The issue's speed target (relay, 128 px, CUT 3, int8, 100 Mbit/s 20 ms: at most 1.25x the
+    in-process epoch) is missed in the committed runs, and the docs say so: the best setting's
+    median (int8 both ways) is above 1.25x; one single run came in below it (its in-process epoch was
+the slowest of them)."""
+    import json
+    import statistics
+
+    ratios = {}
+    for p in sorted(RESULTS.glob("wan-128px*quiet*.json")):
+        study = json.loads(p.read_text())
+        for r in study["rows"]:
+            if r["protocol"] == "sequential" and r["profile"] == "100M-20ms" and "vs_inprocess" in r:
+                key = (r["codec"], study.get("microbatches", 1), bool(study.get("party_sysctls")))
+                ratios.setdefault(key, []).append(r["vs_inprocess"])
+    medians = {key: statistics.median(v) for key, v in ratios.items()}
+    assert 1.25 < min(medians.values()) < 1.3 and min(medians, key=medians.get)[0] == "int8/int8"
+    assert min(ratios[("int8", 1, False)]) > 1.4  # activations alone compressed: 1.45x
+    assert sum(r <= 1.25 for v in ratios.values() for r in v) == 1

@@ -115,6 +115,19 @@ def test_a_shaped_epoch_is_set_beside_the_in_process_epoch_of_the_same_settings(
 # ---- real namespaces --------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_a_codec_spec_compresses_the_activations_or_both_directions():
+    import torch
+
+    child = _module("wan_child")
+    x = {"a": torch.linspace(-1, 1, 1000).reshape(10, 100)}
+    for spec, wanted in (("int8", {"activation": "int8"}), ("int8/int8", {"activation": "int8", "gradient": "int8"}),
+                         ("none/fp16", {"gradient": "fp16"}), ("none", {})):
+        codecs = child.channel_codecs(spec)
+        assert {kind: codec.name for kind, codec in codecs.items()} == wanted, spec
+        for codec in codecs.values():  # lossy: what crosses is not what was sent
+            assert not torch.equal(codec.decode(codec.encode(x))["a"], x["a"])
+
+
 def test_stale_namespaces_and_failures_are_cleaned_up(netns):
     dead = f"{PREFIX}999999999-r"  # no such process: a killed run's leftover
     subprocess.run(["ip", "netns", "add", dead], check=True)
