@@ -38,8 +38,9 @@ hospitals, batch 16, synthetic images, one torch thread per party):
 
 Beside the model as written (one one-way delay per message) the table gives it with gloo's
 rendezvous (three per message): gloo's send waits for the receiver's ready notice, so a message
-whose receive is posted only once an earlier one has arrived (the rest of a frame over 1 MiB,
-medsplit.transport.framing.CHUNK_BYTES; the next message in the same direction; a receiver
+whose receive is posted only once an earlier one has arrived (the rest of a frame over one chunk,
+medsplit.transport.framing.CHUNK_BYTES: 4 MiB + 64 KiB, 1 MiB in result files without
+``chunk_bytes``; the next message in the same direction; a receiver
 still computing) pays a notice's one-way delay back and then its own. The gloo ping-pong
 column measures one 8-byte exchange per link. The first time a profile is used, a TCP probe (round trip, upload and download goodput) and an 8-byte
 gloo ping-pong run over it.
@@ -176,6 +177,11 @@ def measure(settings: Settings, links, method: str, protocol: str, codec: str, s
     return row
 
 
+def _chunk_bytes(rows: list[dict]) -> int | None:
+    """The gloo frames' chunk size the parties ran with (medsplit.transport.framing.CHUNK_BYTES)."""
+    return next((p["chunk_bytes"] for r in rows for p in r.get("parties", []) if "chunk_bytes" in p), None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="64")
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
     model = link_time_model()
     if args.reanalyse:
         result = json.loads(args.reanalyse.read_text())
-        _compare.derive(result["rows"], model, result.get("microbatches") or 1)
+        _compare.derive(result["rows"], model, result.get("microbatches") or 1, result.get("chunk_bytes"))
         _compare.write(result, args.reanalyse)
         return 0
 
@@ -263,13 +269,13 @@ def main(argv=None) -> int:
                 probed.add("direct")
                 rows.append({**key, "profile": "direct", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **direct,
                              "links": _compare.link_rows(_compare.directed_links(direct["parties"]))})
-                _compare.derive(rows, model, settings.microbatches)
+                _compare.derive(rows, model, settings.microbatches, _chunk_bytes(rows))
                 _compare.print_row(rows[-1])
                 if args.inprocess_baseline:
                     rows.append({**key, "profile": "in-process", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0,
                                  "method": "none", "load_before": os.getloadavg(),
                                  **inprocess_epoch(settings, protocol, codec, size), "links": []})
-                    _compare.derive(rows, model, settings.microbatches)
+                    _compare.derive(rows, model, settings.microbatches, _chunk_bytes(rows))
                     _compare.print_row(rows[-1])
                 if args.relay_cost:
                     zero = measure(settings, [Link()] * len(NAMES), "delayer", protocol, codec,
@@ -277,7 +283,7 @@ def main(argv=None) -> int:
                     probed.add("delayer-0")
                     rows.append({**key, "profile": "direct+delayer-0ms", "rate_bps": None, "rtt_s": 0.0, "loss": 0.0, **zero,
                                  "links": _compare.link_rows(_compare.directed_links(zero["parties"]))})
-                    _compare.derive(rows, model, settings.microbatches)
+                    _compare.derive(rows, model, settings.microbatches, _chunk_bytes(rows))
                     _compare.print_row(rows[-1])
                 for profile in profiles:
                     rate, rtt, loss = PROFILES[profile]
@@ -285,7 +291,7 @@ def main(argv=None) -> int:
                     probed.add(profile)
                     rows.append({**key, "profile": profile, "rate_bps": rate, "rtt_s": rtt, "loss": loss, **got,
                                  "links": _compare.link_rows(_compare.directed_links(got["parties"]))})
-                    _compare.derive(rows, model, settings.microbatches)
+                    _compare.derive(rows, model, settings.microbatches, _chunk_bytes(rows))
                     _compare.print_row(rows[-1])
     result = {
         "benchmark": "wan", "model": args.model, "cut": args.cut, "hospitals": len(NAMES) - 1, "batch": args.batch,
@@ -294,6 +300,8 @@ def main(argv=None) -> int:
         "shared_machine": "the CPU was shared with other sessions: timings are noisy; load averages are recorded per row",
         "profiles": {k: {"rate_bps": r, "rtt_s": t, "loss": l} for k, (r, t, l) in PROFILES.items()},
         "rows": rows, "elapsed_s": time.time() - started,
+        # the gloo frames' chunk size (medsplit.transport.framing.CHUNK_BYTES): files without it used 1 MiB
+        "chunk_bytes": _chunk_bytes(rows),
     }
     _compare.write(result, args.out)
     print(f"\n{time.time() - started:.0f} s. Wrote {args.out}")

@@ -72,6 +72,7 @@ def run_party(rank: int, address: str, protocol: str, codec: str, size: int, ste
     """Party ``rank`` of one measurement (see :func:`timed_epoch`); returns its epoch time and what
     crossed each link in the timed epoch."""
     from medsplit.split import Channel
+    from medsplit.transport import framing
     from medsplit.transport.gloo import GlooTransport
 
     name = NAMES[rank]
@@ -87,7 +88,7 @@ def run_party(rank: int, address: str, protocol: str, codec: str, size: int, ste
         for (direction, peer), s in sorted(transport.stats.items()):
             was = before.get((direction, peer), {"messages": 0, "payload_bytes": 0, "framing_bytes": 0, "seconds": 0.0})
             links.append({"direction": direction, "peer": peer, **{k: v - was[k] for k, v in s.as_dict().items()}})
-        return {"party": name, "epoch_s": seconds, "links": links}
+        return {"party": name, "epoch_s": seconds, "links": links, "chunk_bytes": framing.CHUNK_BYTES}
     finally:
         transport.close()
 

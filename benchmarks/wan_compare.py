@@ -33,18 +33,26 @@ GLOO_ONE_WAYS_PER_MESSAGE = 3
 #: bound (3). A fit, not a prediction: it was chosen after the quiet runs of 2026-12-07 showed the
 #: truth between the bounds (1: 14 of 15 shaped epochs within 15 %, 3: 14 of 15, 2: 15 of 15).
 GLOO_ONE_WAYS_CORRECTED = 2
-#: ... and where the parties pipeline micro-batches (``split.microbatches`` > 1): one. The
-#: pipelined schedule's sends do not wait for delivery (``Channel.overlapping``) and its receives
-#: are posted while the receiver still computes, so a message's ready notice travels while both
-#: sides compute and only the data's own one-way delay is left. Chosen after the pipelined quiet
-#: runs of 2026-12-07 (k = 2 put one of their 8 epochs 15.4 % below it; k = 1 all within 12 %),
-#: with that reason, not checked on unseen runs.
-GLOO_ONE_WAYS_CORRECTED_PIPELINED = 1
+#: ... and one where a step's messages cross in one chunk: where the parties pipeline
+#: micro-batches (``split.microbatches`` > 1: the schedule's sends do not wait for delivery and its
+#: receives are posted while the receiver still computes, so a ready notice travels while both
+#: sides compute), or where the gloo frames' chunk holds a step's message (``chunk_bytes`` 4 MiB +
+#: 64 KiB, medsplit.transport.framing.CHUNK_BYTES). With the 1 MiB chunks of the runs the
+#: correction was fitted to, a 128 px int8 activation or gradient (1 MiB + 1.3 KB) took two
+#: chunks, and the second waits for its receive (its ready notice back, then the data: three
+#: one-way delays for that frame, one for a label's), which is what the two per message stood for.
+#: Chosen after seeing the pipelined runs of 2026-12-07 (k = 2 put one of their 8 epochs 15.4 %
+#: below it; k = 1 all within 12 %), with that reason.
+GLOO_ONE_WAYS_CORRECTED_ONE_CHUNK = 1
+ONE_MIB_CHUNKS = 1 << 20  # CHUNK_BYTES of result files that do not record it
 
 
-def corrected_one_ways(microbatches: int) -> int:
-    """One-way delays per message of the corrected model for a run with ``microbatches``."""
-    return GLOO_ONE_WAYS_CORRECTED if microbatches <= 1 else GLOO_ONE_WAYS_CORRECTED_PIPELINED
+def corrected_one_ways(microbatches: int, chunk_bytes: int | None = None) -> int:
+    """One-way delays per message of the corrected model for a run with ``microbatches`` and
+    gloo chunks of ``chunk_bytes`` (None: a file from before it was recorded, 1 MiB)."""
+    if microbatches > 1 or (chunk_bytes or ONE_MIB_CHUNKS) > ONE_MIB_CHUNKS:
+        return GLOO_ONE_WAYS_CORRECTED_ONE_CHUNK
+    return GLOO_ONE_WAYS_CORRECTED
 
 
 def predict(model, protocol: str, direct_s: float, links: dict, rate_bps: float, rtt_s: float,
@@ -74,8 +82,9 @@ def write(result: dict, path: Path) -> None:
     result["formula"] = (
         "predicted_epoch_s = direct_epoch_s + link_s; link_s = sum over "
         "directed links of link_time.epoch_seconds(1, 0, bytes, messages * k, rate_bps, hops * rtt_s); k = 1: the model "
-        f"as written (predicted_*), k = {GLOO_ONE_WAYS_CORRECTED} ({GLOO_ONE_WAYS_CORRECTED_PIPELINED} with "
-        "micro-batches, whose sends do not wait for delivery): the model corrected (predicted_corrected_*, "
+        f"as written (predicted_*), k = {GLOO_ONE_WAYS_CORRECTED} ({GLOO_ONE_WAYS_CORRECTED_ONE_CHUNK} with "
+        "micro-batches, whose sends do not wait for delivery, and with gloo chunks that hold a step's message, "
+        "chunk_bytes over 1 MiB): the model corrected (predicted_corrected_*, "
         f"fitted to the quiet runs), k = {GLOO_ONE_WAYS_PER_MESSAGE}: every message waits for gloo's rendezvous "
         "(predicted_rendezvous_*, an upper bound on the latency term)")
     result["notes"] = [
@@ -90,10 +99,11 @@ def write(result: dict, path: Path) -> None:
     print("\n" + result["table"])
 
 
-def derive(rows: list[dict], model, microbatches: int = 1) -> None:
+def derive(rows: list[dict], model, microbatches: int = 1, chunk_bytes: int | None = None) -> None:
     """Fill in what each row is compared with: the direct run of the same size, protocol and codec,
-    the model's predictions from it, the relay's cost. ``microbatches``: the party runs'
-    ``split.microbatches`` (the corrected model's one-way delays per message depend on it)."""
+    the model's predictions from it, the relay's cost. ``microbatches``, ``chunk_bytes``: the
+    party runs' ``split.microbatches`` and gloo chunk size (the corrected model's one-way delays
+    per message depend on them, :func:`corrected_one_ways`)."""
     for row in rows:
         for stale in ("link_in_run_s", "excess_link_in_run_s"):
             row.pop(stale, None)
@@ -108,7 +118,7 @@ def derive(rows: list[dict], model, microbatches: int = 1) -> None:
             row["relay_cost_pct"] = 100 * (row["epoch_s"] / direct["epoch_s"] - 1)
             continue
         links = {tuple(l["link"].split("->")): l for l in row["links"]}
-        for suffix, k in (("", 1), ("_corrected", corrected_one_ways(microbatches)), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
+        for suffix, k in (("", 1), ("_corrected", corrected_one_ways(microbatches, chunk_bytes)), ("_rendezvous", GLOO_ONE_WAYS_PER_MESSAGE)):
             p = predict(model, row["protocol"], direct["epoch_s"], links, row["rate_bps"], row["rtt_s"], k)
             row[f"predicted{suffix}_epoch_s"], row[f"predicted{suffix}_link_s"] = p["epoch_s"], p["link_s"]
             row[f"busiest_hospital{suffix}_link_s"] = p["busiest_hospital_link_s"]

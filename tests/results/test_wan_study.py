@@ -32,42 +32,45 @@ def test_every_committed_wan_file_is_in_the_one_table():
     assert any(r["x in-process"] for r in studies[0].rows)
 
 
-def test_the_corrected_model_is_within_15_percent_of_every_quiet_shaped_epoch():
+def _quiet_studies():
+    import json
+
+    return [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob("wan*quiet*.json"))]
+
+
+def test_the_corrected_model_is_within_15_percent_of_all_quiet_shaped_epochs_but_one():
     """Issue 31's target for the link-time model, read from the committed quiet runs (load below 3).
-    The model as written (one one-way delay per message) misses one unpipelined epoch; the
-    corrected one (two per message, one where micro-batches pipeline the sends) none. The 8
-    unpipelined runs measured after the correction was fitted (int8 gradients, 2026-12-07) are
-    within 15 % of it too."""
-    import json
+    The model as written (one one-way delay per message) misses one of the 30 epochs with 1 MiB
+    gloo chunks; corrected (two per message where a step's message took two chunks, one where it
+    takes one or micro-batches pipeline the sends) none of them. Of the 14 epochs with 4 MiB
+    chunks, measured after the correction, one is outside: SplitFed with fp32 gradients, 16.3 %
+    below (SplitFed's hospitals overlap their transfers with each other's compute, which the model
+    does not count: its SplitFed rows lie below it the more, the more bytes cross)."""
+    rows = [(study.get("chunk_bytes"), study.get("microbatches", 1), r) for _, study in _quiet_studies()
+            for r in study["rows"] if "corrected_error_pct" in r and r["load_before"][0] < 3]
+    one_mib = [r for chunk, _, r in rows if chunk is None]
+    four_mib = [r for chunk, _, r in rows if chunk is not None]
+    assert (len(one_mib), len(four_mib), sum(m > 1 for _, m, _ in rows)) == (30, 14, 8)
+    assert sum(abs(r["error_pct"]) > 15 for r in one_mib) == 1
+    assert max(abs(r["corrected_error_pct"]) for r in one_mib) <= 15
+    (outside,) = [r for r in four_mib if abs(r["corrected_error_pct"]) > 15]
+    assert (outside["protocol"], outside["codec"]) == ("splitfed", "int8") and -17 < outside["corrected_error_pct"] < -15
 
-    studies = [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob("wan*quiet*.json"))]
-    rows = [(name, study.get("microbatches", 1), r) for name, study in studies for r in study["rows"]
-            if "corrected_error_pct" in r and r["load_before"][0] < 3]
-    plain = [r for _, m, r in rows if m == 1]
-    pipelined = [r for _, m, r in rows if m > 1]
-    unseen = [r for name, m, r in rows if m == 1 and "int8-gradients" in name]
-    assert (len(plain), len(pipelined), len(unseen)) == (22, 8, 8)
-    assert sum(abs(r["error_pct"]) > 15 for r in plain) == 1
-    assert max(abs(r["corrected_error_pct"]) for r in plain + pipelined) <= 15
-    assert max(abs(r["corrected_error_pct"]) for r in unseen) <= 15
 
-
-def test_the_relay_over_100_mbit_20_ms_stays_above_the_issues_1_25x_target():
+def test_the_relay_over_100_mbit_20_ms_meets_the_issues_1_25x_target_with_int8_both_ways_and_4_mib_chunks():
     """The issue's speed target (relay, 128 px, CUT 3, int8, 100 Mbit/s 20 ms: at most 1.25x the
-    in-process epoch) is missed in the committed runs, and the docs say so: the best setting's
-    median (int8 both ways) is above 1.25x; one single run came in below it (its in-process epoch was
-the slowest of them)."""
-    import json
+    in-process epoch, side by side): met by the median of five runs with int8 activations and
+    gradients and gloo chunks that hold a step's message; missed by every other setting measured
+    (int8 activations alone: 1.4x and more)."""
     import statistics
 
     ratios = {}
-    for p in sorted(RESULTS.glob("wan-128px*quiet*.json")):
-        study = json.loads(p.read_text())
+    for _, study in _quiet_studies():
         for r in study["rows"]:
             if r["protocol"] == "sequential" and r["profile"] == "100M-20ms" and "vs_inprocess" in r:
-                key = (r["codec"], study.get("microbatches", 1), bool(study.get("party_sysctls")))
+                key = (r["codec"], study.get("microbatches", 1), bool(study.get("party_sysctls")), study.get("chunk_bytes"))
                 ratios.setdefault(key, []).append(r["vs_inprocess"])
-    medians = {key: statistics.median(v) for key, v in ratios.items()}
-    assert 1.25 < min(medians.values()) < 1.3 and min(medians, key=medians.get)[0] == "int8/int8"
-    assert min(ratios[("int8", 1, False)]) > 1.4  # activations alone compressed: 1.45x
-    assert sum(r <= 1.25 for v in ratios.values() for r in v) == 1
+    best = ratios.pop(("int8/int8", 1, False, 4259840))
+    assert len(best) == 5 and statistics.median(best) <= 1.25
+    assert all(statistics.median(v) > 1.25 for v in ratios.values())
+    assert min(r for (codec, *_), v in ratios.items() if codec == "int8" for r in v) > 1.35

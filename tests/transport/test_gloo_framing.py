@@ -23,10 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medsplit.split import Channel, wire
+from medsplit.split.codecs import make_codec
 from medsplit.split.wire import WireFormatError
 from medsplit.transport.auth import RunKey
 from medsplit.transport.base import Transport, TransportError
-from medsplit.transport.framing import CHUNK_BYTES, MAGIC, PREFIX, TRAILER, FrameError, chunks, encode_frame, receive_frame
+from medsplit.transport.framing import (CHUNK_BYTES, MAGIC, PREFIX, TRAILER, FrameError, chunk_count, chunks, encode_frame,
+                                        receive_frame)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,10 +109,23 @@ def test_a_corrupted_payload_fails_the_checksum():
         _receive(link)
 
 
+def test_a_training_steps_message_crosses_in_one_chunk():
+    """A frame over one chunk waits a round trip for its second chunk's receive (issue 31): what a
+    step sends at 128 px and CUT 3 (batch 16: exactly 4 MiB of fp32, 1 MiB of int8) stays in one,
+    authenticated and with the codec's fields, so it pays one one-way delay, not three."""
+    act = torch.randn(16, 64, 32, 32)
+    assert act.numel() * 4 == 4 << 20
+    for codec in ("none", "int8"):
+        payload = make_codec(codec).encode({"h": act})
+        size = wire.encoded_size(payload, {"kind": "activation", "link": "client_encoder->server_encoder", "step": 123})
+        assert chunk_count(size, authenticated=True) == 1, (codec, size)
+    assert chunk_count(CHUNK_BYTES, authenticated=False) == 2  # the limit is real
+
+
 def test_a_length_over_the_limit_is_refused_before_anything_more_is_received():
     link = FakeLink()
     link.send_frame(encode_frame(os.urandom(3 * CHUNK_BYTES), 0))
-    with pytest.raises(FrameError, match=r"announces a payload of 3145728 bytes, over the limit of 1000 bytes"):
+    with pytest.raises(FrameError, match=rf"announces a payload of {3 * CHUNK_BYTES} bytes, over the limit of 1000 bytes"):
         _receive(link, max_bytes=1000)
     assert link.buffers_posted == [CHUNK_BYTES]
 
