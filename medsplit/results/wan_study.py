@@ -11,6 +11,8 @@ from medsplit.results.study import Study
 
 __all__ = ["is_wan", "wan_study"]
 
+_ONE_MIB = 1 << 20
+
 
 def is_wan(data: dict) -> bool:
     return data.get("benchmark") == "wan" and isinstance(data.get("rows"), list)
@@ -23,6 +25,9 @@ def _error(predicted: Any, error: Any) -> str:
 def wan_study(files: list[tuple[Path, dict]]) -> Study:
     rows = []
     for path, data in files:
+        chunk = data.get("chunk_bytes") or _ONE_MIB  # files from before it was recorded used 1 MiB
+        chunk_label = f"{chunk >> 20} MiB" + (f" + {(chunk % _ONE_MIB) >> 10} KiB" if chunk % _ONE_MIB else "")
+        slow_start = "off" if (data.get("party_sysctls") or {}).get("net.ipv4.tcp_slow_start_after_idle") == "0" else "on"
         for r in data["rows"]:
             mb = sum(link.get("bytes", 0) for link in r.get("links") or []) / 1e6
             rows.append({
@@ -30,6 +35,8 @@ def wan_study(files: list[tuple[Path, dict]]) -> Study:
                 "px": r.get("size"), "protocol": r.get("protocol"), "codec": r.get("codec"),
                 "micro-batches": data.get("microbatches", 1) if r.get("profile") != "in-process" else 1,
                 "link": r.get("profile"), "method": r.get("method"),
+                "gloo chunk": chunk_label if r.get("profile") != "in-process" else "",
+                "slow start after idle": slow_start if r.get("rate_bps") else "",
                 "epoch s": f"{r['epoch_s']:.2f}" if isinstance(r.get("epoch_s"), (int, float)) else "",
                 "model s (error)": _error(r.get("predicted_epoch_s"), r.get("error_pct")),
                 "corrected model s (error)": _error(r.get("predicted_corrected_epoch_s"), r.get("corrected_error_pct")),
@@ -38,7 +45,7 @@ def wan_study(files: list[tuple[Path, dict]]) -> Study:
                 "MB/epoch": f"{mb:.1f}" if mb else "",
                 "load": f"{r['load_before'][0]:.1f}" if r.get("load_before") else "",
             })
-    columns = ["px", "protocol", "codec", "micro-batches", "link", "epoch s", "model s (error)",
+    columns = ["px", "protocol", "codec", "micro-batches", "gloo chunk", "link", "slow start after idle", "epoch s", "model s (error)",
                "corrected model s (error)", "model + rendezvous s (error)", "x in-process", "MB/epoch", "load"]
     first = files[0][1]
     facts = {"set-up": f"{first.get('model')}, CUT {first.get('cut')}, {first.get('hospitals')} hospitals, batch "

@@ -11,7 +11,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 def test_a_shaped_row_shows_its_epoch_the_models_errors_and_the_in_process_ratio():
     row = {"size": 128, "protocol": "sequential", "codec": "int8", "profile": "100M-20ms", "method": "delayer",
-           "epoch_s": 14.49, "predicted_epoch_s": 13.74, "error_pct": 5.46, "predicted_corrected_epoch_s": 14.06,
+           "rate_bps": 100e6, "epoch_s": 14.49, "predicted_epoch_s": 13.74, "error_pct": 5.46, "predicted_corrected_epoch_s": 14.06,
            "corrected_error_pct": 3.06, "predicted_rendezvous_epoch_s": 14.38,
            "rendezvous_error_pct": 0.77, "vs_inprocess": 1.4505, "links": [{"bytes": 30e6}, {"bytes": 12e6}],
            "load_before": [1.1, 1.0, 0.9]}
@@ -23,6 +23,12 @@ def test_a_shaped_row_shows_its_epoch_the_models_errors_and_the_in_process_ratio
             shown["x in-process"], shown["MB/epoch"], shown["micro-batches"]) == ("14.49", "13.74 (+5 %)", "14.06 (+3 %)",
                                                                                  "14.38 (+1 %)", "1.45", "42.0", 4)
     assert study.rows[0]["micro-batches"] == 1 and study.rows[0]["x in-process"] == ""  # the baseline runs without
+    # files from before the chunk size was recorded used 1 MiB; the party namespaces' TCP setting is shown
+    assert (shown["gloo chunk"], shown["slow start after idle"], study.rows[0]["gloo chunk"]) == ("1 MiB", "on", "")
+    later = wan_study([(Path("wan-y.json"), {"benchmark": "wan", "chunk_bytes": (4 << 20) + (64 << 10),
+                                             "party_sysctls": {"net.ipv4.tcp_slow_start_after_idle": "0"},
+                                             "rows": [row]})])
+    assert (later.rows[0]["gloo chunk"], later.rows[0]["slow start after idle"]) == ("4 MiB + 64 KiB", "off")
 
 
 def test_every_committed_wan_file_is_in_the_one_table():
