@@ -55,9 +55,10 @@ def wan_study(files: list[tuple[Path, dict]]) -> Study:
              "command": "sudo env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/wan.py --sizes 64 "
                         "(see docs/studies/wan.md for every file's command)"}
     notes = ["model: the direct (unshaped) epoch of the same run plus link_time.epoch_seconds per directed link; "
-             "corrected: two one-way delays per message instead of one (one with micro-batches, whose sends do not wait "
-             "for delivery), fitted to the first quiet runs (between the model as written and the rendezvous bound); "
-             "the unpipelined runs measured after the fit (int8-gradients files) were not used to choose it; "
+             "corrected: two one-way delays per message instead of one where a step's message took two gloo chunks (1 MiB), "
+             "one where it takes one (4 MiB + 64 KiB) or micro-batches pipeline the sends; fitted to the first quiet runs "
+             "(between the model as written and the rendezvous bound); the runs measured after the fit (int8-gradients "
+             "and 4mib-chunks files) were not used to choose it; "
              "codec ACT/GRAD: activations / gradients (int8 alone: gradients in fp32); "
              "+ rendezvous: three one-way delays per message instead of one (gloo's send waits for the receiver). "
              "x in-process: the shaped epoch over the same epoch with every party in one process (one thread). "
