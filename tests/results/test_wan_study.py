@@ -48,7 +48,7 @@ def test_the_corrected_model_is_within_15_percent_of_all_quiet_shaped_epochs_but
     """Issue 31's target for the link-time model, read from the committed quiet runs (load below 3).
     The model as written (one one-way delay per message) misses one of the 30 epochs with 1 MiB
     gloo chunks; corrected (two per message where a step's message took two chunks, one where it
-    takes one or micro-batches pipeline the sends) none of them. Of the 14 epochs with 4 MiB
+    takes one or micro-batches pipeline the sends) none of them. Of the 19 epochs with 4 MiB
     chunks, measured after the correction, one is outside: SplitFed with fp32 gradients, 16.3 %
     below (SplitFed's hospitals overlap their transfers with each other's compute, which the model
     does not count: its SplitFed rows lie below it the more, the more bytes cross)."""
@@ -56,7 +56,7 @@ def test_the_corrected_model_is_within_15_percent_of_all_quiet_shaped_epochs_but
             for r in study["rows"] if "corrected_error_pct" in r and r["load_before"][0] < 3]
     one_mib = [r for chunk, _, r in rows if chunk is None]
     four_mib = [r for chunk, _, r in rows if chunk is not None]
-    assert (len(one_mib), len(four_mib), sum(m > 1 for _, m, _ in rows)) == (30, 14, 8)
+    assert (len(one_mib), len(four_mib), sum(m > 1 for _, m, _ in rows)) == (30, 19, 8)
     assert sum(abs(r["error_pct"]) > 15 for r in one_mib) == 1
     assert max(abs(r["corrected_error_pct"]) for r in one_mib) <= 15
     (outside,) = [r for r in four_mib if abs(r["corrected_error_pct"]) > 15]
@@ -65,7 +65,7 @@ def test_the_corrected_model_is_within_15_percent_of_all_quiet_shaped_epochs_but
 
 def test_the_relay_over_100_mbit_20_ms_meets_the_issues_1_25x_target_with_int8_both_ways_and_4_mib_chunks():
     """The issue's speed target (relay, 128 px, CUT 3, int8, 100 Mbit/s 20 ms: at most 1.25x the
-    in-process epoch, side by side): met by the median of five runs with int8 activations and
+    in-process epoch, side by side): met by the median of ten runs with int8 activations and
     gradients and gloo chunks that hold a step's message; missed by every other setting measured
     (int8 activations alone: 1.4x and more)."""
     import statistics
@@ -77,6 +77,6 @@ def test_the_relay_over_100_mbit_20_ms_meets_the_issues_1_25x_target_with_int8_b
                 key = (r["codec"], study.get("microbatches", 1), bool(study.get("party_sysctls")), study.get("chunk_bytes"))
                 ratios.setdefault(key, []).append(r["vs_inprocess"])
     best = ratios.pop(("int8/int8", 1, False, 4259840))
-    assert len(best) == 5 and statistics.median(best) <= 1.25
+    assert len(best) == 10 and statistics.median(best) <= 1.25 and sum(r <= 1.25 for r in best) == 9
     assert all(statistics.median(v) > 1.25 for v in ratios.values())
     assert min(r for (codec, *_), v in ratios.items() if codec == "int8" for r in v) > 1.35
