@@ -38,7 +38,7 @@ GLOO_ONE_WAYS_CORRECTED = 2
 #: receives are posted while the receiver still computes, so a ready notice travels while both
 #: sides compute), or where the gloo frames' chunk holds a step's message (``chunk_bytes`` 4 MiB +
 #: 64 KiB, medsplit.transport.framing.CHUNK_BYTES). With the 1 MiB chunks of the runs the
-#: correction was fitted to, a 128 px int8 activation or gradient (1 MiB + 1.3 KB) took two
+#: correction was fitted to, a 128 px int8 activation or gradient (1 MiB + under 1 KB) took two
 #: chunks, and the second waits for its receive (its ready notice back, then the data: three
 #: one-way delays for that frame, one for a label's), which is what the two per message stood for.
 #: Chosen after seeing the pipelined runs of 2026-12-07 (k = 2 put one of their 8 epochs 15.4 %
