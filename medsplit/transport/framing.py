@@ -51,10 +51,10 @@ MAGIC = b"MSF1"
 #: a frame's first receive before it knows the frame's length and the rest only once the first
 #: chunk has arrived, and gloo's send waits for the receiver's ready notice: every frame over one
 #: chunk pays a notice's one-way delay back and its data's one-way delay again, on top of the first
-#: chunk's. So one chunk should hold what a training step sends: 4 MiB (a batch of 16 ResNet
-#: activations at 128 px and CUT 3 in fp32, or 1 MiB of them in int8, are exactly 4 and 1 MiB) plus
-#: 64 KiB for the frame, the wire header, the codec's scales and the labels. With 1 MiB chunks an
-#: int8 activation (1 MiB + under 1 KB) took two, which cost 20 ms a message at 20 ms RTT (issue 31).
+#: chunk's. So one chunk should hold what a training step sends: 4 MiB (a batch of 16 ResNet-34
+#: activations at 128 px and CUT 3 is exactly 4 MiB in fp32 and 1 MiB in int8) plus 64 KiB for
+#: the frame, the wire header and the codec's scales. With 1 MiB chunks an int8 activation or
+#: gradient (1 MiB + under 1 KB) took two, which cost 20 ms a message at 20 ms RTT (issue 31).
 #: A receive costs a zero-filled buffer of this size and a scan of it (0.4 ms on this machine).
 CHUNK_BYTES = (4 << 20) + (64 << 10)
 PREFIX = struct.Struct("<4sQQ")
