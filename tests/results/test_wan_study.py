@@ -1,6 +1,9 @@
 """The emulated-link files are one table on the results page, each shaped epoch beside the model and
 the in-process epoch (issue 31: the WAN table in the results page)."""
 
+import functools
+import json
+import statistics
 from pathlib import Path
 
 from medsplit.results.studies import load_studies
@@ -38,10 +41,9 @@ def test_every_committed_wan_file_is_in_the_one_table():
     assert any(r["x in-process"] for r in studies[0].rows)
 
 
-def _quiet_studies():
-    import json
-
-    return [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob("wan*quiet*.json"))]
+@functools.cache  # read once for the tests below, which only read it
+def _quiet_studies() -> tuple:
+    return tuple((p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob("wan*quiet*.json")))
 
 
 def test_the_corrected_model_is_within_15_percent_of_all_quiet_shaped_epochs_but_one():
@@ -68,8 +70,6 @@ def test_the_relay_over_100_mbit_20_ms_meets_the_issues_1_25x_target_with_int8_b
     in-process epoch, side by side): met by the median of ten runs with int8 activations and
     gradients and gloo chunks that hold a step's message; missed by every other setting measured
     (int8 activations alone: 1.4x and more)."""
-    import statistics
-
     ratios = {}
     for _, study in _quiet_studies():
         for r in study["rows"]:
